@@ -1,0 +1,165 @@
+//! The consumer's error type.
+//!
+//! Errors are classified the way an operator needs them: [`Error::is_transient`] ones (the
+//! connection dropped, the server restarted, a timeout) are worth retrying with backoff; the
+//! others are definite (bad credentials, a missing privilege, a misconfigured server, a
+//! protocol violation) and say what to change.
+
+use std::fmt;
+use std::time::Duration;
+
+use wal2arrow_schema::{Lsn, WireError};
+
+/// An error the server sent (an `ErrorResponse`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DbError {
+    /// `ERROR`, `FATAL` or `PANIC`.
+    pub severity: String,
+    /// The SQLSTATE code, as `42704`.
+    pub code: String,
+    /// The primary message.
+    pub message: String,
+    /// Optional detail.
+    pub detail: Option<String>,
+    /// Optional hint: what to do about it.
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for DbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} (SQLSTATE {})", self.severity, self.message, self.code)?;
+        if let Some(d) = &self.detail {
+            write!(f, "\nDETAIL: {d}")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, "\nHINT: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything that can go wrong in the consumer.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is invalid; the message names the setting and what it accepts.
+    Config(String),
+    /// Could not reach the server (refused, unreachable, DNS).
+    Connect {
+        /// `host:port` tried.
+        addr: String,
+        /// What happened.
+        source: std::io::Error,
+    },
+    /// An operation did not finish in time.
+    Timeout {
+        /// What was being waited for.
+        what: &'static str,
+        /// How long we waited.
+        after: Duration,
+    },
+    /// The server refused our credentials, or asked for a method we do not support.
+    Auth(String),
+    /// The server reported an error.
+    Server(DbError),
+    /// An ordinary SQL query (over tokio-postgres) failed.
+    Sql(tokio_postgres::Error),
+    /// The connection failed or was closed mid-stream.
+    Io(std::io::Error),
+    /// The server sent something the replication protocol does not allow.
+    Protocol(String),
+    /// A wal2arrow message could not be decoded.
+    Wire {
+        /// WAL position of the XLogData that carried it.
+        lsn: Lsn,
+        /// What is wrong with it.
+        source: WireError,
+    },
+    /// The replication slot cannot be used as asked.
+    Slot(String),
+}
+
+impl Error {
+    /// Whether retrying (reconnecting with backoff) can help: the connection dropped, the
+    /// server restarted or is starting up, or we timed out.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect { .. } | Error::Timeout { .. } | Error::Io(_) => true,
+            // 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now,
+            // 55006 object_in_use (slot still held by a dying walsender), 53300 too many
+            // connections.
+            Error::Server(e) => {
+                matches!(e.code.as_str(), "57P01" | "57P02" | "57P03" | "55006" | "53300")
+            }
+            Error::Sql(e) => e.is_closed() || e.code().is_none(),
+            _ => false,
+        }
+    }
+
+    /// The SQLSTATE code, when the server sent one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Server(e) => Some(&e.code),
+            Error::Sql(e) => e.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+
+    /// The server's error, when it sent one.
+    pub fn db_error(&self) -> Option<&DbError> {
+        match self {
+            Error::Server(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Config(m) => write!(f, "invalid configuration: {m}"),
+            Error::Connect { addr, source } => write!(
+                f,
+                "cannot connect to PostgreSQL at {addr}: {source} (is the server running and \
+                 accepting TCP connections on that host and port?)"
+            ),
+            Error::Timeout { what, after } => write!(f, "timed out after {after:?} {what}"),
+            Error::Auth(m) => write!(f, "authentication failed: {m}"),
+            Error::Server(e) => write!(f, "server error: {e}"),
+            Error::Sql(e) => write!(f, "SQL query failed: {e}"),
+            Error::Io(e) => write!(f, "connection failed: {e}"),
+            Error::Protocol(m) => write!(f, "replication protocol violation: {m}"),
+            Error::Wire { lsn, source } => {
+                write!(f, "cannot decode the message at LSN {lsn}: {source}")
+            }
+            Error::Slot(m) => write!(f, "replication slot: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Connect { source, .. } => Some(source),
+            Error::Sql(e) => Some(e),
+            Error::Io(e) => Some(e),
+            Error::Wire { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Error::Sql(e)
+    }
+}
+
+/// The consumer's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

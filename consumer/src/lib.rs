@@ -1,0 +1,42 @@
+//! wal2arrow's consumer: streams PostgreSQL row changes, encoded inside the server by the
+//! wal2arrow output plugin, as Arrow [`RecordBatch`](arrow_array::RecordBatch)es.
+//!
+//! The consumer speaks the streaming replication protocol itself (on `postgres-protocol`'s
+//! codecs and tokio): it creates the slot if needed, starts replication, reads XLogData
+//! payloads straight into aligned buffers and decodes the Arrow IPC inside them in place, so
+//! the arrays you get point into the bytes that came off the socket. Ordinary SQL (slot
+//! lookups) goes through tokio-postgres.
+//!
+//! ```no_run
+//! use wal2arrow_consumer::{Config, Event, StreamOptions};
+//!
+//! # async fn run() -> Result<(), wal2arrow_consumer::Error> {
+//! let config = Config::from_dsn("host=localhost user=cdc password=secret dbname=app")?;
+//! let mut stream = wal2arrow_consumer::open(&config, &StreamOptions::new("app_cdc")).await?;
+//! while let Some(event) = stream.next_event().await? {
+//!     match event {
+//!         Event::Change(change) => {
+//!             // change.batch: the table's columns, then `_op` and `_lsn`.
+//!             println!("{}: {} rows", change.table(), change.num_rows());
+//!         }
+//!         // Once the transaction is durably handled, let the server recycle its WAL.
+//!         Event::Commit(commit) => stream.ack(commit.end_lsn),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod config;
+pub mod error;
+mod protocol;
+pub mod stream;
+
+pub use config::Config;
+pub use error::{DbError, Error, Result};
+pub use stream::{
+    ChangeBatch, ChangeStream, CreatedSlot, Event, ReplicationClient, SlotState, StreamOptions,
+    SystemInfo, TxnBegin, TxnCommit, find_slot, open, sql_client,
+};
+pub use wal2arrow_schema::{Lsn, PluginOptions, Relation};

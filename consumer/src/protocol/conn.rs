@@ -1,0 +1,340 @@
+//! A replication connection: startup with `replication=database`, authentication (trust,
+//! cleartext password, md5, SCRAM-SHA-256), and the simple-query protocol the replication
+//! commands use. Message codecs and SCRAM come from `postgres-protocol`; framing is ours
+//! ([`super::frame`]), since tokio-postgres has no CopyBoth mode.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::message::backend::{ErrorFields, Message};
+use postgres_protocol::message::frontend;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::frame::{Frame, FrameReader};
+use crate::config::Config;
+use crate::error::{DbError, Error, Result};
+
+/// One row of a simple-query result, in text format.
+pub(crate) type Row = Vec<Option<String>>;
+
+/// An authenticated connection in replication mode.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    pub(crate) stream: TcpStream,
+    pub(crate) reader: FrameReader,
+    /// `ParameterStatus` values reported by the server (`server_version`, …).
+    pub(crate) parameters: HashMap<String, String>,
+    out: BytesMut,
+}
+
+impl Connection {
+    /// Connects and authenticates, all within `config.connect_timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`], [`Error::Timeout`], [`Error::Auth`], or the server's error (for
+    /// example, a database that does not exist).
+    pub(crate) async fn connect(config: &Config) -> Result<Connection> {
+        config.validate()?;
+        let timeout = config.connect_timeout;
+        match tokio::time::timeout(timeout, Self::connect_inner(config)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout { what: "connecting and authenticating", after: timeout }),
+        }
+    }
+
+    async fn connect_inner(config: &Config) -> Result<Connection> {
+        let addr = format!("{}:{}", config.host, config.port);
+        let stream = TcpStream::connect((config.host.as_str(), config.port))
+            .await
+            .map_err(|source| Error::Connect { addr: addr.clone(), source })?;
+        stream.set_nodelay(true)?;
+        let mut conn = Connection {
+            stream,
+            reader: FrameReader::new(),
+            parameters: HashMap::new(),
+            out: BytesMut::with_capacity(256),
+        };
+        let params = [
+            ("user", config.user.as_str()),
+            ("database", config.dbname()),
+            ("replication", "database"),
+            ("application_name", config.application_name.as_str()),
+            ("client_encoding", "UTF8"),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut conn.out)?;
+        conn.flush().await?;
+        conn.authenticate(config).await?;
+        // After AuthenticationOk: parameters, BackendKeyData, then ReadyForQuery.
+        loop {
+            match conn.next_message().await? {
+                Message::ReadyForQuery(_) => return Ok(conn),
+                Message::ParameterStatus(p) => {
+                    conn.parameters.insert(p.name()?.to_owned(), p.value()?.to_owned());
+                }
+                Message::BackendKeyData(_) | Message::NoticeResponse(_) => {}
+                Message::ErrorResponse(e) => return Err(Error::Server(db_error(e.fields()))),
+                m => return Err(unexpected("during startup", &m)),
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, config: &Config) -> Result<()> {
+        let password = || {
+            config.password.as_deref().ok_or_else(|| {
+                Error::Auth(format!(
+                    "the server requires a password for user {:?} and none was given (set \
+                     password in the connection settings or PGPASSWORD)",
+                    config.user
+                ))
+            })
+        };
+        loop {
+            match self.next_message().await? {
+                Message::AuthenticationOk => return Ok(()),
+                Message::AuthenticationCleartextPassword => {
+                    frontend::password_message(password()?.as_bytes(), &mut self.out)?;
+                    self.flush().await?;
+                }
+                Message::AuthenticationMd5Password(body) => {
+                    let hash =
+                        md5_hash(config.user.as_bytes(), password()?.as_bytes(), body.salt());
+                    frontend::password_message(hash.as_bytes(), &mut self.out)?;
+                    self.flush().await?;
+                }
+                Message::AuthenticationSasl(body) => {
+                    let mut mechanisms = body.mechanisms();
+                    let mut scram = false;
+                    while let Some(m) = mechanisms.next()? {
+                        scram |= m == SCRAM_SHA_256;
+                    }
+                    if !scram {
+                        return Err(Error::Auth(
+                            "the server offers no SASL mechanism this client supports \
+                             (SCRAM-SHA-256 without channel binding)"
+                                .into(),
+                        ));
+                    }
+                    let mut client =
+                        ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(
+                        SCRAM_SHA_256,
+                        client.message(),
+                        &mut self.out,
+                    )?;
+                    self.flush().await?;
+                    match self.next_message().await? {
+                        Message::AuthenticationSaslContinue(b) => client.update(b.data())?,
+                        Message::ErrorResponse(e) => return Err(auth_error(e.fields())),
+                        m => return Err(unexpected("during SCRAM authentication", &m)),
+                    }
+                    frontend::sasl_response(client.message(), &mut self.out)?;
+                    self.flush().await?;
+                    match self.next_message().await? {
+                        Message::AuthenticationSaslFinal(b) => {
+                            client.finish(b.data()).map_err(|e| {
+                                Error::Auth(format!(
+                                    "the server's SCRAM signature does not verify: {e}"
+                                ))
+                            })?
+                        }
+                        Message::ErrorResponse(e) => return Err(auth_error(e.fields())),
+                        m => return Err(unexpected("during SCRAM authentication", &m)),
+                    }
+                }
+                Message::ErrorResponse(e) => return Err(auth_error(e.fields())),
+                Message::AuthenticationGss
+                | Message::AuthenticationKerberosV5
+                | Message::AuthenticationSspi
+                | Message::AuthenticationScmCredential => {
+                    return Err(Error::Auth(
+                        "the server asks for GSSAPI/Kerberos/SSPI authentication, which this \
+                         client does not support; use password, md5 or scram-sha-256 in \
+                         pg_hba.conf"
+                            .into(),
+                    ));
+                }
+                m => return Err(unexpected("during authentication", &m)),
+            }
+        }
+    }
+
+    pub(crate) async fn flush(&mut self) -> Result<()> {
+        self.stream.write_all(&self.out).await?;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Queues a frontend message built by `f` (sent by the next [`flush`](Self::flush)).
+    pub(crate) fn queue(
+        &mut self,
+        f: impl FnOnce(&mut BytesMut) -> std::io::Result<()>,
+    ) -> Result<()> {
+        f(&mut self.out)?;
+        Ok(())
+    }
+
+    /// The next message, parsed by postgres-protocol. Only for the non-streaming phases.
+    pub(crate) async fn next_message(&mut self) -> Result<Message> {
+        match self.reader.read(&mut self.stream).await? {
+            Frame::Other(mut bytes) => Message::parse(&mut bytes)?
+                .ok_or_else(|| Error::Protocol("incomplete message".into())),
+            Frame::CopyBoth => Err(Error::Protocol("unexpected CopyBothResponse".into())),
+            Frame::XLogData { .. } | Frame::Keepalive { .. } => {
+                Err(Error::Protocol("replication data outside of START_REPLICATION".into()))
+            }
+        }
+    }
+
+    /// Runs one command with the simple-query protocol and returns its rows (text format).
+    ///
+    /// # Errors
+    ///
+    /// The server's error, after the connection is back to idle.
+    pub(crate) async fn simple_query(&mut self, sql: &str) -> Result<Vec<Row>> {
+        frontend::query(sql, &mut self.out)?;
+        self.flush().await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            match self.next_message().await? {
+                Message::DataRow(row) => {
+                    let buf = row.buffer();
+                    let mut ranges = row.ranges();
+                    let mut values = Vec::new();
+                    while let Some(r) = ranges.next()? {
+                        values.push(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned()));
+                    }
+                    rows.push(values);
+                }
+                Message::ErrorResponse(e) => error = Some(db_error(e.fields())),
+                Message::ReadyForQuery(_) => {
+                    return match error {
+                        Some(e) => Err(Error::Server(e)),
+                        None => Ok(rows),
+                    };
+                }
+                Message::RowDescription(_)
+                | Message::CommandComplete(_)
+                | Message::EmptyQueryResponse
+                | Message::NoticeResponse(_)
+                | Message::ParameterStatus(_) => {}
+                m => return Err(unexpected("in a query result", &m)),
+            }
+        }
+    }
+
+    /// Sends a command that switches the connection to CopyBoth mode (`START_REPLICATION`) and
+    /// waits for the switch.
+    ///
+    /// # Errors
+    ///
+    /// The server's error (a bad slot or plugin option shows up here), read to the end.
+    pub(crate) async fn start_copy_both(&mut self, sql: &str, timeout: Duration) -> Result<()> {
+        frontend::query(sql, &mut self.out)?;
+        self.flush().await?;
+        let wait = async {
+            loop {
+                match self.reader.read(&mut self.stream).await? {
+                    Frame::CopyBoth => return Ok(()),
+                    Frame::Other(mut bytes) => match Message::parse(&mut bytes)? {
+                        Some(Message::ErrorResponse(e)) => {
+                            let e = db_error(e.fields());
+                            // Drain to ReadyForQuery so the connection could be reused.
+                            while !matches!(self.next_message().await?, Message::ReadyForQuery(_)) {
+                            }
+                            return Err(Error::Server(e));
+                        }
+                        Some(Message::NoticeResponse(_) | Message::ParameterStatus(_)) => {}
+                        Some(m) => return Err(unexpected("starting replication", &m)),
+                        None => return Err(Error::Protocol("incomplete message".into())),
+                    },
+                    _ => {
+                        return Err(Error::Protocol(
+                            "replication data before CopyBothResponse".into(),
+                        ));
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout { what: "waiting for START_REPLICATION", after: timeout }),
+        }
+    }
+}
+
+/// The fields of an ErrorResponse or NoticeResponse.
+pub(crate) fn db_error(mut fields: ErrorFields<'_>) -> DbError {
+    let mut e = DbError {
+        severity: String::new(),
+        code: String::new(),
+        message: String::new(),
+        detail: None,
+        hint: None,
+    };
+    while let Ok(Some(f)) = fields.next() {
+        let v = String::from_utf8_lossy(f.value_bytes()).into_owned();
+        match f.type_() {
+            b'V' => e.severity = v,
+            b'S' if e.severity.is_empty() => e.severity = v,
+            b'C' => e.code = v,
+            b'M' => e.message = v,
+            b'D' => e.detail = Some(v),
+            b'H' => e.hint = Some(v),
+            _ => {}
+        }
+    }
+    e
+}
+
+fn auth_error(fields: ErrorFields<'_>) -> Error {
+    let e = db_error(fields);
+    match e.code.as_str() {
+        // invalid_password, invalid_authorization_specification
+        "28P01" | "28000" => Error::Auth(e.message),
+        _ => Error::Server(e),
+    }
+}
+
+fn unexpected(when: &str, m: &Message) -> Error {
+    let name = match m {
+        Message::CopyData(_) => "CopyData",
+        Message::CopyDone => "CopyDone",
+        Message::CopyInResponse(_) => "CopyInResponse",
+        Message::CopyOutResponse(_) => "CopyOutResponse",
+        Message::DataRow(_) => "DataRow",
+        Message::CommandComplete(_) => "CommandComplete",
+        Message::ReadyForQuery(_) => "ReadyForQuery",
+        Message::RowDescription(_) => "RowDescription",
+        _ => "a message",
+    };
+    Error::Protocol(format!("unexpected {name} {when}"))
+}
+
+/// Quotes an identifier for SQL and replication commands (`"my ""slot"""`).
+pub(crate) fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Quotes a string literal (`'it''s'`).
+pub(crate) fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_identifiers_and_literals() {
+        assert_eq!(quote_ident("slot"), "\"slot\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+}

@@ -1,0 +1,4 @@
+//! The replication protocol layer: framing ([`frame`]) and connections ([`conn`]).
+
+pub(crate) mod conn;
+pub(crate) mod frame;

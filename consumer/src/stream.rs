@@ -1,0 +1,608 @@
+//! The replication client: slots, `START_REPLICATION`, and the stream of change events.
+//!
+//! ## Positions and acknowledgements
+//!
+//! The consumer tells the server three positions in its standby status updates
+//! ([protocol docs][proto]): *write* (received), *flush* and *apply*. For a logical slot the
+//! server only cares about *flush*: it becomes the slot's `confirmed_flush_lsn`, the point a
+//! restarted stream resumes from, and the WAL before it may be recycled. wal2arrow sends as
+//! *flush* (and *apply*) only what the application [acknowledged](ChangeStream::ack) — a
+//! transaction's `end_lsn` once it is durably handled — so a crash can replay transactions but
+//! never skip one (at-least-once).
+//!
+//! Status updates go out when the server asks for one in a keepalive (it does so before
+//! `wal_sender_timeout` would end the connection) and every `status_interval` (10 s by
+//! default, as `pg_recvlogical`).
+//!
+//! [proto]: https://www.postgresql.org/docs/15/protocol-replication.html
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arrow_array::RecordBatch;
+use arrow_buffer::Buffer;
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+use tokio::time::Instant;
+use wal2arrow_schema::types::PG_EPOCH_MICROS;
+use wal2arrow_schema::{Decoder, Lsn, Message as WireMessage, PluginOptions, Relation};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::protocol::conn::{Connection, db_error, quote_ident, quote_literal};
+use crate::protocol::frame::Frame;
+
+/// The output plugin's name, as given to `CREATE_REPLICATION_SLOT … LOGICAL`.
+pub const PLUGIN_NAME: &str = "wal2arrow";
+
+/// What `IDENTIFY_SYSTEM` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SystemInfo {
+    /// The cluster's system identifier.
+    pub system_id: String,
+    /// Current timeline.
+    pub timeline: u32,
+    /// Current WAL flush position.
+    pub xlogpos: Lsn,
+    /// The database connected to.
+    pub dbname: Option<String>,
+}
+
+/// A slot created by [`ReplicationClient::create_slot`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreatedSlot {
+    /// Slot name.
+    pub name: String,
+    /// The first position the slot can stream from: changes committed after it.
+    pub consistent_point: Lsn,
+}
+
+/// A connection in replication mode, before streaming starts.
+#[derive(Debug)]
+pub struct ReplicationClient {
+    conn: Connection,
+    connect_timeout: Duration,
+}
+
+impl ReplicationClient {
+    /// Connects with `replication=database` and authenticates.
+    ///
+    /// # Errors
+    ///
+    /// Connection, timeout, authentication and server errors; see [`Error`].
+    pub async fn connect(config: &Config) -> Result<ReplicationClient> {
+        let conn = Connection::connect(config).await?;
+        Ok(ReplicationClient { conn, connect_timeout: config.connect_timeout })
+    }
+
+    /// The server's version string (`server_version`), as it reported it at startup.
+    pub fn server_version(&self) -> Option<&str> {
+        self.conn.parameters.get("server_version").map(String::as_str)
+    }
+
+    /// `IDENTIFY_SYSTEM`.
+    ///
+    /// # Errors
+    ///
+    /// Server and connection errors.
+    pub async fn identify_system(&mut self) -> Result<SystemInfo> {
+        let rows = self.conn.simple_query("IDENTIFY_SYSTEM").await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| Error::Protocol("IDENTIFY_SYSTEM returned no row".into()))?;
+        let field = |i: usize| row.get(i).cloned().flatten();
+        Ok(SystemInfo {
+            system_id: field(0).unwrap_or_default(),
+            timeline: field(1).and_then(|t| t.parse().ok()).unwrap_or(0),
+            xlogpos: parse_lsn(field(2))?,
+            dbname: field(3),
+        })
+    }
+
+    /// `CREATE_REPLICATION_SLOT name [TEMPORARY] LOGICAL plugin (SNAPSHOT 'nothing')`.
+    ///
+    /// A temporary slot disappears when this connection ends, so it must be created on the
+    /// connection that then streams from it.
+    ///
+    /// # Errors
+    ///
+    /// The server's error: the slot exists (SQLSTATE 42710), the plugin cannot be loaded or
+    /// is not in `output_plugin_libraries`, no free slots, no REPLICATION privilege.
+    pub async fn create_slot(
+        &mut self,
+        name: &str,
+        plugin: &str,
+        temporary: bool,
+    ) -> Result<CreatedSlot> {
+        let sql = format!(
+            "CREATE_REPLICATION_SLOT {}{} LOGICAL {} (SNAPSHOT 'nothing')",
+            quote_ident(name),
+            if temporary { " TEMPORARY" } else { "" },
+            quote_ident(plugin),
+        );
+        let rows = self.conn.simple_query(&sql).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| Error::Protocol("CREATE_REPLICATION_SLOT returned no row".into()))?;
+        Ok(CreatedSlot {
+            name: row.first().cloned().flatten().unwrap_or_else(|| name.to_owned()),
+            consistent_point: parse_lsn(row.get(1).cloned().flatten())?,
+        })
+    }
+
+    /// Starts streaming `slot` from `start` (`Lsn::INVALID`: from the slot's
+    /// `confirmed_flush_lsn`) with the given plugin options.
+    ///
+    /// # Errors
+    ///
+    /// The server's error — a missing slot, a slot in use, or a plugin option the plugin
+    /// refuses (the error's hint lists the valid ones).
+    pub async fn start(
+        self,
+        slot: &str,
+        start: Lsn,
+        options: &PluginOptions,
+    ) -> Result<ChangeStream> {
+        self.start_with_pairs(slot, start, &options.to_pairs()).await
+    }
+
+    /// [`start`](Self::start) with raw option pairs: for plugins other than wal2arrow, and for
+    /// testing how the plugin answers options it does not know.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start).
+    pub async fn start_with_pairs<K: AsRef<str>, V: AsRef<str>>(
+        mut self,
+        slot: &str,
+        start: Lsn,
+        options: &[(K, V)],
+    ) -> Result<ChangeStream> {
+        let opts: Vec<String> = options
+            .iter()
+            .map(|(k, v)| format!("{} {}", quote_ident(k.as_ref()), quote_literal(v.as_ref())))
+            .collect();
+        let mut sql = format!("START_REPLICATION SLOT {} LOGICAL {start}", quote_ident(slot));
+        if !opts.is_empty() {
+            sql.push_str(&format!(" ({})", opts.join(", ")));
+        }
+        self.conn.start_copy_both(&sql, self.connect_timeout).await?;
+        Ok(ChangeStream {
+            conn: self.conn,
+            decoder: Decoder::new(),
+            received: start,
+            flushed: start,
+            server_wal_end: start,
+            status_interval: DEFAULT_STATUS_INTERVAL,
+            next_status: Instant::now() + DEFAULT_STATUS_INTERVAL,
+            txn: None,
+            done: false,
+        })
+    }
+}
+
+fn parse_lsn(text: Option<String>) -> Result<Lsn> {
+    let text = text.ok_or_else(|| Error::Protocol("missing LSN".into()))?;
+    text.parse().map_err(|e| Error::Protocol(format!("{e}")))
+}
+
+/// Default interval between unsolicited standby status updates.
+pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A transaction started (its changes follow, up to [`Event::Commit`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxnBegin {
+    /// Transaction ID.
+    pub xid: u32,
+    /// LSN of its commit record.
+    pub commit_lsn: Lsn,
+    /// Commit time, microseconds since the Unix epoch.
+    pub commit_time_us: i64,
+}
+
+/// A transaction committed: all its batches were delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxnCommit {
+    /// Transaction ID.
+    pub xid: u32,
+    /// LSN of its commit record.
+    pub commit_lsn: Lsn,
+    /// LSN just past the commit: [`ChangeStream::ack`] this once the transaction is durably
+    /// handled.
+    pub end_lsn: Lsn,
+    /// Commit time, microseconds since the Unix epoch.
+    pub commit_time_us: i64,
+    /// How many [`ChangeBatch`]es the transaction had.
+    pub batches: u32,
+}
+
+/// Rows of one table changed by one transaction, as an Arrow [`RecordBatch`].
+#[derive(Clone, Debug)]
+pub struct ChangeBatch {
+    /// The table (its schema, name and OID).
+    pub relation: Arc<Relation>,
+    /// Transaction ID.
+    pub xid: u32,
+    /// LSN of the transaction's commit record.
+    pub commit_lsn: Lsn,
+    /// Commit time, microseconds since the Unix epoch.
+    pub commit_time_us: i64,
+    /// Position of this batch within its transaction (0, 1, …): with `commit_lsn` it
+    /// identifies the batch exactly, across restarts.
+    pub ordinal: u32,
+    /// The rows: the table's columns, then `_op` (`insert`, `update`, `delete`) and `_lsn`
+    /// (each row's change LSN).
+    pub batch: RecordBatch,
+    payload: Buffer,
+}
+
+impl ChangeBatch {
+    /// `schema.table`.
+    pub fn table(&self) -> &str {
+        &self.relation.qualified_name
+    }
+
+    /// Number of rows.
+    pub fn num_rows(&self) -> usize {
+        self.batch.num_rows()
+    }
+
+    /// The rows without the system columns: exactly the table's columns.
+    pub fn table_rows(&self) -> RecordBatch {
+        let n = self.relation.table_columns();
+        self.batch.project(&(0..n).collect::<Vec<_>>()).expect("table columns are in range")
+    }
+
+    /// The received XLogData payload the batch's arrays point into.
+    pub fn payload(&self) -> &Buffer {
+        &self.payload
+    }
+}
+
+/// One event of the change stream.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A transaction begins.
+    Begin(TxnBegin),
+    /// A table's schema, sent before its first batch in the session and after it changes.
+    Relation(Arc<Relation>),
+    /// Changed rows of one table.
+    Change(ChangeBatch),
+    /// The transaction committed.
+    Commit(TxnCommit),
+}
+
+#[derive(Debug)]
+struct OpenTxn {
+    begin: TxnBegin,
+    batches: u32,
+}
+
+/// A running logical replication stream of wal2arrow messages.
+#[derive(Debug)]
+pub struct ChangeStream {
+    conn: Connection,
+    decoder: Decoder,
+    received: Lsn,
+    flushed: Lsn,
+    server_wal_end: Lsn,
+    status_interval: Duration,
+    next_status: Instant,
+    txn: Option<OpenTxn>,
+    done: bool,
+}
+
+impl ChangeStream {
+    /// The server's end of WAL as of its last message: the difference to
+    /// [`acknowledged`](Self::acknowledged) is the slot's backlog in bytes.
+    pub fn server_wal_end(&self) -> Lsn {
+        self.server_wal_end
+    }
+
+    /// Sets how often an unsolicited status update is sent (default 10 s).
+    pub fn set_status_interval(&mut self, interval: Duration) {
+        self.status_interval = interval;
+        self.next_status = Instant::now() + interval;
+    }
+
+    /// The position acknowledged so far (sent to the server as *flush*).
+    pub fn acknowledged(&self) -> Lsn {
+        self.flushed
+    }
+
+    /// How many payloads the decoder had to copy for alignment (zero when zero-copy holds).
+    pub fn realigned_payloads(&self) -> u64 {
+        self.decoder.realigned_payloads()
+    }
+
+    /// Acknowledges everything up to `lsn` (normally a [`TxnCommit::end_lsn`]) as durably
+    /// handled. The server hears of it with the next status update; positions never move
+    /// back.
+    pub fn ack(&mut self, lsn: Lsn) {
+        self.flushed = self.flushed.max(lsn);
+        self.received = self.received.max(lsn);
+    }
+
+    /// The next event, or `None` once the server ended the stream.
+    ///
+    /// Cancel safety: this method is cancel safe. A call dropped in `select!` loses no data;
+    /// the next call continues where it stopped.
+    ///
+    /// # Errors
+    ///
+    /// The server's errors (a plugin ERROR ends the stream), connection failures, and
+    /// [`Error::Wire`] for a message that cannot be decoded.
+    pub async fn next_event(&mut self) -> Result<Option<Event>> {
+        if self.done {
+            return Ok(None);
+        }
+        loop {
+            let due = self.next_status;
+            let frame = tokio::select! {
+                frame = self.conn.reader.read(&mut self.conn.stream) => frame?,
+                () = tokio::time::sleep_until(due) => {
+                    self.send_status(false).await?;
+                    continue;
+                }
+            };
+            match frame {
+                Frame::XLogData { wal_start, wal_end, payload } => {
+                    self.server_wal_end = self.server_wal_end.max(wal_end);
+                    let message = self
+                        .decoder
+                        .decode(&payload)
+                        .map_err(|source| Error::Wire { lsn: wal_start, source })?;
+                    return self.event(message, payload).map(Some);
+                }
+                Frame::Keepalive { wal_end, reply } => {
+                    self.server_wal_end = self.server_wal_end.max(wal_end);
+                    if reply {
+                        self.send_status(false).await?;
+                    }
+                }
+                Frame::CopyBoth => return Err(Error::Protocol("second CopyBothResponse".into())),
+                Frame::Other(mut bytes) => match Message::parse(&mut bytes)? {
+                    Some(Message::ErrorResponse(e)) => {
+                        self.done = true;
+                        return Err(Error::Server(db_error(e.fields())));
+                    }
+                    Some(Message::NoticeResponse(n)) => {
+                        let n = db_error(n.fields());
+                        tracing::info!(code = %n.code, "server notice: {}", n.message);
+                    }
+                    Some(Message::CopyDone) => {
+                        self.done = true;
+                        self.conn.queue(|b| {
+                            frontend::copy_done(b);
+                            Ok(())
+                        })?;
+                        self.conn.flush().await?;
+                        return Ok(None);
+                    }
+                    Some(Message::ParameterStatus(_)) => {}
+                    Some(_) => {
+                        return Err(Error::Protocol("unexpected message while streaming".into()));
+                    }
+                    None => return Err(Error::Protocol("incomplete message".into())),
+                },
+            }
+        }
+    }
+
+    fn event(&mut self, message: WireMessage, payload: Buffer) -> Result<Event> {
+        Ok(match message {
+            WireMessage::Begin(b) => {
+                let begin = TxnBegin {
+                    xid: b.xid,
+                    commit_lsn: b.final_lsn,
+                    commit_time_us: b.commit_time_us,
+                };
+                self.txn = Some(OpenTxn { begin, batches: 0 });
+                Event::Begin(begin)
+            }
+            WireMessage::Schema(relation) => Event::Relation(relation),
+            WireMessage::Batch(b) => {
+                let txn = self.txn.as_mut().ok_or_else(|| {
+                    Error::Protocol("a batch arrived outside a transaction".into())
+                })?;
+                let ordinal = txn.batches;
+                txn.batches += 1;
+                Event::Change(ChangeBatch {
+                    relation: b.relation,
+                    xid: txn.begin.xid,
+                    commit_lsn: txn.begin.commit_lsn,
+                    commit_time_us: txn.begin.commit_time_us,
+                    ordinal,
+                    batch: b.batch,
+                    payload,
+                })
+            }
+            WireMessage::Commit(c) => {
+                let txn = self.txn.take().ok_or_else(|| {
+                    Error::Protocol("a commit arrived outside a transaction".into())
+                })?;
+                self.received = self.received.max(c.end_lsn);
+                Event::Commit(TxnCommit {
+                    xid: txn.begin.xid,
+                    commit_lsn: c.commit_lsn,
+                    end_lsn: c.end_lsn,
+                    commit_time_us: c.commit_time_us,
+                    batches: txn.batches,
+                })
+            }
+        })
+    }
+
+    /// Sends a standby status update now: received (*write*) and acknowledged (*flush*,
+    /// *apply*) positions.
+    ///
+    /// # Errors
+    ///
+    /// When the connection fails.
+    pub async fn send_status(&mut self, reply_requested: bool) -> Result<()> {
+        let now_us =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+                - PG_EPOCH_MICROS;
+        let mut body = Vec::with_capacity(34);
+        body.push(b'r');
+        body.extend_from_slice(&self.received.0.to_be_bytes());
+        body.extend_from_slice(&self.flushed.0.to_be_bytes());
+        body.extend_from_slice(&self.flushed.0.to_be_bytes());
+        body.extend_from_slice(&now_us.to_be_bytes());
+        body.push(u8::from(reply_requested));
+        self.conn.queue(|b| {
+            frontend::CopyData::new(&body[..])?.write(b);
+            Ok(())
+        })?;
+        self.conn.flush().await?;
+        self.next_status = Instant::now() + self.status_interval;
+        Ok(())
+    }
+
+    /// Sends a final status update and ends the stream cleanly (CopyDone, Terminate).
+    ///
+    /// # Errors
+    ///
+    /// When the connection fails; the server may already be gone.
+    pub async fn close(mut self) -> Result<()> {
+        self.send_status(false).await?;
+        if !self.done {
+            self.conn.queue(|b| {
+                frontend::copy_done(b);
+                Ok(())
+            })?;
+        }
+        self.conn.queue(|b| {
+            frontend::terminate(b);
+            Ok(())
+        })?;
+        self.conn.flush().await
+    }
+}
+
+/// A slot as `pg_replication_slots` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotState {
+    /// Output plugin (`None` for physical slots).
+    pub plugin: Option<String>,
+    /// Database of a logical slot.
+    pub database: Option<String>,
+    /// A session is streaming from it now.
+    pub active: bool,
+    /// Where a restarted stream resumes.
+    pub confirmed_flush_lsn: Option<Lsn>,
+}
+
+/// Opens an ordinary SQL connection (tokio-postgres) with the same settings; the connection's
+/// I/O runs on a spawned task.
+///
+/// # Errors
+///
+/// Connection and authentication errors.
+pub async fn sql_client(config: &Config) -> Result<tokio_postgres::Client> {
+    let (client, connection) = config.to_tokio_postgres().connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("SQL connection ended: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// Looks a slot up in `pg_replication_slots`.
+///
+/// # Errors
+///
+/// SQL errors.
+pub async fn find_slot(client: &tokio_postgres::Client, name: &str) -> Result<Option<SlotState>> {
+    let row = client
+        .query_opt(
+            "SELECT plugin::text, database::text, active, confirmed_flush_lsn::text \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&name],
+        )
+        .await?;
+    row.map(|r| {
+        Ok(SlotState {
+            plugin: r.get(0),
+            database: r.get(1),
+            active: r.get(2),
+            confirmed_flush_lsn: r
+                .get::<_, Option<String>>(3)
+                .map(|s| parse_lsn(Some(s)))
+                .transpose()?,
+        })
+    })
+    .transpose()
+}
+
+/// How to open a [`ChangeStream`] with [`open`].
+#[derive(Clone, Debug)]
+pub struct StreamOptions {
+    /// Slot name.
+    pub slot: String,
+    /// Create the slot if it does not exist (default true).
+    pub create_slot: bool,
+    /// Where to start; `Lsn::INVALID` (default) resumes from the slot's `confirmed_flush_lsn`.
+    pub start_lsn: Lsn,
+    /// Options for the plugin.
+    pub plugin: PluginOptions,
+}
+
+impl StreamOptions {
+    /// Options for `slot` with defaults otherwise.
+    pub fn new(slot: impl Into<String>) -> StreamOptions {
+        StreamOptions {
+            slot: slot.into(),
+            create_slot: true,
+            start_lsn: Lsn::INVALID,
+            plugin: PluginOptions::default(),
+        }
+    }
+}
+
+/// Opens a wal2arrow change stream: looks the slot up, creates it if it is missing (and
+/// allowed to), refuses a slot of another plugin or database, and starts replication.
+///
+/// # Errors
+///
+/// [`Error::Slot`] for a slot that cannot be used as asked; connection, authentication and
+/// server errors otherwise.
+pub async fn open(config: &Config, options: &StreamOptions) -> Result<ChangeStream> {
+    let sql = sql_client(config).await?;
+    let existing = find_slot(&sql, &options.slot).await?;
+    let mut repl = ReplicationClient::connect(config).await?;
+    match existing {
+        None if options.create_slot => {
+            let created = repl.create_slot(&options.slot, PLUGIN_NAME, false).await?;
+            tracing::info!(slot = %created.name, lsn = %created.consistent_point, "created replication slot");
+        }
+        None => {
+            return Err(Error::Slot(format!(
+                "slot {:?} does not exist; create it (SELECT pg_create_logical_replication_slot({}, \
+                 'wal2arrow')) or let the consumer create it",
+                options.slot,
+                quote_literal(&options.slot)
+            )));
+        }
+        Some(s) if s.plugin.as_deref() != Some(PLUGIN_NAME) => {
+            return Err(Error::Slot(format!(
+                "slot {:?} exists with plugin {}, not wal2arrow: use another slot name, or drop \
+                 it (SELECT pg_drop_replication_slot({})) if nothing else needs it",
+                options.slot,
+                s.plugin.as_deref().unwrap_or("(physical)"),
+                quote_literal(&options.slot)
+            )));
+        }
+        Some(s) if s.database.as_deref() != Some(config.dbname()) => {
+            return Err(Error::Slot(format!(
+                "slot {:?} belongs to database {:?}, not {:?}",
+                options.slot,
+                s.database.unwrap_or_default(),
+                config.dbname()
+            )));
+        }
+        Some(_) => {}
+    }
+    repl.start(&options.slot, options.start_lsn, &options.plugin).await
+}

@@ -1,0 +1,29 @@
+//! The wal2arrow wire contract, shared by the PostgreSQL output plugin (which encodes) and the
+//! consumer (which decodes):
+//!
+//! - [`wire`]: message framing — kinds, the version byte, fixed headers;
+//! - [`types`]: the PostgreSQL → Arrow type mapping;
+//! - [`meta`]: the metadata keys in schemas and fields;
+//! - [`options`]: the plugin's options and their strict parser;
+//! - [`encode`]: rows → Schema and Batch messages (the plugin's encoding core);
+//! - [`decode`]: messages → zero-copy Arrow [`RecordBatch`](arrow_array::RecordBatch)es.
+//!
+//! Nothing here depends on PostgreSQL: it builds and is tested without a server.
+
+pub mod decode;
+pub mod encode;
+pub mod lsn;
+pub mod meta;
+pub mod options;
+pub mod types;
+pub mod wire;
+
+pub use decode::{DecodedBatch, Decoder, Message, Relation};
+pub use encode::{BatchEncoder, ColumnBuilder, EncodeError, RelationDesc};
+pub use lsn::Lsn;
+pub use options::{OptionError, PluginOptions};
+pub use types::{ColumnDesc, PgKind};
+pub use wire::{Begin, ChangeOp, Commit, WireError};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,376 @@
+//! The wal2arrow wire format, version 1: framing of the messages the plugin writes.
+//!
+//! Every message is exactly one `OutputPluginWrite`, so it arrives as one XLogData payload of
+//! the [streaming replication protocol][proto]. A message starts with a 4-byte prefix —
+//! kind, version, flags, reserved — then a fixed header for its kind; Schema and Batch
+//! messages continue with one [encapsulated Arrow IPC message][ipc] (continuation marker,
+//! metadata length, flatbuffer `Message`, body). All integers are little-endian.
+//!
+//! | kind | byte | fixed header (bytes) | then |
+//! |---|---|---|---|
+//! | Begin | `B` | prefix, xid `u32`, final (commit) LSN `u64`, commit time `i64` (24) | — |
+//! | Schema | `S` | prefix, relation OID `u32`, reserved `u64` (16) | IPC `Schema` message |
+//! | Batch | `R` | prefix, relation OID `u32`, base LSN `u64` (16) | IPC `RecordBatch` message |
+//! | Commit | `C` | prefix, reserved `u32`, commit LSN `u64`, end LSN `u64`, commit time `i64` (32) | — |
+//!
+//! Commit times are microseconds since 1970-01-01 UTC. The 16-byte headers of Schema and Batch
+//! keep the IPC message at a 16-byte offset, and the plugin writes IPC bodies with 16-byte
+//! buffer alignment: a payload received into a 16-byte-aligned allocation can be decoded
+//! without copying any buffer (even `Decimal128`'s, which need 16).
+//!
+//! A reader rejects a message whose version is newer than it knows or whose flags or reserved
+//! bits are set: they are how later versions will announce changes.
+//!
+//! [proto]: https://www.postgresql.org/docs/15/protocol-replication.html
+//! [ipc]: https://arrow.apache.org/docs/format/Columnar.html#encapsulated-message-format
+
+use std::fmt;
+use std::io::{self, Write};
+
+use crate::lsn::Lsn;
+
+/// The wire format version this crate writes, and the newest it reads.
+pub const WIRE_VERSION: u8 = 1;
+
+/// Bytes before the IPC message in Schema and Batch messages.
+pub const IPC_OFFSET: usize = 16;
+
+/// Alignment of the IPC message bodies the plugin writes, and the alignment a payload needs
+/// for zero-copy decoding.
+pub const IPC_ALIGNMENT: usize = 16;
+
+/// The kind of a wire message: its first byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum MessageKind {
+    /// A transaction starts.
+    Begin = b'B',
+    /// A table's Arrow schema, sent before its first batch in a session and again after the
+    /// table changed.
+    Schema = b'S',
+    /// A batch of one table's row changes, as an Arrow record batch.
+    Batch = b'R',
+    /// A transaction committed.
+    Commit = b'C',
+}
+
+impl MessageKind {
+    /// The kind for a message's first byte.
+    pub fn from_byte(b: u8) -> Option<MessageKind> {
+        Some(match b {
+            b'B' => MessageKind::Begin,
+            b'S' => MessageKind::Schema,
+            b'R' => MessageKind::Batch,
+            b'C' => MessageKind::Commit,
+            _ => return None,
+        })
+    }
+
+    fn header_len(self) -> usize {
+        match self {
+            MessageKind::Begin => 24,
+            MessageKind::Schema | MessageKind::Batch => IPC_OFFSET,
+            MessageKind::Commit => 32,
+        }
+    }
+}
+
+/// The kind of change a row of a batch records (the `_op` column).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ChangeOp {
+    /// A new row.
+    Insert = 0,
+    /// The new image of an updated row.
+    Update = 1,
+    /// A deleted row.
+    Delete = 2,
+}
+
+/// The values of the `_op` dictionary, indexed by [`ChangeOp`] code.
+pub const OP_NAMES: [&str; 3] = ["insert", "update", "delete"];
+
+impl ChangeOp {
+    /// The op for a wire code.
+    pub fn from_code(code: u8) -> Option<ChangeOp> {
+        Some(match code {
+            0 => ChangeOp::Insert,
+            1 => ChangeOp::Update,
+            2 => ChangeOp::Delete,
+            _ => return None,
+        })
+    }
+
+    /// Its name in the `_op` column.
+    pub fn name(self) -> &'static str {
+        OP_NAMES[self as usize]
+    }
+}
+
+/// Begin message: a transaction's changes follow, up to its [`Commit`].
+///
+/// PostgreSQL decodes a transaction only once it committed, so the commit LSN and time are
+/// already known here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Begin {
+    /// Transaction ID.
+    pub xid: u32,
+    /// LSN of the commit record.
+    pub final_lsn: Lsn,
+    /// Commit time, microseconds since the Unix epoch.
+    pub commit_time_us: i64,
+}
+
+/// Commit message: the transaction's last message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Commit {
+    /// LSN of the commit record.
+    pub commit_lsn: Lsn,
+    /// LSN just past the commit record: what a consumer confirms as flushed once it has
+    /// durably handled the transaction.
+    pub end_lsn: Lsn,
+    /// Commit time, microseconds since the Unix epoch.
+    pub commit_time_us: i64,
+}
+
+/// A message that does not follow the wire format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WireError {
+    /// Empty payload.
+    Empty,
+    /// First byte is no known message kind.
+    UnknownKind(u8),
+    /// Written by a newer wire version.
+    UnsupportedVersion {
+        /// Version in the message.
+        found: u8,
+        /// Newest this reader knows.
+        max: u8,
+    },
+    /// Flag or reserved bits set that this version does not define.
+    ReservedBits(MessageKind),
+    /// Shorter than its kind's header.
+    Truncated {
+        /// The message's kind.
+        kind: MessageKind,
+        /// Bytes needed.
+        need: usize,
+        /// Bytes present.
+        got: usize,
+    },
+    /// Begin or Commit with bytes after the header.
+    TrailingBytes(MessageKind),
+    /// The embedded Arrow IPC message is malformed or does not match the table's schema.
+    Ipc(String),
+    /// A batch for a relation whose schema message was never received.
+    UnknownRelation(u32),
+    /// A schema message without the metadata wal2arrow requires.
+    BadSchema(String),
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireError::Empty => write!(f, "empty wal2arrow message"),
+            WireError::UnknownKind(b) => write!(f, "unknown wal2arrow message kind 0x{b:02x}"),
+            WireError::UnsupportedVersion { found, max } => write!(
+                f,
+                "wal2arrow message of wire version {found}, but this consumer reads up to \
+                 version {max}: upgrade the consumer or request proto-version {max}"
+            ),
+            WireError::ReservedBits(k) => {
+                write!(f, "wal2arrow {k:?} message has flags or reserved bits set")
+            }
+            WireError::Truncated { kind, need, got } => {
+                write!(f, "wal2arrow {kind:?} message truncated: {got} bytes, header needs {need}")
+            }
+            WireError::TrailingBytes(k) => write!(f, "wal2arrow {k:?} message has trailing bytes"),
+            WireError::Ipc(e) => write!(f, "malformed Arrow IPC in wal2arrow message: {e}"),
+            WireError::UnknownRelation(relid) => write!(
+                f,
+                "wal2arrow batch for relation {relid} arrived before that relation's schema"
+            ),
+            WireError::BadSchema(e) => write!(f, "malformed wal2arrow schema message: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
+
+fn prefix(kind: MessageKind) -> [u8; 4] {
+    [kind as u8, WIRE_VERSION, 0, 0]
+}
+
+/// Writes a Begin message.
+///
+/// # Errors
+///
+/// Whatever `out` returns.
+pub fn write_begin(out: &mut impl Write, m: &Begin) -> io::Result<()> {
+    let mut b = [0u8; 24];
+    b[..4].copy_from_slice(&prefix(MessageKind::Begin));
+    b[4..8].copy_from_slice(&m.xid.to_le_bytes());
+    b[8..16].copy_from_slice(&m.final_lsn.0.to_le_bytes());
+    b[16..24].copy_from_slice(&m.commit_time_us.to_le_bytes());
+    out.write_all(&b)
+}
+
+/// Writes a Commit message.
+///
+/// # Errors
+///
+/// Whatever `out` returns.
+pub fn write_commit(out: &mut impl Write, m: &Commit) -> io::Result<()> {
+    let mut b = [0u8; 32];
+    b[..4].copy_from_slice(&prefix(MessageKind::Commit));
+    b[8..16].copy_from_slice(&m.commit_lsn.0.to_le_bytes());
+    b[16..24].copy_from_slice(&m.end_lsn.0.to_le_bytes());
+    b[24..32].copy_from_slice(&m.commit_time_us.to_le_bytes());
+    out.write_all(&b)
+}
+
+/// Writes the fixed header of a Schema message; the IPC schema message follows.
+pub(crate) fn write_schema_header(out: &mut impl Write, relid: u32) -> io::Result<()> {
+    let mut b = [0u8; IPC_OFFSET];
+    b[..4].copy_from_slice(&prefix(MessageKind::Schema));
+    b[4..8].copy_from_slice(&relid.to_le_bytes());
+    out.write_all(&b)
+}
+
+/// Writes the fixed header of a Batch message; the IPC record batch message follows.
+pub(crate) fn write_batch_header(
+    out: &mut impl Write,
+    relid: u32,
+    base_lsn: Lsn,
+) -> io::Result<()> {
+    let mut b = [0u8; IPC_OFFSET];
+    b[..4].copy_from_slice(&prefix(MessageKind::Batch));
+    b[4..8].copy_from_slice(&relid.to_le_bytes());
+    b[8..16].copy_from_slice(&base_lsn.0.to_le_bytes());
+    out.write_all(&b)
+}
+
+/// A message's fixed header, read without touching its IPC part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Header {
+    /// See [`Begin`].
+    Begin(Begin),
+    /// See [`Commit`].
+    Commit(Commit),
+    /// A Schema message for this relation OID; the IPC schema starts at [`IPC_OFFSET`].
+    Schema {
+        /// Relation OID.
+        relid: u32,
+    },
+    /// A Batch message; the IPC record batch starts at [`IPC_OFFSET`].
+    Batch {
+        /// Relation OID.
+        relid: u32,
+        /// LSN the rows' `_lsn_delta` values are added to.
+        base_lsn: Lsn,
+    },
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Reads and checks a message's prefix and fixed header.
+///
+/// # Errors
+///
+/// A [`WireError`] when the message is empty, of an unknown kind or newer version, has
+/// reserved bits set, is shorter than its header, or (Begin, Commit) longer.
+pub fn read_header(msg: &[u8]) -> Result<Header, WireError> {
+    let &kind_byte = msg.first().ok_or(WireError::Empty)?;
+    let kind = MessageKind::from_byte(kind_byte).ok_or(WireError::UnknownKind(kind_byte))?;
+    let need = kind.header_len();
+    if msg.len() < need {
+        return Err(WireError::Truncated { kind, need, got: msg.len() });
+    }
+    if msg[1] == 0 || msg[1] > WIRE_VERSION {
+        return Err(WireError::UnsupportedVersion { found: msg[1], max: WIRE_VERSION });
+    }
+    if msg[2] != 0 || msg[3] != 0 {
+        return Err(WireError::ReservedBits(kind));
+    }
+    Ok(match kind {
+        MessageKind::Begin => {
+            if msg.len() != need {
+                return Err(WireError::TrailingBytes(kind));
+            }
+            Header::Begin(Begin {
+                xid: u32_at(msg, 4),
+                final_lsn: Lsn(u64_at(msg, 8)),
+                commit_time_us: u64_at(msg, 16) as i64,
+            })
+        }
+        MessageKind::Commit => {
+            if msg.len() != need {
+                return Err(WireError::TrailingBytes(kind));
+            }
+            if u32_at(msg, 4) != 0 {
+                return Err(WireError::ReservedBits(kind));
+            }
+            Header::Commit(Commit {
+                commit_lsn: Lsn(u64_at(msg, 8)),
+                end_lsn: Lsn(u64_at(msg, 16)),
+                commit_time_us: u64_at(msg, 24) as i64,
+            })
+        }
+        MessageKind::Schema => {
+            if u64_at(msg, 8) != 0 {
+                return Err(WireError::ReservedBits(kind));
+            }
+            Header::Schema { relid: u32_at(msg, 4) }
+        }
+        MessageKind::Batch => {
+            Header::Batch { relid: u32_at(msg, 4), base_lsn: Lsn(u64_at(msg, 8)) }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn begin_and_commit_round_trip() {
+        let b = Begin { xid: 7, final_lsn: Lsn(0x1_0000_0010), commit_time_us: -5 };
+        let mut out = Vec::new();
+        write_begin(&mut out, &b).unwrap();
+        assert_eq!(out.len(), 24);
+        assert_eq!(read_header(&out).unwrap(), Header::Begin(b));
+
+        let c = Commit { commit_lsn: Lsn(10), end_lsn: Lsn(20), commit_time_us: 1_700_000_000 };
+        let mut out = Vec::new();
+        write_commit(&mut out, &c).unwrap();
+        assert_eq!(out.len(), 32);
+        assert_eq!(read_header(&out).unwrap(), Header::Commit(c));
+    }
+
+    #[test]
+    fn rejects_what_this_version_does_not_define() {
+        let mut msg = Vec::new();
+        write_begin(&mut msg, &Begin { xid: 1, final_lsn: Lsn(1), commit_time_us: 1 }).unwrap();
+
+        assert_eq!(read_header(&[]), Err(WireError::Empty));
+        let mut m = msg.clone();
+        m[0] = b'Z';
+        assert_eq!(read_header(&m), Err(WireError::UnknownKind(b'Z')));
+        let mut m = msg.clone();
+        m[1] = 2;
+        assert_eq!(read_header(&m), Err(WireError::UnsupportedVersion { found: 2, max: 1 }));
+        let mut m = msg.clone();
+        m[2] = 1;
+        assert_eq!(read_header(&m), Err(WireError::ReservedBits(MessageKind::Begin)));
+        assert!(matches!(read_header(&msg[..10]), Err(WireError::Truncated { need: 24, .. })));
+        let mut m = msg.clone();
+        m.push(0);
+        assert_eq!(read_header(&m), Err(WireError::TrailingBytes(MessageKind::Begin)));
+    }
+}

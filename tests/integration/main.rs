@@ -1,0 +1,5 @@
+//! Integration tests against a real PostgreSQL: one scratch cluster per test process (see
+//! `wal2arrow-harness`), one database per test.
+
+mod common;
+mod spine;

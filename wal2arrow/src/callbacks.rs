@@ -1,0 +1,92 @@
+//! The output plugin callbacks PostgreSQL calls. Each is `#[pg_guard]`: a Rust panic or an
+//! `ERROR` raised inside becomes a PostgreSQL `ERROR` that ends the decoding session, never a
+//! crash of the backend. They only translate arguments and delegate to [`State`].
+
+use std::ffi::CStr;
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use wal2arrow_schema::PluginOptions;
+
+use crate::report;
+use crate::state::State;
+
+#[pg_guard]
+pub(crate) unsafe extern "C-unwind" fn startup(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    opt: *mut pg_sys::OutputPluginOptions,
+    _is_init: bool,
+) {
+    // SAFETY: PostgreSQL passes valid pointers to its decoding context and options struct.
+    unsafe {
+        (*opt).output_type = pg_sys::OutputPluginOutputType::OUTPUT_PLUGIN_BINARY_OUTPUT;
+        let pairs = option_pairs((*ctx).output_plugin_options);
+        let options = PluginOptions::parse(pairs.iter().map(|(k, v)| (k.as_str(), v.as_deref())))
+            .unwrap_or_else(|e| report::option_error(&e));
+        State::attach(ctx, options);
+    }
+}
+
+#[pg_guard]
+pub(crate) unsafe extern "C-unwind" fn begin(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    txn: *mut pg_sys::ReorderBufferTXN,
+) {
+    // SAFETY: startup attached the state; PostgreSQL passes valid arguments.
+    unsafe { State::of(ctx).begin(ctx, txn) }
+}
+
+#[pg_guard]
+pub(crate) unsafe extern "C-unwind" fn change(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    _txn: *mut pg_sys::ReorderBufferTXN,
+    relation: pg_sys::Relation,
+    change: *mut pg_sys::ReorderBufferChange,
+) {
+    // SAFETY: startup attached the state; PostgreSQL passes valid arguments.
+    unsafe { State::of(ctx).change(ctx, relation, change) }
+}
+
+#[pg_guard]
+pub(crate) unsafe extern "C-unwind" fn commit(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    txn: *mut pg_sys::ReorderBufferTXN,
+    commit_lsn: pg_sys::XLogRecPtr,
+) {
+    // SAFETY: startup attached the state; PostgreSQL passes valid arguments.
+    unsafe { State::of(ctx).commit(ctx, txn, commit_lsn) }
+}
+
+/// Nothing to do: the state is freed with the decoding context's memory (see [`State`]),
+/// which also covers sessions that end in an ERROR, where this callback is skipped.
+#[pg_guard]
+pub(crate) unsafe extern "C-unwind" fn shutdown(_ctx: *mut pg_sys::LogicalDecodingContext) {}
+
+/// The `(name, value)` pairs of the plugin options, a PostgreSQL `List` of `DefElem`.
+///
+/// # Safety
+///
+/// `list` is NIL or a valid `List` of `DefElem` nodes.
+unsafe fn option_pairs(list: *mut pg_sys::List) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    if list.is_null() {
+        return out;
+    }
+    // SAFETY: a non-NIL List has `length` cells, each pointing to a DefElem (the replication
+    // grammar builds nothing else here). defGetString handles every value node kind and raises
+    // an ERROR for the others.
+    unsafe {
+        let len = usize::try_from((*list).length).unwrap_or(0);
+        for i in 0..len {
+            let elem = (*(*list).elements.add(i)).ptr_value.cast::<pg_sys::DefElem>();
+            let name = CStr::from_ptr((*elem).defname).to_string_lossy().into_owned();
+            let value = if (*elem).arg.is_null() {
+                None
+            } else {
+                Some(CStr::from_ptr(pg_sys::defGetString(elem)).to_string_lossy().into_owned())
+            };
+            out.push((name, value));
+        }
+    }
+    out
+}

@@ -1,0 +1,43 @@
+//! wal2arrow: a PostgreSQL logical decoding output plugin that writes row changes as Apache
+//! Arrow IPC record batches.
+//!
+//! PostgreSQL loads the plugin by name (`CREATE_REPLICATION_SLOT s LOGICAL wal2arrow`) and
+//! calls [`_PG_output_plugin_init`] to learn its callbacks. What the plugin writes is the wire
+//! format of the `wal2arrow-schema` crate (`wire` module docs): per transaction a Begin, a
+//! Schema for each table the first time the session sees it (and again after the table
+//! changes), Batch messages holding up to `batch-rows` rows of one table each, and a Commit.
+//!
+//! Layout, after PostgreSQL's pgoutput: [`callbacks`] are the `#[pg_guard]`ed entry points and
+//! stay thin; [`state`] owns the per-session state and its lifetime; [`relation`] is the
+//! relation cache with its invalidation; [`datum`] reads Datums into Arrow builders;
+//! [`output`] writes into the walsender's buffer; [`report`] turns errors into `ERROR`s with
+//! hints. The encoding itself is `wal2arrow_schema::encode`, which has no PostgreSQL in it.
+//! All `unsafe` code of the project lives in these modules.
+
+use pgrx::prelude::*;
+
+mod callbacks;
+mod datum;
+mod output;
+mod relation;
+mod report;
+mod state;
+
+pgrx::pg_module_magic!();
+
+/// The entry point PostgreSQL looks up when it loads an output plugin: fills in the callbacks.
+///
+/// # Safety
+///
+/// Called by PostgreSQL with a valid, writable `OutputPluginCallbacks`.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn _PG_output_plugin_init(cb: *mut pg_sys::OutputPluginCallbacks) {
+    // SAFETY: PostgreSQL passes a valid callbacks struct it owns for the duration of the call.
+    let cb = unsafe { &mut *cb };
+    cb.startup_cb = Some(callbacks::startup);
+    cb.begin_cb = Some(callbacks::begin);
+    cb.change_cb = Some(callbacks::change);
+    cb.commit_cb = Some(callbacks::commit);
+    cb.shutdown_cb = Some(callbacks::shutdown);
+}
