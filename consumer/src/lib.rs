@@ -40,3 +40,8 @@ pub use stream::{
     SystemInfo, TxnBegin, TxnCommit, find_slot, open, sql_client,
 };
 pub use wal2arrow_schema::{Lsn, PluginOptions, Relation};
+
+/// The README's examples, compiled as doctests so they stay true to the API.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what building and testing wal2arrow needs on Debian 12, if it is missing:
+# PostgreSQL 15 with its server headers (pgrx builds against them), wal2json (the fallback
+# plugin) and libclang (pgrx's bindgen). Safe to run again: it only installs what is absent.
+set -euo pipefail
+
+packages=(postgresql-15 postgresql-server-dev-15 postgresql-15-wal2json libclang-dev clang)
+
+missing=()
+for p in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+        sudo=(sudo)
+    else
+        echo "wal2arrow setup: missing packages: ${missing[*]}" >&2
+        echo "Install them as root: apt-get install -y ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+
+echo "wal2arrow setup: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+echo "wal2arrow setup: done ($(/usr/lib/postgresql/15/bin/postgres --version))" >&2
