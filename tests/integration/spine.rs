@@ -508,3 +508,25 @@ async fn events_arrive_in_order_for_several_tables() {
     assert_eq!(rows["public.t1"], 2);
     assert_eq!(rows["public.t2"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_requests_are_answered_so_an_idle_stream_survives_wal_sender_timeout() {
+    // A server that drops a replication connection after 2 s without a status update, and a
+    // stream whose timer would only send one after an hour: only the replies to the server's
+    // keepalive requests keep it alive.
+    let mut opts = wal2arrow_harness::ClusterOptions::with_plugin().unwrap();
+    opts.settings.push(("wal_sender_timeout".into(), "'2s'".into()));
+    let cluster = Cluster::start(&opts).unwrap();
+    let db = cluster.database("keepalive");
+    db.psql("CREATE TABLE k (a int)");
+    let mut stream = wal2arrow_consumer::open(&config(&db), &StreamOptions::new("keepalive_slot"))
+        .await
+        .unwrap();
+    stream.set_status_interval(Duration::from_secs(3600));
+    let idle = tokio::time::timeout(Duration::from_secs(6), stream.next_event()).await;
+    assert!(idle.is_err(), "nothing happened while idle: {idle:?}");
+    db.psql("INSERT INTO k VALUES (42)");
+    let txns = read_txns(&mut stream, 1, Duration::from_secs(30)).await;
+    assert_eq!(txns[0].batches[0].num_rows(), 1);
+    assert!(!cluster.log().contains("terminating walsender process due to replication timeout"));
+}
