@@ -10,6 +10,7 @@ use wal2arrow_schema::encode::write_schema_message;
 use wal2arrow_schema::types::oid;
 use wal2arrow_schema::{
     BatchEncoder, ChangeOp, ColumnBuilder, ColumnDesc, Decoder, Lsn, PgKind, RelationDesc,
+    ReplicaIdentity,
 };
 
 fn w1() -> RelationDesc {
@@ -33,6 +34,10 @@ fn w1() -> RelationDesc {
             col("d", oid::TIMESTAMPTZ, "timestamptz"),
             col("e", oid::BOOL, "bool"),
         ],
+        primary_key: vec!["id".into()],
+        replica_identity: ReplicaIdentity::Default,
+        identity_key: vec!["id".into()],
+        with_lsn: true,
     }
 }
 

@@ -16,7 +16,7 @@
 //! while let Some(event) = stream.next_event().await? {
 //!     match event {
 //!         Event::Change(change) => {
-//!             // change.batch: the table's columns, then `_op` and `_lsn`.
+//!             // change.batch: the table's columns, then `_op`, `_lsn` and `_missing`.
 //!             println!("{}: {} rows", change.table(), change.num_rows());
 //!         }
 //!         // Once the transaction is durably handled, let the server recycle its WAL.
@@ -36,8 +36,8 @@ pub mod stream;
 pub use config::Config;
 pub use error::{DbError, Error, Result};
 pub use stream::{
-    ChangeBatch, ChangeStream, CreatedSlot, Event, ReplicationClient, SlotState, StreamOptions,
-    SystemInfo, TxnBegin, TxnCommit, find_slot, open, sql_client,
+    ChangeBatch, ChangeStream, CreatedSlot, Event, LogicalMessage, ReplicationClient, SlotState,
+    StreamOptions, SystemInfo, TruncateEvent, TxnBegin, TxnCommit, find_slot, open, sql_client,
 };
 pub use wal2arrow_schema::{Lsn, PluginOptions, Relation};
 

@@ -143,24 +143,31 @@ impl ReplicationClient {
         start: Lsn,
         options: &PluginOptions,
     ) -> Result<ChangeStream> {
-        self.start_with_pairs(slot, start, &options.to_pairs()).await
+        let pairs = options.to_pairs();
+        let pairs: Vec<(&str, Option<&str>)> =
+            pairs.iter().map(|(k, v)| (*k, Some(v.as_str()))).collect();
+        self.start_with_pairs(slot, start, &pairs).await
     }
 
-    /// [`start`](Self::start) with raw option pairs: for plugins other than wal2arrow, and for
-    /// testing how the plugin answers options it does not know.
+    /// [`start`](Self::start) with raw option pairs (a `None` value sends the option without
+    /// one): for plugins other than wal2arrow, and for testing how the plugin answers options
+    /// it does not know.
     ///
     /// # Errors
     ///
     /// As [`start`](Self::start).
-    pub async fn start_with_pairs<K: AsRef<str>, V: AsRef<str>>(
+    pub async fn start_with_pairs(
         mut self,
         slot: &str,
         start: Lsn,
-        options: &[(K, V)],
+        options: &[(&str, Option<&str>)],
     ) -> Result<ChangeStream> {
         let opts: Vec<String> = options
             .iter()
-            .map(|(k, v)| format!("{} {}", quote_ident(k.as_ref()), quote_literal(v.as_ref())))
+            .map(|(k, v)| match v {
+                Some(v) => format!("{} {}", quote_ident(k), quote_literal(v)),
+                None => quote_ident(k),
+            })
             .collect();
         let mut sql = format!("START_REPLICATION SLOT {} LOGICAL {start}", quote_ident(slot));
         if !opts.is_empty() {
@@ -190,14 +197,18 @@ fn parse_lsn(text: Option<String>) -> Result<Lsn> {
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A transaction started (its changes follow, up to [`Event::Commit`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TxnBegin {
-    /// Transaction ID.
+    /// Transaction ID (0 with `include-xids` off).
     pub xid: u32,
     /// LSN of its commit record.
     pub commit_lsn: Lsn,
-    /// Commit time, microseconds since the Unix epoch.
+    /// Commit time, microseconds since the Unix epoch (0 with `include-timestamps` off).
     pub commit_time_us: i64,
+    /// The replication origin the transaction was replayed from, if any (with
+    /// `include-origin`, the default). Set on the [`ChangeBatch`]es, not on this event, which
+    /// precedes the plugin's Origin message.
+    pub origin: Option<String>,
 }
 
 /// A transaction committed: all its batches were delivered.
@@ -212,7 +223,7 @@ pub struct TxnCommit {
     pub end_lsn: Lsn,
     /// Commit time, microseconds since the Unix epoch.
     pub commit_time_us: i64,
-    /// How many [`ChangeBatch`]es the transaction had.
+    /// How many events (batches, truncates, transactional messages) the transaction had.
     pub batches: u32,
 }
 
@@ -227,11 +238,15 @@ pub struct ChangeBatch {
     pub commit_lsn: Lsn,
     /// Commit time, microseconds since the Unix epoch.
     pub commit_time_us: i64,
-    /// Position of this batch within its transaction (0, 1, …): with `commit_lsn` it
-    /// identifies the batch exactly, across restarts.
+    /// The replication origin the transaction was replayed from, if any.
+    pub origin: Option<Arc<str>>,
+    /// Position of this event within its transaction (0, 1, …; batches, truncates and
+    /// transactional messages count): with `commit_lsn` it identifies the batch exactly,
+    /// across restarts.
     pub ordinal: u32,
-    /// The rows: the table's columns, then `_op` (`insert`, `update`, `delete`) and `_lsn`
-    /// (each row's change LSN).
+    /// The rows: the table's columns, then `_op` (`insert`, `update`, `delete`,
+    /// `update_before`), `_lsn` (each row's change LSN; absent with `include-lsn` off) and
+    /// `_missing` (the columns whose value the change does not carry).
     pub batch: RecordBatch,
     payload: Buffer,
 }
@@ -257,6 +272,55 @@ impl ChangeBatch {
     pub fn payload(&self) -> &Buffer {
         &self.payload
     }
+
+    /// The names of the columns whose value row `row` does not carry: unchanged TOAST values
+    /// in new images, columns outside the key in old images, every column of a DELETE without
+    /// any identity, and `NaN` in a `Decimal128` column. Their slots in the value columns are
+    /// NULL, but the values are not NULL — they are not known.
+    pub fn missing(&self, row: usize) -> Vec<String> {
+        use arrow_array::Array;
+        use arrow_array::cast::AsArray;
+        let list = self.batch.column(self.batch.num_columns() - 1).as_list::<i32>();
+        if list.is_null(row) {
+            return Vec::new();
+        }
+        let names = list.value(row);
+        let names = names.as_string::<i32>();
+        (0..names.len()).map(|i| names.value(i).to_owned()).collect()
+    }
+}
+
+/// Tables truncated by one `TRUNCATE` command.
+#[derive(Clone, Debug)]
+pub struct TruncateEvent {
+    /// The tables (those the `tables` option captures), cascaded ones included.
+    pub relations: Vec<Arc<Relation>>,
+    /// `TRUNCATE … CASCADE`.
+    pub cascade: bool,
+    /// `TRUNCATE … RESTART IDENTITY`.
+    pub restart_identity: bool,
+    /// Transaction ID.
+    pub xid: u32,
+    /// LSN of the transaction's commit record.
+    pub commit_lsn: Lsn,
+    /// Position within the transaction (see [`ChangeBatch::ordinal`]).
+    pub ordinal: u32,
+}
+
+/// A logical decoding message, from `pg_logical_emit_message(transactional, prefix, content)`.
+#[derive(Clone, Debug)]
+pub struct LogicalMessage {
+    /// Transactional messages arrive inside their transaction, when it commits; others arrive
+    /// at once, outside any transaction, whether or not the transaction that sent them commits.
+    pub transactional: bool,
+    /// The message's LSN.
+    pub lsn: Lsn,
+    /// The prefix (filtered by the `add-msg-prefixes` / `filter-msg-prefixes` options).
+    pub prefix: String,
+    /// The content: a slice of the received payload.
+    pub content: Buffer,
+    /// For transactional messages: the transaction's ID, commit LSN and position in it.
+    pub txn: Option<(u32, Lsn, u32)>,
 }
 
 /// One event of the change stream.
@@ -268,6 +332,10 @@ pub enum Event {
     Relation(Arc<Relation>),
     /// Changed rows of one table.
     Change(ChangeBatch),
+    /// Tables were truncated.
+    Truncate(TruncateEvent),
+    /// A logical decoding message.
+    Message(LogicalMessage),
     /// The transaction committed.
     Commit(TxnCommit),
 }
@@ -275,7 +343,9 @@ pub enum Event {
 #[derive(Debug)]
 struct OpenTxn {
     begin: TxnBegin,
-    batches: u32,
+    origin: Option<Arc<str>>,
+    /// Batches, truncates and transactional messages so far.
+    events: u32,
 }
 
 /// A running logical replication stream of wal2arrow messages.
@@ -352,7 +422,9 @@ impl ChangeStream {
                         .decoder
                         .decode(&payload)
                         .map_err(|source| Error::Wire { lsn: wal_start, source })?;
-                    return self.event(message, payload).map(Some);
+                    if let Some(event) = self.event(message, payload)? {
+                        return Ok(Some(event));
+                    }
                 }
                 Frame::Keepalive { wal_end, reply } => {
                     self.server_wal_end = self.server_wal_end.max(wal_end);
@@ -389,33 +461,66 @@ impl ChangeStream {
         }
     }
 
-    fn event(&mut self, message: WireMessage, payload: Buffer) -> Result<Event> {
-        Ok(match message {
+    /// Turns a decoded message into an event; `None` for messages that only update state (an
+    /// Origin message).
+    fn event(&mut self, message: WireMessage, payload: Buffer) -> Result<Option<Event>> {
+        fn open<'t>(txn: &'t mut Option<OpenTxn>, what: &str) -> Result<&'t mut OpenTxn> {
+            txn.as_mut()
+                .ok_or_else(|| Error::Protocol(format!("{what} arrived outside a transaction")))
+        }
+        Ok(Some(match message {
             WireMessage::Begin(b) => {
                 let begin = TxnBegin {
                     xid: b.xid,
                     commit_lsn: b.final_lsn,
                     commit_time_us: b.commit_time_us,
+                    origin: None,
                 };
-                self.txn = Some(OpenTxn { begin, batches: 0 });
+                self.txn = Some(OpenTxn { begin: begin.clone(), origin: None, events: 0 });
                 Event::Begin(begin)
+            }
+            WireMessage::Origin { name, .. } => {
+                let txn = open(&mut self.txn, "an origin")?;
+                txn.begin.origin = Some(name.clone());
+                txn.origin = Some(name.into());
+                return Ok(None);
             }
             WireMessage::Schema(relation) => Event::Relation(relation),
             WireMessage::Batch(b) => {
-                let txn = self.txn.as_mut().ok_or_else(|| {
-                    Error::Protocol("a batch arrived outside a transaction".into())
-                })?;
-                let ordinal = txn.batches;
-                txn.batches += 1;
+                let txn = open(&mut self.txn, "a batch")?;
+                txn.events += 1;
                 Event::Change(ChangeBatch {
                     relation: b.relation,
                     xid: txn.begin.xid,
                     commit_lsn: txn.begin.commit_lsn,
                     commit_time_us: txn.begin.commit_time_us,
-                    ordinal,
+                    origin: txn.origin.clone(),
+                    ordinal: txn.events - 1,
                     batch: b.batch,
                     payload,
                 })
+            }
+            WireMessage::Truncate { relations, cascade, restart_identity } => {
+                let txn = open(&mut self.txn, "a truncate")?;
+                txn.events += 1;
+                Event::Truncate(TruncateEvent {
+                    relations,
+                    cascade,
+                    restart_identity,
+                    xid: txn.begin.xid,
+                    commit_lsn: txn.begin.commit_lsn,
+                    ordinal: txn.events - 1,
+                })
+            }
+            WireMessage::Message { transactional, lsn, prefix, content } => {
+                let txn = if transactional {
+                    let txn = open(&mut self.txn, "a transactional message")?;
+                    txn.events += 1;
+                    Some((txn.begin.xid, txn.begin.commit_lsn, txn.events - 1))
+                } else {
+                    None
+                };
+                Event::Message(LogicalMessage { transactional, lsn, prefix, content, txn })
             }
             WireMessage::Commit(c) => {
                 let txn = self.txn.take().ok_or_else(|| {
@@ -427,10 +532,10 @@ impl ChangeStream {
                     commit_lsn: c.commit_lsn,
                     end_lsn: c.end_lsn,
                     commit_time_us: c.commit_time_us,
-                    batches: txn.batches,
+                    batches: txn.events,
                 })
             }
-        })
+        }))
     }
 
     /// Sends a standby status update now: received (*write*) and acknowledged (*flush*,

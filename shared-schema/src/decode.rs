@@ -7,23 +7,27 @@
 //! ([`Decoder::realigned_payloads`]); the IPC decoder itself is run with
 //! `require_alignment`, so it never copies behind our back.
 //!
-//! The user-facing batch is the wire batch with its two system columns made friendlier:
-//! `_op` becomes a `Dictionary(UInt8, Utf8)` over the fixed [`OP_NAMES`] (its keys are still
-//! the received bytes) and `_lsn_delta` becomes `_lsn`, the absolute `UInt64` LSN of each row
-//! (the one column that is computed rather than borrowed).
+//! The user-facing batch is the wire batch with its system columns made friendlier: `_op`
+//! becomes a `Dictionary(UInt8, Utf8)` over the fixed [`OP_NAMES`] (its keys are still the
+//! received bytes), `_lsn_delta` becomes `_lsn`, the absolute `UInt64` LSN of each row, and
+//! the `_missing` bitmaps become `List<Utf8>` of column names (all NULL when the batch had
+//! none). Those two are computed; every table column is borrowed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arrow_array::builder::{ListBuilder, StringBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{UInt8Type, UInt32Type};
-use arrow_array::{ArrayRef, DictionaryArray, RecordBatch, StringArray, UInt64Array};
+use arrow_array::{
+    Array, ArrayRef, DictionaryArray, ListArray, RecordBatch, StringArray, UInt64Array,
+};
 use arrow_buffer::Buffer;
 use arrow_ipc::convert::try_schema_from_flatbuffer_bytes;
 use arrow_ipc::reader::RecordBatchDecoder;
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use arrow_schema::{DataType, Field, FieldRef, Schema, SchemaRef};
 
-use crate::encode::system_field;
+use crate::encode::{ReplicaIdentity, system_field};
 use crate::lsn::Lsn;
 use crate::meta;
 use crate::wire::{
@@ -41,46 +45,36 @@ pub struct Relation {
     pub name: String,
     /// `namespace.name`, the routing key.
     pub qualified_name: String,
-    /// The schema of the batches handed to users: the table's columns, then `_op` and `_lsn`.
+    /// The schema of the batches handed to users: the table's columns, then `_op`, `_lsn`
+    /// (unless `include-lsn` is off) and `_missing`.
     pub schema: SchemaRef,
+    /// The primary key's columns.
+    pub primary_key: Vec<String>,
+    /// The replica identity.
+    pub replica_identity: ReplicaIdentity,
+    /// The columns old images carry.
+    pub identity_key: Vec<String>,
+    table_columns: usize,
+    has_lsn: bool,
     wire_schema: SchemaRef,
+    wire_schema_without_missing: SchemaRef,
 }
 
 impl Relation {
     /// The number of the table's own columns (the batch's first columns).
     pub fn table_columns(&self) -> usize {
-        self.schema.fields().len() - 2
+        self.table_columns
     }
 
-    /// The schema of this table's batches on the wire.
+    /// Whether batches carry the `_lsn` column.
+    pub fn has_lsn(&self) -> bool {
+        self.has_lsn
+    }
+
+    /// The schema of this table's batches on the wire (with `_missing`).
     pub fn wire_schema(&self) -> &SchemaRef {
         &self.wire_schema
     }
-}
-
-/// The user-facing schema for a wire schema: same table columns and metadata, `_op` as a
-/// dictionary of change names and `_lsn` as an absolute `UInt64`.
-///
-/// # Errors
-///
-/// [`WireError::BadSchema`] when the wire schema does not end in wal2arrow's system columns.
-pub fn user_schema(wire_schema: &Schema) -> Result<Schema, WireError> {
-    let fields = wire_schema.fields();
-    let n = fields.len();
-    let ok = n >= 2
-        && fields[n - 2].name() == meta::OP_COLUMN
-        && fields[n - 2].data_type() == &DataType::UInt8
-        && fields[n - 1].name() == meta::LSN_DELTA_COLUMN
-        && fields[n - 1].data_type() == &DataType::UInt32;
-    if !ok {
-        return Err(WireError::BadSchema(
-            "the last two fields must be _op (UInt8) and _lsn_delta (UInt32)".into(),
-        ));
-    }
-    let mut out: Vec<Field> = fields[..n - 2].iter().map(|f| f.as_ref().clone()).collect();
-    out.push(op_field());
-    out.push(system_field(meta::LSN_COLUMN, DataType::UInt64));
-    Ok(Schema::new_with_metadata(out, wire_schema.metadata().clone()))
 }
 
 /// The `_op` field of user-facing batches.
@@ -88,7 +82,22 @@ pub fn op_field() -> Field {
     system_field(
         meta::OP_COLUMN,
         DataType::Dictionary(Box::new(DataType::UInt8), Box::new(DataType::Utf8)),
+        false,
     )
+}
+
+/// The `_lsn` field of user-facing batches.
+pub fn lsn_field() -> Field {
+    system_field(meta::LSN_COLUMN, DataType::UInt64, false)
+}
+
+/// The `_missing` field of user-facing batches.
+pub fn missing_field() -> Field {
+    system_field(meta::MISSING_COLUMN, DataType::List(missing_item()), true)
+}
+
+fn missing_item() -> FieldRef {
+    Arc::new(Field::new("item", DataType::Utf8, false))
 }
 
 /// A batch of one table's row changes, decoded.
@@ -98,7 +107,7 @@ pub struct DecodedBatch {
     pub relation: Arc<Relation>,
     /// The first row's LSN.
     pub base_lsn: Lsn,
-    /// The rows: the table's columns, `_op` and `_lsn` ([`Relation::schema`]).
+    /// The rows ([`Relation::schema`]).
     pub batch: RecordBatch,
 }
 
@@ -107,10 +116,37 @@ pub struct DecodedBatch {
 pub enum Message {
     /// A transaction begins.
     Begin(Begin),
+    /// The transaction was replayed from this replication origin.
+    Origin {
+        /// The origin's name.
+        name: String,
+        /// The origin's LSN for this transaction.
+        lsn: Lsn,
+    },
     /// A table's (new) schema; later batches of that table use it.
     Schema(Arc<Relation>),
     /// Rows of one table.
     Batch(DecodedBatch),
+    /// Tables truncated by one `TRUNCATE`.
+    Truncate {
+        /// The tables, in the order the command listed them (cascaded ones included).
+        relations: Vec<Arc<Relation>>,
+        /// `CASCADE`
+        cascade: bool,
+        /// `RESTART IDENTITY`
+        restart_identity: bool,
+    },
+    /// A logical decoding message (`pg_logical_emit_message`).
+    Message {
+        /// Sent in its transaction (at commit) rather than at once.
+        transactional: bool,
+        /// Its LSN.
+        lsn: Lsn,
+        /// Its prefix.
+        prefix: String,
+        /// Its content: a slice of the received payload.
+        content: Buffer,
+    },
     /// The transaction committed.
     Commit(Commit),
 }
@@ -153,12 +189,34 @@ impl Decoder {
     ///
     /// # Errors
     ///
-    /// A [`WireError`] when the message breaks the wire format, a batch arrives for a table
-    /// whose schema was not received, or its IPC part does not match that schema.
+    /// A [`WireError`] when the message breaks the wire format, a batch or truncate arrives
+    /// for a table whose schema was not received, or an IPC part does not match its schema.
     pub fn decode(&mut self, payload: &Buffer) -> Result<Message, WireError> {
         match wire::read_header(payload.as_slice())? {
             Header::Begin(b) => Ok(Message::Begin(b)),
             Header::Commit(c) => Ok(Message::Commit(c)),
+            Header::Origin { origin_lsn, name } => Ok(Message::Origin {
+                name: String::from_utf8_lossy(&payload.as_slice()[name]).into_owned(),
+                lsn: origin_lsn,
+            }),
+            Header::Message { transactional, lsn, prefix, content } => Ok(Message::Message {
+                transactional,
+                lsn,
+                prefix: String::from_utf8_lossy(&payload.as_slice()[prefix]).into_owned(),
+                content: payload.slice_with_length(content.start, content.len()),
+            }),
+            Header::Truncate(t) => {
+                let relations = t
+                    .relids
+                    .iter()
+                    .map(|r| self.relations.get(r).cloned().ok_or(WireError::UnknownRelation(*r)))
+                    .collect::<Result<_, _>>()?;
+                Ok(Message::Truncate {
+                    relations,
+                    cascade: t.cascade,
+                    restart_identity: t.restart_identity,
+                })
+            }
             Header::Schema { relid } => {
                 let meta = ipc_metadata(payload.as_slice(), MessageKind::Schema)?;
                 let wire_schema = try_schema_from_flatbuffer_bytes(meta)
@@ -167,7 +225,7 @@ impl Decoder {
                 self.relations.insert(relid, Arc::clone(&relation));
                 Ok(Message::Schema(relation))
             }
-            Header::Batch { relid, base_lsn } => {
+            Header::Batch { relid, base_lsn, has_missing } => {
                 let relation = Arc::clone(
                     self.relations.get(&relid).ok_or(WireError::UnknownRelation(relid))?,
                 );
@@ -179,8 +237,13 @@ impl Decoder {
                     aligned = Buffer::from_slice_ref(payload.as_slice());
                     &aligned
                 };
-                let wire_batch = decode_batch(payload, &relation.wire_schema)?;
-                let batch = self.to_user_batch(&relation, base_lsn, &wire_batch)?;
+                let schema = if has_missing {
+                    &relation.wire_schema
+                } else {
+                    &relation.wire_schema_without_missing
+                };
+                let wire_batch = decode_batch(payload, schema)?;
+                let batch = self.to_user_batch(&relation, base_lsn, &wire_batch, has_missing)?;
                 Ok(Message::Batch(DecodedBatch { relation, base_lsn, batch }))
             }
         }
@@ -191,39 +254,137 @@ impl Decoder {
         relation: &Relation,
         base_lsn: Lsn,
         wire_batch: &RecordBatch,
+        has_missing: bool,
     ) -> Result<RecordBatch, WireError> {
-        let n = wire_batch.num_columns();
-        let codes = wire_batch.column(n - 2).as_primitive::<UInt8Type>().clone();
+        let n = relation.table_columns;
+        let rows = wire_batch.num_rows();
+        let mut columns: Vec<ArrayRef> = wire_batch.columns()[..n].to_vec();
+        let codes = wire_batch.column(n).as_primitive::<UInt8Type>().clone();
         let ops = DictionaryArray::<UInt8Type>::try_new(codes, Arc::clone(&self.op_values))
             .map_err(|e| WireError::Ipc(format!("bad _op code: {e}")))?;
-        let deltas = wire_batch.column(n - 1).as_primitive::<UInt32Type>();
-        let lsns = UInt64Array::from_iter_values(
-            deltas.values().iter().map(|d| base_lsn.0.saturating_add(u64::from(*d))),
-        );
-        let mut columns: Vec<ArrayRef> = wire_batch.columns()[..n - 2].to_vec();
         columns.push(Arc::new(ops));
-        columns.push(Arc::new(lsns));
+        let mut next = n + 1;
+        if relation.has_lsn {
+            let deltas = wire_batch.column(next).as_primitive::<UInt32Type>();
+            columns.push(Arc::new(UInt64Array::from_iter_values(
+                deltas.values().iter().map(|d| base_lsn.0.saturating_add(u64::from(*d))),
+            )));
+            next += 1;
+        }
+        let missing: ArrayRef = if has_missing {
+            let bitmaps = wire_batch.column(next).as_fixed_size_binary();
+            let names: Vec<&str> =
+                relation.schema.fields()[..n].iter().map(|f| f.name().as_str()).collect();
+            let mut b =
+                ListBuilder::with_capacity(StringBuilder::new(), rows).with_field(missing_item());
+            for row in 0..rows {
+                if bitmaps.is_null(row) {
+                    b.append_null();
+                    continue;
+                }
+                for (i, byte) in bitmaps.value(row).iter().enumerate() {
+                    for bit in 0..8 {
+                        if byte & (1 << bit) != 0 {
+                            let name = names.get(i * 8 + bit).ok_or_else(|| {
+                                WireError::Ipc(
+                                    "_missing names a column the table does not have".into(),
+                                )
+                            })?;
+                            b.values().append_value(name);
+                        }
+                    }
+                }
+                b.append(true);
+            }
+            Arc::new(b.finish())
+        } else {
+            Arc::new(ListArray::new_null(missing_item(), rows))
+        };
+        columns.push(missing);
         RecordBatch::try_new(Arc::clone(&relation.schema), columns)
             .map_err(|e| WireError::Ipc(e.to_string()))
     }
 }
 
 fn relation_from_schema(relid: u32, wire_schema: Schema) -> Result<Relation, WireError> {
+    let bad = |m: &str| WireError::BadSchema(m.to_owned());
     let md = wire_schema.metadata();
-    let get = |key: &str| {
-        md.get(key).cloned().ok_or_else(|| WireError::BadSchema(format!("no {key} metadata")))
-    };
+    let get = |key: &str| md.get(key).cloned().ok_or_else(|| bad(&format!("no {key} metadata")));
     let namespace = get(meta::SCHEMA_NAME)?;
     let name = get(meta::TABLE_NAME)?;
-    let schema = Arc::new(user_schema(&wire_schema)?);
+    let fields = wire_schema.fields();
+    let is_system =
+        |f: &FieldRef| f.metadata().get(meta::SYSTEM_COLUMN).is_some_and(|v| v == "true");
+    let n = fields.iter().position(is_system).ok_or_else(|| bad("no system columns"))?;
+    let names: Vec<&str> = fields[n..].iter().map(|f| f.name().as_str()).collect();
+    let has_lsn = match names.as_slice() {
+        [meta::OP_COLUMN, meta::LSN_DELTA_COLUMN, meta::MISSING_COLUMN] => true,
+        [meta::OP_COLUMN, meta::MISSING_COLUMN] => false,
+        _ => return Err(bad("system columns must be _op, [_lsn_delta,] _missing")),
+    };
+    let types_ok = fields[n].data_type() == &DataType::UInt8
+        && (!has_lsn || fields[n + 1].data_type() == &DataType::UInt32)
+        && matches!(fields[fields.len() - 1].data_type(), DataType::FixedSizeBinary(w)
+            if usize::try_from(*w).is_ok_and(|w| w >= 1 && w.saturating_mul(8) >= n));
+    if !types_ok {
+        return Err(bad("system columns of the wrong type"));
+    }
+    let mut user: Vec<Field> = fields[..n].iter().map(|f| f.as_ref().clone()).collect();
+    user.push(op_field());
+    if has_lsn {
+        user.push(lsn_field());
+    }
+    user.push(missing_field());
+    let without_missing = wire_schema
+        .project(&(0..fields.len() - 1).collect::<Vec<_>>())
+        .map_err(|e| bad(&e.to_string()))?;
+    let names_list = |key: &str| md.get(key).map(|v| parse_name_list(v)).unwrap_or_default();
     Ok(Relation {
         relid,
         qualified_name: format!("{namespace}.{name}"),
         namespace,
         name,
-        schema,
+        primary_key: names_list(meta::PRIMARY_KEY),
+        replica_identity: md
+            .get(meta::REPLICA_IDENTITY)
+            .map(|r| ReplicaIdentity::from_char(r.as_bytes().first().copied().unwrap_or(b'd')))
+            .unwrap_or(ReplicaIdentity::Default),
+        identity_key: names_list(meta::IDENTITY_KEY),
+        schema: Arc::new(Schema::new_with_metadata(user, md.clone())),
+        table_columns: n,
+        has_lsn,
+        wire_schema_without_missing: Arc::new(without_missing),
         wire_schema: Arc::new(wire_schema),
     })
+}
+
+/// Parses a JSON array of strings as written by the encoder (`["a","b\"c"]`).
+fn parse_name_list(s: &str) -> Vec<String> {
+    let inner = s.trim().trim_start_matches('[').trim_end_matches(']');
+    let mut out = Vec::new();
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c != '"' {
+            continue;
+        }
+        let mut name = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some('u') => {
+                        let hex: String = chars.by_ref().take(4).collect();
+                        name.extend(u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32));
+                    }
+                    Some(e) => name.push(e),
+                    None => break,
+                },
+                '"' => break,
+                c => name.push(c),
+            }
+        }
+        out.push(name);
+    }
+    out
 }
 
 /// The flatbuffer metadata of the encapsulated IPC message that follows a message's header.
@@ -350,4 +511,18 @@ fn decode_batch(payload: &Buffer, wire_schema: &SchemaRef) -> Result<RecordBatch
         .with_require_alignment(true)
         .read_record_batch()
         .map_err(ipc_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_name_list;
+
+    #[test]
+    fn name_lists_parse_back() {
+        assert_eq!(parse_name_list("[]"), Vec::<String>::new());
+        assert_eq!(
+            parse_name_list(r#"["id","we\"ird","x\\y","\u00e9"]"#),
+            ["id", "we\"ird", "x\\y", "é"]
+        );
+    }
 }

@@ -34,6 +34,12 @@ pub const TABLE_NAME: &str = "wal2arrow:table";
 pub const RELATION_OID: &str = "wal2arrow:relid";
 /// Schema metadata: the wire format version the schema was written with.
 pub const WIRE_VERSION: &str = "wal2arrow:version";
+/// Schema metadata: the primary key's columns, as a JSON array of names (`[]` without one).
+pub const PRIMARY_KEY: &str = "wal2arrow:primary_key";
+/// Schema metadata: the replica identity: `default`, `nothing`, `full` or `index`.
+pub const REPLICA_IDENTITY: &str = "wal2arrow:replica_identity";
+/// Schema metadata: the columns old images (`update_before`, `delete`) carry, as a JSON array.
+pub const IDENTITY_KEY: &str = "wal2arrow:identity_key";
 
 /// Name of the change-kind column (`insert`, `update`, `delete`) in user-facing batches.
 pub const OP_COLUMN: &str = "_op";
@@ -42,3 +48,6 @@ pub const LSN_COLUMN: &str = "_lsn";
 /// Name of the wire-format column holding each row's LSN as an offset from the batch's base
 /// LSN (the consumer turns it into [`LSN_COLUMN`]).
 pub const LSN_DELTA_COLUMN: &str = "_lsn_delta";
+/// Name of the column listing, per row, the columns whose value the change does not carry
+/// (unchanged TOAST values; columns outside an old key; NaN in a `Decimal128` column).
+pub const MISSING_COLUMN: &str = "_missing";

@@ -1,48 +1,69 @@
 //! Round trips through the encoder and decoder, and what the decoder does with damaged input.
 
-use std::sync::Arc;
-
 use arrow_array::cast::AsArray;
-use arrow_array::types::UInt8Type;
+use arrow_array::types::{
+    Decimal128Type, Int32Type, IntervalMonthDayNanoType, Time64MicrosecondType, UInt8Type,
+    UInt64Type,
+};
 use arrow_array::{Array, RecordBatch};
 use arrow_buffer::Buffer;
 use arrow_schema::DataType;
 
 use crate::encode::write_schema_message;
-use crate::types::oid;
+use crate::types::{TypeClass, oid};
 use crate::*;
 
-fn col(name: &str, type_oid: u32, type_name: &str) -> ColumnDesc {
+fn col(name: &str, kind: PgKind, type_name: &str) -> ColumnDesc {
     ColumnDesc {
         name: name.into(),
-        type_oid,
+        type_oid: 0,
         typmod: -1,
         type_name: type_name.into(),
         not_null: false,
-        kind: PgKind::from_type_oid(type_oid),
+        kind,
     }
 }
 
-fn every_kind() -> RelationDesc {
+fn builtin(name: &str, type_oid: u32, type_name: &str) -> ColumnDesc {
+    ColumnDesc { type_oid, ..col(name, PgKind::from_type_oid(type_oid), type_name) }
+}
+
+fn relation(columns: Vec<ColumnDesc>) -> RelationDesc {
     RelationDesc {
         relid: 16384,
         namespace: "public".into(),
         name: "every".into(),
-        columns: vec![
-            col("i2", oid::INT2, "int2"),
-            col("i4", oid::INT4, "int4"),
-            col("i8", oid::INT8, "int8"),
-            col("f4", oid::FLOAT4, "float4"),
-            col("f8", oid::FLOAT8, "float8"),
-            col("b", oid::BOOL, "bool"),
-            col("t", oid::TEXT, "text"),
-            col("by", oid::BYTEA, "bytea"),
-            col("d", oid::DATE, "date"),
-            col("ts", oid::TIMESTAMP, "timestamp"),
-            col("tz", oid::TIMESTAMPTZ, "timestamptz"),
-            col("p", 600, "point"),
-        ],
+        columns,
+        primary_key: vec!["i8".into()],
+        replica_identity: ReplicaIdentity::Default,
+        identity_key: vec!["i8".into()],
+        with_lsn: true,
     }
+}
+
+fn every_kind() -> RelationDesc {
+    relation(vec![
+        builtin("i2", oid::INT2, "int2"),
+        builtin("i4", oid::INT4, "int4"),
+        builtin("i8", oid::INT8, "int8"),
+        builtin("f4", oid::FLOAT4, "float4"),
+        builtin("f8", oid::FLOAT8, "float8"),
+        builtin("b", oid::BOOL, "bool"),
+        builtin("t", oid::TEXT, "text"),
+        builtin("by", oid::BYTEA, "bytea"),
+        builtin("d", oid::DATE, "date"),
+        builtin("ts", oid::TIMESTAMP, "timestamp"),
+        builtin("tz", oid::TIMESTAMPTZ, "timestamptz"),
+        builtin("p", 600, "point"),
+        builtin("o", oid::OID, "oid"),
+        col("n", PgKind::Decimal { precision: 12, scale: 2 }, "numeric"),
+        builtin("u", oid::UUID, "uuid"),
+        builtin("tm", oid::TIME, "time"),
+        builtin("ttz", oid::TIMETZ, "timetz"),
+        builtin("iv", oid::INTERVAL, "interval"),
+        col("a", PgKind::array(PgKind::Int4, "int4", 1), "_int4"),
+        col("a2", PgKind::array(PgKind::Text, "text", 2), "_text"),
+    ])
 }
 
 /// Appends row `i`: NULL in column `i % ncols`, values derived from `i` elsewhere.
@@ -54,17 +75,40 @@ fn append_row(enc: &mut BatchEncoder, i: usize, lsn: Lsn) {
             b.append_null();
             continue;
         }
-        match b {
-            ColumnBuilder::Int16(b) => b.append_value(i as i16),
-            ColumnBuilder::Int32(b) => b.append_value(i as i32),
-            ColumnBuilder::Int64(b) => b.append_value(i as i64 * 1_000_000_007),
-            ColumnBuilder::Float32(b) => b.append_value(i as f32 / 3.0),
-            ColumnBuilder::Float64(b) => b.append_value(i as f64 / 7.0),
-            ColumnBuilder::Bool(b) => b.append_value(i.is_multiple_of(2)),
-            ColumnBuilder::Utf8(b) => b.append_value(format!("row {i} é")),
-            ColumnBuilder::Binary(b) => b.append_value([i as u8, 0, 255]),
-            ColumnBuilder::Date32(b) => b.append_value(i as i32),
-            ColumnBuilder::Timestamp(b) => b.append_value(i as i64 * 1_000_001),
+        append_value(b, i);
+    }
+}
+
+fn append_value(b: &mut ColumnBuilder, i: usize) {
+    match b {
+        ColumnBuilder::Int16(b) => b.append_value(i as i16),
+        ColumnBuilder::Int32(b) => b.append_value(i as i32),
+        ColumnBuilder::Int64(b) => b.append_value(i as i64 * 1_000_000_007),
+        ColumnBuilder::UInt32(b) => b.append_value(u32::MAX - i as u32),
+        ColumnBuilder::Float32(b) => b.append_value(i as f32 / 3.0),
+        ColumnBuilder::Float64(b) => b.append_value(i as f64 / 7.0),
+        ColumnBuilder::Decimal128(b) => b.append_value(i as i128 * 101 - 5000),
+        ColumnBuilder::Bool(b) => b.append_value(i.is_multiple_of(2)),
+        ColumnBuilder::Utf8(b) => b.append_value(format!("row {i} é")),
+        ColumnBuilder::Binary(b) => b.append_value([i as u8, 0, 255]),
+        ColumnBuilder::FixedSizeBinary(b) => b.append_value([i as u8; 16]).unwrap(),
+        ColumnBuilder::Date32(b) => b.append_value(i as i32),
+        ColumnBuilder::Time64(b) => b.append_value(i as i64 * 1_000_003),
+        ColumnBuilder::Timestamp(b) => b.append_value(i as i64 * 1_000_001),
+        ColumnBuilder::Interval(b) => {
+            ColumnBuilder::append_interval(b, i as i32, -(i as i32), i as i64)
+        }
+        ColumnBuilder::TimeTz(b) => b.append_value(i as i64, -3600 * (i as i32 % 13)),
+        ColumnBuilder::List(l) => {
+            // i % 3 items, the middle one NULL; for nested lists, lists of those.
+            for k in 0..i % 3 {
+                if k == 1 {
+                    l.values().append_null();
+                } else {
+                    append_value(l.values(), i + k);
+                }
+            }
+            l.close();
         }
     }
 }
@@ -74,13 +118,12 @@ fn aligned(bytes: &[u8]) -> Buffer {
     Buffer::from_slice_ref(bytes)
 }
 
-fn encode_session(rows: usize, batch_rows: usize) -> (Vec<Vec<u8>>, RelationDesc) {
-    let desc = every_kind();
+fn encode_session(desc: &RelationDesc, rows: usize, batch_rows: usize) -> Vec<Vec<u8>> {
     let mut msgs = Vec::new();
     let mut m = Vec::new();
-    write_schema_message(&mut m, &desc).unwrap();
+    write_schema_message(&mut m, desc).unwrap();
     msgs.push(m);
-    let mut enc = BatchEncoder::new(&desc);
+    let mut enc = BatchEncoder::new(desc);
     for i in 0..rows {
         append_row(&mut enc, i, Lsn(0x1_0000_0000 + 40 * i as u64));
         if enc.rows() == batch_rows {
@@ -93,24 +136,30 @@ fn encode_session(rows: usize, batch_rows: usize) -> (Vec<Vec<u8>>, RelationDesc
     if enc.write_batch(&mut m).unwrap() > 0 {
         msgs.push(m);
     }
-    (msgs, desc)
+    msgs
+}
+
+fn concat(batches: &[RecordBatch]) -> RecordBatch {
+    arrow_select::concat::concat_batches(&batches[0].schema(), batches).unwrap()
 }
 
 #[test]
 fn batches_round_trip_with_nulls_in_every_column() {
-    let (msgs, desc) = encode_session(100, 30);
+    let desc = every_kind();
+    let msgs = encode_session(&desc, 100, 30);
     assert_eq!(msgs.len(), 1 + 4, "schema + ceil(100/30) batches");
     let mut dec = Decoder::new();
     let Message::Schema(rel) = dec.decode(&aligned(&msgs[0])).unwrap() else { panic!() };
     assert_eq!(rel.qualified_name, "public.every");
     assert_eq!(rel.table_columns(), desc.columns.len());
+    assert_eq!(rel.primary_key, ["i8"]);
     let mut batches: Vec<RecordBatch> = Vec::new();
     for m in &msgs[1..] {
         let Message::Batch(b) = dec.decode(&aligned(m)).unwrap() else { panic!() };
         batches.push(b.batch);
     }
     assert_eq!(dec.realigned_payloads(), 0);
-    let all = arrow_select_concat(&batches);
+    let all = concat(&batches);
     assert_eq!(all.num_rows(), 100);
     assert_eq!(all.schema(), rel.schema);
 
@@ -124,54 +173,137 @@ fn batches_round_trip_with_nulls_in_every_column() {
     let Message::Batch(expected) = dec.decode(&aligned(&m)).unwrap() else { panic!() };
     assert_eq!(all, expected.batch);
 
-    for c in 0..desc.columns.len() {
+    let n = desc.columns.len();
+    for c in 0..n {
         let nulls = all.column(c).null_count();
-        assert_eq!(nulls, (0..100).filter(|i| i % desc.columns.len() == c).count(), "col {c}");
+        assert_eq!(nulls, (0..100).filter(|i| i % n == c).count(), "col {c}");
     }
-    let ops = all.column(desc.columns.len()).as_dictionary::<UInt8Type>();
+    let ops = all.column(n).as_dictionary::<UInt8Type>();
     assert!(ops.keys().values().iter().all(|k| *k == ChangeOp::Insert as u8));
     assert_eq!(ops.values().as_string::<i32>().value(0), "insert");
-    let lsns = all.column(desc.columns.len() + 1).as_primitive::<arrow_array::types::UInt64Type>();
+    let lsns = all.column(n + 1).as_primitive::<UInt64Type>();
     for (i, l) in lsns.values().iter().enumerate() {
         assert_eq!(*l, 0x1_0000_0000 + 40 * i as u64);
     }
-    assert_eq!(
-        all.schema().field(10).data_type(),
-        &DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, Some("UTC".into()))
-    );
+    assert_eq!(all.column(n + 2).null_count(), 100, "no value was missing");
+
+    // Typed spot checks of the richer kinds, row 5.
+    assert_eq!(all.column(13).as_primitive::<Decimal128Type>().value(5), 5 * 101 - 5000);
+    assert_eq!(all.schema().field(13).data_type(), &DataType::Decimal128(12, 2));
+    assert_eq!(all.column(14).as_fixed_size_binary().value(5), [5u8; 16]);
+    assert_eq!(all.column(15).as_primitive::<Time64MicrosecondType>().value(5), 5_000_015);
+    let ttz = all.column(16).as_struct();
+    assert_eq!(ttz.column(1).as_primitive::<Int32Type>().value(5), -3600 * 5);
+    let iv = all.column(17).as_primitive::<IntervalMonthDayNanoType>().value(5);
+    assert_eq!((iv.months, iv.days, iv.nanoseconds), (5, -5, 5000));
+    let list = all.column(18).as_list::<i32>();
+    let items = list.value(5);
+    let items = items.as_primitive::<Int32Type>();
+    assert_eq!(items.len(), 2, "5 % 3 items");
+    assert_eq!((items.value(0), items.is_null(1)), (5, true));
+    let nested = all.column(19).as_list::<i32>().value(8);
+    assert_eq!(nested.len(), 2);
+    assert!(nested.as_list::<i32>().is_null(1), "a NULL inner array");
 }
 
-fn arrow_select_concat(batches: &[RecordBatch]) -> RecordBatch {
-    arrow_select::concat::concat_batches(&batches[0].schema(), batches).unwrap()
+#[test]
+fn missing_values_and_old_images() {
+    let desc = relation(vec![
+        builtin("id", oid::INT8, "int8"),
+        builtin("body", oid::TEXT, "text"),
+        col("price", PgKind::Decimal { precision: 10, scale: 2 }, "numeric"),
+    ]);
+    let mut m = Vec::new();
+    write_schema_message(&mut m, &desc).unwrap();
+    let mut dec = Decoder::new();
+    dec.decode(&aligned(&m)).unwrap();
+    let mut enc = BatchEncoder::new(&desc);
+    // An UPDATE under REPLICA IDENTITY DEFAULT that changed the key: old key, new row whose
+    // large body was unchanged (TOAST), and a NULL price.
+    enc.start_row(ChangeOp::UpdateBefore, Lsn(10)).unwrap();
+    let ColumnBuilder::Int64(id) = enc.column(0) else { panic!() };
+    id.append_value(1);
+    for c in [1, 2] {
+        enc.column(c).append_null();
+        enc.mark_missing(c);
+    }
+    enc.start_row(ChangeOp::Update, Lsn(10)).unwrap();
+    let ColumnBuilder::Int64(id) = enc.column(0) else { panic!() };
+    id.append_value(2);
+    enc.column(1).append_null();
+    enc.mark_missing(1);
+    enc.column(2).append_null();
+    let mut m = Vec::new();
+    enc.write_batch(&mut m).unwrap();
+    assert_eq!(m[2], wire::BATCH_HAS_MISSING, "the header announces the column");
+    let Message::Batch(b) = dec.decode(&aligned(&m)).unwrap() else { panic!() };
+    let ops = b.batch.column(3).as_dictionary::<UInt8Type>();
+    let names = ops.values().as_string::<i32>();
+    assert_eq!(names.value(ops.keys().value(0) as usize), "update_before");
+    assert_eq!(names.value(ops.keys().value(1) as usize), "update");
+    let missing = b.batch.column(5).as_list::<i32>();
+    let row = |r: usize| {
+        let v = missing.value(r);
+        let s = v.as_string::<i32>();
+        (0..s.len()).map(|i| s.value(i).to_owned()).collect::<Vec<_>>()
+    };
+    assert_eq!(row(0), ["body", "price"]);
+    assert_eq!(row(1), ["body"], "the NULL price is a real NULL, not missing");
+    assert!(b.batch.column(1).is_null(1) && b.batch.column(2).is_null(1));
+}
+
+#[test]
+fn include_lsn_off_drops_the_column() {
+    let mut desc = every_kind();
+    desc.with_lsn = false;
+    let msgs = encode_session(&desc, 5, 100);
+    let mut dec = Decoder::new();
+    let Message::Schema(rel) = dec.decode(&aligned(&msgs[0])).unwrap() else { panic!() };
+    assert!(!rel.has_lsn());
+    let Message::Batch(b) = dec.decode(&aligned(&msgs[1])).unwrap() else { panic!() };
+    let schema = b.batch.schema();
+    let names: Vec<&str> =
+        schema.fields()[desc.columns.len()..].iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, ["_op", "_missing"]);
 }
 
 #[test]
 fn decoded_columns_point_into_the_payload() {
-    let (msgs, _) = encode_session(50, 1000);
+    let desc = every_kind();
+    let msgs = encode_session(&desc, 50, 1000);
     let mut dec = Decoder::new();
     dec.decode(&aligned(&msgs[0])).unwrap();
     let payload = aligned(&msgs[1]);
     let Message::Batch(b) = dec.decode(&payload).unwrap() else { panic!() };
     let range = payload.as_ptr() as usize..payload.as_ptr() as usize + payload.len();
     let n = b.relation.table_columns();
-    // Table columns and the _op keys are borrowed (a dictionary's buffers are its keys; its
-    // values are the fixed op names); _lsn is computed.
-    for c in 0..=n {
-        let data = b.batch.column(c).to_data();
+    // Table columns (children of lists and structs included) and the _op keys are borrowed
+    // (a dictionary's buffers are its keys; its values are the fixed op names).
+    fn check(data: &arrow_data::ArrayData, range: &std::ops::Range<usize>, what: &str) {
         for buf in data.buffers() {
             let p = buf.as_ptr() as usize;
-            assert!(range.contains(&p) && p + buf.len() <= range.end, "column {c} copied");
+            assert!(
+                range.contains(&p) && p + buf.len() <= range.end,
+                "{what}: a buffer was copied"
+            );
         }
         if let Some(nulls) = data.nulls() {
-            let p = nulls.buffer().as_ptr() as usize;
-            assert!(range.contains(&p), "column {c} validity copied");
+            assert!(range.contains(&(nulls.buffer().as_ptr() as usize)), "{what}: validity copied");
         }
+        if !matches!(data.data_type(), DataType::Dictionary(..)) {
+            for child in data.child_data() {
+                check(child, range, what);
+            }
+        }
+    }
+    for c in 0..=n {
+        check(&b.batch.column(c).to_data(), &range, b.batch.schema().field(c).name());
     }
 }
 
 #[test]
 fn misaligned_payloads_are_copied_once_and_counted() {
-    let (msgs, _) = encode_session(10, 1000);
+    let msgs = encode_session(&every_kind(), 10, 1000);
     let mut dec = Decoder::new();
     dec.decode(&aligned(&msgs[0])).unwrap();
     let mut shifted = vec![0u8];
@@ -184,8 +316,7 @@ fn misaligned_payloads_are_copied_once_and_counted() {
 
 #[test]
 fn rows_more_than_4_gib_of_wal_apart_need_a_new_batch() {
-    let desc = every_kind();
-    let mut enc = BatchEncoder::new(&desc);
+    let mut enc = BatchEncoder::new(&every_kind());
     append_row(&mut enc, 0, Lsn(100));
     assert!(enc.accepts(Lsn(100 + u64::from(u32::MAX))));
     assert!(!enc.accepts(Lsn(101 + u64::from(u32::MAX))));
@@ -197,15 +328,22 @@ fn rows_more_than_4_gib_of_wal_apart_need_a_new_batch() {
 }
 
 #[test]
-fn batch_before_schema_is_an_error() {
-    let (msgs, _) = encode_session(3, 1000);
+fn batch_or_truncate_before_schema_is_an_error() {
+    let msgs = encode_session(&every_kind(), 3, 1000);
     let mut dec = Decoder::new();
     assert_eq!(dec.decode(&aligned(&msgs[1])).unwrap_err(), WireError::UnknownRelation(16384));
+    let mut t = Vec::new();
+    wire::write_truncate(
+        &mut t,
+        &wire::Truncate { cascade: false, restart_identity: false, relids: vec![7] },
+    )
+    .unwrap();
+    assert_eq!(dec.decode(&aligned(&t)).unwrap_err(), WireError::UnknownRelation(7));
 }
 
 #[test]
 fn damaged_messages_are_errors_never_panics() {
-    let (msgs, _) = encode_session(20, 1000);
+    let msgs = encode_session(&every_kind(), 20, 1000);
     let schema = &msgs[0];
     let batch = &msgs[1];
     // Every truncation.
@@ -237,21 +375,35 @@ fn damaged_messages_are_errors_never_panics() {
 
 #[test]
 fn schema_message_describes_the_table() {
-    let (msgs, desc) = encode_session(0, 1);
+    let mut desc = every_kind();
+    desc.columns[2].not_null = true;
+    desc.replica_identity = ReplicaIdentity::Full;
+    desc.identity_key = desc.columns.iter().map(|c| c.name.clone()).collect();
+    let msgs = encode_session(&desc, 0, 1);
     let mut dec = Decoder::new();
     let Message::Schema(rel) = dec.decode(&aligned(&msgs[0])).unwrap() else { panic!() };
     assert_eq!(rel.relid, 16384);
-    assert_eq!(rel.namespace, "public");
-    assert_eq!(rel.name, "every");
+    assert_eq!((rel.namespace.as_str(), rel.name.as_str()), ("public", "every"));
+    assert_eq!(rel.replica_identity, ReplicaIdentity::Full);
+    assert_eq!(rel.identity_key.len(), desc.columns.len());
     let f = rel.schema.field(0);
     assert_eq!(f.name(), "i2");
     assert_eq!(f.metadata()[meta::PG_TYPNAME], "int2");
     assert_eq!(f.metadata()[meta::PG_TYPOID], "21");
     assert_eq!(f.metadata()[meta::PG_TYPMOD], "-1");
+    assert_eq!(rel.schema.field(2).metadata()[meta::PG_NOT_NULL], "true");
     assert_eq!(rel.schema.metadata()[meta::TABLE_NAME], "every");
-    let op = rel.schema.field(desc.columns.len());
+    assert_eq!(rel.schema.metadata()[meta::PRIMARY_KEY], r#"["i8"]"#);
+    let n = desc.columns.len();
+    let op = rel.schema.field(n);
     assert_eq!(op.name(), "_op");
     assert!(!op.is_nullable());
-    assert_eq!(rel.schema.field(desc.columns.len() + 1).data_type(), &DataType::UInt64);
-    let _ = Arc::clone(&rel);
+    assert_eq!(rel.schema.field(n + 1).data_type(), &DataType::UInt64);
+    assert_eq!(rel.schema.field(n + 2).name(), "_missing");
+}
+
+#[test]
+fn enum_and_domain_resolution_is_by_base_type() {
+    assert_eq!(PgKind::resolve(oid::INT4, -1, TypeClass::Base, false), PgKind::Int4);
+    assert_eq!(PgKind::resolve(99999, -1, TypeClass::Enum, false), PgKind::OutputText);
 }

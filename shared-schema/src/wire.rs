@@ -9,11 +9,17 @@
 //! | kind | byte | fixed header (bytes) | then |
 //! |---|---|---|---|
 //! | Begin | `B` | prefix, xid `u32`, final (commit) LSN `u64`, commit time `i64` (24) | — |
+//! | Origin | `O` | prefix, name length `u32`, origin LSN `u64` (16) | the origin's name |
 //! | Schema | `S` | prefix, relation OID `u32`, reserved `u64` (16) | IPC `Schema` message |
 //! | Batch | `R` | prefix, relation OID `u32`, base LSN `u64` (16) | IPC `RecordBatch` message |
+//! | Truncate | `T` | prefix, relation count `u32` (8) | that many relation OIDs (`u32`) |
+//! | Message | `M` | prefix, prefix length `u32`, LSN `u64`, content length `u32`, reserved `u32` (24) | prefix, content |
 //! | Commit | `C` | prefix, reserved `u32`, commit LSN `u64`, end LSN `u64`, commit time `i64` (32) | — |
 //!
-//! Commit times are microseconds since 1970-01-01 UTC. The 16-byte headers of Schema and Batch
+//! The prefix's flags byte is defined per kind: Batch `0x01` = the batch carries the `_missing`
+//! column; Truncate `0x01` = `CASCADE`, `0x02` = `RESTART IDENTITY`; Message `0x01` =
+//! transactional. Commit times are microseconds since 1970-01-01 UTC (0 when the consumer asked
+//! for no timestamps). The 16-byte headers of Schema and Batch
 //! keep the IPC message at a 16-byte offset, and the plugin writes IPC bodies with 16-byte
 //! buffer alignment: a payload received into a 16-byte-aligned allocation can be decoded
 //! without copying any buffer (even `Decimal128`'s, which need 16).
@@ -50,9 +56,24 @@ pub enum MessageKind {
     Schema = b'S',
     /// A batch of one table's row changes, as an Arrow record batch.
     Batch = b'R',
+    /// Tables were truncated.
+    Truncate = b'T',
+    /// A logical decoding message (`pg_logical_emit_message`).
+    Message = b'M',
+    /// The transaction was replayed from a replication origin.
+    Origin = b'O',
     /// A transaction committed.
     Commit = b'C',
 }
+
+/// Batch flag: the batch has the `_missing` column.
+pub const BATCH_HAS_MISSING: u8 = 0x01;
+/// Truncate flag: `TRUNCATE … CASCADE`.
+pub const TRUNCATE_CASCADE: u8 = 0x01;
+/// Truncate flag: `TRUNCATE … RESTART IDENTITY`.
+pub const TRUNCATE_RESTART_IDENTITY: u8 = 0x02;
+/// Message flag: a transactional message.
+pub const MESSAGE_TRANSACTIONAL: u8 = 0x01;
 
 impl MessageKind {
     /// The kind for a message's first byte.
@@ -61,6 +82,9 @@ impl MessageKind {
             b'B' => MessageKind::Begin,
             b'S' => MessageKind::Schema,
             b'R' => MessageKind::Batch,
+            b'T' => MessageKind::Truncate,
+            b'M' => MessageKind::Message,
+            b'O' => MessageKind::Origin,
             b'C' => MessageKind::Commit,
             _ => return None,
         })
@@ -68,14 +92,29 @@ impl MessageKind {
 
     fn header_len(self) -> usize {
         match self {
-            MessageKind::Begin => 24,
-            MessageKind::Schema | MessageKind::Batch => IPC_OFFSET,
+            MessageKind::Begin | MessageKind::Message => 24,
+            MessageKind::Schema | MessageKind::Batch | MessageKind::Origin => IPC_OFFSET,
+            MessageKind::Truncate => 8,
             MessageKind::Commit => 32,
+        }
+    }
+
+    /// The flag bits this kind defines.
+    fn flags(self) -> u8 {
+        match self {
+            MessageKind::Batch => BATCH_HAS_MISSING,
+            MessageKind::Truncate => TRUNCATE_CASCADE | TRUNCATE_RESTART_IDENTITY,
+            MessageKind::Message => MESSAGE_TRANSACTIONAL,
+            _ => 0,
         }
     }
 }
 
 /// The kind of change a row of a batch records (the `_op` column).
+///
+/// An UPDATE is one `update` row (the new image), preceded by an `update_before` row (the old
+/// key, or the old row with `REPLICA IDENTITY FULL`) when PostgreSQL logged one. A DELETE is
+/// one `delete` row holding the old key or row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum ChangeOp {
@@ -83,12 +122,15 @@ pub enum ChangeOp {
     Insert = 0,
     /// The new image of an updated row.
     Update = 1,
-    /// A deleted row.
+    /// A deleted row: its key, or the whole old row with `REPLICA IDENTITY FULL`.
     Delete = 2,
+    /// The old image of an updated row: its key, or the whole old row with
+    /// `REPLICA IDENTITY FULL`.
+    UpdateBefore = 3,
 }
 
 /// The values of the `_op` dictionary, indexed by [`ChangeOp`] code.
-pub const OP_NAMES: [&str; 3] = ["insert", "update", "delete"];
+pub const OP_NAMES: [&str; 4] = ["insert", "update", "delete", "update_before"];
 
 impl ChangeOp {
     /// The op for a wire code.
@@ -97,6 +139,7 @@ impl ChangeOp {
             0 => ChangeOp::Insert,
             1 => ChangeOp::Update,
             2 => ChangeOp::Delete,
+            3 => ChangeOp::UpdateBefore,
             _ => return None,
         })
     }
@@ -198,7 +241,12 @@ impl fmt::Display for WireError {
 impl std::error::Error for WireError {}
 
 fn prefix(kind: MessageKind) -> [u8; 4] {
-    [kind as u8, WIRE_VERSION, 0, 0]
+    prefix_with(kind, 0)
+}
+
+fn prefix_with(kind: MessageKind, flags: u8) -> [u8; 4] {
+    debug_assert_eq!(flags & !kind.flags(), 0, "undefined flags for {kind:?}");
+    [kind as u8, WIRE_VERSION, flags, 0]
 }
 
 /// Writes a Begin message.
@@ -242,16 +290,87 @@ pub(crate) fn write_batch_header(
     out: &mut impl Write,
     relid: u32,
     base_lsn: Lsn,
+    flags: u8,
 ) -> io::Result<()> {
     let mut b = [0u8; IPC_OFFSET];
-    b[..4].copy_from_slice(&prefix(MessageKind::Batch));
+    b[..4].copy_from_slice(&prefix_with(MessageKind::Batch, flags));
     b[4..8].copy_from_slice(&relid.to_le_bytes());
     b[8..16].copy_from_slice(&base_lsn.0.to_le_bytes());
     out.write_all(&b)
 }
 
+/// Truncate message: the tables (by OID) truncated together in one command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Truncate {
+    /// `CASCADE`
+    pub cascade: bool,
+    /// `RESTART IDENTITY`
+    pub restart_identity: bool,
+    /// The truncated tables.
+    pub relids: Vec<u32>,
+}
+
+/// Writes a Truncate message.
+///
+/// # Errors
+///
+/// Whatever `out` returns.
+pub fn write_truncate(out: &mut impl Write, m: &Truncate) -> io::Result<()> {
+    let flags = if m.cascade { TRUNCATE_CASCADE } else { 0 }
+        | if m.restart_identity { TRUNCATE_RESTART_IDENTITY } else { 0 };
+    out.write_all(&prefix_with(MessageKind::Truncate, flags))?;
+    out.write_all(&u32::try_from(m.relids.len()).unwrap_or(u32::MAX).to_le_bytes())?;
+    for r in &m.relids {
+        out.write_all(&r.to_le_bytes())?;
+    }
+    Ok(())
+}
+
+/// Writes a logical decoding message.
+///
+/// # Errors
+///
+/// Whatever `out` returns, or `InvalidInput` for a prefix or content over 4 GiB.
+pub fn write_logical_message(
+    out: &mut impl Write,
+    transactional: bool,
+    lsn: Lsn,
+    prefix_text: &[u8],
+    content: &[u8],
+) -> io::Result<()> {
+    let len = |n: usize| {
+        u32::try_from(n)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "message over 4 GiB"))
+    };
+    let mut b = [0u8; 24];
+    b[..4].copy_from_slice(&prefix_with(
+        MessageKind::Message,
+        if transactional { MESSAGE_TRANSACTIONAL } else { 0 },
+    ));
+    b[4..8].copy_from_slice(&len(prefix_text.len())?.to_le_bytes());
+    b[8..16].copy_from_slice(&lsn.0.to_le_bytes());
+    b[16..20].copy_from_slice(&len(content.len())?.to_le_bytes());
+    out.write_all(&b)?;
+    out.write_all(prefix_text)?;
+    out.write_all(content)
+}
+
+/// Writes an Origin message.
+///
+/// # Errors
+///
+/// Whatever `out` returns.
+pub fn write_origin(out: &mut impl Write, origin_lsn: Lsn, name: &[u8]) -> io::Result<()> {
+    let mut b = [0u8; 16];
+    b[..4].copy_from_slice(&prefix(MessageKind::Origin));
+    b[4..8].copy_from_slice(&u32::try_from(name.len()).unwrap_or(u32::MAX).to_le_bytes());
+    b[8..16].copy_from_slice(&origin_lsn.0.to_le_bytes());
+    out.write_all(&b)?;
+    out.write_all(name)
+}
+
 /// A message's fixed header, read without touching its IPC part.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Header {
     /// See [`Begin`].
     Begin(Begin),
@@ -268,6 +387,28 @@ pub enum Header {
         relid: u32,
         /// LSN the rows' `_lsn_delta` values are added to.
         base_lsn: Lsn,
+        /// The batch carries the `_missing` column.
+        has_missing: bool,
+    },
+    /// See [`Truncate`].
+    Truncate(Truncate),
+    /// A logical message: prefix at `prefix`, content at `content` (byte ranges of the message).
+    Message {
+        /// Transactional (delivered in its transaction) or not (delivered at once).
+        transactional: bool,
+        /// The message's LSN.
+        lsn: Lsn,
+        /// Where the prefix lies in the message.
+        prefix: std::ops::Range<usize>,
+        /// Where the content lies in the message.
+        content: std::ops::Range<usize>,
+    },
+    /// An Origin message: the origin's name at `name` (a byte range of the message).
+    Origin {
+        /// The origin's LSN for this transaction.
+        origin_lsn: Lsn,
+        /// Where the name lies in the message.
+        name: std::ops::Range<usize>,
     },
 }
 
@@ -295,9 +436,19 @@ pub fn read_header(msg: &[u8]) -> Result<Header, WireError> {
     if msg[1] == 0 || msg[1] > WIRE_VERSION {
         return Err(WireError::UnsupportedVersion { found: msg[1], max: WIRE_VERSION });
     }
-    if msg[2] != 0 || msg[3] != 0 {
+    let flags = msg[2];
+    if flags & !kind.flags() != 0 || msg[3] != 0 {
         return Err(WireError::ReservedBits(kind));
     }
+    let trailing = |start: usize, len: u64| -> Result<std::ops::Range<usize>, WireError> {
+        let end = usize::try_from(len).ok().and_then(|l| start.checked_add(l));
+        match end {
+            Some(end) if end <= msg.len() => Ok(start..end),
+            _ => {
+                Err(WireError::Truncated { kind, need: end.unwrap_or(usize::MAX), got: msg.len() })
+            }
+        }
+    };
     Ok(match kind {
         MessageKind::Begin => {
             if msg.len() != need {
@@ -328,8 +479,45 @@ pub fn read_header(msg: &[u8]) -> Result<Header, WireError> {
             }
             Header::Schema { relid: u32_at(msg, 4) }
         }
-        MessageKind::Batch => {
-            Header::Batch { relid: u32_at(msg, 4), base_lsn: Lsn(u64_at(msg, 8)) }
+        MessageKind::Batch => Header::Batch {
+            relid: u32_at(msg, 4),
+            base_lsn: Lsn(u64_at(msg, 8)),
+            has_missing: flags & BATCH_HAS_MISSING != 0,
+        },
+        MessageKind::Truncate => {
+            let n = u64::from(u32_at(msg, 4));
+            let ids = trailing(8, n * 4)?;
+            if ids.end != msg.len() {
+                return Err(WireError::TrailingBytes(kind));
+            }
+            Header::Truncate(Truncate {
+                cascade: flags & TRUNCATE_CASCADE != 0,
+                restart_identity: flags & TRUNCATE_RESTART_IDENTITY != 0,
+                relids: msg[ids].chunks_exact(4).map(|c| u32_at(c, 0)).collect(),
+            })
+        }
+        MessageKind::Message => {
+            if u32_at(msg, 20) != 0 {
+                return Err(WireError::ReservedBits(kind));
+            }
+            let prefix = trailing(24, u64::from(u32_at(msg, 4)))?;
+            let content = trailing(prefix.end, u64::from(u32_at(msg, 16)))?;
+            if content.end != msg.len() {
+                return Err(WireError::TrailingBytes(kind));
+            }
+            Header::Message {
+                transactional: flags & MESSAGE_TRANSACTIONAL != 0,
+                lsn: Lsn(u64_at(msg, 8)),
+                prefix,
+                content,
+            }
+        }
+        MessageKind::Origin => {
+            let name = trailing(16, u64::from(u32_at(msg, 4)))?;
+            if name.end != msg.len() {
+                return Err(WireError::TrailingBytes(kind));
+            }
+            Header::Origin { origin_lsn: Lsn(u64_at(msg, 8)), name }
         }
     })
 }
@@ -351,6 +539,53 @@ mod tests {
         write_commit(&mut out, &c).unwrap();
         assert_eq!(out.len(), 32);
         assert_eq!(read_header(&out).unwrap(), Header::Commit(c));
+    }
+
+    #[test]
+    fn truncate_message_and_origin_round_trip() {
+        let t = Truncate { cascade: true, restart_identity: false, relids: vec![16384, 16390] };
+        let mut out = Vec::new();
+        write_truncate(&mut out, &t).unwrap();
+        assert_eq!(read_header(&out).unwrap(), Header::Truncate(t));
+
+        let mut out = Vec::new();
+        write_logical_message(&mut out, true, Lsn(99), b"audit", b"\x00binary\xff").unwrap();
+        let Header::Message { transactional, lsn, prefix, content } = read_header(&out).unwrap()
+        else {
+            panic!()
+        };
+        assert!(transactional);
+        assert_eq!(lsn, Lsn(99));
+        assert_eq!(&out[prefix], b"audit");
+        assert_eq!(&out[content], b"\x00binary\xff");
+
+        let mut out = Vec::new();
+        write_origin(&mut out, Lsn(7), b"replica_a").unwrap();
+        let Header::Origin { origin_lsn, name } = read_header(&out).unwrap() else { panic!() };
+        assert_eq!((origin_lsn, &out[name]), (Lsn(7), &b"replica_a"[..]));
+        for cut in 0..out.len() {
+            assert!(read_header(&out[..cut]).is_err());
+        }
+        let mut longer = out.clone();
+        longer.push(0);
+        assert_eq!(read_header(&longer), Err(WireError::TrailingBytes(MessageKind::Origin)));
+    }
+
+    #[test]
+    fn flags_are_checked_per_kind() {
+        let mut out = Vec::new();
+        write_truncate(
+            &mut out,
+            &Truncate { cascade: false, restart_identity: true, relids: vec![] },
+        )
+        .unwrap();
+        assert!(read_header(&out).is_ok());
+        out[2] |= 0x04;
+        assert_eq!(read_header(&out), Err(WireError::ReservedBits(MessageKind::Truncate)));
+        let mut out = Vec::new();
+        write_begin(&mut out, &Begin { xid: 1, final_lsn: Lsn(1), commit_time_us: 1 }).unwrap();
+        out[2] = BATCH_HAS_MISSING;
+        assert_eq!(read_header(&out), Err(WireError::ReservedBits(MessageKind::Begin)));
     }
 
     #[test]

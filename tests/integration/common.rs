@@ -21,14 +21,17 @@ pub(crate) async fn sql(db: &TestDb<'_>) -> tokio_postgres::Client {
 #[derive(Debug)]
 pub(crate) struct Txn {
     pub(crate) begin: TxnBegin,
+    /// Every event between Begin and Commit, in order.
+    pub(crate) events: Vec<Event>,
     pub(crate) batches: Vec<ChangeBatch>,
     pub(crate) commit: TxnCommit,
 }
 
-/// Reads events until `n` transactions have committed, failing after `timeout`.
+/// Reads events until `n` transactions have committed, failing after `timeout`. Events outside
+/// transactions (non-transactional messages) are skipped.
 pub(crate) async fn read_txns(stream: &mut ChangeStream, n: usize, timeout: Duration) -> Vec<Txn> {
     let mut out = Vec::new();
-    let mut open: Option<(TxnBegin, Vec<ChangeBatch>)> = None;
+    let mut open: Option<(TxnBegin, Vec<Event>)> = None;
     let read = async {
         while out.len() < n {
             let event = stream.next_event().await.expect("stream event").expect("stream open");
@@ -37,11 +40,20 @@ pub(crate) async fn read_txns(stream: &mut ChangeStream, n: usize, timeout: Dura
                     assert!(open.is_none(), "Begin inside a transaction");
                     open = Some((b, Vec::new()));
                 }
-                Event::Relation(_) => {}
-                Event::Change(c) => open.as_mut().expect("batch inside a transaction").1.push(c),
                 Event::Commit(commit) => {
-                    let (begin, batches) = open.take().expect("Commit after Begin");
-                    out.push(Txn { begin, batches, commit });
+                    let (begin, events) = open.take().expect("Commit after Begin");
+                    let batches = events
+                        .iter()
+                        .filter_map(
+                            |e| if let Event::Change(c) = e { Some(c.clone()) } else { None },
+                        )
+                        .collect();
+                    out.push(Txn { begin, events, batches, commit });
+                }
+                e => {
+                    if let Some((_, events)) = open.as_mut() {
+                        events.push(e);
+                    }
                 }
             }
         }
@@ -50,6 +62,105 @@ pub(crate) async fn read_txns(stream: &mut ChangeStream, n: usize, timeout: Dura
         panic!("only {} of {n} transactions arrived within {timeout:?}", out.len())
     });
     out
+}
+
+/// Reads events until `done` says so, failing after `timeout`.
+pub(crate) async fn read_events(
+    stream: &mut ChangeStream,
+    timeout: Duration,
+    mut done: impl FnMut(&[Event]) -> bool,
+) -> Vec<Event> {
+    let mut out = Vec::new();
+    let read = async {
+        while !done(&out) {
+            out.push(stream.next_event().await.expect("stream event").expect("stream open"));
+        }
+    };
+    tokio::time::timeout(timeout, read).await.unwrap_or_else(|_| {
+        panic!("the expected events did not arrive within {timeout:?}: {out:#?}")
+    });
+    out
+}
+
+/// Starts replication on `slot`, retrying while the slot is still held by a walsender that is
+/// ending (SQLSTATE 55006): PostgreSQL reports a failed START_REPLICATION to the client before
+/// its error cleanup releases the slot.
+pub(crate) async fn start_retrying(
+    config: &wal2arrow_consumer::Config,
+    slot: &str,
+    options: &[(&str, Option<&str>)],
+) -> wal2arrow_consumer::Result<ChangeStream> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let client = wal2arrow_consumer::ReplicationClient::connect(config).await?;
+        match client.start_with_pairs(slot, wal2arrow_consumer::Lsn::INVALID, options).await {
+            Err(e) if e.code() == Some("55006") && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Peeks at a slot's pending changes through the SQL interface with these plugin options and
+/// decodes them: the same bytes a replication connection would get, without consuming them.
+pub(crate) async fn peek(
+    client: &tokio_postgres::Client,
+    slot: &str,
+    options: &[(&str, &str)],
+) -> Result<Vec<wal2arrow_schema::Message>, tokio_postgres::Error> {
+    let flat: Vec<String> =
+        options.iter().flat_map(|(k, v)| [k.to_string(), v.to_string()]).collect();
+    let rows = client
+        .query(
+            "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL, VARIADIC $2::text[])",
+            &[&slot, &flat],
+        )
+        .await?;
+    let mut decoder = wal2arrow_schema::Decoder::new();
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let bytes: Vec<u8> = r.get(0);
+            decoder.decode(&arrow_buffer::Buffer::from_slice_ref(&bytes)).expect("decodes")
+        })
+        .collect())
+}
+
+/// Each row of a batch as (op, rendered values of the table's columns, missing columns).
+pub(crate) fn rows(batch: &RecordBatch) -> Vec<(String, Vec<Option<String>>, Vec<String>)> {
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::UInt8Type;
+    let schema = batch.schema();
+    let n = schema
+        .fields()
+        .iter()
+        .position(|f| f.metadata().contains_key("wal2arrow:system"))
+        .expect("system columns");
+    let ops = batch.column(n).as_dictionary::<UInt8Type>();
+    let op_names = ops.values().as_string::<i32>();
+    let missing = batch.column(batch.num_columns() - 1).as_list::<i32>();
+    let fmt = arrow_cast::display::FormatOptions::default();
+    let formatters: Vec<_> = (0..n)
+        .map(|c| {
+            arrow_cast::display::ArrayFormatter::try_new(batch.column(c).as_ref(), &fmt).unwrap()
+        })
+        .collect();
+    (0..batch.num_rows())
+        .map(|r| {
+            let values = (0..n)
+                .map(|c| (!batch.column(c).is_null(r)).then(|| formatters[c].value(r).to_string()))
+                .collect();
+            let missing = if missing.is_null(r) {
+                Vec::new()
+            } else {
+                let m = missing.value(r);
+                m.as_string::<i32>().iter().map(|s| s.unwrap().to_owned()).collect()
+            };
+            (op_names.value(ops.keys().value(r) as usize).to_owned(), values, missing)
+        })
+        .collect()
 }
 
 /// Concatenates batches of one schema.

@@ -1,5 +1,8 @@
 //! Integration tests against a real PostgreSQL: one scratch cluster per test process (see
 //! `wal2arrow-harness`), one database per test.
 
+mod changes;
 mod common;
+mod golden;
 mod spine;
+mod types;

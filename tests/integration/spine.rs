@@ -17,7 +17,7 @@ use tokio_postgres::types::{Date, Timestamp};
 use wal2arrow_consumer::{Error, Event, Lsn, PluginOptions, ReplicationClient, StreamOptions};
 use wal2arrow_harness::Cluster;
 
-use crate::common::{concat, config, read_txns, sql};
+use crate::common::{concat, config, read_txns, sql, start_retrying};
 
 /// Every type of the spine, every column nullable.
 const EVERY_TYPE_TABLE: &str = "
@@ -102,12 +102,20 @@ fn expected_schema(relid: u32) -> Schema {
                 DataType::Dictionary(Box::new(DataType::UInt8), Box::new(DataType::Utf8)),
             ),
             system_field("_lsn", DataType::UInt64),
+            system_field(
+                "_missing",
+                DataType::List(Arc::new(Field::new("item", DataType::Utf8, false))),
+            )
+            .with_nullable(true),
         ],
         HashMap::from([
             ("wal2arrow:schema".to_owned(), "public".to_owned()),
             ("wal2arrow:table".to_owned(), "every_type".to_owned()),
             ("wal2arrow:relid".to_owned(), relid.to_string()),
             ("wal2arrow:version".to_owned(), "1".to_owned()),
+            ("wal2arrow:primary_key".to_owned(), "[]".to_owned()),
+            ("wal2arrow:replica_identity".to_owned(), "default".to_owned()),
+            ("wal2arrow:identity_key".to_owned(), "[]".to_owned()),
         ]),
     )
 }
@@ -328,7 +336,7 @@ async fn an_unknown_plugin_option_is_an_error_naming_it_and_the_valid_ones() {
         .start_with_pairs(
             "bad_option_slot",
             Lsn::INVALID,
-            &[("batch-rows", "100"), ("include-everything", "on")],
+            &[("batch-rows", Some("100")), ("include-everything", Some("on"))],
         )
         .await
         .unwrap_err();
@@ -336,13 +344,18 @@ async fn an_unknown_plugin_option_is_an_error_naming_it_and_the_valid_ones() {
     assert_eq!(e.severity, "ERROR");
     assert_eq!(e.code, "22023", "invalid_parameter_value");
     assert_eq!(e.message, "unrecognized wal2arrow option \"include-everything\"");
-    assert_eq!(e.hint.as_deref(), Some("Valid wal2arrow options are: batch-rows, proto-version."));
+    assert_eq!(
+        e.hint.as_deref(),
+        Some(
+            "Valid wal2arrow options are: add-msg-prefixes, batch-rows, filter-msg-prefixes, \
+             filter-origins, include-lsn, include-origin, include-timestamps, include-xids, \
+             numeric-as-string, proto-version, skip-empty-xacts, tables."
+        )
+    );
     assert!(!err.is_transient(), "a bad option is a definite error");
 
     // Out-of-range values are refused the same way.
-    let client = ReplicationClient::connect(&config(&db)).await.unwrap();
-    let err = client
-        .start_with_pairs("bad_option_slot", Lsn::INVALID, &[("batch-rows", "0")])
+    let err = start_retrying(&config(&db), "bad_option_slot", &[("batch-rows", Some("0"))])
         .await
         .unwrap_err();
     assert_eq!(
@@ -357,16 +370,14 @@ async fn an_unknown_plugin_option_is_an_error_naming_it_and_the_valid_ones() {
     let log = cluster.log();
     assert!(!log.contains("terminated by signal") && !log.contains("server process"), "{log}");
     // And the slot still streams.
-    let mut stream = ReplicationClient::connect(&config(&db))
-        .await
-        .unwrap()
-        .start("bad_option_slot", Lsn::INVALID, &PluginOptions::default())
-        .await
-        .unwrap();
-    // (psql -c runs both statements in one transaction.)
+    let pairs = PluginOptions::default().to_pairs();
+    let pairs: Vec<(&str, Option<&str>)> =
+        pairs.iter().map(|(k, v)| (*k, Some(v.as_str()))).collect();
+    let mut stream = start_retrying(&config(&db), "bad_option_slot", &pairs).await.unwrap();
     db.psql("CREATE TABLE after_error (a int); INSERT INTO after_error VALUES (1)");
-    let txns = read_txns(&mut stream, 1, Duration::from_secs(30)).await;
-    assert_eq!(txns[0].batches.len(), 1);
+    let txns = read_txns(&mut stream, 2, Duration::from_secs(30)).await;
+    assert_eq!(txns[0].batches.len(), 0, "CREATE TABLE");
+    assert_eq!(txns[1].batches.len(), 1, "INSERT");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,6 +501,7 @@ async fn events_arrive_in_order_for_several_tables() {
                 kinds.push("commit".to_owned());
                 break;
             }
+            other => panic!("unexpected {other:?}"),
         }
     }
     // Each table's schema precedes its rows; rows of one table in a transaction share a

@@ -57,6 +57,55 @@ pub(crate) unsafe extern "C-unwind" fn commit(
     unsafe { State::of(ctx).commit(ctx, txn, commit_lsn) }
 }
 
+#[pg_guard]
+pub(crate) unsafe extern "C-unwind" fn truncate(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    _txn: *mut pg_sys::ReorderBufferTXN,
+    nrelations: std::ffi::c_int,
+    relations: *mut pg_sys::Relation,
+    change: *mut pg_sys::ReorderBufferChange,
+) {
+    // SAFETY: PostgreSQL passes `nrelations` open relations.
+    let relations =
+        unsafe { std::slice::from_raw_parts(relations, usize::try_from(nrelations).unwrap_or(0)) };
+    // SAFETY: startup attached the state; PostgreSQL passes valid arguments.
+    unsafe { State::of(ctx).truncate(ctx, relations, change) }
+}
+
+#[pg_guard]
+pub(crate) unsafe extern "C-unwind" fn message(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    _txn: *mut pg_sys::ReorderBufferTXN,
+    lsn: pg_sys::XLogRecPtr,
+    transactional: bool,
+    prefix: *const std::ffi::c_char,
+    size: pg_sys::Size,
+    content: *const std::ffi::c_char,
+) {
+    // SAFETY: PostgreSQL passes a NUL-terminated prefix and `size` bytes of content.
+    let (prefix, content) = unsafe {
+        (
+            CStr::from_ptr(prefix).to_bytes(),
+            if size == 0 {
+                &[][..]
+            } else {
+                std::slice::from_raw_parts(content.cast::<u8>(), size)
+            },
+        )
+    };
+    // SAFETY: startup attached the state; PostgreSQL passes valid arguments.
+    unsafe { State::of(ctx).message(ctx, lsn, transactional, prefix, content) }
+}
+
+#[pg_guard]
+pub(crate) unsafe extern "C-unwind" fn filter_by_origin(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    origin_id: pg_sys::RepOriginId,
+) -> bool {
+    // SAFETY: startup attached the state.
+    unsafe { State::of(ctx).origin_filtered(origin_id) }
+}
+
 /// Nothing to do: the state is freed with the decoding context's memory (see [`State`]),
 /// which also covers sessions that end in an ERROR, where this callback is skipped.
 #[pg_guard]

@@ -3,9 +3,11 @@
 //!
 //! PostgreSQL loads the plugin by name (`CREATE_REPLICATION_SLOT s LOGICAL wal2arrow`) and
 //! calls [`_PG_output_plugin_init`] to learn its callbacks. What the plugin writes is the wire
-//! format of the `wal2arrow-schema` crate (`wire` module docs): per transaction a Begin, a
-//! Schema for each table the first time the session sees it (and again after the table
-//! changes), Batch messages holding up to `batch-rows` rows of one table each, and a Commit.
+//! format of the `wal2arrow-schema` crate (`wire` module docs): per transaction a Begin (and an
+//! Origin for replayed transactions), a Schema for each table the first time the session sees
+//! it (and again after the table changes), Batch messages holding up to `batch-rows` rows of
+//! one table each — inserts, updates with their old images, deletes — Truncate and logical
+//! Messages in their place, and a Commit.
 //!
 //! Layout, after PostgreSQL's pgoutput: [`callbacks`] are the `#[pg_guard]`ed entry points and
 //! stay thin; [`state`] owns the per-session state and its lifetime; [`relation`] is the
@@ -38,6 +40,9 @@ pub unsafe extern "C-unwind" fn _PG_output_plugin_init(cb: *mut pg_sys::OutputPl
     cb.startup_cb = Some(callbacks::startup);
     cb.begin_cb = Some(callbacks::begin);
     cb.change_cb = Some(callbacks::change);
+    cb.truncate_cb = Some(callbacks::truncate);
+    cb.message_cb = Some(callbacks::message);
+    cb.filter_by_origin_cb = Some(callbacks::filter_by_origin);
     cb.commit_cb = Some(callbacks::commit);
     cb.shutdown_cb = Some(callbacks::shutdown);
 }

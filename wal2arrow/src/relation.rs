@@ -15,23 +15,37 @@ use std::ffi::CStr;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use wal2arrow_schema::types::ColumnDesc;
-use wal2arrow_schema::{BatchEncoder, PgKind, RelationDesc};
+use wal2arrow_schema::types::{ColumnDesc, TypeClass};
+use wal2arrow_schema::{BatchEncoder, PgKind, PluginOptions, RelationDesc, ReplicaIdentity};
 
 use crate::datum::ColumnReader;
+
+/// How one live column is read.
+pub(crate) struct ColumnPlan {
+    /// Its index in the tuple descriptor (dropped columns count).
+    pub(crate) att: usize,
+    pub(crate) reader: ColumnReader,
+    /// A varlena (`attlen = -1`): may be an unchanged TOAST pointer in a new tuple.
+    pub(crate) varlena: bool,
+    /// Part of what old images carry (the replica identity key, or every column with FULL).
+    pub(crate) in_identity: bool,
+}
 
 /// One table's cached description, readers and batch in progress.
 pub(crate) struct RelEntry {
     pub(crate) desc: RelationDesc,
     pub(crate) qualified_name: String,
+    /// The `tables` option includes this table.
+    pub(crate) included: bool,
     pub(crate) encoder: BatchEncoder,
-    /// Per live column: its index in the tuple descriptor and how to read it.
-    pub(crate) columns: Vec<(usize, ColumnReader)>,
+    pub(crate) columns: Vec<ColumnPlan>,
     /// Deform buffers, one slot per attribute of the tuple descriptor (dropped ones included).
     pub(crate) values: Vec<pg_sys::Datum>,
     pub(crate) nulls: Vec<bool>,
     /// The Schema message for this description has been written in this session.
     pub(crate) schema_sent: bool,
+    /// A relcache invalidation arrived for the table: check the description on next use.
+    pub(crate) stale: bool,
 }
 
 impl RelEntry {
@@ -39,14 +53,15 @@ impl RelEntry {
     ///
     /// # Safety
     ///
-    /// `relation` must be the open relation passed to a change callback (valid for the call,
-    /// under the historic snapshot of the change). `mcxt` must outlive the entry.
+    /// `relation` must be an open relation passed to a change or truncate callback (valid for
+    /// the call, under the historic snapshot of the change). `mcxt` must outlive the entry.
     pub(crate) unsafe fn build(
         relation: pg_sys::Relation,
         mcxt: pg_sys::MemoryContext,
+        options: &PluginOptions,
     ) -> RelEntry {
-        // SAFETY: the caller passes the change callback's open relation, whose rd_rel and
-        // rd_att are valid for the callback.
+        // SAFETY: the caller passes an open relation, whose rd_rel and rd_att are valid for
+        // the callback.
         let (rel, class, tupdesc) =
             unsafe { (&*relation, &*(*relation).rd_rel, &*(*relation).rd_att) };
         // SAFETY: a catalog lookup of a valid namespace OID, returning a palloc'd C string
@@ -56,18 +71,27 @@ impl RelEntry {
         let natts = usize::try_from(tupdesc.natts).unwrap_or(0);
         // SAFETY: a TupleDesc holds `natts` attributes inline.
         let attrs = unsafe { tupdesc.attrs.as_slice(natts) };
+        let identity = ReplicaIdentity::from_char(class.relreplident as u8);
+        // SAFETY: relcache lookups on the open relation.
+        let (identity_attnums, pk_attnums) =
+            unsafe { (identity_attnums(relation, identity), primary_key(relation)) };
+
         let mut columns = Vec::with_capacity(natts);
         let mut descs = Vec::with_capacity(natts);
         for (i, att) in attrs.iter().enumerate() {
             if att.attisdropped {
                 continue;
             }
-            // SAFETY: catalog lookup of a column's type, inside the decoding transaction.
-            let base = unsafe { pg_sys::getBaseType(att.atttypid) };
-            let kind = PgKind::from_type_oid(base.to_u32());
-            // SAFETY: as above; `mcxt` outlives the entry (caller's contract).
-            let reader = unsafe { ColumnReader::new(kind, att.atttypid, mcxt) };
-            columns.push((i, reader));
+            // SAFETY: catalog lookups of the column's type, inside the decoding transaction;
+            // `mcxt` outlives the entry (caller's contract).
+            let (kind, reader) = unsafe { column_kind(att, options.numeric_as_string, mcxt) };
+            columns.push(ColumnPlan {
+                att: i,
+                reader,
+                varlena: att.attlen == -1,
+                in_identity: identity == ReplicaIdentity::Full
+                    || identity_attnums.contains(&att.attnum),
+            });
             descs.push(ColumnDesc {
                 name: name_str(&att.attname),
                 type_oid: att.atttypid.to_u32(),
@@ -78,16 +102,150 @@ impl RelEntry {
                 kind,
             });
         }
-        let desc = RelationDesc { relid: rel.rd_id.to_u32(), namespace, name, columns: descs };
+        let names_of = |attnums: &[i16]| -> Vec<String> {
+            attnums
+                .iter()
+                .filter_map(|n| attrs.iter().find(|a| a.attnum == *n && !a.attisdropped))
+                .map(|a| name_str(&a.attname))
+                .collect()
+        };
+        let identity_key = match identity {
+            ReplicaIdentity::Full => descs.iter().map(|c| c.name.clone()).collect(),
+            _ => names_of(&identity_attnums),
+        };
+        let desc = RelationDesc {
+            relid: rel.rd_id.to_u32(),
+            namespace,
+            name,
+            columns: descs,
+            primary_key: names_of(&pk_attnums),
+            replica_identity: identity,
+            identity_key,
+            with_lsn: options.include_lsn,
+        };
         RelEntry {
             qualified_name: format!("{}.{}", desc.namespace, desc.name),
+            included: options.tables.includes(&desc.namespace, &desc.name),
             encoder: BatchEncoder::new(&desc),
             desc,
             columns,
             values: vec![pg_sys::Datum::from(0usize); natts],
             nulls: vec![true; natts],
             schema_sent: false,
+            stale: false,
         }
+    }
+
+    /// Whether `other` (built after an invalidation) describes the table exactly as this entry
+    /// does: same columns, types, keys and identity, same tuple layout. Relcache
+    /// invalidations also come from changes that leave all of that alone (TRUNCATE, ANALYZE,
+    /// an index), and those need no new Schema message.
+    pub(crate) fn same_shape(&self, other: &RelEntry) -> bool {
+        self.desc == other.desc
+            && self.included == other.included
+            && self.values.len() == other.values.len()
+            && self.columns.iter().map(|c| c.att).eq(other.columns.iter().map(|c| c.att))
+    }
+}
+
+/// The kind of a column and the reader for its values.
+///
+/// # Safety
+///
+/// Inside a transaction; `mcxt` outlives the reader.
+unsafe fn column_kind(
+    att: &pg_sys::FormData_pg_attribute,
+    numeric_as_string: bool,
+    mcxt: pg_sys::MemoryContext,
+) -> (PgKind, ColumnReader) {
+    // SAFETY: catalog lookups of valid type OIDs (caller's contract).
+    unsafe {
+        let mut typmod = att.atttypmod;
+        let base = pg_sys::getBaseTypeAndTypmod(att.atttypid, &mut typmod);
+        let elem = pg_sys::get_element_type(base);
+        if elem != pg_sys::Oid::INVALID {
+            let mut elem_typmod = typmod;
+            let elem_base = pg_sys::getBaseTypeAndTypmod(elem, &mut elem_typmod);
+            let elem_kind = PgKind::resolve(
+                elem_base.to_u32(),
+                elem_typmod,
+                type_class(elem_base),
+                numeric_as_string,
+            );
+            let kind = PgKind::array(elem_kind, type_name(elem), att.attndims);
+            let reader = ColumnReader::new(&kind, base, elem_base, mcxt);
+            (kind, reader)
+        } else {
+            let kind = PgKind::resolve(base.to_u32(), typmod, type_class(base), numeric_as_string);
+            let reader = ColumnReader::new(&kind, base, pg_sys::Oid::INVALID, mcxt);
+            (kind, reader)
+        }
+    }
+}
+
+/// Whether a (domain-resolved) type is a base type, an enum, or something else.
+///
+/// # Safety
+///
+/// Inside a transaction.
+unsafe fn type_class(typid: pg_sys::Oid) -> TypeClass {
+    // SAFETY: a catalog lookup of a valid type OID.
+    match unsafe { pg_sys::get_typtype(typid) } as u8 {
+        b'b' => TypeClass::Base,
+        b'e' => TypeClass::Enum,
+        _ => TypeClass::Other,
+    }
+}
+
+/// The attribute numbers of the columns old images carry, for DEFAULT and USING INDEX.
+///
+/// # Safety
+///
+/// `relation` is open.
+unsafe fn identity_attnums(relation: pg_sys::Relation, identity: ReplicaIdentity) -> Vec<i16> {
+    if !matches!(identity, ReplicaIdentity::Default | ReplicaIdentity::Index) {
+        return Vec::new();
+    }
+    // SAFETY: RelationGetIdentityKeyBitmap reads the open relation's identity index (none:
+    // NULL) and returns a palloc'd bitmap of attribute numbers offset by
+    // FirstLowInvalidHeapAttributeNumber.
+    unsafe {
+        let bms = pg_sys::RelationGetIdentityKeyBitmap(relation);
+        let mut out = Vec::new();
+        let mut member = -1;
+        loop {
+            member = pg_sys::bms_next_member(bms, member);
+            if member < 0 {
+                break;
+            }
+            out.push((member + pg_sys::FirstLowInvalidHeapAttributeNumber) as i16);
+        }
+        out
+    }
+}
+
+/// The attribute numbers of the primary key, in key order.
+///
+/// # Safety
+///
+/// `relation` is open.
+unsafe fn primary_key(relation: pg_sys::Relation) -> Vec<i16> {
+    // SAFETY: relcache lookups; the index relation is opened and closed here, and its
+    // pg_index row holds `indnkeyatts` key attribute numbers.
+    unsafe {
+        let index = pg_sys::RelationGetPrimaryKeyIndex(relation);
+        if index == pg_sys::Oid::INVALID {
+            return Vec::new();
+        }
+        let index_rel = pg_sys::RelationIdGetRelation(index);
+        if index_rel.is_null() {
+            return Vec::new();
+        }
+        let form = &*(*index_rel).rd_index;
+        let n = usize::try_from(form.indnkeyatts).unwrap_or(0);
+        let keys = form.indkey.values.as_slice(n).to_vec();
+        pg_sys::RelationClose(index_rel);
+        keys
     }
 }
 
@@ -100,7 +258,7 @@ fn name_str(name: &pg_sys::NameData) -> String {
 /// # Safety
 ///
 /// `p` is NULL or a valid NUL-terminated string.
-unsafe fn cstr_or(p: *const std::ffi::c_char, default: &str) -> String {
+pub(crate) unsafe fn cstr_or(p: *const std::ffi::c_char, default: &str) -> String {
     if p.is_null() {
         return default.to_owned();
     }
@@ -175,17 +333,27 @@ impl RelationCache {
         INVALIDATIONS.with_borrow_mut(|inv| *inv = Invalidations::default());
     }
 
-    /// Takes the invalidations recorded since the last call: entries for those relations are
-    /// marked stale (their pending rows are kept; see [`RelationCache::get`]).
-    pub(crate) fn stale_relids(&mut self) -> Vec<pg_sys::Oid> {
-        INVALIDATIONS.with_borrow_mut(|inv| {
+    /// Marks the entries of relations invalidated since the last call as stale; they are
+    /// checked against the catalog on their next use.
+    pub(crate) fn mark_stale(&mut self) {
+        let relids = INVALIDATIONS.with_borrow_mut(|inv| {
             if std::mem::take(&mut inv.all) {
                 inv.relids.clear();
-                self.entries.keys().copied().collect()
+                None
             } else {
-                std::mem::take(&mut inv.relids)
+                Some(std::mem::take(&mut inv.relids))
             }
-        })
+        });
+        match relids {
+            None => self.entries.values_mut().for_each(|e| e.stale = true),
+            Some(relids) => {
+                for relid in relids {
+                    if let Some(e) = self.entries.get_mut(&relid) {
+                        e.stale = true;
+                    }
+                }
+            }
+        }
     }
 
     pub(crate) fn get_mut(&mut self, relid: pg_sys::Oid) -> Option<&mut RelEntry> {
@@ -194,10 +362,6 @@ impl RelationCache {
 
     pub(crate) fn insert(&mut self, relid: pg_sys::Oid, entry: RelEntry) {
         self.entries.insert(relid, entry);
-    }
-
-    pub(crate) fn remove(&mut self, relid: pg_sys::Oid) -> Option<RelEntry> {
-        self.entries.remove(&relid)
     }
 }
 

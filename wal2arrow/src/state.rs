@@ -4,26 +4,54 @@
 //! on `ctx->context` drops it when PostgreSQL frees the context. That happens after
 //! `shutdown_cb` on a clean end and, unlike `shutdown_cb`, also when an ERROR aborts decoding,
 //! so nothing leaks either way.
+//!
+//! Rows of a table accumulate in its encoder for the whole transaction and are written out as
+//! a Batch when `batch-rows` (or ~16 MiB) is reached, before anything that must follow them in
+//! the stream (a Truncate, a transactional message, a schema change), and at commit.
+
+use std::collections::HashMap;
 
 use pgrx::pg_sys;
 use wal2arrow_schema::encode::write_schema_message;
 use wal2arrow_schema::types::PG_EPOCH_MICROS;
-use wal2arrow_schema::wire::{self, Begin, Commit};
+use wal2arrow_schema::wire::{self, Begin, Commit, Truncate};
 use wal2arrow_schema::{ChangeOp, Lsn, PluginOptions};
 
+use crate::datum::{Appended, is_unchanged_toast};
 use crate::output::write_message;
-use crate::relation::{RelEntry, RelationCache};
+use crate::relation::{RelEntry, RelationCache, cstr_or};
 use crate::report;
 
 /// A batch is written out once its estimated size passes this, even below `batch-rows`, so a
 /// table of wide rows cannot build one huge buffer (PostgreSQL caps a message at 1 GB).
 const MAX_BATCH_BYTES: usize = 16 << 20;
 
+/// Which version of a row a tuple is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Image {
+    /// A new row: every column is there, except unchanged TOAST values.
+    New,
+    /// An old row: the identity key's columns (all of them with REPLICA IDENTITY FULL).
+    Old,
+}
+
+/// The transaction being decoded.
+struct Txn {
+    begin: Begin,
+    /// Replication origin name and LSN, when the transaction has one and it is asked for.
+    origin: Option<(String, Lsn)>,
+    /// Begin (and Origin) were written.
+    written: bool,
+}
+
 pub(crate) struct State {
     options: PluginOptions,
     relations: RelationCache,
     /// Tables with rows pending in the current transaction, in the order first touched.
     pending: Vec<pg_sys::Oid>,
+    txn: Option<Txn>,
+    /// Replication origin names by ID (`None`: no such origin).
+    origin_names: HashMap<pg_sys::RepOriginId, Option<String>>,
     /// Reset after every change: detoasted values and output-function text live here.
     change_cx: pg_sys::MemoryContext,
     /// Lives as long as the session: output functions' auxiliary data lives here.
@@ -54,6 +82,8 @@ impl State {
                 options,
                 relations: RelationCache::default(),
                 pending: Vec::new(),
+                txn: None,
+                origin_names: HashMap::new(),
                 change_cx,
                 session_cx,
                 utf8_db: pg_sys::GetDatabaseEncoding() == pg_sys::pg_enc::PG_UTF8 as i32,
@@ -84,9 +114,17 @@ impl State {
         unsafe { &mut *(*ctx).output_plugin_private.cast::<State>() }
     }
 
+    fn time(&self, pg_timestamp: pg_sys::TimestampTz) -> i64 {
+        if self.options.include_timestamps {
+            pg_timestamp.saturating_add(PG_EPOCH_MICROS)
+        } else {
+            0
+        }
+    }
+
     /// # Safety
     ///
-    /// `ctx` and `txn` are begin_cb's arguments.
+    /// `ctx` and `txn` are begin_cb's.
     pub(crate) unsafe fn begin(
         &mut self,
         ctx: *mut pg_sys::LogicalDecodingContext,
@@ -95,16 +133,47 @@ impl State {
         self.pending.clear();
         // SAFETY: begin_cb's transaction is valid for the call.
         let txn = unsafe { &*txn };
-        let msg = Begin {
-            xid: txn.xid.into_inner(),
+        let begin = Begin {
+            xid: if self.options.include_xids { txn.xid.into_inner() } else { 0 },
             final_lsn: Lsn(txn.final_lsn),
             // SAFETY: for a committed transaction (the only kind decoded without two-phase
             // support) xact_time holds the commit time.
-            commit_time_us: unix_micros(unsafe { txn.xact_time.commit_time }),
+            commit_time_us: self.time(unsafe { txn.xact_time.commit_time }),
         };
-        // SAFETY: `ctx` is begin_cb's context.
-        let written = unsafe { write_message(ctx, true, |out| wire::write_begin(out, &msg)) };
+        let origin = if self.options.include_origin && txn.origin_id != 0 {
+            // SAFETY: catalog lookup inside the decoding transaction.
+            unsafe { self.origin_name(txn.origin_id) }.map(|n| (n, Lsn(txn.origin_lsn)))
+        } else {
+            None
+        };
+        self.txn = Some(Txn { begin, origin, written: false });
+        if !self.options.skip_empty_xacts {
+            // SAFETY: inside begin_cb.
+            unsafe { self.ensure_begin(ctx, true) };
+        }
+    }
+
+    /// Writes the transaction's Begin (and Origin) if not yet written.
+    ///
+    /// # Safety
+    ///
+    /// Inside a callback of the transaction, with its context.
+    unsafe fn ensure_begin(&mut self, ctx: *mut pg_sys::LogicalDecodingContext, last: bool) {
+        let Some(txn) = self.txn.as_mut().filter(|t| !t.written) else { return };
+        txn.written = true;
+        let (begin, origin) = (txn.begin, txn.origin.clone());
+        // SAFETY: caller's contract.
+        let written = unsafe {
+            write_message(ctx, last && origin.is_none(), |out| wire::write_begin(out, &begin))
+        };
         written.unwrap_or_else(|e| report::encode_error("(begin)", &e.into()));
+        if let Some((name, lsn)) = origin {
+            // SAFETY: caller's contract.
+            let written = unsafe {
+                write_message(ctx, last, |out| wire::write_origin(out, lsn, name.as_bytes()))
+            };
+            written.unwrap_or_else(|e| report::encode_error("(origin)", &e.into()));
+        }
     }
 
     /// # Safety
@@ -116,42 +185,121 @@ impl State {
         relation: pg_sys::Relation,
         change: *mut pg_sys::ReorderBufferChange,
     ) {
-        // SAFETY: change_cb's change is valid for the call.
-        let change = unsafe { &*change };
-        let (op, tuple) = match change.action {
-            pg_sys::ReorderBufferChangeType::REORDER_BUFFER_CHANGE_INSERT => {
-                // SAFETY: for INSERT the tuple-change arm of the union is the live one.
-                (ChangeOp::Insert, unsafe { change.data.tp.newtuple })
+        use pg_sys::ReorderBufferChangeType as Action;
+        // SAFETY: change_cb's change is valid for the call; for INSERT, UPDATE and DELETE the
+        // tuple arm of its union is the live one.
+        let (action, tp, lsn) =
+            unsafe { ((*change).action, (*change).data.tp, Lsn((*change).lsn)) };
+        let tuple = |t: *mut pg_sys::ReorderBufferTupleBuf| {
+            // SAFETY: a non-NULL tuple buffer of the change.
+            (!t.is_null()).then(|| unsafe { &raw mut (*t).tuple })
+        };
+        type Row = (ChangeOp, Option<*mut pg_sys::HeapTupleData>, Image);
+        let (new, old) = (tuple(tp.newtuple), tuple(tp.oldtuple));
+        let (first, second): (Option<Row>, Option<Row>) = match action {
+            Action::REORDER_BUFFER_CHANGE_INSERT => {
+                (new.map(|t| (ChangeOp::Insert, Some(t), Image::New)), None)
+            }
+            // PostgreSQL logs the old key only when it changed (or the whole row with FULL).
+            Action::REORDER_BUFFER_CHANGE_UPDATE => (
+                old.map(|t| (ChangeOp::UpdateBefore, Some(t), Image::Old)),
+                new.map(|t| (ChangeOp::Update, Some(t), Image::New)),
+            ),
+            // Without an old tuple (REPLICA IDENTITY NOTHING, or no key) the row is all missing.
+            Action::REORDER_BUFFER_CHANGE_DELETE => {
+                (Some((ChangeOp::Delete, old, Image::Old)), None)
             }
             _ => return,
         };
-        if tuple.is_null() {
+        // SAFETY: everything below runs inside change_cb with its context and relation.
+        unsafe {
+            let relid = (*relation).rd_id;
+            self.cache_entry(ctx, relation);
+            if !self.relations.get_mut(relid).expect("cached above").included {
+                return;
+            }
+            self.ensure_begin(ctx, false);
+            self.ensure_schema(ctx, relid);
+            for (op, tuple, image) in first.into_iter().chain(second) {
+                let entry = self.relations.get_mut(relid).expect("cached above");
+                if !entry.encoder.accepts(lsn) {
+                    flush(ctx, entry, false);
+                }
+                if entry.encoder.rows() == 0 && !self.pending.contains(&relid) {
+                    self.pending.push(relid);
+                }
+                let old_cx = pg_sys::MemoryContextSwitchTo(self.change_cx);
+                append_row(entry, relation, tuple, op, lsn, image, self.utf8_db);
+                pg_sys::MemoryContextSwitchTo(old_cx);
+                pg_sys::MemoryContextReset(self.change_cx);
+                if entry.encoder.rows() >= self.options.batch_rows as usize
+                    || entry.encoder.approx_bytes() >= MAX_BATCH_BYTES
+                {
+                    flush(ctx, entry, true);
+                }
+            }
+        }
+    }
+
+    /// # Safety
+    ///
+    /// The arguments are truncate_cb's.
+    pub(crate) unsafe fn truncate(
+        &mut self,
+        ctx: *mut pg_sys::LogicalDecodingContext,
+        relations: &[pg_sys::Relation],
+        change: *mut pg_sys::ReorderBufferChange,
+    ) {
+        // SAFETY: for a TRUNCATE change the truncate arm of the union is the live one.
+        let t = unsafe { (*change).data.truncate };
+        let mut relids = Vec::new();
+        // SAFETY: inside truncate_cb with its context and open relations.
+        unsafe {
+            for &relation in relations {
+                let relid = (*relation).rd_id;
+                self.cache_entry(ctx, relation);
+                if self.relations.get_mut(relid).expect("cached above").included {
+                    self.ensure_begin(ctx, false);
+                    self.ensure_schema(ctx, relid);
+                    relids.push(relid.to_u32());
+                }
+            }
+            if relids.is_empty() {
+                return;
+            }
+            self.flush_pending(ctx);
+            let msg = Truncate { cascade: t.cascade, restart_identity: t.restart_seqs, relids };
+            let written = write_message(ctx, true, |out| wire::write_truncate(out, &msg));
+            written.unwrap_or_else(|e| report::encode_error("(truncate)", &e.into()));
+        }
+    }
+
+    /// # Safety
+    ///
+    /// The arguments are message_cb's; `prefix` is NUL-terminated and `content` valid for
+    /// its length.
+    pub(crate) unsafe fn message(
+        &mut self,
+        ctx: *mut pg_sys::LogicalDecodingContext,
+        lsn: pg_sys::XLogRecPtr,
+        transactional: bool,
+        prefix: &[u8],
+        content: &[u8],
+    ) {
+        if !self.options.message_wanted(&String::from_utf8_lossy(prefix)) {
             return;
         }
-        let lsn = Lsn(change.lsn);
-        // SAFETY: the callback's relation is open and valid.
-        let relid = unsafe { (*relation).rd_id };
-
-        // SAFETY: all writes below happen inside change_cb with its context.
+        // SAFETY: inside message_cb with its context.
         unsafe {
-            self.apply_invalidations(ctx);
-            let entry = entry(&mut self.relations, self.session_cx, ctx, relation, relid);
-            if !entry.encoder.accepts(lsn) {
-                flush(ctx, entry, false);
+            if transactional {
+                // In its transaction, after the rows decoded before it.
+                self.ensure_begin(ctx, false);
+                self.flush_pending(ctx);
             }
-            if entry.encoder.rows() == 0 && !self.pending.contains(&relid) {
-                self.pending.push(relid);
-            }
-            let old_cx = pg_sys::MemoryContextSwitchTo(self.change_cx);
-            append_row(entry, relation, &mut (*tuple).tuple, op, lsn, self.utf8_db);
-            pg_sys::MemoryContextSwitchTo(old_cx);
-            pg_sys::MemoryContextReset(self.change_cx);
-
-            if entry.encoder.rows() >= self.options.batch_rows as usize
-                || entry.encoder.approx_bytes() >= MAX_BATCH_BYTES
-            {
-                flush(ctx, entry, true);
-            }
+            let written = write_message(ctx, true, |out| {
+                wire::write_logical_message(out, transactional, Lsn(lsn), prefix, content)
+            });
+            written.unwrap_or_else(|e| report::encode_error("(message)", &e.into()));
         }
     }
 
@@ -164,71 +312,136 @@ impl State {
         txn: *mut pg_sys::ReorderBufferTXN,
         commit_lsn: pg_sys::XLogRecPtr,
     ) {
-        for relid in std::mem::take(&mut self.pending) {
-            if let Some(entry) = self.relations.get_mut(relid) {
-                // SAFETY: inside commit_cb with its context.
-                unsafe { flush(ctx, entry, false) };
-            }
+        let written = self.txn.take().is_some_and(|t| t.written);
+        if !written {
+            // Nothing was sent (skip-empty-xacts): let the walsender report progress past it
+            // in keepalives, so a consumer can confirm it and the slot does not lag.
+            // SAFETY: inside commit_cb with its context.
+            unsafe { pg_sys::OutputPluginUpdateProgress(ctx, true) };
+            return;
         }
+        // SAFETY: inside commit_cb with its context.
+        unsafe { self.flush_pending(ctx) };
         // SAFETY: commit_cb's transaction is valid for the call.
         let txn = unsafe { &*txn };
         let msg = Commit {
             commit_lsn: Lsn(commit_lsn),
             end_lsn: Lsn(txn.end_lsn),
             // SAFETY: a committed transaction's xact_time is its commit time.
-            commit_time_us: unix_micros(unsafe { txn.xact_time.commit_time }),
+            commit_time_us: self.time(unsafe { txn.xact_time.commit_time }),
         };
         // SAFETY: inside commit_cb with its context.
         let written = unsafe { write_message(ctx, true, |out| wire::write_commit(out, &msg)) };
         written.unwrap_or_else(|e| report::encode_error("(commit)", &e.into()));
     }
 
-    /// Applies relcache invalidations recorded since the last change. A stale entry's pending
-    /// rows were encoded for the schema the consumer holds, so they are written out before the
-    /// entry is dropped; the next change of that table rebuilds it and sends the new schema.
+    /// Whether changes from replication origin `origin_id` are dropped (`filter-origins`).
     ///
     /// # Safety
     ///
-    /// Inside a change callback, with its context.
-    unsafe fn apply_invalidations(&mut self, ctx: *mut pg_sys::LogicalDecodingContext) {
-        for relid in self.relations.stale_relids() {
-            if let Some(mut entry) = self.relations.remove(relid) {
-                // SAFETY: caller's contract.
-                unsafe { flush(ctx, &mut entry, false) };
-            }
+    /// Inside filter_by_origin_cb.
+    pub(crate) unsafe fn origin_filtered(&mut self, origin_id: pg_sys::RepOriginId) -> bool {
+        if self.options.filter_origins.is_empty() || origin_id == 0 {
+            return false;
+        }
+        // SAFETY: caller's contract.
+        match unsafe { self.origin_name(origin_id) } {
+            Some(name) => self.options.origin_filtered(&name),
+            None => self.options.filter_origins.iter().any(|o| o == "*"),
         }
     }
-}
 
-/// The cache entry for `relation`, built (and its Schema message written) if missing.
-///
-/// # Safety
-///
-/// Inside a change callback; `relation` is its open relation.
-unsafe fn entry(
-    relations: &mut RelationCache,
-    session_cx: pg_sys::MemoryContext,
-    ctx: *mut pg_sys::LogicalDecodingContext,
-    relation: pg_sys::Relation,
-    relid: pg_sys::Oid,
-) -> &mut RelEntry {
-    if relations.get_mut(relid).is_none() {
-        // SAFETY: caller's contract; session_cx outlives every entry.
-        let entry = unsafe { RelEntry::build(relation, session_cx) };
-        relations.insert(relid, entry);
+    /// The name of a replication origin, cached.
+    ///
+    /// # Safety
+    ///
+    /// Inside a callback (catalog access).
+    unsafe fn origin_name(&mut self, origin_id: pg_sys::RepOriginId) -> Option<String> {
+        if let Some(name) = self.origin_names.get(&origin_id) {
+            return name.clone();
+        }
+        let mut name: *mut std::ffi::c_char = std::ptr::null_mut();
+        // SAFETY: a catalog lookup with missing_ok; the name is a palloc'd C string.
+        let found = unsafe { pg_sys::replorigin_by_oid(origin_id, true, &mut name) };
+        // SAFETY: NULL or a valid C string.
+        let name = found.then(|| unsafe { cstr_or(name, "") });
+        self.origin_names.insert(origin_id, name.clone());
+        name
     }
-    let entry = relations.get_mut(relid).expect("inserted above");
-    if !entry.schema_sent {
+
+    /// The cache entry for `relation`, built if missing. An entry made stale by a relcache
+    /// invalidation is rebuilt: if the table's description changed, the old entry's pending
+    /// rows (encoded for the schema the consumer holds) are written out first and the new
+    /// entry sends its Schema before its first row; if nothing changed, the old entry stays,
+    /// pending rows and all.
+    ///
+    /// # Safety
+    ///
+    /// Inside a callback with its context; `relation` is open.
+    unsafe fn cache_entry(
+        &mut self,
+        ctx: *mut pg_sys::LogicalDecodingContext,
+        relation: pg_sys::Relation,
+    ) {
+        self.relations.mark_stale();
+        // SAFETY: caller's contract.
+        let relid = unsafe { (*relation).rd_id };
+        let stale = match self.relations.get_mut(relid) {
+            Some(e) if !e.stale => return,
+            Some(_) => true,
+            None => false,
+        };
+        // SAFETY: caller's contract; session_cx outlives every entry.
+        let fresh = unsafe { RelEntry::build(relation, self.session_cx, &self.options) };
+        if stale {
+            let old = self.relations.get_mut(relid).expect("checked above");
+            if old.same_shape(&fresh) {
+                old.stale = false;
+                return;
+            }
+            // SAFETY: caller's contract.
+            unsafe { flush(ctx, old, false) };
+        }
+        self.relations.insert(relid, fresh);
+    }
+
+    /// Writes the Schema message of a cached relation if this session has not yet.
+    ///
+    /// # Safety
+    ///
+    /// Inside a callback, with its context.
+    unsafe fn ensure_schema(
+        &mut self,
+        ctx: *mut pg_sys::LogicalDecodingContext,
+        relid: pg_sys::Oid,
+    ) {
+        let entry = self.relations.get_mut(relid).expect("cached before");
+        if entry.schema_sent {
+            return;
+        }
         // SAFETY: caller's contract.
         let written =
             unsafe { write_message(ctx, false, |out| write_schema_message(out, &entry.desc)) };
         written.unwrap_or_else(|e| report::encode_error(&entry.qualified_name, &e));
         entry.schema_sent = true;
     }
-    entry
+
+    /// Writes every pending batch, in the order the tables were first touched.
+    ///
+    /// # Safety
+    ///
+    /// Inside a callback, with its context.
+    unsafe fn flush_pending(&mut self, ctx: *mut pg_sys::LogicalDecodingContext) {
+        for relid in std::mem::take(&mut self.pending) {
+            if let Some(entry) = self.relations.get_mut(relid) {
+                // SAFETY: caller's contract.
+                unsafe { flush(ctx, entry, false) };
+            }
+        }
+    }
 }
 
-/// Deforms `tuple` and appends it as one row.
+/// Deforms `tuple` (if any) and appends it as one row.
 ///
 /// # Safety
 ///
@@ -237,33 +450,46 @@ unsafe fn entry(
 unsafe fn append_row(
     entry: &mut RelEntry,
     relation: pg_sys::Relation,
-    tuple: *mut pg_sys::HeapTupleData,
+    tuple: Option<*mut pg_sys::HeapTupleData>,
     op: ChangeOp,
     lsn: Lsn,
+    image: Image,
     utf8_db: bool,
 ) {
-    // SAFETY: the values/nulls buffers have one slot per attribute of the relation's tuple
-    // descriptor, which `entry` was built from; heap_deform_tuple fills exactly that many
-    // (attributes missing from an old tuple come from their defaults or as NULL).
-    unsafe {
-        debug_assert_eq!((*(*relation).rd_att).natts as usize, entry.values.len());
-        pg_sys::heap_deform_tuple(
-            tuple,
-            (*relation).rd_att,
-            entry.values.as_mut_ptr(),
-            entry.nulls.as_mut_ptr(),
-        );
+    if let Some(tuple) = tuple {
+        // SAFETY: the values/nulls buffers have one slot per attribute of the relation's tuple
+        // descriptor, which `entry` was built from; heap_deform_tuple fills exactly that many
+        // (attributes missing from an old tuple come from their defaults or as NULL).
+        unsafe {
+            debug_assert_eq!((*(*relation).rd_att).natts as usize, entry.values.len());
+            pg_sys::heap_deform_tuple(
+                tuple,
+                (*relation).rd_att,
+                entry.values.as_mut_ptr(),
+                entry.nulls.as_mut_ptr(),
+            );
+        }
     }
     if let Err(e) = entry.encoder.start_row(op, lsn) {
         report::encode_error(&entry.qualified_name, &e);
     }
-    let builders = entry.encoder.columns_mut();
-    for (builder, (att, reader)) in builders.iter_mut().zip(entry.columns.iter_mut()) {
-        if entry.nulls[*att] {
-            builder.append_null();
+    for (i, plan) in entry.columns.iter_mut().enumerate() {
+        let (value, null) = (entry.values[plan.att], entry.nulls[plan.att]);
+        let missing = tuple.is_none()
+            || (image == Image::Old && !plan.in_identity)
+            // SAFETY: a non-NULL varlena Datum of the tuple.
+            || (!null && plan.varlena && unsafe { is_unchanged_toast(value) });
+        if missing {
+            entry.encoder.column(i).append_null();
+            entry.encoder.mark_missing(i);
+        } else if null {
+            entry.encoder.column(i).append_null();
         } else {
             // SAFETY: a non-NULL Datum of this column, read by the reader made for its type.
-            unsafe { reader.append(entry.values[*att], builder, utf8_db) };
+            let appended = unsafe { plan.reader.append(value, entry.encoder.column(i), utf8_db) };
+            if appended == Appended::Unrepresentable {
+                entry.encoder.mark_missing(i);
+            }
         }
     }
 }
@@ -282,10 +508,6 @@ unsafe fn flush(ctx: *mut pg_sys::LogicalDecodingContext, entry: &mut RelEntry, 
     if let Err(e) = written {
         report::encode_error(&entry.qualified_name, &e);
     }
-}
-
-fn unix_micros(pg_timestamp: pg_sys::TimestampTz) -> i64 {
-    pg_timestamp.saturating_add(PG_EPOCH_MICROS)
 }
 
 /// Drops the session state; the reset callback of the decoding context's memory context.

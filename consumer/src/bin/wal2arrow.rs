@@ -145,8 +145,24 @@ async fn print_transactions(
                 println!("{}", pretty(&c.batch)?);
                 *summary.rows.entry(c.table().to_owned()).or_default() += c.num_rows();
             }
+            Event::Truncate(t) => {
+                let names: Vec<&str> =
+                    t.relations.iter().map(|r| r.qualified_name.as_str()).collect();
+                println!(
+                    "TRUNCATE {}{}{}",
+                    names.join(", "),
+                    if t.restart_identity { " RESTART IDENTITY" } else { "" },
+                    if t.cascade { " CASCADE" } else { "" }
+                );
+            }
+            Event::Message(m) => println!(
+                "MESSAGE {}prefix {:?}: {}",
+                if m.transactional { "(transactional) " } else { "" },
+                m.prefix,
+                String::from_utf8_lossy(m.content.as_slice())
+            ),
             Event::Commit(c) => {
-                println!("COMMIT xid {} at {} ({} batches)\n", c.xid, c.commit_lsn, c.batches);
+                println!("COMMIT xid {} at {} ({} events)\n", c.xid, c.commit_lsn, c.batches);
                 stream.ack(c.end_lsn);
                 summary.transactions += 1;
                 summary.last_ack = c.end_lsn;
@@ -168,7 +184,7 @@ const DEMO_SCHEMA: &str = "
         id serial PRIMARY KEY, user_id int4 NOT NULL, amount_cents int8, status text,
         placed_on date DEFAULT current_date);";
 
-const DEMO_WORKLOAD: [&str; 3] = [
+const DEMO_WORKLOAD: [&str; 5] = [
     "INSERT INTO users (name, email, active) VALUES
         ('Alice', 'alice@example.com', true), ('Bob', 'bob@example.com', true),
         ('Carol', NULL, false)",
@@ -179,6 +195,11 @@ const DEMO_WORKLOAD: [&str; 3] = [
      INSERT INTO users (name, email, active) VALUES ('Dan', 'dan@example.com', true);
      INSERT INTO orders (user_id, amount_cents, status) VALUES (4, 7000, 'paid');
      COMMIT",
+    "BEGIN;
+     UPDATE orders SET status = 'paid' WHERE status = 'pending';
+     UPDATE users SET id = 10, active = true WHERE name = 'Carol';
+     COMMIT",
+    "DELETE FROM orders WHERE status = 'cancelled'",
 ];
 
 async fn demo(args: DemoArgs) -> CliResult {

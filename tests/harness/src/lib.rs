@@ -187,19 +187,28 @@ impl Cluster {
         format!("host={} port={} user={} dbname={dbname}", self.host(), self.port, self.superuser())
     }
 
-    /// Runs `sql` with psql as the superuser in `dbname`, returning unaligned, tuples-only
-    /// output.
+    /// Runs the SQL script `sql` with psql as the superuser in `dbname`, returning unaligned,
+    /// tuples-only output. Statements run one by one, each in its own transaction unless the
+    /// script says `BEGIN`; the first error stops the script.
     ///
     /// # Errors
     ///
     /// When psql fails (the error carries its stderr).
     pub fn psql(&self, dbname: &str, sql: &str) -> Result<String> {
-        let out = Command::new(self.bin.join("psql"))
+        use std::io::Write;
+        let mut child = Command::new(self.bin.join("psql"))
             .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", self.host()])
-            .args(["-p", &self.port.to_string(), "-U", self.superuser(), "-d", dbname, "-c", sql])
-            .stdin(Stdio::null())
-            .output()
+            .args(["-p", &self.port.to_string(), "-U", self.superuser(), "-d", dbname, "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|e| err(format!("cannot run psql: {e}")))?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let script = format!("{sql}\n;\n");
+        let writer = std::thread::spawn(move || stdin.write_all(script.as_bytes()));
+        let out = child.wait_with_output().map_err(|e| err(format!("psql: {e}")))?;
+        let _ = writer.join();
         if !out.status.success() {
             return Err(err(format!(
                 "psql failed on {sql:?}: {}",
