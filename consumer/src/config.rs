@@ -6,8 +6,69 @@
 //! them.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
+
+/// Whether and how to use TLS, as libpq's `sslmode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain TCP only.
+    Disable,
+    /// TLS if the server offers it, else plain TCP; the certificate is not checked (libpq's
+    /// default). `allow` is read as `prefer`: it never chooses plain TCP over TLS.
+    #[default]
+    Prefer,
+    /// TLS or fail; the certificate is not checked.
+    Require,
+    /// TLS, with a certificate signed by a trusted CA (`sslrootcert`), for any host name.
+    VerifyCa,
+    /// TLS, with a certificate signed by a trusted CA and naming the host connected to.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// As written in a connection string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+impl FromStr for SslMode {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<SslMode> {
+        Ok(match s {
+            "disable" => SslMode::Disable,
+            "allow" | "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => {
+                return Err(Error::Config(format!(
+                    "sslmode must be disable, allow, prefer, require, verify-ca or verify-full, \
+                     not {other:?}"
+                )));
+            }
+        })
+    }
+}
+
+/// The certificate authorities a TLS server certificate is checked against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RootCerts {
+    /// The CA certificates in this PEM file (libpq's `sslrootcert=path`).
+    File(PathBuf),
+    /// The Mozilla root store, for servers with publicly trusted certificates
+    /// (`sslrootcert=system`).
+    System,
+}
 
 use crate::error::{Error, Result};
 
@@ -28,6 +89,10 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// `application_name` shown in `pg_stat_replication` (default `wal2arrow`).
     pub application_name: String,
+    /// TLS use (default `prefer`).
+    pub ssl_mode: SslMode,
+    /// Trusted CAs for `verify-ca` and `verify-full`.
+    pub ssl_root_cert: Option<RootCerts>,
 }
 
 impl Default for Config {
@@ -40,6 +105,8 @@ impl Default for Config {
             dbname: None,
             connect_timeout: Duration::from_secs(30),
             application_name: "wal2arrow".into(),
+            ssl_mode: SslMode::Prefer,
+            ssl_root_cert: None,
         }
     }
 }
@@ -54,6 +121,8 @@ impl fmt::Debug for Config {
             .field("dbname", &self.dbname())
             .field("connect_timeout", &self.connect_timeout)
             .field("application_name", &self.application_name)
+            .field("ssl_mode", &self.ssl_mode)
+            .field("ssl_root_cert", &self.ssl_root_cert)
             .finish()
     }
 }
@@ -67,8 +136,9 @@ impl Config {
     /// Parses a libpq connection string (keyword/value or `postgres://` URI).
     ///
     /// Accepted keywords: `host`, `hostaddr`, `port`, `user`, `password`, `dbname`,
-    /// `connect_timeout` (seconds), `application_name`, and `sslmode` = `disable`, `allow` or
-    /// `prefer` (this build speaks plain TCP; see the README).
+    /// `connect_timeout` (seconds), `application_name`, `sslmode` (`disable`, `allow`,
+    /// `prefer`, `require`, `verify-ca`, `verify-full`) and `sslrootcert` (a PEM file, or
+    /// `system` for the Mozilla root store).
     ///
     /// # Errors
     ///
@@ -105,19 +175,18 @@ impl Config {
                 self.connect_timeout = Duration::from_secs(secs.max(1));
             }
             "application_name" => self.application_name = value,
-            "sslmode" => match value.as_str() {
-                "disable" | "allow" | "prefer" => {}
-                other => {
-                    return Err(Error::Config(format!(
-                        "sslmode={other} needs TLS, which this build does not support yet; \
-                         use sslmode=disable or prefer over a trusted network"
-                    )));
-                }
-            },
+            "sslmode" => self.ssl_mode = value.parse()?,
+            "sslrootcert" => {
+                self.ssl_root_cert = Some(if value == "system" {
+                    RootCerts::System
+                } else {
+                    RootCerts::File(PathBuf::from(value))
+                })
+            }
             other => {
                 return Err(Error::Config(format!(
                     "unknown connection option {other:?}; accepted: host, hostaddr, port, user, \
-                     password, dbname, connect_timeout, application_name, sslmode"
+                     password, dbname, connect_timeout, application_name, sslmode, sslrootcert"
                 )));
             }
         }
@@ -142,10 +211,20 @@ impl Config {
         if self.connect_timeout.is_zero() {
             return Err(Error::Config("connect_timeout must be positive".into()));
         }
+        if matches!(self.ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull)
+            && self.ssl_root_cert.is_none()
+        {
+            return Err(Error::Config(format!(
+                "sslmode={} checks the server's certificate against trusted CAs: set sslrootcert \
+                 to a PEM file of them, or sslrootcert=system for publicly trusted ones",
+                self.ssl_mode.as_str()
+            )));
+        }
         Ok(())
     }
 
-    /// The same settings for tokio-postgres (ordinary SQL connections).
+    /// The same settings for tokio-postgres (ordinary SQL connections). Certificate checks
+    /// are done by our TLS connector, so every verifying mode is `require` there.
     pub(crate) fn to_tokio_postgres(&self) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
         c.host(&self.host)
@@ -153,7 +232,12 @@ impl Config {
             .user(&self.user)
             .dbname(self.dbname())
             .application_name(&self.application_name)
-            .connect_timeout(self.connect_timeout);
+            .connect_timeout(self.connect_timeout)
+            .ssl_mode(match self.ssl_mode {
+                SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+                SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+                _ => tokio_postgres::config::SslMode::Require,
+            });
         if let Some(p) = &self.password {
             c.password(p);
         }
@@ -343,13 +427,25 @@ mod tests {
             "bogus=1",
             "host",
             "password='open",
-            "sslmode=require",
+            "sslmode=sometimes",
             "postgres://h:99999/d",
         ] {
             let e = Config::from_dsn(bad).unwrap_err();
             assert!(matches!(e, Error::Config(_)), "{bad}: {e}");
         }
-        assert!(Config::from_dsn("sslmode=require").unwrap_err().to_string().contains("TLS"));
+        let e = Config::from_dsn("sslmode=verify-full").unwrap_err();
+        assert!(e.to_string().contains("sslrootcert"), "{e}");
+    }
+
+    #[test]
+    fn parses_tls_settings() {
+        let c = Config::from_dsn("host=db sslmode=verify-full sslrootcert=/etc/ca.pem").unwrap();
+        assert_eq!(c.ssl_mode, SslMode::VerifyFull);
+        assert_eq!(c.ssl_root_cert, Some(RootCerts::File("/etc/ca.pem".into())));
+        let c = Config::from_dsn("postgres://h/d?sslmode=verify-ca&sslrootcert=system").unwrap();
+        assert_eq!((c.ssl_mode, c.ssl_root_cert), (SslMode::VerifyCa, Some(RootCerts::System)));
+        assert_eq!(Config::from_dsn("sslmode=allow").unwrap().ssl_mode, SslMode::Prefer);
+        assert_eq!(Config::default().ssl_mode, SslMode::Prefer);
     }
 
     #[test]

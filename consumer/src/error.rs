@@ -60,6 +60,9 @@ pub enum Error {
     },
     /// The server refused our credentials, or asked for a method we do not support.
     Auth(String),
+    /// TLS could not be set up as `sslmode` asks (no TLS on the server, an untrusted or
+    /// mismatched certificate).
+    Tls(String),
     /// The server reported an error.
     Server(DbError),
     /// An ordinary SQL query (over tokio-postgres) failed.
@@ -125,6 +128,7 @@ impl fmt::Display for Error {
             ),
             Error::Timeout { what, after } => write!(f, "timed out after {after:?} {what}"),
             Error::Auth(m) => write!(f, "authentication failed: {m}"),
+            Error::Tls(m) => write!(f, "TLS: {m}"),
             Error::Server(e) => write!(f, "server error: {e}"),
             Error::Sql(e) => write!(f, "SQL query failed: {e}"),
             Error::Io(e) => write!(f, "connection failed: {e}"),

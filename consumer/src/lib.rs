@@ -32,8 +32,9 @@ pub mod config;
 pub mod error;
 mod protocol;
 pub mod stream;
+mod tls;
 
-pub use config::Config;
+pub use config::{Config, RootCerts, SslMode};
 pub use error::{DbError, Error, Result};
 pub use stream::{
     ChangeBatch, ChangeStream, CreatedSlot, Event, LogicalMessage, ReplicationClient, SlotState,

@@ -75,6 +75,11 @@ impl ReplicationClient {
         Ok(ReplicationClient { conn, connect_timeout: config.connect_timeout })
     }
 
+    /// Whether the connection is encrypted with TLS.
+    pub fn is_tls(&self) -> bool {
+        self.conn.is_tls()
+    }
+
     /// The server's version string (`server_version`), as it reported it at startup.
     pub fn server_version(&self) -> Option<&str> {
         self.conn.parameters.get("server_version").map(String::as_str)
@@ -605,7 +610,17 @@ pub struct SlotState {
 ///
 /// Connection and authentication errors.
 pub async fn sql_client(config: &Config) -> Result<tokio_postgres::Client> {
-    let (client, connection) = config.to_tokio_postgres().connect(tokio_postgres::NoTls).await?;
+    let tls = match crate::tls::client_config(config)? {
+        Some(tls) => tls,
+        // sslmode=disable: tokio-postgres never calls the connector.
+        None => crate::tls::client_config(&Config {
+            ssl_mode: crate::config::SslMode::Require,
+            ..config.clone()
+        })?
+        .expect("require has a TLS configuration"),
+    };
+    let (client, connection) =
+        config.to_tokio_postgres().connect(crate::tls::MakeRustls(tls)).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("SQL connection ended: {e}");

@@ -5,4 +5,5 @@ mod changes;
 mod common;
 mod golden;
 mod spine;
+mod tls;
 mod types;

@@ -12,12 +12,13 @@ use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::backend::{ErrorFields, Message};
 use postgres_protocol::message::frontend;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::frame::{Frame, FrameReader};
-use crate::config::Config;
+use crate::config::{Config, SslMode};
 use crate::error::{DbError, Error, Result};
+use crate::tls::{Socket, client_config, server_name};
 
 /// One row of a simple-query result, in text format.
 pub(crate) type Row = Vec<Option<String>>;
@@ -25,7 +26,7 @@ pub(crate) type Row = Vec<Option<String>>;
 /// An authenticated connection in replication mode.
 #[derive(Debug)]
 pub(crate) struct Connection {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Socket,
     pub(crate) reader: FrameReader,
     /// `ParameterStatus` values reported by the server (`server_version`, …).
     pub(crate) parameters: HashMap<String, String>,
@@ -50,10 +51,46 @@ impl Connection {
 
     async fn connect_inner(config: &Config) -> Result<Connection> {
         let addr = format!("{}:{}", config.host, config.port);
-        let stream = TcpStream::connect((config.host.as_str(), config.port))
+        let mut tcp = TcpStream::connect((config.host.as_str(), config.port))
             .await
             .map_err(|source| Error::Connect { addr: addr.clone(), source })?;
-        stream.set_nodelay(true)?;
+        tcp.set_nodelay(true)?;
+        let stream = match client_config(config)? {
+            None => Socket::Plain(tcp),
+            Some(tls) => {
+                // SSLRequest, answered by one byte: 'S' to start TLS, 'N' to refuse. Nothing
+                // may follow the 'S' before the handshake (CVE-2021-23222), so read just it.
+                let mut request = BytesMut::new();
+                frontend::ssl_request(&mut request);
+                tcp.write_all(&request).await?;
+                let mut answer = [0u8; 1];
+                tcp.read_exact(&mut answer).await?;
+                match answer[0] {
+                    b'S' => {
+                        let tls = tokio_rustls::TlsConnector::from(tls)
+                            .connect(server_name(&config.host)?, tcp)
+                            .await
+                            .map_err(|e| {
+                                Error::Tls(format!("TLS handshake with {addr} failed: {e}"))
+                            })?;
+                        Socket::Tls(Box::new(tls))
+                    }
+                    b'N' if config.ssl_mode == SslMode::Prefer => Socket::Plain(tcp),
+                    b'N' => {
+                        return Err(Error::Tls(format!(
+                            "the server at {addr} does not accept TLS, and sslmode={} requires it: \
+                             turn ssl on in postgresql.conf, or use sslmode=prefer",
+                            config.ssl_mode.as_str()
+                        )));
+                    }
+                    other => {
+                        return Err(Error::Protocol(format!(
+                            "unexpected answer {other:#04x} to SSLRequest"
+                        )));
+                    }
+                }
+            }
+        };
         let mut conn = Connection {
             stream,
             reader: FrameReader::new(),
@@ -166,8 +203,14 @@ impl Connection {
 
     pub(crate) async fn flush(&mut self) -> Result<()> {
         self.stream.write_all(&self.out).await?;
+        self.stream.flush().await?;
         self.out.clear();
         Ok(())
+    }
+
+    /// Whether the connection is encrypted.
+    pub(crate) fn is_tls(&self) -> bool {
+        self.stream.is_tls()
     }
 
     /// Queues a frontend message built by `f` (sent by the next [`flush`](Self::flush)).

@@ -53,7 +53,13 @@ pub struct ClusterOptions {
     /// `pg_hba.conf` lines placed before the final `trust` line for everyone.
     pub hba: Vec<String>,
     /// Extra `postgresql.conf` settings, as `(name, value)` with the value already quoted.
+    /// `$BASE` in a value is replaced by the cluster's directory (where [`files`] go).
+    ///
+    /// [`files`]: ClusterOptions::files
     pub settings: Vec<(String, String)>,
+    /// Files to place in the cluster's directory before it starts, readable only by the
+    /// server (mode 0600): TLS certificates and keys, say.
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 impl ClusterOptions {
@@ -135,6 +141,15 @@ impl Cluster {
             std::fs::copy(plugin, cluster.base.join("lib/wal2arrow.so")).map_err(|e| {
                 err(format!("cannot copy the plugin {} into the cluster: {e}", plugin.display()))
             })?;
+        }
+        for (name, contents) in &opts.files {
+            use std::os::unix::fs::PermissionsExt;
+            let path = cluster.base.join(name);
+            std::fs::write(&path, contents)
+                .and_then(|()| {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                })
+                .map_err(|e| err(format!("cannot write {}: {e}", path.display())))?;
         }
         if as_postgres {
             run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&cluster.base))?;
@@ -317,7 +332,8 @@ impl Cluster {
             });
             settings.push(("output_plugin_libraries".into(), format!("'{}'", libs.join(", "))));
         }
-        settings.extend(opts.settings.iter().cloned());
+        let base = self.base.display().to_string();
+        settings.extend(opts.settings.iter().map(|(k, v)| (k.clone(), v.replace("$BASE", &base))));
         for (k, v) in settings {
             conf.push_str(&format!("{k} = {v}\n"));
         }
