@@ -8,13 +8,17 @@
 //! lookups) goes through tokio-postgres.
 //!
 //! ```no_run
-//! use wal2arrow_consumer::{Config, Event, StreamOptions};
+//! use wal2arrow_consumer::{Consumer, Event};
 //!
 //! # async fn run() -> Result<(), wal2arrow_consumer::Error> {
-//! let config = Config::from_dsn("host=localhost user=cdc password=secret dbname=app")?;
-//! let mut stream = wal2arrow_consumer::open(&config, &StreamOptions::new("app_cdc")).await?;
-//! while let Some(event) = stream.next_event().await? {
-//!     match event {
+//! let consumer = Consumer::builder()
+//!     .dsn("host=localhost user=cdc password=secret dbname=app")?
+//!     .slot("app_cdc")
+//!     .tables(["public.*"])
+//!     .build()?;
+//! let mut stream = consumer.start().await?;
+//! while let Some(event) = stream.next().await {
+//!     match event? {
 //!         Event::Change(change) => {
 //!             // change.batch: the table's columns, then `_op`, `_lsn` and `_missing`.
 //!             println!("{}: {} rows", change.table(), change.num_rows());
@@ -29,16 +33,21 @@
 //! ```
 
 pub mod config;
+pub mod consumer;
 pub mod error;
 mod protocol;
 pub mod stream;
 mod tls;
 
 pub use config::{Config, RootCerts, SslMode};
+pub use consumer::{
+    Backoff, CdcStream, Consumer, ConsumerBuilder, HEARTBEAT_PREFIX, SlotMode, StatsSnapshot,
+};
 pub use error::{DbError, Error, Result};
 pub use stream::{
-    ChangeBatch, ChangeStream, CreatedSlot, Event, LogicalMessage, ReplicationClient, SlotState,
-    StreamOptions, SystemInfo, TruncateEvent, TxnBegin, TxnCommit, find_slot, open, sql_client,
+    AckHandle, ChangeBatch, ChangeStream, CreatedSlot, Event, LogicalMessage, Position,
+    ReplicationClient, SlotState, StreamOptions, SystemInfo, TruncateEvent, TxnBegin, TxnCommit,
+    find_slot, open, sql_client,
 };
 pub use wal2arrow_schema::{Lsn, PluginOptions, Relation};
 

@@ -14,9 +14,16 @@
 //! `wal_sender_timeout` would end the connection) and every `status_interval` (10 s by
 //! default, as `pg_recvlogical`).
 //!
+//! When everything delivered has been acknowledged and no transaction is open, the stream
+//! also confirms the WAL end a keepalive reports: the walsender sends that position only once
+//! it has sent every change before it, so nothing is skipped, and the slot keeps up with WAL
+//! written by other databases or filtered tables. Heartbeat messages (see
+//! [`ChangeStream::set_heartbeat_prefix`]) do the same for a database with no activity at all.
+//!
 //! [proto]: https://www.postgresql.org/docs/15/protocol-replication.html
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arrow_array::RecordBatch;
@@ -183,7 +190,9 @@ impl ReplicationClient {
             conn: self.conn,
             decoder: Decoder::new(),
             received: start,
-            flushed: start,
+            acked: AckHandle(Arc::new(AtomicU64::new(start.0))),
+            delivered_through: start,
+            heartbeat_prefix: None,
             server_wal_end: start,
             status_interval: DEFAULT_STATUS_INTERVAL,
             next_status: Instant::now() + DEFAULT_STATUS_INTERVAL,
@@ -200,6 +209,34 @@ fn parse_lsn(text: Option<String>) -> Result<Lsn> {
 
 /// Default interval between unsolicited standby status updates.
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Acknowledges positions of a stream, from any task: the stream reports the highest one to
+/// the server as flushed, and a restarted stream resumes after it.
+#[derive(Clone, Debug)]
+pub struct AckHandle(Arc<AtomicU64>);
+
+impl AckHandle {
+    /// Acknowledges everything up to `lsn`. Positions never move back.
+    pub fn ack(&self, lsn: Lsn) {
+        self.0.fetch_max(lsn.0, Ordering::SeqCst);
+    }
+
+    /// The highest position acknowledged.
+    pub fn acknowledged(&self) -> Lsn {
+        Lsn(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// Where an event sits in the stream: its transaction's commit LSN and its ordinal within the
+/// transaction. Unique and ordered; after a restart, replayed events have the positions they
+/// had the first time, so a sink that stores the last position it applied can drop them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    /// The transaction's commit LSN.
+    pub commit_lsn: Lsn,
+    /// The event's ordinal in the transaction.
+    pub ordinal: u32,
+}
 
 /// A transaction started (its changes follow, up to [`Event::Commit`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -278,6 +315,11 @@ impl ChangeBatch {
         &self.payload
     }
 
+    /// The batch's position, for dropping replayed batches after a restart.
+    pub fn position(&self) -> Position {
+        Position { commit_lsn: self.commit_lsn, ordinal: self.ordinal }
+    }
+
     /// The names of the columns whose value row `row` does not carry: unchanged TOAST values
     /// in new images, columns outside the key in old images, every column of a DELETE without
     /// any identity, and `NaN` in a `Decimal128` column. Their slots in the value columns are
@@ -328,8 +370,17 @@ pub struct LogicalMessage {
     pub txn: Option<(u32, Lsn, u32)>,
 }
 
-/// One event of the change stream.
+impl LogicalMessage {
+    /// The position to acknowledge once a non-transactional message is handled: just past it.
+    /// (Transactional messages are acknowledged with their transaction's commit.)
+    pub fn ack_lsn(&self) -> Lsn {
+        Lsn(self.lsn.0 + 1)
+    }
+}
+
+/// One event of the change stream. New kinds may be added: match with a wildcard arm.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum Event {
     /// A transaction begins.
     Begin(TxnBegin),
@@ -343,6 +394,15 @@ pub enum Event {
     Message(LogicalMessage),
     /// The transaction committed.
     Commit(TxnCommit),
+    /// The connection was lost and re-established (by [`crate::CdcStream`]): everything after
+    /// the acknowledged position `from` is delivered again, starting with a Begin. Drop any
+    /// transaction received only in part.
+    Restarted {
+        /// The position the stream resumed from.
+        from: Lsn,
+        /// Why the connection was lost.
+        reason: String,
+    },
 }
 
 #[derive(Debug)]
@@ -359,7 +419,11 @@ pub struct ChangeStream {
     conn: Connection,
     decoder: Decoder,
     received: Lsn,
-    flushed: Lsn,
+    acked: AckHandle,
+    /// Where acknowledgements must reach before the stream may confirm on its own: past the
+    /// last delivered commit or non-transactional message.
+    delivered_through: Lsn,
+    heartbeat_prefix: Option<String>,
     server_wal_end: Lsn,
     status_interval: Duration,
     next_status: Instant,
@@ -382,7 +446,31 @@ impl ChangeStream {
 
     /// The position acknowledged so far (sent to the server as *flush*).
     pub fn acknowledged(&self) -> Lsn {
-        self.flushed
+        self.acked.acknowledged()
+    }
+
+    /// A handle to acknowledge positions from another task.
+    pub fn ack_handle(&self) -> AckHandle {
+        self.acked.clone()
+    }
+
+    /// Makes the stream report (and auto-advance) `handle` instead of its own: several
+    /// streams, one after another, can then share one acknowledged position.
+    pub fn set_ack_handle(&mut self, handle: AckHandle) {
+        handle.ack(self.acked.acknowledged());
+        self.acked = handle;
+    }
+
+    /// Logical messages with this prefix (non-transactional ones, as from the heartbeat) are
+    /// not delivered: they only let the stream confirm its position while caught up.
+    pub fn set_heartbeat_prefix(&mut self, prefix: Option<String>) {
+        self.heartbeat_prefix = prefix;
+    }
+
+    /// Whether every delivered transaction and message has been acknowledged and no
+    /// transaction is open: the stream may then confirm positions on its own.
+    pub fn caught_up(&self) -> bool {
+        self.txn.is_none() && self.acked.acknowledged() >= self.delivered_through
     }
 
     /// How many payloads the decoder had to copy for alignment (zero when zero-copy holds).
@@ -394,8 +482,7 @@ impl ChangeStream {
     /// handled. The server hears of it with the next status update; positions never move
     /// back.
     pub fn ack(&mut self, lsn: Lsn) {
-        self.flushed = self.flushed.max(lsn);
-        self.received = self.received.max(lsn);
+        self.acked.ack(lsn);
     }
 
     /// The next event, or `None` once the server ended the stream.
@@ -428,11 +515,32 @@ impl ChangeStream {
                         .decode(&payload)
                         .map_err(|source| Error::Wire { lsn: wal_start, source })?;
                     if let Some(event) = self.event(message, payload)? {
+                        if let Event::Message(m) = &event
+                            && !m.transactional
+                            && self.heartbeat_prefix.as_deref() == Some(m.prefix.as_str())
+                        {
+                            if self.caught_up() {
+                                self.acked.ack(m.ack_lsn());
+                            }
+                            continue;
+                        }
+                        match &event {
+                            Event::Commit(c) => {
+                                self.delivered_through = self.delivered_through.max(c.end_lsn)
+                            }
+                            Event::Message(m) if !m.transactional => {
+                                self.delivered_through = self.delivered_through.max(m.ack_lsn())
+                            }
+                            _ => {}
+                        }
                         return Ok(Some(event));
                     }
                 }
                 Frame::Keepalive { wal_end, reply } => {
                     self.server_wal_end = self.server_wal_end.max(wal_end);
+                    if self.caught_up() {
+                        self.acked.ack(wal_end);
+                    }
                     if reply {
                         self.send_status(false).await?;
                     }
@@ -454,6 +562,11 @@ impl ChangeStream {
                             Ok(())
                         })?;
                         self.conn.flush().await?;
+                        return Ok(None);
+                    }
+                    // A walsender that shuts down ends the stream with CommandComplete.
+                    Some(Message::CommandComplete(_) | Message::ReadyForQuery(_)) => {
+                        self.done = true;
                         return Ok(None);
                     }
                     Some(Message::ParameterStatus(_)) => {}
@@ -553,11 +666,13 @@ impl ChangeStream {
         let now_us =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
                 - PG_EPOCH_MICROS;
+        let flushed = self.acked.acknowledged();
+        let written = self.received.max(flushed);
         let mut body = Vec::with_capacity(34);
         body.push(b'r');
-        body.extend_from_slice(&self.received.0.to_be_bytes());
-        body.extend_from_slice(&self.flushed.0.to_be_bytes());
-        body.extend_from_slice(&self.flushed.0.to_be_bytes());
+        body.extend_from_slice(&written.0.to_be_bytes());
+        body.extend_from_slice(&flushed.0.to_be_bytes());
+        body.extend_from_slice(&flushed.0.to_be_bytes());
         body.extend_from_slice(&now_us.to_be_bytes());
         body.push(u8::from(reply_requested));
         self.conn.queue(|b| {

@@ -161,12 +161,16 @@ async fn print_transactions(
                 m.prefix,
                 String::from_utf8_lossy(m.content.as_slice())
             ),
+            Event::Restarted { from, reason } => {
+                println!("RESTARTED from {from} after: {reason}");
+            }
             Event::Commit(c) => {
                 println!("COMMIT xid {} at {} ({} events)\n", c.xid, c.commit_lsn, c.batches);
                 stream.ack(c.end_lsn);
                 summary.transactions += 1;
                 summary.last_ack = c.end_lsn;
             }
+            other => println!("{other:?}"),
         }
     }
     Ok(summary)

@@ -1,0 +1,805 @@
+//! The high-level API: configure a [`Consumer`] with its builder, [`start`](Consumer::start)
+//! it, and read a [`CdcStream`] of [`Event`]s.
+//!
+//! A background task owns the replication connection. It keeps talking to the server while
+//! your code is busy (status updates every `max_poll_interval`, so a slow consumer is never
+//! dropped for `wal_sender_timeout`), sends heartbeats while the database is idle, and on a
+//! transient failure — the connection dropped, the server restarted, the slot still held by a
+//! dying session — reconnects with exponential backoff and resumes from the acknowledged
+//! position, announcing it with [`Event::Restarted`]. Events reach you through a bounded
+//! channel: when you read slowly, the task stops reading from the server and the WAL waits
+//! there, in the slot, rather than in memory here.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+/// What a [`CdcStream`] asks of its driver.
+#[derive(Debug)]
+enum Command {
+    /// Send a status update now and answer once it is written.
+    SyncAcks(oneshot::Sender<Result<Lsn>>),
+}
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use wal2arrow_schema::patterns::TablePattern;
+use wal2arrow_schema::{Lsn, PluginOptions, TableFilter};
+
+use crate::config::{Config, RootCerts, SslMode};
+use crate::error::{Error, Result};
+use crate::stream::{
+    AckHandle, ChangeStream, Event, PLUGIN_NAME, ReplicationClient, find_slot, sql_client,
+};
+
+/// The prefix of the heartbeat messages the consumer emits.
+pub const HEARTBEAT_PREFIX: &str = "wal2arrow.heartbeat";
+
+/// Which replication slot to stream from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SlotMode {
+    /// A persistent slot: it survives restarts and keeps the WAL the consumer has not
+    /// acknowledged.
+    Persistent {
+        /// Slot name.
+        name: String,
+        /// Create it if it does not exist (default); otherwise a missing slot is an error.
+        create_if_missing: bool,
+    },
+    /// A temporary slot, created for this stream and dropped when its connection ends. Cheap
+    /// for experiments, but a lost connection loses the slot: the stream then ends with an
+    /// error rather than silently skipping what happened in between.
+    Temporary {
+        /// Slot name.
+        name: String,
+    },
+}
+
+impl SlotMode {
+    /// The slot's name.
+    pub fn name(&self) -> &str {
+        match self {
+            SlotMode::Persistent { name, .. } | SlotMode::Temporary { name } => name,
+        }
+    }
+}
+
+/// Reconnection backoff: the first wait, doubled after each failure up to `max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// First wait (default 100 ms).
+    pub initial: Duration,
+    /// Longest wait (default 30 s).
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(30) }
+    }
+}
+
+/// Builds a [`Consumer`]; [`build`](Self::build) checks the settings.
+#[derive(Clone, Debug)]
+pub struct ConsumerBuilder {
+    config: Config,
+    slot: SlotMode,
+    tables: Vec<String>,
+    plugin: PluginOptions,
+    max_poll_interval: Duration,
+    heartbeat_interval: Option<Duration>,
+    start_lsn: Lsn,
+    backoff: Backoff,
+    buffer_events: usize,
+}
+
+impl Default for ConsumerBuilder {
+    fn default() -> Self {
+        ConsumerBuilder {
+            config: Config::default(),
+            slot: SlotMode::Persistent { name: "wal2arrow".into(), create_if_missing: true },
+            tables: Vec::new(),
+            plugin: PluginOptions::default(),
+            max_poll_interval: Duration::from_secs(1),
+            heartbeat_interval: Some(Duration::from_secs(10)),
+            start_lsn: Lsn::INVALID,
+            backoff: Backoff::default(),
+            buffer_events: 64,
+        }
+    }
+}
+
+impl ConsumerBuilder {
+    /// Connection settings from a libpq connection string (keyword/value or URI).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a malformed string.
+    pub fn dsn(mut self, dsn: &str) -> Result<Self> {
+        self.config = Config::from_dsn(dsn)?;
+        Ok(self)
+    }
+
+    /// Connection settings.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Server host name or address.
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.config.host = host.into();
+        self
+    }
+
+    /// Server port.
+    pub fn port(mut self, port: u16) -> Self {
+        self.config.port = port;
+        self
+    }
+
+    /// Database.
+    pub fn dbname(mut self, dbname: impl Into<String>) -> Self {
+        self.config.dbname = Some(dbname.into());
+        self
+    }
+
+    /// User name.
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.config.user = user.into();
+        self
+    }
+
+    /// Password.
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.config.password = Some(password.into());
+        self
+    }
+
+    /// Longest wait to connect and authenticate (default 30 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// TLS mode (default `prefer`).
+    pub fn ssl_mode(mut self, mode: SslMode) -> Self {
+        self.config.ssl_mode = mode;
+        self
+    }
+
+    /// Trusted CAs for `verify-ca` / `verify-full`.
+    pub fn ssl_root_cert(mut self, roots: RootCerts) -> Self {
+        self.config.ssl_root_cert = Some(roots);
+        self
+    }
+
+    /// Stream from the persistent slot `name` (default `wal2arrow`), created if missing.
+    pub fn slot(mut self, name: impl Into<String>) -> Self {
+        self.slot = SlotMode::Persistent { name: name.into(), create_if_missing: true };
+        self
+    }
+
+    /// Stream from the persistent slot `name`, which must exist.
+    pub fn existing_slot(mut self, name: impl Into<String>) -> Self {
+        self.slot = SlotMode::Persistent { name: name.into(), create_if_missing: false };
+        self
+    }
+
+    /// Stream from a temporary slot (see [`SlotMode::Temporary`]).
+    pub fn temporary_slot(mut self, name: impl Into<String>) -> Self {
+        self.slot = SlotMode::Temporary { name: name.into() };
+        self
+    }
+
+    /// Capture only tables matching these patterns (`public.users`, `public.*`, `*.orders`,
+    /// `public.user_*`, `public.user_[0-9]+`); default: every table. Tables created later that
+    /// match are captured too.
+    pub fn tables<I, S>(mut self, patterns: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.tables = patterns.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Most rows of one table per batch (default 8192).
+    pub fn batch_rows(mut self, rows: u32) -> Self {
+        self.plugin.batch_rows = rows;
+        self
+    }
+
+    /// Every other plugin option (`tables` and `batch-rows` set here win).
+    pub fn plugin_options(mut self, options: PluginOptions) -> Self {
+        let (tables, batch_rows) = (self.plugin.tables.clone(), self.plugin.batch_rows);
+        self.plugin = PluginOptions { tables, batch_rows, ..options };
+        self
+    }
+
+    /// How long the stream may go without telling the server its position (default 1 s):
+    /// status updates go out at least this often, even while your code is busy.
+    pub fn max_poll_interval(mut self, interval: Duration) -> Self {
+        self.max_poll_interval = interval;
+        self
+    }
+
+    /// After this long without events, emit a heartbeat message so the slot can advance
+    /// (default 10 s); `None` turns heartbeats off.
+    pub fn heartbeat_interval(mut self, interval: Option<Duration>) -> Self {
+        self.heartbeat_interval = interval;
+        self
+    }
+
+    /// Start from this position instead of the slot's `confirmed_flush_lsn` (the server
+    /// starts at the later of the two).
+    pub fn start_lsn(mut self, lsn: Lsn) -> Self {
+        self.start_lsn = lsn;
+        self
+    }
+
+    /// Reconnection backoff.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// How many events may wait for your code (default 64): the bound on the stream's memory.
+    pub fn buffer_events(mut self, events: usize) -> Self {
+        self.buffer_events = events;
+        self
+    }
+
+    /// Checks the settings and makes the consumer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the setting that is invalid and what it accepts.
+    pub fn build(mut self) -> Result<Consumer> {
+        self.config.validate()?;
+        validate_slot_name(self.slot.name())?;
+        let patterns = self
+            .tables
+            .iter()
+            .map(|p| TablePattern::parse(p).map_err(|e| Error::Config(format!("tables: {e}"))))
+            .collect::<Result<Vec<_>>>()?;
+        self.plugin.tables = TableFilter::new(patterns);
+        if !(1..=wal2arrow_schema::options::MAX_BATCH_ROWS).contains(&self.plugin.batch_rows) {
+            return Err(Error::Config(format!(
+                "batch_rows must be 1 to {}, not {}",
+                wal2arrow_schema::options::MAX_BATCH_ROWS,
+                self.plugin.batch_rows
+            )));
+        }
+        if self.max_poll_interval.is_zero() || self.max_poll_interval > Duration::from_secs(3600) {
+            return Err(Error::Config("max_poll_interval must be between 1 ms and 1 hour".into()));
+        }
+        if self.heartbeat_interval.is_some_and(|h| h.is_zero()) {
+            return Err(Error::Config(
+                "heartbeat_interval must be positive (None turns it off)".into(),
+            ));
+        }
+        if self.buffer_events == 0 {
+            return Err(Error::Config("buffer_events must be at least 1".into()));
+        }
+        if self.backoff.initial.is_zero() || self.backoff.max < self.backoff.initial {
+            return Err(Error::Config("backoff: initial must be positive and at most max".into()));
+        }
+        Ok(Consumer { settings: Arc::new(self) })
+    }
+}
+
+/// Slot names are what PostgreSQL accepts: 1 to 63 lower-case letters, digits, underscores.
+fn validate_slot_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "slot name {name:?}: use 1 to 63 lower-case letters, digits and underscores"
+        )))
+    }
+}
+
+/// A configured consumer; [`start`](Self::start) it to get a [`CdcStream`].
+#[derive(Clone, Debug)]
+pub struct Consumer {
+    settings: Arc<ConsumerBuilder>,
+}
+
+impl Consumer {
+    /// A builder with the defaults.
+    pub fn builder() -> ConsumerBuilder {
+        ConsumerBuilder::default()
+    }
+
+    /// The connection settings.
+    pub fn config(&self) -> &Config {
+        &self.settings.config
+    }
+
+    /// The slot.
+    pub fn slot(&self) -> &SlotMode {
+        &self.settings.slot
+    }
+
+    /// The plugin options the stream will use.
+    pub fn plugin_options(&self) -> &PluginOptions {
+        &self.settings.plugin
+    }
+
+    /// Connects, makes sure the slot exists with the wal2arrow plugin (creating a missing one
+    /// if allowed), starts replication and returns the stream.
+    ///
+    /// # Errors
+    ///
+    /// Connection and authentication errors, [`Error::Slot`] for a slot that cannot be used
+    /// (missing, of another plugin or database), and the server's refusal to start.
+    pub async fn start(&self) -> Result<CdcStream> {
+        let s = &self.settings;
+        let mut session = Session::connect(s, s.start_lsn).await?;
+        let acks = session.stream.ack_handle();
+        acks.ack(s.start_lsn);
+        let (tx, rx) = mpsc::channel(s.buffer_events);
+        let (close_tx, close_rx) = oneshot::channel();
+        let (commands_tx, commands_rx) = mpsc::channel(4);
+        let stats = Arc::new(StreamStats::default());
+        session
+            .stream
+            .set_heartbeat_prefix(s.heartbeat_interval.map(|_| HEARTBEAT_PREFIX.to_owned()));
+        let driver = Driver {
+            settings: Arc::clone(s),
+            tx,
+            acks: acks.clone(),
+            stats: Arc::clone(&stats),
+            commands: tokio::sync::Mutex::new(commands_rx),
+        };
+        let task = tokio::spawn(driver.run(session, close_rx));
+        Ok(CdcStream {
+            rx,
+            acks,
+            close: Some(close_tx),
+            commands: commands_tx,
+            task: Some(task),
+            stats,
+        })
+    }
+}
+
+/// One replication connection.
+struct Session {
+    stream: ChangeStream,
+}
+
+impl Session {
+    /// Connects and starts streaming from `from` (or the slot's position).
+    async fn connect(s: &ConsumerBuilder, from: Lsn) -> Result<Session> {
+        let mut repl = ReplicationClient::connect(&s.config).await?;
+        match &s.slot {
+            SlotMode::Temporary { name } => {
+                repl.create_slot(name, PLUGIN_NAME, true).await?;
+            }
+            SlotMode::Persistent { name, create_if_missing } => {
+                let sql = sql_client(&s.config).await?;
+                match find_slot(&sql, name).await? {
+                    None if *create_if_missing => {
+                        let created = repl.create_slot(name, PLUGIN_NAME, false).await?;
+                        tracing::info!(slot = %name, lsn = %created.consistent_point, "created replication slot");
+                    }
+                    None => {
+                        return Err(Error::Slot(format!(
+                            "slot {name:?} does not exist; create it (SELECT \
+                             pg_create_logical_replication_slot('{name}', 'wal2arrow')) or let \
+                             the consumer create it"
+                        )));
+                    }
+                    Some(slot) if slot.plugin.as_deref() != Some(PLUGIN_NAME) => {
+                        return Err(Error::Slot(format!(
+                            "slot {name:?} exists with plugin {}, not wal2arrow: use another slot \
+                             name, or drop it (SELECT pg_drop_replication_slot('{name}')) if \
+                             nothing else needs it",
+                            slot.plugin.as_deref().unwrap_or("(physical)")
+                        )));
+                    }
+                    Some(slot) if slot.database.as_deref() != Some(s.config.dbname()) => {
+                        return Err(Error::Slot(format!(
+                            "slot {name:?} belongs to database {:?}, not {:?}",
+                            slot.database.unwrap_or_default(),
+                            s.config.dbname()
+                        )));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        let mut stream = repl.start(s.slot.name(), from, &s.plugin).await?;
+        stream.set_status_interval(s.max_poll_interval);
+        Ok(Session { stream })
+    }
+}
+
+/// Counters of a running stream.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    events: AtomicU64,
+    batches: AtomicU64,
+    rows: AtomicU64,
+    bytes: AtomicU64,
+    transactions: AtomicU64,
+    reconnects: AtomicU64,
+    heartbeats: AtomicU64,
+    server_wal_end: AtomicU64,
+}
+
+/// A snapshot of [`StreamStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Events delivered.
+    pub events: u64,
+    /// Change batches delivered.
+    pub batches: u64,
+    /// Rows in them.
+    pub rows: u64,
+    /// Payload bytes received for them.
+    pub bytes: u64,
+    /// Transactions committed.
+    pub transactions: u64,
+    /// Reconnections after failures.
+    pub reconnects: u64,
+    /// Heartbeats sent.
+    pub heartbeats: u64,
+    /// The server's WAL end as last reported: minus the acknowledged position, the backlog.
+    pub server_wal_end: Lsn,
+}
+
+/// The event stream of a started [`Consumer`].
+///
+/// It is a [`futures_core::Stream`] of `Result<Event>`; [`next`](Self::next) does the same
+/// without a `StreamExt`. Acknowledge each transaction's `end_lsn` once you have durably
+/// handled it ([`ack`](Self::ack)): that is what the slot advances to, and where a restarted
+/// stream resumes. The server hears of acknowledgements with the next status update, within
+/// `max_poll_interval`; after a crash, everything after the last position the server heard of
+/// is delivered again. [`sync_acks`](Self::sync_acks) tells it at once.
+///
+/// Cancel safety: [`next`](Self::next) is cancel safe; an event is never lost by dropping its
+/// future.
+#[derive(Debug)]
+pub struct CdcStream {
+    rx: mpsc::Receiver<Result<Event>>,
+    acks: AckHandle,
+    close: Option<oneshot::Sender<()>>,
+    commands: mpsc::Sender<Command>,
+    task: Option<JoinHandle<()>>,
+    stats: Arc<StreamStats>,
+}
+
+impl CdcStream {
+    /// Sends the acknowledged position to the server now, and returns it once written.
+    ///
+    /// # Errors
+    ///
+    /// When the stream has ended, or the connection failed while writing (the position is
+    /// then sent after the reconnection).
+    pub async fn sync_acks(&self) -> Result<Lsn> {
+        let (reply, answer) = oneshot::channel();
+        let ended = || Error::Protocol("the stream has ended".into());
+        self.commands.send(Command::SyncAcks(reply)).await.map_err(|_| ended())?;
+        answer.await.map_err(|_| ended())?
+    }
+
+    /// The next event; `None` once the stream has ended (closed, or after an error).
+    pub async fn next(&mut self) -> Option<Result<Event>> {
+        self.rx.recv().await
+    }
+
+    /// Acknowledges everything up to `lsn` (a [`crate::TxnCommit::end_lsn`], or a
+    /// non-transactional message's [`crate::LogicalMessage::ack_lsn`]).
+    pub fn ack(&self, lsn: Lsn) {
+        self.acks.ack(lsn);
+    }
+
+    /// A handle to acknowledge from other tasks.
+    pub fn ack_handle(&self) -> AckHandle {
+        self.acks.clone()
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = &self.stats;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            events: get(&s.events),
+            batches: get(&s.batches),
+            rows: get(&s.rows),
+            bytes: get(&s.bytes),
+            transactions: get(&s.transactions),
+            reconnects: get(&s.reconnects),
+            heartbeats: get(&s.heartbeats),
+            server_wal_end: Lsn(get(&s.server_wal_end)),
+        }
+    }
+
+    /// Ends the stream: sends the final acknowledged position to the server and closes the
+    /// connection.
+    pub async fn close(mut self) {
+        if let Some(close) = self.close.take() {
+            let _ = close.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for CdcStream {
+    fn drop(&mut self) {
+        if let Some(close) = self.close.take() {
+            let _ = close.send(());
+        }
+    }
+}
+
+impl futures_core::Stream for CdcStream {
+    type Item = Result<Event>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// The background task behind a [`CdcStream`].
+struct Driver {
+    settings: Arc<ConsumerBuilder>,
+    tx: mpsc::Sender<Result<Event>>,
+    acks: AckHandle,
+    stats: Arc<StreamStats>,
+    commands: tokio::sync::Mutex<mpsc::Receiver<Command>>,
+}
+
+/// How a session ended.
+enum Ended {
+    /// Closed by the user, or the receiver went away.
+    Closed,
+}
+
+impl Driver {
+    async fn run(self, first: Session, mut close: oneshot::Receiver<()>) {
+        let mut session = Some(first);
+        let mut delay = self.settings.backoff.initial;
+        loop {
+            let result = match session.take() {
+                Some(s) => self.stream(s, &mut close).await,
+                None => Err(Error::Protocol("no session".into())),
+            };
+            let error = match result {
+                Ok(Ended::Closed) => return,
+                Err(e) => e,
+            };
+            let temporary = matches!(self.settings.slot, SlotMode::Temporary { .. });
+            if !error.is_transient() || temporary {
+                let error = if temporary && error.is_transient() {
+                    Error::Slot(format!(
+                        "the connection was lost ({error}) and the temporary slot with it: \
+                         changes since then cannot be recovered; use a persistent slot to resume"
+                    ))
+                } else {
+                    error
+                };
+                let _ = self.tx.send(Err(error)).await;
+                return;
+            }
+            // Reconnect with backoff, resuming after what was acknowledged.
+            let reason = error.to_string();
+            loop {
+                tracing::warn!(error = %reason, retry_in = ?delay, "replication connection lost; reconnecting");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = &mut close => return,
+                }
+                delay = (delay * 2).min(self.settings.backoff.max);
+                let from = self.acks.acknowledged();
+                match Session::connect(&self.settings, from).await {
+                    Ok(mut s) => {
+                        s.stream.set_ack_handle(self.acks.clone());
+                        s.stream.set_heartbeat_prefix(
+                            self.settings.heartbeat_interval.map(|_| HEARTBEAT_PREFIX.to_owned()),
+                        );
+                        // The new stream's acknowledgements flow into the same handle.
+                        self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                        if self
+                            .tx
+                            .send(Ok(Event::Restarted { from, reason: reason.clone() }))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        delay = self.settings.backoff.initial;
+                        session = Some(s);
+                        break;
+                    }
+                    Err(e) if e.is_transient() => continue,
+                    Err(e) => {
+                        let _ = self.tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Streams one session until it ends.
+    async fn stream(
+        &self,
+        mut session: Session,
+        close: &mut oneshot::Receiver<()>,
+    ) -> Result<Ended> {
+        let stream = &mut session.stream;
+        let mut heartbeat = Heartbeat::new(&self.settings);
+        let mut commands = self.commands.lock().await;
+        loop {
+            let event = tokio::select! {
+                event = stream.next_event() => event?,
+                () = heartbeat.due() => {
+                    heartbeat.beat(&self.stats).await;
+                    continue;
+                }
+                Some(Command::SyncAcks(reply)) = commands.recv() => {
+                    let sent = stream.send_status(false).await;
+                    let failed = sent.as_ref().err().map(ToString::to_string);
+                    let _ = reply.send(sent.map(|()| self.acks.acknowledged()));
+                    match failed {
+                        Some(e) => return Err(Error::Io(std::io::Error::other(e))),
+                        None => continue,
+                    }
+                }
+                _ = &mut *close => {
+                    let _ = stream.send_status(false).await;
+                    return Ok(Ended::Closed);
+                }
+            };
+            self.stats.server_wal_end.store(stream.server_wal_end().0, Ordering::Relaxed);
+            let Some(event) = event else {
+                // Only a walsender that is shutting down ends the stream: come back later.
+                return Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the server ended the stream (it is shutting down)",
+                )));
+            };
+            heartbeat.activity();
+            self.count(&event);
+            let permit = match self.tx.try_reserve() {
+                Ok(permit) => permit,
+                Err(mpsc::error::TrySendError::Closed(())) => return Ok(Ended::Closed),
+                Err(mpsc::error::TrySendError::Full(())) => {
+                    // The reader is slow: wait for room, keeping the server informed so it
+                    // does not drop us for wal_sender_timeout.
+                    let period = self.settings.max_poll_interval;
+                    let mut status = tokio::time::interval_at(Instant::now() + period, period);
+                    loop {
+                        tokio::select! {
+                            permit = self.tx.reserve() => match permit {
+                                Ok(permit) => break permit,
+                                Err(_) => return Ok(Ended::Closed),
+                            },
+                            _ = status.tick() => stream.send_status(false).await?,
+                            _ = &mut *close => return Ok(Ended::Closed),
+                        }
+                    }
+                }
+            };
+            permit.send(Ok(event));
+        }
+    }
+
+    fn count(&self, event: &Event) {
+        let s = &self.stats;
+        s.events.fetch_add(1, Ordering::Relaxed);
+        match event {
+            Event::Change(c) => {
+                s.batches.fetch_add(1, Ordering::Relaxed);
+                s.rows.fetch_add(c.num_rows() as u64, Ordering::Relaxed);
+                s.bytes.fetch_add(c.payload().len() as u64, Ordering::Relaxed);
+            }
+            Event::Commit(_) => {
+                s.transactions.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Emits a `pg_logical_emit_message` when the stream has been idle for the heartbeat interval,
+/// over its own SQL connection (opened on first use, reopened after a failure).
+struct Heartbeat {
+    interval: Option<Duration>,
+    config: Config,
+    next: Instant,
+    client: Option<tokio_postgres::Client>,
+}
+
+impl Heartbeat {
+    fn new(s: &ConsumerBuilder) -> Heartbeat {
+        let interval = s.heartbeat_interval;
+        Heartbeat {
+            interval,
+            config: s.config.clone(),
+            next: Instant::now() + interval.unwrap_or(Duration::from_secs(3600)),
+            client: None,
+        }
+    }
+
+    /// Resolves when a heartbeat is due (never, when heartbeats are off).
+    async fn due(&self) {
+        match self.interval {
+            Some(_) => tokio::time::sleep_until(self.next).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn activity(&mut self) {
+        if let Some(i) = self.interval {
+            self.next = Instant::now() + i;
+        }
+    }
+
+    async fn beat(&mut self, stats: &StreamStats) {
+        self.activity();
+        if self.client.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+            match sql_client(&self.config).await {
+                Ok(c) => self.client = Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "heartbeat: cannot connect");
+                    return;
+                }
+            }
+        }
+        let client = self.client.as_ref().expect("connected above");
+        match client
+            .execute("SELECT pg_logical_emit_message(false, $1, '')", &[&HEARTBEAT_PREFIX])
+            .await
+        {
+            Ok(_) => {
+                stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat failed (the role needs EXECUTE on pg_logical_emit_message)");
+                self.client = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builder_checks_every_setting() {
+        assert!(Consumer::builder().build().is_ok());
+        for (b, what) in [
+            (Consumer::builder().slot("Bad-Name"), "slot name"),
+            (Consumer::builder().slot(""), "slot name"),
+            (Consumer::builder().tables(["users"]), "tables"),
+            (Consumer::builder().tables(["public.(x"]), "tables"),
+            (Consumer::builder().batch_rows(0), "batch_rows"),
+            (Consumer::builder().max_poll_interval(Duration::ZERO), "max_poll_interval"),
+            (Consumer::builder().heartbeat_interval(Some(Duration::ZERO)), "heartbeat_interval"),
+            (Consumer::builder().buffer_events(0), "buffer_events"),
+            (Consumer::builder().port(0), "port"),
+            (Consumer::builder().ssl_mode(SslMode::VerifyFull), "sslrootcert"),
+        ] {
+            let e = b.build().unwrap_err();
+            assert!(matches!(e, Error::Config(_)) && e.to_string().contains(what), "{what}: {e}");
+        }
+        let c =
+            Consumer::builder().tables(["public.*", "*.orders"]).batch_rows(10).build().unwrap();
+        assert_eq!(c.plugin_options().tables.patterns().len(), 2);
+        assert_eq!(c.plugin_options().batch_rows, 10);
+    }
+}
