@@ -31,6 +31,8 @@ use wal2arrow_schema::{Lsn, PluginOptions, TableFilter};
 
 use crate::config::{Config, RootCerts, SslMode};
 use crate::error::{Error, Result};
+use crate::preflight::{Preflight, PreflightReport};
+use crate::protocol::conn::quote_ident;
 use crate::stream::{
     AckHandle, ChangeStream, Event, PLUGIN_NAME, ReplicationClient, find_slot, sql_client,
 };
@@ -94,6 +96,8 @@ pub struct ConsumerBuilder {
     start_lsn: Lsn,
     backoff: Backoff,
     buffer_events: usize,
+    preflight: bool,
+    publication: Option<String>,
 }
 
 impl Default for ConsumerBuilder {
@@ -108,6 +112,8 @@ impl Default for ConsumerBuilder {
             start_lsn: Lsn::INVALID,
             backoff: Backoff::default(),
             buffer_events: 64,
+            preflight: true,
+            publication: None,
         }
     }
 }
@@ -253,6 +259,22 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Run the preflight checks before starting (default true); a failure is
+    /// [`Error::Preflight`], naming each problem and its fix.
+    pub fn preflight(mut self, check: bool) -> Self {
+        self.preflight = check;
+        self
+    }
+
+    /// Create this publication for the matched tables (all tables without patterns) if it
+    /// does not exist. wal2arrow does not need one — only tools reading pgoutput do — and a
+    /// publication that publishes updates and deletes makes UPDATE and DELETE *fail* on its
+    /// tables that have no replica identity: a warning is logged for that.
+    pub fn create_publication(mut self, name: impl Into<String>) -> Self {
+        self.publication = Some(name.into());
+        self
+    }
+
     /// Checks the settings and makes the consumer.
     ///
     /// # Errors
@@ -333,15 +355,36 @@ impl Consumer {
         &self.settings.plugin
     }
 
-    /// Connects, makes sure the slot exists with the wal2arrow plugin (creating a missing one
-    /// if allowed), starts replication and returns the stream.
+    /// Every preflight check, including loading the plugin into a temporary slot: what
+    /// `wal2arrow check` reports.
     ///
     /// # Errors
     ///
-    /// Connection and authentication errors, [`Error::Slot`] for a slot that cannot be used
-    /// (missing, of another plugin or database), and the server's refusal to start.
+    /// When the server cannot be reached; failed checks are in the report.
+    pub async fn check(&self) -> Result<PreflightReport> {
+        let s = &self.settings;
+        Preflight::full(&s.config, &s.slot, &s.plugin.tables).run().await
+    }
+
+    /// Connects, runs the preflight checks, makes sure the slot exists with the wal2arrow
+    /// plugin (creating a missing one if allowed), starts replication and returns the stream.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Preflight`] naming each unmet requirement and its fix; connection and
+    /// authentication errors; [`Error::Slot`] for a slot that cannot be used (missing, of
+    /// another plugin or database); the server's refusal to start.
     pub async fn start(&self) -> Result<CdcStream> {
         let s = &self.settings;
+        if s.preflight || s.publication.is_some() {
+            let report = Preflight::new(&s.config, &s.slot, &s.plugin.tables).run().await?;
+            if s.preflight && !report.is_ok() {
+                return Err(Error::Preflight(Box::new(report)));
+            }
+            if let Some(name) = &s.publication {
+                ensure_publication(&s.config, name, &s.plugin.tables, &report.tables).await?;
+            }
+        }
         let mut session = Session::connect(s, s.start_lsn).await?;
         let acks = session.stream.ack_handle();
         acks.ack(s.start_lsn);
@@ -371,6 +414,33 @@ impl Consumer {
     }
 }
 
+/// Creates the publication `name` if missing (see [`ConsumerBuilder::create_publication`]).
+async fn ensure_publication(
+    config: &Config,
+    name: &str,
+    filter: &TableFilter,
+    tables: &[(String, String)],
+) -> Result<()> {
+    let sql = sql_client(config).await?;
+    if sql.query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name]).await?.is_some() {
+        return Ok(());
+    }
+    let target = if filter.is_all() {
+        "ALL TABLES".to_owned()
+    } else {
+        let list: Vec<String> =
+            tables.iter().map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t))).collect();
+        format!("TABLE {}", list.join(", "))
+    };
+    sql.batch_execute(&format!("CREATE PUBLICATION {} FOR {target}", quote_ident(name))).await?;
+    tracing::warn!(
+        publication = %name,
+        "created publication {name:?}: UPDATE and DELETE now fail on its tables that have no replica \
+         identity (add a primary key or REPLICA IDENTITY FULL)"
+    );
+    Ok(())
+}
+
 /// One replication connection.
 struct Session {
     stream: ChangeStream,
@@ -382,13 +452,16 @@ impl Session {
         let mut repl = ReplicationClient::connect(&s.config).await?;
         match &s.slot {
             SlotMode::Temporary { name } => {
-                repl.create_slot(name, PLUGIN_NAME, true).await?;
+                repl.create_slot(name, PLUGIN_NAME, true).await.map_err(plugin_hint)?;
             }
             SlotMode::Persistent { name, create_if_missing } => {
                 let sql = sql_client(&s.config).await?;
                 match find_slot(&sql, name).await? {
                     None if *create_if_missing => {
-                        let created = repl.create_slot(name, PLUGIN_NAME, false).await?;
+                        let created = repl
+                            .create_slot(name, PLUGIN_NAME, false)
+                            .await
+                            .map_err(plugin_hint)?;
                         tracing::info!(slot = %name, lsn = %created.consistent_point, "created replication slot");
                     }
                     None => {
@@ -420,6 +493,18 @@ impl Session {
         let mut stream = repl.start(s.slot.name(), from, &s.plugin).await?;
         stream.set_status_interval(s.max_poll_interval);
         Ok(Session { stream })
+    }
+}
+
+/// Turns "could not access file" (the plugin is not installed) into advice.
+fn plugin_hint(e: Error) -> Error {
+    match e.code() {
+        Some("58P01") => Error::Slot(format!(
+            "the server cannot load the wal2arrow plugin ({e}); install it into the server: cd \
+             wal2arrow && cargo pgrx install --release, or copy libwal2arrow.so to \
+             $(pg_config --pkglibdir)/wal2arrow.so"
+        )),
+        _ => e,
     }
 }
 

@@ -80,6 +80,8 @@ pub enum Error {
     },
     /// The replication slot cannot be used as asked.
     Slot(String),
+    /// The server is not ready for streaming: the report says what failed and how to fix it.
+    Preflight(Box<crate::preflight::PreflightReport>),
 }
 
 impl Error {
@@ -137,6 +139,15 @@ impl fmt::Display for Error {
                 write!(f, "cannot decode the message at LSN {lsn}: {source}")
             }
             Error::Slot(m) => write!(f, "replication slot: {m}"),
+            Error::Preflight(r) => {
+                writeln!(f, "the server is not ready for wal2arrow:")?;
+                for c in r.failures() {
+                    if let crate::preflight::Outcome::Fail { problem, fix } = &c.outcome {
+                        writeln!(f, "  {}: {problem}\n    fix: {fix}", c.name)?;
+                    }
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -35,7 +35,9 @@
 pub mod config;
 pub mod consumer;
 pub mod error;
+pub mod preflight;
 mod protocol;
+pub mod slots;
 pub mod stream;
 mod tls;
 
@@ -44,6 +46,8 @@ pub use consumer::{
     Backoff, CdcStream, Consumer, ConsumerBuilder, HEARTBEAT_PREFIX, SlotMode, StatsSnapshot,
 };
 pub use error::{DbError, Error, Result};
+pub use preflight::{Check, Outcome, Preflight, PreflightReport};
+pub use slots::{SlotInfo, create_slot, drop_slot, list_slots};
 pub use stream::{
     AckHandle, ChangeBatch, ChangeStream, CreatedSlot, Event, LogicalMessage, Position,
     ReplicationClient, SlotState, StreamOptions, SystemInfo, TruncateEvent, TxnBegin, TxnCommit,

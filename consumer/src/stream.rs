@@ -142,6 +142,19 @@ impl ReplicationClient {
         })
     }
 
+    /// `DROP_REPLICATION_SLOT name`: drops a slot (a temporary one of this connection, or an
+    /// unused persistent one).
+    ///
+    /// # Errors
+    ///
+    /// The server's error (no such slot, in use by another session).
+    pub async fn drop_slot(&mut self, name: &str) -> Result<()> {
+        self.conn
+            .simple_query(&format!("DROP_REPLICATION_SLOT {}", quote_ident(name)))
+            .await
+            .map(drop)
+    }
+
     /// Starts streaming `slot` from `start` (`Lsn::INVALID`: from the slot's
     /// `confirmed_flush_lsn`) with the given plugin options.
     ///

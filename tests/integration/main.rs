@@ -4,6 +4,7 @@
 mod changes;
 mod common;
 mod golden;
+mod preflight;
 mod resume;
 mod spine;
 mod tls;
