@@ -82,6 +82,8 @@ pub enum Error {
     Slot(String),
     /// The server is not ready for streaming: the report says what failed and how to fix it.
     Preflight(Box<crate::preflight::PreflightReport>),
+    /// The stream feeding a router's readers failed (every reader sees the same error).
+    Upstream(std::sync::Arc<Error>),
 }
 
 impl Error {
@@ -139,6 +141,7 @@ impl fmt::Display for Error {
                 write!(f, "cannot decode the message at LSN {lsn}: {source}")
             }
             Error::Slot(m) => write!(f, "replication slot: {m}"),
+            Error::Upstream(e) => write!(f, "{e}"),
             Error::Preflight(r) => {
                 writeln!(f, "the server is not ready for wal2arrow:")?;
                 for c in r.failures() {
@@ -159,6 +162,7 @@ impl std::error::Error for Error {
             Error::Sql(e) => Some(e),
             Error::Io(e) => Some(e),
             Error::Wire { source, .. } => Some(source),
+            Error::Upstream(e) => Some(e.as_ref()),
             _ => None,
         }
     }
@@ -167,6 +171,12 @@ impl std::error::Error for Error {
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Error::Io(e)
+    }
+}
+
+impl From<arrow_schema::ArrowError> for Error {
+    fn from(e: arrow_schema::ArrowError) -> Self {
+        Error::Protocol(format!("Arrow: {e}"))
     }
 }
 

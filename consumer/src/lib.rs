@@ -37,6 +37,7 @@ pub mod consumer;
 pub mod error;
 pub mod preflight;
 mod protocol;
+pub mod router;
 pub mod slots;
 pub mod stream;
 mod tls;
@@ -47,6 +48,10 @@ pub use consumer::{
 };
 pub use error::{DbError, Error, Result};
 pub use preflight::{Check, Outcome, Preflight, PreflightReport};
+pub use router::{
+    AckToken, Delivery, Partitioning, QueueStats, Reader, Routed, RoutedBatch, Router,
+    RouterOptions,
+};
 pub use slots::{SlotInfo, create_slot, drop_slot, list_slots};
 pub use stream::{
     AckHandle, ChangeBatch, ChangeStream, CreatedSlot, Event, LogicalMessage, Position,

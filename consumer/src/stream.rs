@@ -225,7 +225,7 @@ pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Acknowledges positions of a stream, from any task: the stream reports the highest one to
 /// the server as flushed, and a restarted stream resumes after it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct AckHandle(Arc<AtomicU64>);
 
 impl AckHandle {

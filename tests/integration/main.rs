@@ -6,6 +6,7 @@ mod common;
 mod golden;
 mod preflight;
 mod resume;
+mod routing;
 mod spine;
 mod tls;
 mod types;
