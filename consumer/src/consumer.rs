@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::preflight::{Preflight, PreflightReport};
 use crate::protocol::conn::quote_ident;
 use crate::stream::{
-    AckHandle, ChangeStream, Event, PLUGIN_NAME, ReplicationClient, find_slot, sql_client,
+    AckHandle, ChangeStream, Event, OutputPlugin, ReplicationClient, find_slot, sql_client,
 };
 
 /// The prefix of the heartbeat messages the consumer emits.
@@ -69,6 +69,40 @@ impl SlotMode {
     }
 }
 
+/// Which output plugin the consumer may stream with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PluginChoice {
+    /// wal2arrow when the server can load it, otherwise the wal2json fallback (logged once,
+    /// with the reason). An existing slot is always read with the plugin it was created for.
+    #[default]
+    Auto,
+    /// Only wal2arrow.
+    Wal2Arrow,
+    /// Only wal2json (format version 2), parsed into the same batches.
+    Wal2Json,
+}
+
+impl PluginChoice {
+    /// Whether a slot created for `plugin` may be read under this choice.
+    pub fn accepts(self, plugin: Option<&str>) -> bool {
+        match (self, plugin.and_then(OutputPlugin::from_name)) {
+            (_, None) => false,
+            (PluginChoice::Auto, Some(_)) => true,
+            (PluginChoice::Wal2Arrow, Some(p)) => p == OutputPlugin::Wal2Arrow,
+            (PluginChoice::Wal2Json, Some(p)) => p == OutputPlugin::Wal2Json,
+        }
+    }
+
+    /// What the choice allows, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            PluginChoice::Auto => "wal2arrow, or wal2json as the fallback",
+            PluginChoice::Wal2Arrow => "wal2arrow only",
+            PluginChoice::Wal2Json => "wal2json only",
+        }
+    }
+}
+
 /// Reconnection backoff: the first wait, doubled after each failure up to `max`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
@@ -98,6 +132,7 @@ pub struct ConsumerBuilder {
     buffer_events: usize,
     preflight: bool,
     publication: Option<String>,
+    output_plugin: PluginChoice,
 }
 
 impl Default for ConsumerBuilder {
@@ -114,6 +149,7 @@ impl Default for ConsumerBuilder {
             buffer_events: 64,
             preflight: true,
             publication: None,
+            output_plugin: PluginChoice::Auto,
         }
     }
 }
@@ -275,6 +311,13 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Which output plugin to stream with (default [`PluginChoice::Auto`]: wal2arrow, falling
+    /// back to wal2json when the server cannot load it).
+    pub fn output_plugin(mut self, choice: PluginChoice) -> Self {
+        self.output_plugin = choice;
+        self
+    }
+
     /// Checks the settings and makes the consumer.
     ///
     /// # Errors
@@ -363,7 +406,10 @@ impl Consumer {
     /// When the server cannot be reached; failed checks are in the report.
     pub async fn check(&self) -> Result<PreflightReport> {
         let s = &self.settings;
-        Preflight::full(&s.config, &s.slot, &s.plugin.tables).run().await
+        Preflight::full(&s.config, &s.slot, &s.plugin.tables)
+            .with_plugin(s.output_plugin)
+            .run()
+            .await
     }
 
     /// Connects, runs the preflight checks, makes sure the slot exists with the wal2arrow
@@ -377,7 +423,10 @@ impl Consumer {
     pub async fn start(&self) -> Result<CdcStream> {
         let s = &self.settings;
         if s.preflight || s.publication.is_some() {
-            let report = Preflight::new(&s.config, &s.slot, &s.plugin.tables).run().await?;
+            let report = Preflight::new(&s.config, &s.slot, &s.plugin.tables)
+                .with_plugin(s.output_plugin)
+                .run()
+                .await?;
             if s.preflight && !report.is_ok() {
                 return Err(Error::Preflight(Box::new(report)));
             }
@@ -385,7 +434,8 @@ impl Consumer {
                 ensure_publication(&s.config, name, &s.plugin.tables, &report.tables).await?;
             }
         }
-        let mut session = Session::connect(s, s.start_lsn).await?;
+        let plugin_state = Arc::new(PluginState::default());
+        let mut session = Session::connect(s, s.start_lsn, &plugin_state).await?;
         let acks = session.stream.ack_handle();
         acks.ack(s.start_lsn);
         let (tx, rx) = mpsc::channel(s.buffer_events);
@@ -395,7 +445,10 @@ impl Consumer {
         session
             .stream
             .set_heartbeat_prefix(s.heartbeat_interval.map(|_| HEARTBEAT_PREFIX.to_owned()));
+        let output_plugin = session.stream.output_plugin();
+        let fallback_reason = plugin_state.fallback_reason();
         let driver = Driver {
+            plugin_state,
             settings: Arc::clone(s),
             tx,
             acks: acks.clone(),
@@ -410,6 +463,8 @@ impl Consumer {
             commands: commands_tx,
             task: Some(task),
             stats,
+            output_plugin,
+            fallback_reason,
         })
     }
 }
@@ -441,42 +496,71 @@ async fn ensure_publication(
     Ok(())
 }
 
+/// What the sessions of one stream learnt about the plugins: shared across reconnections.
+#[derive(Debug, Default)]
+struct PluginState {
+    /// Why the stream uses wal2json rather than wal2arrow (said once, in the log).
+    fallback: std::sync::Mutex<Option<String>>,
+    /// wal2json accepts `numeric-data-types-as-string`: 0 not known yet, 1 yes, 2 no.
+    numbers_as_strings: std::sync::atomic::AtomicU8,
+}
+
+impl PluginState {
+    fn fallback_reason(&self) -> Option<String> {
+        self.fallback.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// Records (and logs, the first time) why the stream reads wal2json.
+    fn fell_back(&self, slot: &str, reason: String) {
+        let Ok(mut f) = self.fallback.lock() else { return };
+        if f.is_none() {
+            tracing::warn!(
+                slot = %slot,
+                "wal2arrow cannot be used ({reason}); falling back to wal2json: same batches, \
+                 parsed from JSON (slower; see the README's wal2json fallback section)"
+            );
+            *f = Some(reason);
+        }
+    }
+}
+
 /// One replication connection.
 struct Session {
     stream: ChangeStream,
 }
 
 impl Session {
-    /// Connects and starts streaming from `from` (or the slot's position).
-    async fn connect(s: &ConsumerBuilder, from: Lsn) -> Result<Session> {
+    /// Connects and starts streaming from `from` (or the slot's position), with the plugin the
+    /// slot was made for; a missing slot is created with wal2arrow, or — when the choice
+    /// allows and the server refuses wal2arrow — with wal2json.
+    async fn connect(s: &ConsumerBuilder, from: Lsn, state: &PluginState) -> Result<Session> {
         let mut repl = ReplicationClient::connect(&s.config).await?;
-        match &s.slot {
-            SlotMode::Temporary { name } => {
-                repl.create_slot(name, PLUGIN_NAME, true).await.map_err(plugin_hint)?;
-            }
+        let plugin = match &s.slot {
+            SlotMode::Temporary { name } => create_slot(&mut repl, name, true, s, state).await?,
             SlotMode::Persistent { name, create_if_missing } => {
                 let sql = sql_client(&s.config).await?;
                 match find_slot(&sql, name).await? {
                     None if *create_if_missing => {
-                        let created = repl
-                            .create_slot(name, PLUGIN_NAME, false)
-                            .await
-                            .map_err(plugin_hint)?;
-                        tracing::info!(slot = %name, lsn = %created.consistent_point, "created replication slot");
+                        create_slot(&mut repl, name, false, s, state).await?
                     }
                     None => {
+                        let plugin = match s.output_plugin {
+                            PluginChoice::Wal2Json => OutputPlugin::Wal2Json,
+                            _ => OutputPlugin::Wal2Arrow,
+                        };
                         return Err(Error::Slot(format!(
                             "slot {name:?} does not exist; create it (SELECT \
-                             pg_create_logical_replication_slot('{name}', 'wal2arrow')) or let \
+                             pg_create_logical_replication_slot('{name}', '{plugin}')) or let \
                              the consumer create it"
                         )));
                     }
-                    Some(slot) if slot.plugin.as_deref() != Some(PLUGIN_NAME) => {
+                    Some(slot) if !s.output_plugin.accepts(slot.plugin.as_deref()) => {
                         return Err(Error::Slot(format!(
-                            "slot {name:?} exists with plugin {}, not wal2arrow: use another slot \
-                             name, or drop it (SELECT pg_drop_replication_slot('{name}')) if \
-                             nothing else needs it",
-                            slot.plugin.as_deref().unwrap_or("(physical)")
+                            "slot {name:?} exists with plugin {}, and this consumer may use {}: \
+                             use another slot name, or drop it (SELECT \
+                             pg_drop_replication_slot('{name}')) if nothing else needs it",
+                            slot.plugin.as_deref().unwrap_or("(physical)"),
+                            s.output_plugin.describe()
                         )));
                     }
                     Some(slot) if slot.database.as_deref() != Some(s.config.dbname()) => {
@@ -486,13 +570,65 @@ impl Session {
                             s.config.dbname()
                         )));
                     }
-                    Some(_) => {}
+                    Some(slot) => {
+                        let plugin = slot
+                            .plugin
+                            .as_deref()
+                            .and_then(OutputPlugin::from_name)
+                            .expect("accepted above");
+                        if plugin == OutputPlugin::Wal2Json && s.output_plugin == PluginChoice::Auto
+                        {
+                            state
+                                .fell_back(name, format!("slot {name:?} was created for wal2json"));
+                        }
+                        plugin
+                    }
                 }
             }
-        }
-        let mut stream = repl.start(s.slot.name(), from, &s.plugin).await?;
+        };
+        let mut stream = match plugin {
+            OutputPlugin::Wal2Arrow => repl.start(s.slot.name(), from, &s.plugin).await?,
+            OutputPlugin::Wal2Json => start_wal2json(repl, s, from, state).await?,
+        };
         stream.set_status_interval(s.max_poll_interval);
         Ok(Session { stream })
+    }
+}
+
+/// Creates the slot with the plugin the choice allows, falling back to wal2json when the
+/// server refuses wal2arrow and the choice is [`PluginChoice::Auto`].
+async fn create_slot(
+    repl: &mut ReplicationClient,
+    name: &str,
+    temporary: bool,
+    s: &ConsumerBuilder,
+    state: &PluginState,
+) -> Result<OutputPlugin> {
+    let first = match s.output_plugin {
+        PluginChoice::Wal2Json => OutputPlugin::Wal2Json,
+        _ => OutputPlugin::Wal2Arrow,
+    };
+    match repl.create_slot(name, first.name(), temporary).await {
+        Ok(created) => {
+            tracing::info!(slot = %name, plugin = %first, lsn = %created.consistent_point, "created replication slot");
+            Ok(first)
+        }
+        Err(e) if s.output_plugin == PluginChoice::Auto && plugin_unavailable(&e) => {
+            let reason = e.db_error().map_or_else(|| e.to_string(), |d| d.message.clone());
+            match repl.create_slot(name, OutputPlugin::Wal2Json.name(), temporary).await {
+                Ok(created) => {
+                    state.fell_back(name, reason);
+                    tracing::info!(slot = %name, plugin = "wal2json", lsn = %created.consistent_point, "created replication slot");
+                    Ok(OutputPlugin::Wal2Json)
+                }
+                Err(e2) => Err(Error::Slot(format!(
+                    "the server can load neither wal2arrow ({reason}) nor wal2json ({e2}); install \
+                     wal2arrow into the server (cd wal2arrow && cargo pgrx install --release) and \
+                     list it in output_plugin_libraries if the server has that setting"
+                ))),
+            }
+        }
+        Err(e) => Err(plugin_hint(e)),
     }
 }
 
@@ -505,6 +641,51 @@ fn plugin_hint(e: Error) -> Error {
              $(pg_config --pkglibdir)/wal2arrow.so"
         )),
         _ => e,
+    }
+}
+
+/// Whether the server refused the plugin itself (not installed, or not allowed), as opposed to
+/// anything else that can go wrong creating a slot.
+fn plugin_unavailable(e: &Error) -> bool {
+    match e.db_error() {
+        Some(d) => d.code == "58P01" || (d.code == "42501" && d.message.contains("output plugin")),
+        None => false,
+    }
+}
+
+/// Starts a wal2json stream, finding out once whether wal2json takes numbers as strings.
+async fn start_wal2json(
+    repl: ReplicationClient,
+    s: &ConsumerBuilder,
+    from: Lsn,
+    state: &PluginState,
+) -> Result<ChangeStream> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let slot = s.slot.name();
+    match state.numbers_as_strings.load(Relaxed) {
+        1 => return repl.start_wal2json(slot, from, &s.plugin, true).await,
+        2 => return repl.start_wal2json(slot, from, &s.plugin, false).await,
+        _ => {}
+    }
+    if matches!(s.slot, SlotMode::Temporary { .. }) {
+        // A refused option would end the connection, and the temporary slot with it: ask
+        // only for what every wal2json 2.x accepts.
+        state.numbers_as_strings.store(2, Relaxed);
+        return repl.start_wal2json(slot, from, &s.plugin, false).await;
+    }
+    match repl.start_wal2json(slot, from, &s.plugin, true).await {
+        Ok(stream) => {
+            state.numbers_as_strings.store(1, Relaxed);
+            Ok(stream)
+        }
+        Err(e) if e.to_string().contains("numeric-data-types-as-string") => {
+            // wal2json before 2.6: NaN and ±Infinity of float and numeric columns arrive as
+            // null (see the README).
+            state.numbers_as_strings.store(2, Relaxed);
+            let repl = ReplicationClient::connect(&s.config).await?;
+            repl.start_wal2json(slot, from, &s.plugin, false).await
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -561,9 +742,22 @@ pub struct CdcStream {
     commands: mpsc::Sender<Command>,
     task: Option<JoinHandle<()>>,
     stats: Arc<StreamStats>,
+    output_plugin: OutputPlugin,
+    fallback_reason: Option<String>,
 }
 
 impl CdcStream {
+    /// The plugin the stream reads.
+    pub fn output_plugin(&self) -> OutputPlugin {
+        self.output_plugin
+    }
+
+    /// Why the stream reads wal2json rather than wal2arrow (`None` when it reads wal2arrow, or
+    /// wal2json because it was asked to).
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback_reason.as_deref()
+    }
+
     /// Sends the acknowledged position to the server now, and returns it once written.
     ///
     /// # Errors
@@ -639,6 +833,7 @@ impl futures_core::Stream for CdcStream {
 
 /// The background task behind a [`CdcStream`].
 struct Driver {
+    plugin_state: Arc<PluginState>,
     settings: Arc<ConsumerBuilder>,
     tx: mpsc::Sender<Result<Event>>,
     acks: AckHandle,
@@ -688,7 +883,7 @@ impl Driver {
                 }
                 delay = (delay * 2).min(self.settings.backoff.max);
                 let from = self.acks.acknowledged();
-                match Session::connect(&self.settings, from).await {
+                match Session::connect(&self.settings, from, &self.plugin_state).await {
                     Ok(mut s) => {
                         s.stream.set_ack_handle(self.acks.clone());
                         s.stream.set_heartbeat_prefix(
@@ -789,7 +984,7 @@ impl Driver {
             Event::Change(c) => {
                 s.batches.fetch_add(1, Ordering::Relaxed);
                 s.rows.fetch_add(c.num_rows() as u64, Ordering::Relaxed);
-                s.bytes.fetch_add(c.payload().len() as u64, Ordering::Relaxed);
+                s.bytes.fetch_add(c.source_bytes() as u64, Ordering::Relaxed);
             }
             Event::Commit(_) => {
                 s.transactions.fetch_add(1, Ordering::Relaxed);

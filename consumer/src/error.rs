@@ -78,6 +78,13 @@ pub enum Error {
         /// What is wrong with it.
         source: WireError,
     },
+    /// A wal2json message could not be decoded (the fallback path).
+    Wal2Json {
+        /// WAL position of the XLogData that carried it.
+        lsn: Lsn,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The replication slot cannot be used as asked.
     Slot(String),
     /// The server is not ready for streaming: the report says what failed and how to fix it.
@@ -139,6 +146,9 @@ impl fmt::Display for Error {
             Error::Protocol(m) => write!(f, "replication protocol violation: {m}"),
             Error::Wire { lsn, source } => {
                 write!(f, "cannot decode the message at LSN {lsn}: {source}")
+            }
+            Error::Wal2Json { lsn, message } => {
+                write!(f, "cannot decode the wal2json message at LSN {lsn}: {message}")
             }
             Error::Slot(m) => write!(f, "replication slot: {m}"),
             Error::Upstream(e) => write!(f, "{e}"),

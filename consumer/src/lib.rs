@@ -7,6 +7,10 @@
 //! the arrays you get point into the bytes that came off the socket. Ordinary SQL (slot
 //! lookups) goes through tokio-postgres.
 //!
+//! Where the server cannot load wal2arrow, the consumer falls back to wal2json and parses its
+//! JSON into the same events and batches ([`PluginChoice`], [`OutputPlugin`]; the README's
+//! "The wal2json fallback" lists the few things JSON cannot carry).
+//!
 //! ```no_run
 //! use wal2arrow_consumer::{Consumer, Event};
 //!
@@ -41,10 +45,12 @@ pub mod router;
 pub mod slots;
 pub mod stream;
 mod tls;
+mod wal2json;
 
 pub use config::{Config, RootCerts, SslMode};
 pub use consumer::{
-    Backoff, CdcStream, Consumer, ConsumerBuilder, HEARTBEAT_PREFIX, SlotMode, StatsSnapshot,
+    Backoff, CdcStream, Consumer, ConsumerBuilder, HEARTBEAT_PREFIX, PluginChoice, SlotMode,
+    StatsSnapshot,
 };
 pub use error::{DbError, Error, Result};
 pub use preflight::{Check, Outcome, Preflight, PreflightReport};
@@ -54,9 +60,9 @@ pub use router::{
 };
 pub use slots::{SlotInfo, create_slot, drop_slot, list_slots};
 pub use stream::{
-    AckHandle, ChangeBatch, ChangeStream, CreatedSlot, Event, LogicalMessage, Position,
-    ReplicationClient, SlotState, StreamOptions, SystemInfo, TruncateEvent, TxnBegin, TxnCommit,
-    find_slot, open, sql_client,
+    AckHandle, ChangeBatch, ChangeStream, CreatedSlot, Event, LogicalMessage, OutputPlugin,
+    Position, ReplicationClient, SlotState, StreamOptions, SystemInfo, TruncateEvent, TxnBegin,
+    TxnCommit, find_slot, open, sql_client,
 };
 pub use wal2arrow_schema::{Lsn, PluginOptions, Relation};
 

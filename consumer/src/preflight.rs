@@ -7,9 +7,9 @@
 //! | `replication privilege` | the role has `REPLICATION` (or is a superuser) |
 //! | `max_replication_slots` | a slot is free, unless ours exists |
 //! | `max_wal_senders` | a WAL sender is free |
-//! | `output_plugin_libraries` | absent (older servers), or it lists `wal2arrow` |
-//! | `slot` | missing (it will be created) or a wal2arrow slot of this database |
-//! | `plugin loadable` | a temporary wal2arrow slot can be created (only [`Preflight::full`]) |
+//! | `output_plugin_libraries` | absent (older servers), or it lists `wal2arrow` (a warning when only `wal2json` is listed and the consumer may fall back to it) |
+//! | `slot` | missing (it will be created) or a slot of this database with a plugin the consumer may use |
+//! | `plugin loadable` | a temporary wal2arrow slot can be created, or (falling back) a wal2json one (only [`Preflight::full`]) |
 //! | `tables` | the patterns match at least one table |
 //! | `select privilege` | the role may `SELECT` every matched table |
 //! | `replica identity` | (a warning) matched tables without a key send deletes without one |
@@ -19,10 +19,10 @@ use std::fmt;
 use wal2arrow_schema::TableFilter;
 
 use crate::config::Config;
-use crate::consumer::SlotMode;
+use crate::consumer::{PluginChoice, SlotMode};
 use crate::error::{Error, Result};
 use crate::protocol::conn::{quote_ident, quote_literal};
-use crate::stream::{PLUGIN_NAME, ReplicationClient, find_slot, sql_client};
+use crate::stream::{OutputPlugin, PLUGIN_NAME, ReplicationClient, find_slot, sql_client};
 
 /// How a check came out.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,18 +115,26 @@ pub struct Preflight<'a> {
     slot: &'a SlotMode,
     tables: &'a TableFilter,
     try_plugin: bool,
+    plugin: PluginChoice,
 }
 
 impl<'a> Preflight<'a> {
     /// The checks `Consumer::start` runs (all but `plugin loadable`: creating the slot tells).
     pub fn new(config: &'a Config, slot: &'a SlotMode, tables: &'a TableFilter) -> Preflight<'a> {
-        Preflight { config, slot, tables, try_plugin: false }
+        Preflight { config, slot, tables, try_plugin: false, plugin: PluginChoice::Auto }
+    }
+
+    /// Checks for this plugin choice (default [`PluginChoice::Auto`]: wal2arrow, or the
+    /// wal2json fallback with a warning).
+    pub fn with_plugin(mut self, plugin: PluginChoice) -> Preflight<'a> {
+        self.plugin = plugin;
+        self
     }
 
     /// Every check, including creating (and dropping) a temporary slot to see that the plugin
     /// loads: what `wal2arrow check` runs.
     pub fn full(config: &'a Config, slot: &'a SlotMode, tables: &'a TableFilter) -> Preflight<'a> {
-        Preflight { config, slot, tables, try_plugin: true }
+        Preflight { config, slot, tables, try_plugin: true, plugin: PluginChoice::Auto }
     }
 
     /// Runs the checks.
@@ -240,25 +248,41 @@ impl<'a> Preflight<'a> {
             }
             Some(list) => {
                 let libs: Vec<&str> = list.split(',').map(|l| l.trim().trim_matches('"')).collect();
-                if libs.contains(&PLUGIN_NAME) {
-                    r.push("output_plugin_libraries", Outcome::Pass(list.clone()));
-                    true
-                } else {
+                let listed = |p: OutputPlugin| libs.contains(&p.name());
+                let fix = |p: OutputPlugin| {
                     let mut wanted: Vec<String> =
                         libs.iter().filter(|l| !l.is_empty()).map(|l| quote_literal(l)).collect();
-                    wanted.push(quote_literal(PLUGIN_NAME));
-                    r.push(
-                        "output_plugin_libraries",
-                        fail(
-                            format!("output_plugin_libraries ({list}) does not list wal2arrow, so the server refuses it"),
-                            format!(
-                                "as a superuser: ALTER SYSTEM SET output_plugin_libraries = {}; SELECT pg_reload_conf();",
-                                wanted.join(", ")
+                    wanted.push(quote_literal(p.name()));
+                    format!(
+                        "as a superuser: ALTER SYSTEM SET output_plugin_libraries = {}; SELECT pg_reload_conf();",
+                        wanted.join(", ")
+                    )
+                };
+                let refused = |p: OutputPlugin| {
+                    format!(
+                        "output_plugin_libraries ({list}) does not list {p}, so the server refuses it"
+                    )
+                };
+                let (arrow, json) = (OutputPlugin::Wal2Arrow, OutputPlugin::Wal2Json);
+                let (outcome, usable) = match self.plugin {
+                    PluginChoice::Wal2Json if listed(json) => (Outcome::Pass(list.clone()), true),
+                    PluginChoice::Wal2Json => (fail(refused(json), fix(json)), false),
+                    _ if listed(arrow) => (Outcome::Pass(list.clone()), true),
+                    PluginChoice::Auto if listed(json) => (
+                        Outcome::Warn {
+                            problem: format!(
+                                "{}: streams fall back to wal2json (same batches, parsed from JSON; \
+                                 slower, see the README)",
+                                refused(arrow)
                             ),
-                        ),
-                    );
-                    false
-                }
+                            fix: fix(arrow),
+                        },
+                        true,
+                    ),
+                    _ => (fail(refused(arrow), fix(arrow)), false),
+                };
+                r.push("output_plugin_libraries", outcome);
+                usable
             }
         };
 
@@ -269,15 +293,20 @@ impl<'a> Preflight<'a> {
                 (None, SlotMode::Persistent { create_if_missing: false, .. }) => fail(
                     format!("slot {slot_name:?} does not exist"),
                     format!(
-                        "SELECT pg_create_logical_replication_slot({}, 'wal2arrow'); or let the consumer create it",
-                        quote_literal(slot_name)
+                        "SELECT pg_create_logical_replication_slot({}, '{}'); or let the consumer create it",
+                        quote_literal(slot_name),
+                        match self.plugin {
+                            PluginChoice::Wal2Json => "wal2json",
+                            _ => PLUGIN_NAME,
+                        }
                     ),
                 ),
                 (None, _) => Outcome::Pass(format!("{slot_name:?} will be created")),
-                (Some(s), _) if s.plugin.as_deref() != Some(PLUGIN_NAME) => fail(
+                (Some(s), _) if !self.plugin.accepts(s.plugin.as_deref()) => fail(
                     format!(
-                        "slot {slot_name:?} exists with plugin {}, not wal2arrow",
-                        s.plugin.as_deref().unwrap_or("(physical)")
+                        "slot {slot_name:?} exists with plugin {}, which this consumer may not use ({})",
+                        s.plugin.as_deref().unwrap_or("(physical)"),
+                        self.plugin.describe()
                     ),
                     format!(
                         "use another slot name, or SELECT pg_drop_replication_slot({}); if nothing else needs it",
@@ -296,7 +325,8 @@ impl<'a> Preflight<'a> {
                     fix: "stop the other consumer; this one retries until the slot is free".into(),
                 },
                 (Some(s), _) => Outcome::Pass(format!(
-                    "exists, resumes at {}",
+                    "exists ({}), resumes at {}",
+                    s.plugin.as_deref().unwrap_or("?"),
                     s.confirmed_flush_lsn.map(|l| l.to_string()).unwrap_or_else(|| "?".into())
                 )),
             },
@@ -361,7 +391,8 @@ impl<'a> Preflight<'a> {
             } else {
                 Outcome::Warn {
                     problem: format!(
-                        "deletes and key changes of {} carry no key",
+                        "deletes and key changes of {} carry no key (wal2json, the fallback, \
+                         drops their UPDATEs and DELETEs altogether)",
                         keyless.join(", ")
                     ),
                     fix: format!(
@@ -375,33 +406,65 @@ impl<'a> Preflight<'a> {
         Ok(r)
     }
 
-    /// Creates and drops a temporary slot with the plugin.
+    /// Creates and drops a temporary slot with the plugin (with the fallback too, when
+    /// wal2arrow fails and the consumer may fall back).
     async fn plugin_loadable(&self, possible: bool) -> Outcome {
         if !possible {
             return Outcome::Skipped("fix the failures above first".into());
         }
-        let attempt = async {
-            let mut client = ReplicationClient::connect(self.config).await?;
-            let name = format!("wal2arrow_check_{}", std::process::id());
-            client.create_slot(&name, PLUGIN_NAME, true).await?;
-            client.drop_slot(&name).await
+        let first = match self.plugin {
+            PluginChoice::Wal2Json => OutputPlugin::Wal2Json,
+            _ => OutputPlugin::Wal2Arrow,
         };
-        match tokio::time::timeout(self.config.connect_timeout, attempt).await {
-            Ok(Ok(_)) => Outcome::Pass("a temporary wal2arrow slot was created and dropped".into()),
-            Ok(Err(e)) => fail(
-                format!(
-                    "the server cannot load the wal2arrow plugin: {}",
-                    e.db_error().map_or(e.to_string(), |d| d.message.clone())
-                ),
-                "install it into the server: cd wal2arrow && cargo pgrx install --release (or copy \
-                 libwal2arrow.so to $(pg_config --pkglibdir)/wal2arrow.so)",
-            ),
+        let install = "install it into the server: cd wal2arrow && cargo pgrx install --release (or \
+                       copy libwal2arrow.so to $(pg_config --pkglibdir)/wal2arrow.so)";
+        match self.try_slot(first).await {
+            Ok(Ok(())) => {
+                Outcome::Pass(format!("a temporary {first} slot was created and dropped"))
+            }
+            Ok(Err(e)) => {
+                let why = e.db_error().map_or(e.to_string(), |d| d.message.clone());
+                if self.plugin == PluginChoice::Auto
+                    && matches!(self.try_slot(OutputPlugin::Wal2Json).await, Ok(Ok(())))
+                {
+                    return Outcome::Warn {
+                        problem: format!(
+                            "the server cannot load the wal2arrow plugin ({why}): streams fall \
+                             back to wal2json"
+                        ),
+                        fix: install.into(),
+                    };
+                }
+                fail(
+                    format!("the server cannot load the {first} plugin: {why}"),
+                    match first {
+                        OutputPlugin::Wal2Arrow => install.to_owned(),
+                        OutputPlugin::Wal2Json => {
+                            "install wal2json (Debian: apt-get install postgresql-15-wal2json)"
+                                .to_owned()
+                        }
+                    },
+                )
+            }
             Err(_) => Outcome::Warn {
                 problem: "creating a slot took too long (a long-running transaction delays it)"
                     .into(),
                 fix: "retry once long transactions finish (see pg_stat_activity)".into(),
             },
         }
+    }
+
+    async fn try_slot(
+        &self,
+        plugin: OutputPlugin,
+    ) -> std::result::Result<Result<()>, tokio::time::error::Elapsed> {
+        let attempt = async {
+            let mut client = ReplicationClient::connect(self.config).await?;
+            let name = format!("wal2arrow_check_{}", std::process::id());
+            client.create_slot(&name, plugin.name(), true).await?;
+            client.drop_slot(&name).await
+        };
+        tokio::time::timeout(self.config.connect_timeout, attempt).await
     }
 
     /// The tables the patterns match, and the `tables` check.

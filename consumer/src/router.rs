@@ -120,10 +120,10 @@ pub enum Routed {
         relation: Arc<Relation>,
         /// Its position.
         position: Position,
-        /// `CASCADE`
-        cascade: bool,
-        /// `RESTART IDENTITY`
-        restart_identity: bool,
+        /// `CASCADE`; `None` when the plugin does not say (wal2json).
+        cascade: Option<bool>,
+        /// `RESTART IDENTITY`; `None` when the plugin does not say (wal2json).
+        restart_identity: Option<bool>,
     },
     /// A logical message ([`Router::messages`]).
     Message(LogicalMessage),
@@ -301,7 +301,7 @@ impl Spill {
                 0,
                 None,
                 1,
-                u8::from(*cascade) | (u8::from(*restart_identity) << 1),
+                truncate_flags(*cascade, *restart_identity),
                 None,
             ),
             Routed::Message(_) => unreachable!("messages are never spilled"),
@@ -376,11 +376,21 @@ impl Spill {
             _ => Routed::Truncate {
                 relation,
                 position: rec.position,
-                cascade: rec.flags & 1 != 0,
-                restart_identity: rec.flags & 2 != 0,
+                cascade: (rec.flags & 4 != 0).then_some(rec.flags & 1 != 0),
+                restart_identity: (rec.flags & 8 != 0).then_some(rec.flags & 2 != 0),
             },
         })
     }
+}
+
+/// A spilled truncate's flags: bits 0 and 1 the values, bits 2 and 3 whether they are known.
+fn truncate_flags(cascade: Option<bool>, restart_identity: Option<bool>) -> u8 {
+    let bits = |o: Option<bool>, value: u8, known: u8| match o {
+        Some(true) => value | known,
+        Some(false) => known,
+        None => 0,
+    };
+    bits(cascade, 1, 4) | bits(restart_identity, 2, 8)
 }
 
 impl Drop for Spill {

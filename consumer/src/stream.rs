@@ -22,6 +22,7 @@
 //!
 //! [proto]: https://www.postgresql.org/docs/15/protocol-replication.html
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -38,9 +39,53 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::protocol::conn::{Connection, db_error, quote_ident, quote_literal};
 use crate::protocol::frame::Frame;
+use crate::wal2json::catalog::Catalog;
+use crate::wal2json::{JsonDecoder, Output, wal2json_options};
 
 /// The output plugin's name, as given to `CREATE_REPLICATION_SLOT … LOGICAL`.
 pub const PLUGIN_NAME: &str = "wal2arrow";
+
+/// The output plugins a stream can decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OutputPlugin {
+    /// wal2arrow: Arrow IPC encoded in the server, decoded here without copying.
+    Wal2Arrow,
+    /// wal2json (format version 2), for servers where wal2arrow cannot be installed: parsed
+    /// here into the same Arrow batches (see the README's "The wal2json fallback").
+    Wal2Json,
+}
+
+impl OutputPlugin {
+    /// The plugin's name, as in `CREATE_REPLICATION_SLOT … LOGICAL name`.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputPlugin::Wal2Arrow => PLUGIN_NAME,
+            OutputPlugin::Wal2Json => "wal2json",
+        }
+    }
+
+    /// The plugin of that name, if it is one of these.
+    pub fn from_name(name: &str) -> Option<OutputPlugin> {
+        match name {
+            PLUGIN_NAME => Some(OutputPlugin::Wal2Arrow),
+            "wal2json" => Some(OutputPlugin::Wal2Json),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for OutputPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Session settings for a wal2json stream: they fix the text forms wal2json writes values in
+/// (its output functions run in the walsender, under the session's settings), so that the
+/// fallback parses them exactly.
+const WAL2JSON_SESSION: &str = "SET DateStyle = 'ISO'; SET TimeZone = 'UTC'; \
+     SET IntervalStyle = 'iso_8601'; SET bytea_output = 'hex'; SET lc_monetary = 'C'; \
+     SET extra_float_digits = 3";
 
 /// What `IDENTIFY_SYSTEM` reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,7 +113,7 @@ pub struct CreatedSlot {
 #[derive(Debug)]
 pub struct ReplicationClient {
     conn: Connection,
-    connect_timeout: Duration,
+    config: Config,
 }
 
 impl ReplicationClient {
@@ -79,7 +124,7 @@ impl ReplicationClient {
     /// Connection, timeout, authentication and server errors; see [`Error`].
     pub async fn connect(config: &Config) -> Result<ReplicationClient> {
         let conn = Connection::connect(config).await?;
-        Ok(ReplicationClient { conn, connect_timeout: config.connect_timeout })
+        Ok(ReplicationClient { conn, config: config.clone() })
     }
 
     /// Whether the connection is encrypted with TLS.
@@ -198,10 +243,12 @@ impl ReplicationClient {
         if !opts.is_empty() {
             sql.push_str(&format!(" ({})", opts.join(", ")));
         }
-        self.conn.start_copy_both(&sql, self.connect_timeout).await?;
+        self.conn.start_copy_both(&sql, self.config.connect_timeout).await?;
         Ok(ChangeStream {
             conn: self.conn,
-            decoder: Decoder::new(),
+            format: Format::Wal2Arrow(Decoder::new()),
+            pending: VecDeque::new(),
+            inflight: None,
             received: start,
             acked: AckHandle(Arc::new(AtomicU64::new(start.0))),
             delivered_through: start,
@@ -213,6 +260,72 @@ impl ReplicationClient {
             done: false,
         })
     }
+}
+
+impl ReplicationClient {
+    /// Starts streaming a **wal2json** slot, decoded into the same events a wal2arrow stream
+    /// yields (see [`OutputPlugin::Wal2Json`]). `options` are applied as the plugin would:
+    /// batching, tables, message prefixes, origins, the include flags. Catalog lookups the
+    /// JSON needs go over a separate SQL connection with the same settings.
+    ///
+    /// `numbers_as_strings` asks wal2json 2.6+ for numbers as strings
+    /// (`numeric-data-types-as-string`), which keeps NaN and ±Infinity apart from NULL;
+    /// wal2json 2.5 refuses the option.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start); the server refuses an option this wal2json lacks.
+    pub async fn start_wal2json(
+        mut self,
+        slot: &str,
+        start: Lsn,
+        options: &PluginOptions,
+        numbers_as_strings: bool,
+    ) -> Result<ChangeStream> {
+        self.conn.simple_query(WAL2JSON_SESSION).await?;
+        let mut pairs = wal2json_options(options, numbers_as_strings);
+        // wal2json filters origins by ID: those that exist now are dropped in the server too
+        // (the decoder filters by name either way, so origins created later are caught).
+        if !options.filter_origins.is_empty() && !options.filter_origins.iter().any(|o| o == "*") {
+            let names: Vec<String> =
+                options.filter_origins.iter().map(|o| quote_literal(o)).collect();
+            let rows = self
+                .conn
+                .simple_query(&format!(
+                    "SELECT string_agg(roident::text, ',') FROM pg_replication_origin \
+                     WHERE roname IN ({})",
+                    names.join(", ")
+                ))
+                .await?;
+            if let Some(ids) = rows.first().and_then(|r| r.first().cloned().flatten()) {
+                pairs.push(("filter-origins", ids));
+            }
+        }
+        let pairs: Vec<(&str, Option<&str>)> =
+            pairs.iter().map(|(k, v)| (*k, Some(v.as_str()))).collect();
+        let config = self.config.clone();
+        let mut stream = self.start_with_pairs(slot, start, &pairs).await?;
+        stream.format = Format::Wal2Json(Box::new(JsonSession {
+            decoder: JsonDecoder::new(options.clone(), numbers_as_strings),
+            catalog: Catalog::new(config),
+            out: Vec::new(),
+        }));
+        Ok(stream)
+    }
+}
+
+/// How a stream's payloads are decoded.
+#[derive(Debug)]
+enum Format {
+    Wal2Arrow(Decoder),
+    Wal2Json(Box<JsonSession>),
+}
+
+#[derive(Debug)]
+struct JsonSession {
+    decoder: JsonDecoder,
+    catalog: Catalog,
+    out: Vec<Output>,
 }
 
 fn parse_lsn(text: Option<String>) -> Result<Lsn> {
@@ -304,6 +417,7 @@ pub struct ChangeBatch {
     /// `_missing` (the columns whose value the change does not carry).
     pub batch: RecordBatch,
     payload: Buffer,
+    source_bytes: usize,
 }
 
 impl ChangeBatch {
@@ -323,9 +437,16 @@ impl ChangeBatch {
         self.batch.project(&(0..n).collect::<Vec<_>>()).expect("table columns are in range")
     }
 
-    /// The received XLogData payload the batch's arrays point into.
+    /// The received XLogData payload the batch's arrays point into (empty for the wal2json
+    /// fallback, whose batches are built here rather than borrowed).
     pub fn payload(&self) -> &Buffer {
         &self.payload
+    }
+
+    /// How many bytes the server sent for these rows: the payload's size, or with the
+    /// wal2json fallback the size of the JSON the rows were parsed from.
+    pub fn source_bytes(&self) -> usize {
+        self.source_bytes
     }
 
     /// The batch's position, for dropping replayed batches after a restart.
@@ -355,10 +476,10 @@ impl ChangeBatch {
 pub struct TruncateEvent {
     /// The tables (those the `tables` option captures), cascaded ones included.
     pub relations: Vec<Arc<Relation>>,
-    /// `TRUNCATE … CASCADE`.
-    pub cascade: bool,
-    /// `TRUNCATE … RESTART IDENTITY`.
-    pub restart_identity: bool,
+    /// `TRUNCATE … CASCADE`; `None` when the plugin does not say (wal2json).
+    pub cascade: Option<bool>,
+    /// `TRUNCATE … RESTART IDENTITY`; `None` when the plugin does not say (wal2json).
+    pub restart_identity: Option<bool>,
     /// Transaction ID.
     pub xid: u32,
     /// LSN of the transaction's commit record.
@@ -426,11 +547,16 @@ struct OpenTxn {
     events: u32,
 }
 
-/// A running logical replication stream of wal2arrow messages.
+/// A running logical replication stream of wal2arrow messages (or of wal2json's, decoded into
+/// the same events).
 #[derive(Debug)]
 pub struct ChangeStream {
     conn: Connection,
-    decoder: Decoder,
+    format: Format,
+    /// Messages the wal2json decoder produced and not yet delivered.
+    pending: VecDeque<Output>,
+    /// A wal2json payload whose decoding waits on the catalog (kept across cancellation).
+    inflight: Option<(Buffer, Lsn)>,
     received: Lsn,
     acked: AckHandle,
     /// Where acknowledgements must reach before the stream may confirm on its own: past the
@@ -486,9 +612,21 @@ impl ChangeStream {
         self.txn.is_none() && self.acked.acknowledged() >= self.delivered_through
     }
 
-    /// How many payloads the decoder had to copy for alignment (zero when zero-copy holds).
+    /// How many payloads the decoder had to copy for alignment (zero when zero-copy holds;
+    /// always zero for wal2json).
     pub fn realigned_payloads(&self) -> u64 {
-        self.decoder.realigned_payloads()
+        match &self.format {
+            Format::Wal2Arrow(d) => d.realigned_payloads(),
+            Format::Wal2Json(_) => 0,
+        }
+    }
+
+    /// The plugin whose output this stream decodes.
+    pub fn output_plugin(&self) -> OutputPlugin {
+        match &self.format {
+            Format::Wal2Arrow(_) => OutputPlugin::Wal2Arrow,
+            Format::Wal2Json(_) => OutputPlugin::Wal2Json,
+        }
     }
 
     /// Acknowledges everything up to `lsn` (normally a [`TxnCommit::end_lsn`]) as durably
@@ -508,10 +646,25 @@ impl ChangeStream {
     /// The server's errors (a plugin ERROR ends the stream), connection failures, and
     /// [`Error::Wire`] for a message that cannot be decoded.
     pub async fn next_event(&mut self) -> Result<Option<Event>> {
-        if self.done {
+        if self.done && self.pending.is_empty() {
             return Ok(None);
         }
         loop {
+            if let Some(output) = self.pending.pop_front() {
+                let payload = Buffer::from_vec(Vec::<u8>::new());
+                if let Some(event) = self.deliver(output.message, payload, output.source_bytes)? {
+                    return Ok(Some(event));
+                }
+                continue;
+            }
+            if let Some((payload, lsn)) = self.inflight.clone() {
+                self.decode_json(&payload, lsn).await?;
+                self.inflight = None;
+                continue;
+            }
+            if self.done {
+                return Ok(None);
+            }
             let due = self.next_status;
             let frame = tokio::select! {
                 frame = self.conn.reader.read(&mut self.conn.stream) => frame?,
@@ -523,29 +676,15 @@ impl ChangeStream {
             match frame {
                 Frame::XLogData { wal_start, wal_end, payload } => {
                     self.server_wal_end = self.server_wal_end.max(wal_end);
-                    let message = self
-                        .decoder
+                    let Format::Wal2Arrow(decoder) = &mut self.format else {
+                        self.inflight = Some((payload, wal_start));
+                        continue;
+                    };
+                    let message = decoder
                         .decode(&payload)
                         .map_err(|source| Error::Wire { lsn: wal_start, source })?;
-                    if let Some(event) = self.event(message, payload)? {
-                        if let Event::Message(m) = &event
-                            && !m.transactional
-                            && self.heartbeat_prefix.as_deref() == Some(m.prefix.as_str())
-                        {
-                            if self.caught_up() {
-                                self.acked.ack(m.ack_lsn());
-                            }
-                            continue;
-                        }
-                        match &event {
-                            Event::Commit(c) => {
-                                self.delivered_through = self.delivered_through.max(c.end_lsn)
-                            }
-                            Event::Message(m) if !m.transactional => {
-                                self.delivered_through = self.delivered_through.max(m.ack_lsn())
-                            }
-                            _ => {}
-                        }
+                    let bytes = payload.len();
+                    if let Some(event) = self.deliver(message, payload, bytes)? {
                         return Ok(Some(event));
                     }
                 }
@@ -592,9 +731,61 @@ impl ChangeStream {
         }
     }
 
+    /// Decodes a wal2json payload into [`pending`](Self::pending), asking the catalog what the
+    /// decoder needs. Cancel safe: the payload stays in `inflight` until decoded, and what the
+    /// decoder produced before a catalog question is already in `pending`.
+    async fn decode_json(&mut self, payload: &Buffer, lsn: Lsn) -> Result<()> {
+        let Format::Wal2Json(session) = &mut self.format else {
+            return Err(Error::Protocol("a wal2json payload on a wal2arrow stream".into()));
+        };
+        loop {
+            let step = session.decoder.decode_at(payload.as_slice(), lsn, &mut session.out);
+            self.pending.extend(session.out.drain(..));
+            match step? {
+                None => return Ok(()),
+                Some(lookup) => {
+                    session.catalog.answer(lookup, &mut session.decoder.catalog).await?;
+                }
+            }
+        }
+    }
+
+    /// Turns a decoded message into the event to return, if any: heartbeats are swallowed
+    /// (and confirmed when caught up), and delivered positions recorded.
+    fn deliver(
+        &mut self,
+        message: WireMessage,
+        payload: Buffer,
+        source_bytes: usize,
+    ) -> Result<Option<Event>> {
+        let Some(event) = self.event(message, payload, source_bytes)? else { return Ok(None) };
+        if let Event::Message(m) = &event
+            && !m.transactional
+            && self.heartbeat_prefix.as_deref() == Some(m.prefix.as_str())
+        {
+            if self.caught_up() {
+                self.acked.ack(m.ack_lsn());
+            }
+            return Ok(None);
+        }
+        match &event {
+            Event::Commit(c) => self.delivered_through = self.delivered_through.max(c.end_lsn),
+            Event::Message(m) if !m.transactional => {
+                self.delivered_through = self.delivered_through.max(m.ack_lsn())
+            }
+            _ => {}
+        }
+        Ok(Some(event))
+    }
+
     /// Turns a decoded message into an event; `None` for messages that only update state (an
     /// Origin message).
-    fn event(&mut self, message: WireMessage, payload: Buffer) -> Result<Option<Event>> {
+    fn event(
+        &mut self,
+        message: WireMessage,
+        payload: Buffer,
+        source_bytes: usize,
+    ) -> Result<Option<Event>> {
         fn open<'t>(txn: &'t mut Option<OpenTxn>, what: &str) -> Result<&'t mut OpenTxn> {
             txn.as_mut()
                 .ok_or_else(|| Error::Protocol(format!("{what} arrived outside a transaction")))
@@ -629,6 +820,7 @@ impl ChangeStream {
                     ordinal: txn.events - 1,
                     batch: b.batch,
                     payload,
+                    source_bytes,
                 })
             }
             WireMessage::Truncate { relations, cascade, restart_identity } => {

@@ -27,7 +27,7 @@ use arrow_ipc::convert::try_schema_from_flatbuffer_bytes;
 use arrow_ipc::reader::RecordBatchDecoder;
 use arrow_schema::{DataType, Field, FieldRef, Schema, SchemaRef};
 
-use crate::encode::{ReplicaIdentity, system_field};
+use crate::encode::{RelationDesc, ReplicaIdentity, system_field};
 use crate::lsn::Lsn;
 use crate::meta;
 use crate::wire::{
@@ -75,6 +75,104 @@ impl Relation {
     pub fn wire_schema(&self) -> &SchemaRef {
         &self.wire_schema
     }
+
+    /// The relation a Schema message for `desc` describes, without the message: for batches
+    /// built on the consumer's side (the wal2json fallback), so that they get exactly the
+    /// schema the plugin's batches get.
+    ///
+    /// # Errors
+    ///
+    /// Never for a description [`RelationDesc::wire_schema`] made; the error type is shared
+    /// with decoding received schemas.
+    pub fn from_desc(desc: &RelationDesc) -> Result<Relation, WireError> {
+        relation_from_schema(desc.relid, desc.wire_schema())
+    }
+
+    /// The user-facing batch for a batch in this relation's wire schema: the table's columns
+    /// as they are, `_op` as a dictionary, `_lsn` from `base_lsn` and the deltas, `_missing`
+    /// as lists of column names.
+    ///
+    /// # Errors
+    ///
+    /// [`WireError::Ipc`] when `wire_batch` does not have the wire schema's columns or holds
+    /// an unknown `_op` code or a `_missing` bit beyond the table's columns.
+    pub fn user_batch(
+        &self,
+        base_lsn: Lsn,
+        wire_batch: &RecordBatch,
+        has_missing: bool,
+    ) -> Result<RecordBatch, WireError> {
+        let n = self.table_columns;
+        let rows = wire_batch.num_rows();
+        let expected = n + 1 + usize::from(self.has_lsn) + usize::from(has_missing);
+        if wire_batch.num_columns() != expected {
+            return Err(WireError::Ipc(format!(
+                "a batch of {} columns for a schema of {expected}",
+                wire_batch.num_columns()
+            )));
+        }
+        let mut columns: Vec<ArrayRef> = wire_batch.columns()[..n].to_vec();
+        let codes = wire_batch
+            .column(n)
+            .as_primitive_opt::<UInt8Type>()
+            .ok_or_else(|| WireError::Ipc("_op is not UInt8".into()))?
+            .clone();
+        let ops = DictionaryArray::<UInt8Type>::try_new(codes, Arc::clone(op_values()))
+            .map_err(|e| WireError::Ipc(format!("bad _op code: {e}")))?;
+        columns.push(Arc::new(ops));
+        let mut next = n + 1;
+        if self.has_lsn {
+            let deltas = wire_batch
+                .column(next)
+                .as_primitive_opt::<UInt32Type>()
+                .ok_or_else(|| WireError::Ipc("_lsn_delta is not UInt32".into()))?;
+            columns.push(Arc::new(UInt64Array::from_iter_values(
+                deltas.values().iter().map(|d| base_lsn.0.saturating_add(u64::from(*d))),
+            )));
+            next += 1;
+        }
+        let missing: ArrayRef = if has_missing {
+            let bitmaps = wire_batch
+                .column(next)
+                .as_fixed_size_binary_opt()
+                .ok_or_else(|| WireError::Ipc("_missing is not FixedSizeBinary".into()))?;
+            let names: Vec<&str> =
+                self.schema.fields()[..n].iter().map(|f| f.name().as_str()).collect();
+            let mut b =
+                ListBuilder::with_capacity(StringBuilder::new(), rows).with_field(missing_item());
+            for row in 0..rows {
+                if bitmaps.is_null(row) {
+                    b.append_null();
+                    continue;
+                }
+                for (i, byte) in bitmaps.value(row).iter().enumerate() {
+                    for bit in 0..8 {
+                        if byte & (1 << bit) != 0 {
+                            let name = names.get(i * 8 + bit).ok_or_else(|| {
+                                WireError::Ipc(
+                                    "_missing names a column the table does not have".into(),
+                                )
+                            })?;
+                            b.values().append_value(name);
+                        }
+                    }
+                }
+                b.append(true);
+            }
+            Arc::new(b.finish())
+        } else {
+            Arc::new(ListArray::new_null(missing_item(), rows))
+        };
+        columns.push(missing);
+        RecordBatch::try_new(Arc::clone(&self.schema), columns)
+            .map_err(|e| WireError::Ipc(e.to_string()))
+    }
+}
+
+/// The dictionary values of every `_op` column: [`OP_NAMES`].
+fn op_values() -> &'static ArrayRef {
+    static VALUES: std::sync::OnceLock<ArrayRef> = std::sync::OnceLock::new();
+    VALUES.get_or_init(|| Arc::new(StringArray::from(OP_NAMES.to_vec())))
 }
 
 /// The `_op` field of user-facing batches.
@@ -131,10 +229,10 @@ pub enum Message {
     Truncate {
         /// The tables, in the order the command listed them (cascaded ones included).
         relations: Vec<Arc<Relation>>,
-        /// `CASCADE`
-        cascade: bool,
-        /// `RESTART IDENTITY`
-        restart_identity: bool,
+        /// `CASCADE`; `None` when the source does not say (the wal2json fallback).
+        cascade: Option<bool>,
+        /// `RESTART IDENTITY`; `None` when the source does not say.
+        restart_identity: Option<bool>,
     },
     /// A logical decoding message (`pg_logical_emit_message`).
     Message {
@@ -155,7 +253,6 @@ pub enum Message {
 #[derive(Debug)]
 pub struct Decoder {
     relations: HashMap<u32, Arc<Relation>>,
-    op_values: ArrayRef,
     realigned: u64,
 }
 
@@ -168,11 +265,7 @@ impl Default for Decoder {
 impl Decoder {
     /// A decoder that knows no table yet (a new replication session).
     pub fn new() -> Decoder {
-        Decoder {
-            relations: HashMap::new(),
-            op_values: Arc::new(StringArray::from(OP_NAMES.to_vec())),
-            realigned: 0,
-        }
+        Decoder { relations: HashMap::new(), realigned: 0 }
     }
 
     /// The table with this OID, if its schema was received.
@@ -213,8 +306,8 @@ impl Decoder {
                     .collect::<Result<_, _>>()?;
                 Ok(Message::Truncate {
                     relations,
-                    cascade: t.cascade,
-                    restart_identity: t.restart_identity,
+                    cascade: Some(t.cascade),
+                    restart_identity: Some(t.restart_identity),
                 })
             }
             Header::Schema { relid } => {
@@ -243,66 +336,10 @@ impl Decoder {
                     &relation.wire_schema_without_missing
                 };
                 let wire_batch = decode_batch(payload, schema)?;
-                let batch = self.to_user_batch(&relation, base_lsn, &wire_batch, has_missing)?;
+                let batch = relation.user_batch(base_lsn, &wire_batch, has_missing)?;
                 Ok(Message::Batch(DecodedBatch { relation, base_lsn, batch }))
             }
         }
-    }
-
-    fn to_user_batch(
-        &self,
-        relation: &Relation,
-        base_lsn: Lsn,
-        wire_batch: &RecordBatch,
-        has_missing: bool,
-    ) -> Result<RecordBatch, WireError> {
-        let n = relation.table_columns;
-        let rows = wire_batch.num_rows();
-        let mut columns: Vec<ArrayRef> = wire_batch.columns()[..n].to_vec();
-        let codes = wire_batch.column(n).as_primitive::<UInt8Type>().clone();
-        let ops = DictionaryArray::<UInt8Type>::try_new(codes, Arc::clone(&self.op_values))
-            .map_err(|e| WireError::Ipc(format!("bad _op code: {e}")))?;
-        columns.push(Arc::new(ops));
-        let mut next = n + 1;
-        if relation.has_lsn {
-            let deltas = wire_batch.column(next).as_primitive::<UInt32Type>();
-            columns.push(Arc::new(UInt64Array::from_iter_values(
-                deltas.values().iter().map(|d| base_lsn.0.saturating_add(u64::from(*d))),
-            )));
-            next += 1;
-        }
-        let missing: ArrayRef = if has_missing {
-            let bitmaps = wire_batch.column(next).as_fixed_size_binary();
-            let names: Vec<&str> =
-                relation.schema.fields()[..n].iter().map(|f| f.name().as_str()).collect();
-            let mut b =
-                ListBuilder::with_capacity(StringBuilder::new(), rows).with_field(missing_item());
-            for row in 0..rows {
-                if bitmaps.is_null(row) {
-                    b.append_null();
-                    continue;
-                }
-                for (i, byte) in bitmaps.value(row).iter().enumerate() {
-                    for bit in 0..8 {
-                        if byte & (1 << bit) != 0 {
-                            let name = names.get(i * 8 + bit).ok_or_else(|| {
-                                WireError::Ipc(
-                                    "_missing names a column the table does not have".into(),
-                                )
-                            })?;
-                            b.values().append_value(name);
-                        }
-                    }
-                }
-                b.append(true);
-            }
-            Arc::new(b.finish())
-        } else {
-            Arc::new(ListArray::new_null(missing_item(), rows))
-        };
-        columns.push(missing);
-        RecordBatch::try_new(Arc::clone(&relation.schema), columns)
-            .map_err(|e| WireError::Ipc(e.to_string()))
     }
 }
 

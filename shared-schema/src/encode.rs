@@ -585,17 +585,22 @@ impl BatchEncoder {
         &mut self.columns
     }
 
-    /// Writes the rows built so far as one Batch message and starts an empty batch. Writes
-    /// nothing when there are no rows.
+    /// Finishes the rows built so far as one record batch in the wire schema (`_missing`
+    /// included only when some value is missing) and starts an empty batch; `None` when there
+    /// are no rows.
+    ///
+    /// The plugin writes the result with [`write_batch`](Self::write_batch); the consumer's
+    /// wal2json fallback, which builds rows on the consumer's side, turns it into the user's
+    /// batch with [`Relation::user_batch`](crate::Relation::user_batch).
     ///
     /// # Errors
     ///
     /// [`EncodeError::Arrow`] if the columns are not all as long as the row count (a caller
-    /// bug), or whatever `out` returns. The batch is discarded either way.
-    pub fn write_batch(&mut self, out: &mut impl Write) -> Result<usize, EncodeError> {
+    /// bug). The batch is discarded either way.
+    pub fn finish_batch(&mut self) -> Result<Option<WireBatch>, EncodeError> {
         let rows = self.rows();
         if rows == 0 {
-            return Ok(0);
+            return Ok(None);
         }
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.columns.len() + 3);
         arrays.extend(self.columns.iter_mut().map(ColumnBuilder::finish));
@@ -619,6 +624,20 @@ impl BatchEncoder {
             &self.schema_without_missing
         };
         let batch = RecordBatch::try_new(Arc::clone(schema), arrays)?;
+        Ok(Some(WireBatch { batch, base_lsn: self.base_lsn, has_missing }))
+    }
+
+    /// Writes the rows built so far as one Batch message and starts an empty batch. Writes
+    /// nothing when there are no rows.
+    ///
+    /// # Errors
+    ///
+    /// [`EncodeError::Arrow`] if the columns are not all as long as the row count (a caller
+    /// bug), or whatever `out` returns. The batch is discarded either way.
+    pub fn write_batch(&mut self, out: &mut impl Write) -> Result<usize, EncodeError> {
+        let Some(WireBatch { batch, base_lsn, has_missing }) = self.finish_batch()? else {
+            return Ok(0);
+        };
         let (dictionaries, encoded) = IpcDataGenerator::default().encode(
             &batch,
             &mut DictionaryTracker::new(false),
@@ -627,8 +646,25 @@ impl BatchEncoder {
         )?;
         debug_assert!(dictionaries.is_empty(), "wire schemas have no dictionary columns");
         let flags = if has_missing { BATCH_HAS_MISSING } else { 0 };
-        wire::write_batch_header(out, self.relid, self.base_lsn, flags)?;
+        wire::write_batch_header(out, self.relid, base_lsn, flags)?;
         write_message(out, encoded, &self.ipc_options)?;
-        Ok(rows)
+        Ok(batch.num_rows())
     }
 }
+
+/// A finished batch in the wire schema, before IPC encoding (see
+/// [`BatchEncoder::finish_batch`]).
+#[derive(Clone, Debug)]
+pub struct WireBatch {
+    /// The rows: the table's columns, `_op`, `_lsn_delta` (with `include-lsn`) and, when
+    /// `has_missing`, `_missing`.
+    pub batch: RecordBatch,
+    /// The first row's LSN, which `_lsn_delta` counts from.
+    pub base_lsn: Lsn,
+    /// Whether the batch has the `_missing` column.
+    pub has_missing: bool,
+}
+
+/// The size at which a batch is written out even below `batch-rows`: one wal2arrow message
+/// stays far below PostgreSQL's 1 GB limit on a single output write.
+pub const MAX_BATCH_BYTES: usize = 16 << 20;

@@ -22,7 +22,9 @@ pub mod types;
 pub mod wire;
 
 pub use decode::{DecodedBatch, Decoder, Message, Relation};
-pub use encode::{BatchEncoder, ColumnBuilder, EncodeError, RelationDesc, ReplicaIdentity};
+pub use encode::{
+    BatchEncoder, ColumnBuilder, EncodeError, RelationDesc, ReplicaIdentity, WireBatch,
+};
 pub use lsn::Lsn;
 pub use options::{OptionError, PluginOptions};
 pub use patterns::{TableFilter, TablePattern};

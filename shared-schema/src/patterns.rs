@@ -28,6 +28,8 @@ pub struct TablePattern {
 #[derive(Clone, Debug)]
 enum Part {
     Exact(String),
+    /// `*`: every name.
+    Any,
     Matcher(Regex),
 }
 
@@ -35,7 +37,16 @@ impl Part {
     fn matches(&self, name: &str) -> bool {
         match self {
             Part::Exact(s) => s == name,
+            Part::Any => true,
             Part::Matcher(r) => r.is_match(name),
+        }
+    }
+
+    fn exact_or_any(&self) -> Option<Option<&str>> {
+        match self {
+            Part::Exact(s) => Some(Some(s)),
+            Part::Any => Some(None),
+            Part::Matcher(_) => None,
         }
     }
 }
@@ -115,6 +126,13 @@ impl TablePattern {
             _ => None,
         }
     }
+
+    /// When each side is a name or a lone `*` (`public.users`, `public.*`, `*.orders`): the
+    /// two sides, `None` standing for `*`. The form other tools' table filters understand
+    /// (wal2json's `add-tables`).
+    pub fn names_or_any(&self) -> Option<(Option<&str>, Option<&str>)> {
+        Some((self.schema.exact_or_any()?, self.table.exact_or_any()?))
+    }
 }
 
 /// A side of the pattern as written: quoted (literal) or not.
@@ -187,6 +205,9 @@ fn part(side: &Side) -> Result<Part, String> {
     }
     if side.quoted {
         return Ok(Part::Exact(side.text.clone()));
+    }
+    if text == "*" {
+        return Ok(Part::Any);
     }
     let regex = if text.contains(REGEX_CHARS) {
         format!("^(?:{text})$")

@@ -206,8 +206,8 @@ async fn truncate_names_every_table_and_its_flags_after_the_rows_before_it() {
                     format!(
                         "truncate {} cascade={} restart={}",
                         names.join(","),
-                        t.cascade,
-                        t.restart_identity
+                        t.cascade.unwrap(),
+                        t.restart_identity.unwrap()
                     )
                 }
                 other => format!("{other:?}"),

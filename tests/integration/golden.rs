@@ -72,9 +72,11 @@ fn render(raw: &[Vec<u8>]) -> String {
             }
             Message::Truncate { relations, cascade, restart_identity } => writeln!(
                 out,
-                "[{header}] len={} TRUNCATE {} cascade={cascade} restart_identity={restart_identity}",
+                "[{header}] len={} TRUNCATE {} cascade={} restart_identity={}",
                 bytes.len(),
-                relations.iter().map(|r| r.qualified_name.as_str()).collect::<Vec<_>>().join(",")
+                relations.iter().map(|r| r.qualified_name.as_str()).collect::<Vec<_>>().join(","),
+                cascade.expect("wal2arrow says"),
+                restart_identity.expect("wal2arrow says")
             ),
             Message::Message { transactional, prefix, content, .. } => writeln!(
                 out,

@@ -3,6 +3,7 @@
 
 mod changes;
 mod common;
+mod fallback;
 mod golden;
 mod preflight;
 mod resume;

@@ -29,7 +29,7 @@ use crate::common::{config, read_txns, sql};
 
 /// How the expected values of a column are read back.
 #[derive(Clone, Copy, Debug)]
-enum Expect {
+pub(crate) enum Expect {
     I16,
     I32,
     I64,
@@ -57,7 +57,7 @@ enum Expect {
 }
 
 /// (column, SQL type, Arrow type the consumer must produce, how to read the expected value)
-fn columns() -> Vec<(&'static str, &'static str, DataType, Expect)> {
+pub(crate) fn columns() -> Vec<(&'static str, &'static str, DataType, Expect)> {
     use DataType as D;
     let micros = |tz: Option<&str>| D::Timestamp(TimeUnit::Microsecond, tz.map(Into::into));
     // The innermost item field carries the element type's name (and extension, if any).
@@ -453,6 +453,22 @@ const SEED_ROWS: &str = "
      '{{{1,2},{3,4}},{{5,6},{7,8}}}', '{0.00}', '{00000000-0000-0000-0000-000000000001,NULL}', '(0,0)',
      '[-2147483648,2147483647)', '(0,\"\")', 'é ü')";
 
+/// The types and the `all_types` table (REPLICA IDENTITY FULL) with a column of every type,
+/// and `seed`, holding [`SEED_ROWS`].
+pub(crate) fn all_types_sql() -> String {
+    let ddl: Vec<String> = columns().iter().map(|(c, t, _, _)| format!("{c} {t}")).collect();
+    format!(
+        "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+         CREATE DOMAIN posint AS int4 CHECK (VALUE > 0);
+         CREATE TYPE pair AS (a int4, b text);
+         CREATE TABLE all_types (id int4 PRIMARY KEY, {});
+         ALTER TABLE all_types REPLICA IDENTITY FULL;
+         CREATE TABLE seed (LIKE all_types);
+         INSERT INTO seed VALUES {SEED_ROWS};",
+        ddl.join(", ")
+    )
+}
+
 /// The values the UPDATE gives each row: rotated, so every column changes.
 const UPDATE_FROM: &str = "SELECT s.* FROM seed s";
 
@@ -511,17 +527,7 @@ fn assert_matches(
 async fn every_type_round_trips_through_insert_update_and_delete() {
     let db = Cluster::shared().database("all_types");
     let cols = columns();
-    let ddl: Vec<String> = cols.iter().map(|(c, t, _, _)| format!("{c} {t}")).collect();
-    db.psql(&format!(
-        "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
-         CREATE DOMAIN posint AS int4 CHECK (VALUE > 0);
-         CREATE TYPE pair AS (a int4, b text);
-         CREATE TABLE all_types (id int4 PRIMARY KEY, {});
-         ALTER TABLE all_types REPLICA IDENTITY FULL;
-         CREATE TABLE seed (LIKE all_types);
-         INSERT INTO seed VALUES {SEED_ROWS};",
-        ddl.join(", ")
-    ));
+    db.psql(&all_types_sql());
     let client = sql(&db).await;
     let mut stream = wal2arrow_consumer::open(&config(&db), &StreamOptions::new("all_types_slot"))
         .await

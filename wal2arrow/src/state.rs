@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use pgrx::pg_sys;
-use wal2arrow_schema::encode::write_schema_message;
+use wal2arrow_schema::encode::{MAX_BATCH_BYTES, write_schema_message};
 use wal2arrow_schema::types::PG_EPOCH_MICROS;
 use wal2arrow_schema::wire::{self, Begin, Commit, Truncate};
 use wal2arrow_schema::{ChangeOp, Lsn, PluginOptions};
@@ -21,10 +21,6 @@ use crate::datum::{Appended, is_unchanged_toast};
 use crate::output::write_message;
 use crate::relation::{RelEntry, RelationCache, cstr_or};
 use crate::report;
-
-/// A batch is written out once its estimated size passes this, even below `batch-rows`, so a
-/// table of wide rows cannot build one huge buffer (PostgreSQL caps a message at 1 GB).
-const MAX_BATCH_BYTES: usize = 16 << 20;
 
 /// Which version of a row a tuple is.
 #[derive(Clone, Copy, PartialEq, Eq)]

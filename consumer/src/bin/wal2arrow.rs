@@ -151,8 +151,8 @@ async fn print_transactions(
                 println!(
                     "TRUNCATE {}{}{}",
                     names.join(", "),
-                    if t.restart_identity { " RESTART IDENTITY" } else { "" },
-                    if t.cascade { " CASCADE" } else { "" }
+                    if t.restart_identity == Some(true) { " RESTART IDENTITY" } else { "" },
+                    if t.cascade == Some(true) { " CASCADE" } else { "" }
                 );
             }
             Event::Message(m) => println!(
