@@ -12,7 +12,8 @@ use arrow_array::types::{Float32Type, Float64Type};
 use arrow_array::{Array, ArrayRef, Float32Array, Float64Array, RecordBatch, StringArray};
 use arrow_schema::DataType;
 use wal2arrow_consumer::{
-    ChangeStream, Consumer, Event, Lsn, OutputPlugin, PluginOptions, ReplicationClient,
+    ChangeStream, Consumer, Event, Lsn, OutputPlugin, PluginChoice, PluginOptions,
+    ReplicationClient,
 };
 use wal2arrow_harness::{Cluster, ClusterOptions, TestDb};
 
@@ -426,4 +427,99 @@ async fn a_server_without_wal2arrow_gets_the_wal2json_fallback_and_a_log_line() 
     assert_eq!(again.output_plugin(), OutputPlugin::Wal2Json);
     assert!(again.fallback_reason().unwrap().contains("created for wal2json"));
     again.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_wal2json_stream_applies_every_filter_and_its_slot_keeps_its_plugin() {
+    let db = Cluster::shared().database("explicit_json");
+    db.psql(
+        "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);
+         SELECT pg_replication_origin_create('noisy');",
+    );
+    let options = PluginOptions {
+        add_msg_prefixes: vec!["keep".into()],
+        // `noisy` exists now (wal2json filters it by ID), `late` is created after the start
+        // (only the consumer can filter it).
+        filter_origins: vec!["noisy".into(), "late".into()],
+        ..PluginOptions::default()
+    };
+    let consumer = Consumer::builder()
+        .dsn(&db.dsn())
+        .unwrap()
+        .slot("explicit_json")
+        .tables(["public.a"])
+        .plugin_options(options)
+        .output_plugin(PluginChoice::Wal2Json)
+        .heartbeat_interval(None)
+        .build()
+        .unwrap();
+    let mut stream = consumer.start().await.unwrap();
+    assert_eq!(stream.output_plugin(), OutputPlugin::Wal2Json);
+    assert_eq!(stream.fallback_reason(), None, "asked for, not a fallback");
+    db.psql(
+        "SELECT pg_replication_origin_create('late');
+         INSERT INTO a VALUES (1); INSERT INTO b VALUES (1);
+         SELECT pg_logical_emit_message(false, 'keep', 'yes');
+         SELECT pg_logical_emit_message(false, 'drop', 'no');
+         SELECT pg_replication_origin_session_setup('noisy');
+         INSERT INTO a VALUES (2);
+         SELECT pg_replication_origin_session_reset();
+         SELECT pg_replication_origin_session_setup('late');
+         INSERT INTO a VALUES (3);
+         SELECT pg_replication_origin_session_reset();
+         INSERT INTO a VALUES (4);
+         SELECT pg_logical_emit_message(false, 'keep', 'end');",
+    );
+    let mut rows = Vec::new();
+    let mut messages = Vec::new();
+    while messages.last().map(String::as_str) != Some("end") {
+        match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
+            Ok(Some(Ok(Event::Change(c)))) => {
+                assert_eq!(c.table(), "public.a");
+                let ids = c.batch.column(0).as_primitive::<arrow_array::types::Int32Type>();
+                rows.extend(ids.values().iter().copied());
+            }
+            Ok(Some(Ok(Event::Message(m)))) => {
+                assert_eq!(m.prefix, "keep");
+                messages.push(String::from_utf8_lossy(m.content.as_slice()).into_owned());
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("stream ended: {other:?}"),
+        }
+    }
+    assert_eq!(rows, [1, 4], "table b and both filtered origins are left out");
+    assert_eq!(messages, ["yes", "end"]);
+    stream.close().await;
+
+    // The slot was made for wal2json: a consumer allowed only wal2arrow refuses it.
+    let e = Consumer::builder()
+        .dsn(&db.dsn())
+        .unwrap()
+        .slot("explicit_json")
+        .output_plugin(PluginChoice::Wal2Arrow)
+        .preflight(false)
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, wal2arrow_consumer::Error::Slot(_)) && e.to_string().contains("wal2json"),
+        "{e}"
+    );
+    let report = Consumer::builder()
+        .dsn(&db.dsn())
+        .unwrap()
+        .slot("explicit_json")
+        .output_plugin(PluginChoice::Wal2Arrow)
+        .build()
+        .unwrap()
+        .check()
+        .await
+        .unwrap();
+    assert!(
+        matches!(&report.check("slot").unwrap().outcome, wal2arrow_consumer::Outcome::Fail { .. }),
+        "{report}"
+    );
+    sql(&db).await.execute("SELECT pg_drop_replication_slot('explicit_json')", &[]).await.unwrap();
 }
