@@ -144,16 +144,63 @@ impl Config {
     ///
     /// [`Error::Config`] naming the keyword that is unknown or malformed.
     pub fn from_dsn(dsn: &str) -> Result<Config> {
+        let mut config = Config::default();
+        config.apply_dsn(dsn)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Sets what a connection string (keyword/value or URI) names, keeping the rest.
+    ///
+    /// # Errors
+    ///
+    /// As [`from_dsn`](Self::from_dsn).
+    pub fn apply_dsn(&mut self, dsn: &str) -> Result<()> {
         let pairs = if dsn.starts_with("postgres://") || dsn.starts_with("postgresql://") {
             parse_uri(dsn)?
         } else {
             parse_keyword_value(dsn)?
         };
-        let mut config = Config::default();
         for (k, v) in pairs {
-            config.set(&k, v)?;
+            self.set(&k, v)?;
         }
-        config.validate()?;
+        Ok(())
+    }
+
+    /// The defaults, overridden by libpq's environment variables where set: `PGHOST`,
+    /// `PGHOSTADDR`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`, `PGCONNECT_TIMEOUT`,
+    /// `PGAPPNAME`, `PGSSLMODE`, `PGSSLROOTCERT`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the variable whose value is invalid (a Unix-domain socket
+    /// directory as `PGHOST`, for one: connections are TCP).
+    pub fn from_env() -> Result<Config> {
+        let mut config = Config::default();
+        for (var, key) in [
+            ("PGHOST", "host"),
+            ("PGHOSTADDR", "hostaddr"),
+            ("PGPORT", "port"),
+            ("PGUSER", "user"),
+            ("PGPASSWORD", "password"),
+            ("PGDATABASE", "dbname"),
+            ("PGCONNECT_TIMEOUT", "connect_timeout"),
+            ("PGAPPNAME", "application_name"),
+            ("PGSSLMODE", "sslmode"),
+            ("PGSSLROOTCERT", "sslrootcert"),
+        ] {
+            let Ok(value) = std::env::var(var) else { continue };
+            if value.is_empty() {
+                continue;
+            }
+            if key == "host" && value.starts_with('/') {
+                return Err(Error::Config(format!(
+                    "{var}={value} is a Unix-domain socket directory; wal2arrow connects over \
+                     TCP: set {var} to a host name or address"
+                )));
+            }
+            config.set(key, value).map_err(|e| Error::Config(format!("{var}: {e}")))?;
+        }
         Ok(config)
     }
 

@@ -36,12 +36,16 @@
 //! # }
 //! ```
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod error;
 pub mod preflight;
 mod protocol;
 pub mod router;
+#[cfg(feature = "sinks")]
+pub mod sink;
 pub mod slots;
 pub mod stream;
 mod tls;
@@ -58,7 +62,7 @@ pub use router::{
     AckToken, Delivery, Partitioning, QueueStats, Reader, Routed, RoutedBatch, Router,
     RouterOptions,
 };
-pub use slots::{SlotInfo, create_slot, drop_slot, list_slots};
+pub use slots::{SlotInfo, create_slot, create_slot_with, drop_slot, list_slots};
 pub use stream::{
     AckHandle, ChangeBatch, ChangeStream, CreatedSlot, Event, LogicalMessage, OutputPlugin,
     Position, ReplicationClient, SlotState, StreamOptions, SystemInfo, TruncateEvent, TxnBegin,

@@ -7,7 +7,7 @@ use wal2arrow_schema::Lsn;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::protocol::conn::quote_literal;
-use crate::stream::{CreatedSlot, PLUGIN_NAME, ReplicationClient, sql_client};
+use crate::stream::{CreatedSlot, OutputPlugin, PLUGIN_NAME, ReplicationClient, sql_client};
 
 /// A replication slot, with how far behind it is.
 #[derive(Clone, Debug, PartialEq)]
@@ -93,6 +93,19 @@ pub async fn list_slots(config: &Config) -> Result<Vec<SlotInfo>> {
 /// The server's error (the slot exists, no free slot, the plugin cannot load, …).
 pub async fn create_slot(config: &Config, name: &str) -> Result<CreatedSlot> {
     ReplicationClient::connect(config).await?.create_slot(name, PLUGIN_NAME, false).await
+}
+
+/// Creates a persistent slot for `plugin` in `config`'s database.
+///
+/// # Errors
+///
+/// As [`create_slot`].
+pub async fn create_slot_with(
+    config: &Config,
+    name: &str,
+    plugin: OutputPlugin,
+) -> Result<CreatedSlot> {
+    ReplicationClient::connect(config).await?.create_slot(name, plugin.name(), false).await
 }
 
 /// Drops a slot. A slot in use is an error unless `force`, which ends the session using it

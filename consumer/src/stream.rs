@@ -940,7 +940,16 @@ pub async fn sql_client(config: &Config) -> Result<tokio_postgres::Client> {
         .expect("require has a TLS configuration"),
     };
     let (client, connection) =
-        config.to_tokio_postgres().connect(crate::tls::MakeRustls(tls)).await?;
+        config.to_tokio_postgres().connect(crate::tls::MakeRustls(tls)).await.map_err(|e| {
+            // Unreachable servers are connection errors, as on the replication connection.
+            match std::error::Error::source(&e).and_then(|s| s.downcast_ref::<std::io::Error>()) {
+                Some(io) => Error::Connect {
+                    addr: format!("{}:{}", config.host, config.port),
+                    source: std::io::Error::new(io.kind(), io.to_string()),
+                },
+                None => Error::Sql(e),
+            }
+        })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("SQL connection ended: {e}");

@@ -2,6 +2,7 @@
 //! `wal2arrow-harness`), one database per test.
 
 mod changes;
+mod cli;
 mod common;
 mod fallback;
 mod golden;

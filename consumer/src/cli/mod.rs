@@ -1,0 +1,588 @@
+//! The `wal2arrow` command (the `cli` feature): `check`, `stream`, `slots` and `demo`.
+//!
+//! The binary is `fn main() -> ExitCode { wal2arrow_consumer::cli::main() }`; the code lives
+//! in the library so that tests run exactly what users run.
+//!
+//! Exit codes: 0 done (stopped by Ctrl-C/SIGTERM, `--until-lsn`, `--idle-timeout` or
+//! `--max-transactions`), 1 failed while running, 2 bad usage or settings, 3 the server is
+//! not ready (a failed check: the report says what to change), 4 cannot connect or log in,
+//! 130 interrupted twice (stopped at once, nothing flushed).
+
+mod demo;
+mod print;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use wal2arrow_schema::{Lsn, TableFilter};
+
+use crate::config::{Config, RootCerts};
+use crate::consumer::{Consumer, PluginChoice};
+use crate::error::Error;
+use crate::sink::ipc::IpcSink;
+use crate::sink::jsonl::JsonLinesSink;
+use crate::sink::parquet::{ParquetOptions, ParquetSink};
+use crate::sink::{Output, Progress, RunOptions, Sink, Stopped};
+use crate::stream::OutputPlugin;
+
+#[derive(Parser)]
+#[command(
+    name = "wal2arrow",
+    version,
+    about = "Arrow-native change data capture for PostgreSQL",
+    after_help = "Exit codes: 0 done, 1 failed while running, 2 bad usage or settings, 3 the server is \
+                  not ready (see `check`), 4 cannot connect or log in, 130 interrupted twice."
+)]
+struct Cli {
+    /// Log level: error, warn, info, debug or trace (or a tracing filter).
+    #[arg(long, global = true, default_value = "warn", env = "WAL2ARROW_LOG")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check that the server is ready: every check, and the exact fix for each failure.
+    Check(CheckArgs),
+    /// Stream the selected tables into a sink (Parquet, Arrow IPC, JSON lines, or tables on
+    /// the terminal) until stopped.
+    Stream(Box<StreamArgs>),
+    /// List, create or drop replication slots.
+    Slots(SlotsArgs),
+    /// The demo: a scratch PostgreSQL with the plugin, a short workload streamed to Parquet,
+    /// read back and summarised; everything it started is stopped.
+    Demo(demo::DemoArgs),
+}
+
+/// Where to connect. Precedence: flags, then `--dsn`, then the `PG*` environment variables
+/// (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`, `PGSSLMODE`, …). Passwords come
+/// from the DSN or `PGPASSWORD`, never a flag, and are never printed.
+#[derive(Args, Clone, Debug, Default)]
+struct ConnArgs {
+    /// libpq connection string: `host=… user=… dbname=…` or `postgresql://user@host/db`.
+    #[arg(long, env = "WAL2ARROW_DSN", hide_env_values = true)]
+    dsn: Option<String>,
+    /// Server host (TCP).
+    #[arg(long)]
+    host: Option<String>,
+    /// Server port.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Database.
+    #[arg(long)]
+    dbname: Option<String>,
+    /// User.
+    #[arg(long)]
+    user: Option<String>,
+    /// TLS: disable, prefer, require, verify-ca, verify-full.
+    #[arg(long)]
+    sslmode: Option<String>,
+    /// CA certificates (PEM) for verify-ca / verify-full, or `system`.
+    #[arg(long)]
+    sslrootcert: Option<String>,
+}
+
+impl ConnArgs {
+    fn config(&self) -> Result<Config, Error> {
+        let mut c = Config::from_env()?;
+        if let Some(dsn) = &self.dsn {
+            c.apply_dsn(dsn)?;
+        }
+        if let Some(h) = &self.host {
+            c.host = h.clone();
+        }
+        if let Some(p) = self.port {
+            c.port = p;
+        }
+        if let Some(d) = &self.dbname {
+            c.dbname = Some(d.clone());
+        }
+        if let Some(u) = &self.user {
+            c.user = u.clone();
+        }
+        if let Some(m) = &self.sslmode {
+            c.ssl_mode = m.parse()?;
+        }
+        if let Some(r) = &self.sslrootcert {
+            c.ssl_root_cert =
+                Some(if r == "system" { RootCerts::System } else { RootCerts::File(r.into()) });
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+enum PluginArg {
+    /// wal2arrow, or wal2json when the server cannot load wal2arrow.
+    #[default]
+    Auto,
+    /// wal2arrow only.
+    Wal2arrow,
+    /// wal2json only.
+    Wal2json,
+}
+
+impl From<PluginArg> for PluginChoice {
+    fn from(p: PluginArg) -> PluginChoice {
+        match p {
+            PluginArg::Auto => PluginChoice::Auto,
+            PluginArg::Wal2arrow => PluginChoice::Wal2Arrow,
+            PluginArg::Wal2json => PluginChoice::Wal2Json,
+        }
+    }
+}
+
+/// Which tables, and which slot.
+#[derive(Args, Clone, Debug)]
+struct SelectArgs {
+    /// Replication slot (created if missing).
+    #[arg(long, default_value = "wal2arrow")]
+    slot: String,
+    /// Table patterns (`public.users`, `public.*`, `*.orders`, `public.user_*`, regular
+    /// expressions; repeat the flag or separate with commas). Default: every table.
+    #[arg(long = "tables", value_name = "PATTERNS")]
+    tables: Vec<String>,
+    /// Output plugin: auto (wal2arrow, falling back to wal2json), wal2arrow, wal2json.
+    #[arg(long, value_enum, default_value_t)]
+    plugin: PluginArg,
+}
+
+impl SelectArgs {
+    fn patterns(&self) -> Result<Vec<String>, Error> {
+        let mut out = Vec::new();
+        for list in &self.tables {
+            let filter = TableFilter::parse_list(list)
+                .map_err(|e| Error::Config(format!("--tables: {e}")))?;
+            out.extend(filter.patterns().iter().map(|p| p.as_str().to_owned()));
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    #[command(flatten)]
+    select: SelectArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SinkArg {
+    /// Tables on standard output, for people.
+    Print,
+    /// JSON lines (the wal2json connector's event shape).
+    Jsonl,
+    /// Arrow IPC stream segments.
+    Ipc,
+    /// A Parquet directory per table, exactly-once.
+    Parquet,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ProgressArg {
+    /// A live line when standard error is a terminal, a line every 10 s otherwise.
+    Auto,
+    /// A live line.
+    Always,
+    /// None.
+    Never,
+}
+
+#[derive(Args)]
+struct StreamArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    #[command(flatten)]
+    select: SelectArgs,
+    /// Where changes go.
+    #[arg(long, value_enum, default_value = "print")]
+    sink: SinkArg,
+    /// Output: a directory for parquet (required), a file or `-` (standard output) for ipc and
+    /// jsonl.
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+    /// Parquet: start a new file after this many rows.
+    #[arg(long, default_value_t = 1_000_000)]
+    roll_rows: usize,
+    /// Parquet: start a new file after about this many bytes.
+    #[arg(long, default_value_t = 128 << 20)]
+    roll_bytes: usize,
+    /// Parquet: flush (finish the files, checkpoint, acknowledge) at least this often.
+    #[arg(long, default_value_t = 60)]
+    roll_seconds: u64,
+    /// Most rows of one table per batch.
+    #[arg(long, default_value_t = wal2arrow_schema::options::DEFAULT_BATCH_ROWS)]
+    batch_rows: u32,
+    /// Stop once everything up to this LSN is written and acknowledged (for scripts).
+    #[arg(long, value_name = "LSN")]
+    until_lsn: Option<Lsn>,
+    /// Stop after this many seconds without a change.
+    #[arg(long, value_name = "SECONDS")]
+    idle_timeout: Option<u64>,
+    /// Stop after this many transactions.
+    #[arg(long)]
+    max_transactions: Option<u64>,
+    /// Start at this LSN instead of where the slot stands (the later of the two wins).
+    #[arg(long, value_name = "LSN")]
+    start_lsn: Option<Lsn>,
+    /// Use a temporary slot (gone when the stream ends: nothing resumes).
+    #[arg(long)]
+    temporary_slot: bool,
+    /// Send a heartbeat after this many idle seconds, so the slot advances (0: never).
+    #[arg(long, default_value_t = 10)]
+    heartbeat_seconds: u64,
+    /// Skip the checks before streaming.
+    #[arg(long)]
+    no_preflight: bool,
+    /// Progress line on standard error.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: ProgressArg,
+}
+
+#[derive(Args)]
+struct SlotsArgs {
+    #[command(subcommand)]
+    action: SlotsAction,
+}
+
+#[derive(Subcommand)]
+enum SlotsAction {
+    /// List the server's replication slots with their lag (bytes and time).
+    List {
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Create a logical replication slot.
+    Create {
+        /// Slot name.
+        name: String,
+        /// Output plugin of the slot.
+        #[arg(long, value_enum, default_value = "wal2arrow")]
+        plugin: PluginArg,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Drop a replication slot.
+    Drop {
+        /// Slot name.
+        name: String,
+        /// Drop it even while a consumer streams from it (that consumer is disconnected).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+}
+
+/// A command's failure, with its exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        let code = match &e {
+            Error::Config(_) => 2,
+            Error::Preflight(_) => 3,
+            Error::Connect { .. } | Error::Timeout { .. } | Error::Auth(_) | Error::Tls(_) => 4,
+            // Bad password, no such role or database.
+            e if matches!(e.code(), Some("28P01" | "28000" | "3D000")) => 4,
+            _ => 1,
+        };
+        Failure { code, message: e.to_string() }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure { code: 1, message }
+    }
+}
+
+type CmdResult = Result<(), Failure>;
+
+/// Runs the `wal2arrow` command with the process's arguments.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wal2arrow: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Check(args) => check(args).await,
+            Command::Stream(args) => stream(*args).await,
+            Command::Slots(args) => slots(args).await,
+            Command::Demo(args) => demo::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("wal2arrow: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn consumer_builder(
+    conn: &ConnArgs,
+    select: &SelectArgs,
+) -> Result<crate::consumer::ConsumerBuilder, Error> {
+    Ok(Consumer::builder()
+        .config(conn.config()?)
+        .slot(&select.slot)
+        .tables(select.patterns()?)
+        .output_plugin(select.plugin.into()))
+}
+
+async fn check(args: CheckArgs) -> CmdResult {
+    let consumer = consumer_builder(&args.conn, &args.select)?.build()?;
+    let report = consumer.check().await?;
+    println!("{report}");
+    if report.is_ok() {
+        println!("ready to stream");
+        Ok(())
+    } else {
+        Err(Failure { code: 3, message: "the server is not ready: fix the failures above".into() })
+    }
+}
+
+async fn slots(args: SlotsArgs) -> CmdResult {
+    match args.action {
+        SlotsAction::List { conn } => {
+            let slots = crate::slots::list_slots(&conn.config()?).await?;
+            println!(
+                "{:<24} {:<10} {:<10} {:<8} {:>14} {:>14} {:>10}  status",
+                "slot", "plugin", "database", "active", "lag", "retained", "lag time"
+            );
+            for s in &slots {
+                println!(
+                    "{:<24} {:<10} {:<10} {:<8} {:>14} {:>14} {:>10}  {}",
+                    s.name,
+                    s.plugin.as_deref().unwrap_or("(physical)"),
+                    s.database.as_deref().unwrap_or("-"),
+                    if s.active_pid.is_some() { "yes" } else { "no" },
+                    s.lag_bytes.map_or("-".into(), bytes),
+                    s.retained_bytes.map_or("-".into(), bytes),
+                    s.lag_time.map_or("-".into(), |t| format!("{:.1} s", t.as_secs_f64())),
+                    s.wal_status.as_deref().unwrap_or("-"),
+                );
+            }
+            if slots.is_empty() {
+                println!("(no replication slots)");
+            }
+            Ok(())
+        }
+        SlotsAction::Create { name, plugin, conn } => {
+            let plugin = match plugin {
+                PluginArg::Wal2json => OutputPlugin::Wal2Json,
+                _ => OutputPlugin::Wal2Arrow,
+            };
+            let created = crate::slots::create_slot_with(&conn.config()?, &name, plugin).await?;
+            println!("created slot {} ({plugin}) at {}", created.name, created.consistent_point);
+            Ok(())
+        }
+        SlotsAction::Drop { name, force, conn } => {
+            crate::slots::drop_slot(&conn.config()?, &name, force).await?;
+            println!("dropped slot {name}");
+            Ok(())
+        }
+    }
+}
+
+fn bytes(n: i64) -> String {
+    let n = n.max(0) as f64;
+    match n {
+        n if n >= 1e9 => format!("{:.1} GB", n / 1e9),
+        n if n >= 1e6 => format!("{:.1} MB", n / 1e6),
+        n if n >= 1e3 => format!("{:.1} kB", n / 1e3),
+        n => format!("{n} B"),
+    }
+}
+
+async fn stream(args: StreamArgs) -> CmdResult {
+    let config = args.conn.config()?;
+    let mut builder = consumer_builder(&args.conn, &args.select)?
+        .batch_rows(args.batch_rows)
+        .preflight(!args.no_preflight)
+        .heartbeat_interval(
+            (args.heartbeat_seconds > 0).then(|| Duration::from_secs(args.heartbeat_seconds)),
+        );
+    if args.temporary_slot {
+        builder = builder.temporary_slot(&args.select.slot);
+    }
+    if let Some(lsn) = args.start_lsn {
+        builder = builder.start_lsn(lsn);
+    }
+    let consumer = builder.build()?;
+    let source = format!("{}/{}", config.dbname(), args.select.slot);
+    let mut sink: Box<dyn Sink> = match args.sink {
+        SinkArg::Print => Box::new(print::PrintSink),
+        SinkArg::Jsonl => Box::new(JsonLinesSink::new(output(&args.out)?)),
+        SinkArg::Ipc => Box::new(IpcSink::new(output(&args.out)?)),
+        SinkArg::Parquet => {
+            let dir = args
+                .out
+                .clone()
+                .ok_or_else(|| Error::Config("--sink parquet needs --out DIRECTORY".into()))?;
+            if args.temporary_slot {
+                tracing::warn!(
+                    "a temporary slot cannot resume: a restarted run misses what happened in between"
+                );
+            }
+            let options = ParquetOptions {
+                roll_rows: args.roll_rows.max(1),
+                roll_bytes: args.roll_bytes.max(1),
+                roll_interval: Duration::from_secs(args.roll_seconds.max(1)),
+                ..ParquetOptions::default()
+            };
+            Box::new(ParquetSink::open(dir, &source, options)?)
+        }
+    };
+    let mut stream = consumer.start().await?;
+    if let Some(reason) = stream.fallback_reason() {
+        eprintln!("wal2arrow: streaming with wal2json ({reason})");
+    }
+    let run_options = RunOptions {
+        until_lsn: args.until_lsn,
+        idle_timeout: args.idle_timeout.map(Duration::from_secs),
+        max_transactions: args.max_transactions,
+        finish_timeout: None,
+    };
+    let live = match args.progress {
+        ProgressArg::Always => Some(true),
+        ProgressArg::Never => None,
+        ProgressArg::Auto => Some(std::io::stderr().is_terminal()),
+    };
+    let mut line = ProgressLine::new(live);
+    let result = crate::sink::run(
+        &mut stream,
+        sink.as_mut(),
+        &run_options,
+        shutdown_signal(),
+        &mut |p: &Progress| line.show(p),
+    )
+    .await;
+    line.clear();
+    drop(sink); // ends IPC segments, flushes buffers
+    stream.close().await;
+    let report = result?;
+    eprintln!("{}", summary(&report.progress, report.stopped));
+    Ok(())
+}
+
+fn output(path: &Option<PathBuf>) -> Result<Output, Error> {
+    Output::open(path.as_deref().unwrap_or(std::path::Path::new("-")))
+}
+
+/// Completes at the first Ctrl-C or SIGTERM; a second one ends the process at once (130).
+async fn shutdown_signal() {
+    let wait = || async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler can be installed");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    wait().await;
+    eprintln!("\nwal2arrow: stopping (flushing, acknowledging); interrupt again to quit at once");
+    tokio::spawn(async move {
+        wait().await;
+        eprintln!("wal2arrow: interrupted twice: quitting without flushing");
+        std::process::exit(130);
+    });
+}
+
+fn summary(p: &Progress, stopped: Stopped) -> String {
+    let why = match stopped {
+        Stopped::Shutdown => "stopped on request",
+        Stopped::UntilLsn => "reached --until-lsn",
+        Stopped::Idle => "idle timeout",
+        Stopped::MaxTransactions => "reached --max-transactions",
+        Stopped::StreamEnded => "the stream ended",
+    };
+    let mut s = format!(
+        "{} transactions, {} rows in {:.1} s ({why}); acknowledged up to {}",
+        p.transactions,
+        p.total_rows(),
+        p.elapsed.as_secs_f64(),
+        p.acknowledged
+    );
+    if p.skipped_transactions > 0 {
+        s.push_str(&format!(
+            "; {} transactions skipped (already written by an earlier run)",
+            p.skipped_transactions
+        ));
+    }
+    for (table, rows) in &p.rows {
+        s.push_str(&format!("\n  {table}: {rows} rows"));
+    }
+    s
+}
+
+/// The progress line: rewritten in place on a terminal, a plain line every 10 s otherwise.
+struct ProgressLine {
+    /// `None`: off; `Some(true)`: live; `Some(false)`: periodic.
+    live: Option<bool>,
+    last: Option<(Duration, u64)>,
+    shown: bool,
+}
+
+impl ProgressLine {
+    fn new(live: Option<bool>) -> ProgressLine {
+        ProgressLine { live, last: None, shown: false }
+    }
+
+    fn show(&mut self, p: &Progress) {
+        let Some(live) = self.live else { return };
+        let (t0, e0) = self.last.unwrap_or_default();
+        let dt = p.elapsed.saturating_sub(t0).as_secs_f64();
+        if !live && dt < 10.0 {
+            return;
+        }
+        let rate = if dt > 0.0 { (p.events - e0) as f64 / dt } else { 0.0 };
+        self.last = Some((p.elapsed, p.events));
+        let mut tables: Vec<String> =
+            p.rows.iter().take(3).map(|(t, r)| format!("{t} {r}")).collect();
+        if p.rows.len() > 3 {
+            tables.push(format!("+{} tables", p.rows.len() - 3));
+        }
+        let text = format!(
+            "{:>6.0} s | {} events ({rate:.0}/s) | {} rows{} | {} | lag {} | acked {}",
+            p.elapsed.as_secs_f64(),
+            p.events,
+            p.total_rows(),
+            if tables.is_empty() { String::new() } else { format!(" ({})", tables.join(", ")) },
+            bytes(p.bytes as i64),
+            bytes(p.lag_bytes as i64),
+            p.acknowledged
+        );
+        if live {
+            eprint!("\r\x1b[K{text}");
+            self.shown = true;
+        } else {
+            eprintln!("{text}");
+        }
+    }
+
+    fn clear(&mut self) {
+        if self.shown {
+            eprint!("\r\x1b[K");
+        }
+    }
+}

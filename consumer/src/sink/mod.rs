@@ -1,0 +1,574 @@
+//! Sinks: where a change stream goes — [Parquet](parquet) directories, an
+//! [Arrow IPC](ipc) stream, [JSON lines](jsonl) — and [`run`], the loop that feeds one and
+//! acknowledges to the server only what the sink has made durable.
+//!
+//! ## Delivery
+//!
+//! The runner acknowledges a position only after [`Sink::flush`] returned, so the slot never
+//! forgets a change the sink could still lose. What happens to changes written after the last
+//! flush depends on the sink:
+//!
+//! - a sink that can take them back ([`Sink::rollback`]: the Parquet sink, whose files become
+//!   visible only at a flush) gives **exactly-once** output: after a crash it reports what it
+//!   made durable ([`Sink::durable`]) and the runner skips the transactions at or before it
+//!   when the slot replays them;
+//! - a sink that cannot (a stream to standard output) is **at-least-once**: a transaction cut
+//!   by a crash or a reconnection is written again, whole; every row carries its
+//!   `(commit LSN, ordinal)` so a reader can drop the first, partial copy.
+
+pub mod ipc;
+pub mod jsonl;
+pub mod parquet;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use arrow_array::builder::{
+    BinaryBuilder, BooleanBuilder, StringBuilder, UInt32Builder, UInt64Builder,
+};
+use arrow_array::{ArrayRef, RecordBatch, UInt32Array, UInt64Array};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use tokio::time::Instant;
+use wal2arrow_schema::Lsn;
+
+use crate::consumer::CdcStream;
+use crate::error::{Error, Result};
+use crate::stream::{ChangeBatch, Event, LogicalMessage, TruncateEvent};
+
+/// What an earlier run made durable: the last transaction whose changes the sink holds, and
+/// the position acknowledged with it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Durable {
+    /// Commit LSN of the last transaction written durably (`Lsn::INVALID`: none).
+    pub commit_lsn: Lsn,
+    /// The position acknowledged to the server at that flush (non-transactional messages
+    /// before it are held too).
+    pub ack_lsn: Lsn,
+}
+
+/// A destination for change events.
+pub trait Sink: Send {
+    /// What an earlier run made durable; the runner skips the transactions at or before it
+    /// when the slot delivers them again. Default: nothing (the sink keeps no such record).
+    fn durable(&self) -> Durable {
+        Durable::default()
+    }
+
+    /// Writes one event: a [`ChangeBatch`], a TRUNCATE, a message, or a transaction's Begin or
+    /// Commit, in stream order.
+    ///
+    /// # Errors
+    ///
+    /// I/O and encoding errors.
+    fn write(&mut self, event: &Event) -> Result<()>;
+
+    /// Whether the sink wants to flush now (its roll policy); asked after each commit and
+    /// once a second between transactions.
+    fn wants_flush(&self) -> bool;
+
+    /// Makes everything written so far durable. Called between transactions only.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors; nothing is acknowledged then.
+    fn flush(&mut self) -> Result<()>;
+
+    /// Forgets everything written since the last flush, if the sink can; `false` if it
+    /// cannot (it is then at-least-once).
+    ///
+    /// # Errors
+    ///
+    /// I/O errors.
+    fn rollback(&mut self) -> Result<bool>;
+}
+
+/// When [`run`] stops on its own.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Stop once everything up to this position has been written and acknowledged.
+    pub until_lsn: Option<Lsn>,
+    /// Stop after this long without an event.
+    pub idle_timeout: Option<Duration>,
+    /// Stop after this many transactions.
+    pub max_transactions: Option<u64>,
+    /// After a stop is asked for in the middle of a transaction, how long to wait for its
+    /// commit before giving it up (it is delivered again next time). Default 30 s.
+    pub finish_timeout: Option<Duration>,
+}
+
+/// Why [`run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// The shutdown future completed (Ctrl-C, SIGTERM).
+    Shutdown,
+    /// [`RunOptions::until_lsn`] was reached.
+    UntilLsn,
+    /// [`RunOptions::idle_timeout`] passed without an event.
+    Idle,
+    /// [`RunOptions::max_transactions`] were written.
+    MaxTransactions,
+    /// The stream ended.
+    StreamEnded,
+}
+
+/// Counters of a run, for progress lines and the final summary.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    /// Time since the run started.
+    pub elapsed: Duration,
+    /// Events written.
+    pub events: u64,
+    /// Transactions written.
+    pub transactions: u64,
+    /// Transactions skipped because an earlier run had made them durable.
+    pub skipped_transactions: u64,
+    /// Rows written, by table.
+    pub rows: BTreeMap<String, u64>,
+    /// Bytes the server sent for the rows.
+    pub bytes: u64,
+    /// The position acknowledged to the server.
+    pub acknowledged: Lsn,
+    /// WAL the server holds for the slot beyond the acknowledged position, in bytes.
+    pub lag_bytes: u64,
+    /// Flushes done.
+    pub flushes: u64,
+}
+
+impl Progress {
+    /// Rows written, all tables.
+    pub fn total_rows(&self) -> u64 {
+        self.rows.values().sum()
+    }
+}
+
+/// The outcome of [`run`].
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    /// Why it stopped.
+    pub stopped: Stopped,
+    /// The counters at the end.
+    pub progress: Progress,
+}
+
+/// Feeds `stream` into `sink` until `shutdown` completes or an [`RunOptions`] limit is
+/// reached, flushing as the sink asks and acknowledging each flushed position. `progress` is
+/// called once a second.
+///
+/// A stop asked for in the middle of a transaction waits for its commit (up to
+/// [`RunOptions::finish_timeout`]), then flushes, acknowledges and tells the server before
+/// returning. A reconnection in the middle of a transaction rolls the sink back to its last
+/// flush (or, for sinks that cannot, writes the transaction again).
+///
+/// # Errors
+///
+/// The stream's errors and the sink's; the sink is rolled back (or flushed, between
+/// transactions) first, so nothing unflushed is acknowledged.
+pub async fn run(
+    stream: &mut CdcStream,
+    sink: &mut dyn Sink,
+    options: &RunOptions,
+    shutdown: impl Future<Output = ()>,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<RunReport> {
+    let mut r = Runner {
+        durable: sink.durable(),
+        in_txn: false,
+        skip_txn: false,
+        written_commit: sink.durable().commit_lsn,
+        flushed_commit: sink.durable().commit_lsn,
+        written_message: Lsn::INVALID,
+        flushed_message: Lsn::INVALID,
+        pending_ack: None,
+        progress: Progress::default(),
+        started: Instant::now(),
+    };
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_event = Instant::now();
+    let mut stopping: Option<Instant> = None;
+    let finish = options.finish_timeout.unwrap_or(Duration::from_secs(30));
+    let stopped = loop {
+        tokio::select! {
+            () = &mut shutdown, if stopping.is_none() => {
+                if !r.in_txn {
+                    break Stopped::Shutdown;
+                }
+                tracing::info!("stopping after the transaction in progress (at most {finish:?})");
+                stopping = Some(Instant::now() + finish);
+            }
+            _ = tick.tick() => {
+                r.update(stream);
+                progress(&r.progress);
+                if !r.in_txn && r.pending_ack.is_some() && sink.wants_flush() {
+                    r.flush(stream, sink)?;
+                }
+                if let Some(until) = options.until_lsn
+                    && !r.in_txn
+                    && r.pending_ack.is_none()
+                    && stream.ack_handle().acknowledged() >= until
+                {
+                    break Stopped::UntilLsn;
+                }
+                if options.idle_timeout.is_some_and(|t| last_event.elapsed() >= t) && !r.in_txn {
+                    break Stopped::Idle;
+                }
+                if stopping.is_some_and(|d| Instant::now() >= d) {
+                    tracing::warn!("the transaction in progress did not commit in time: it is delivered again next time");
+                    sink.rollback()?;
+                    r.in_txn = false;
+                    break Stopped::Shutdown;
+                }
+            }
+            event = stream.next() => {
+                let event = match event {
+                    None => break Stopped::StreamEnded,
+                    Some(Ok(event)) => event,
+                    Some(Err(e)) => {
+                        r.abandon(stream, sink);
+                        return Err(e);
+                    }
+                };
+                last_event = Instant::now();
+                if let Err(e) = r.handle(&event, sink) {
+                    r.abandon(stream, sink);
+                    return Err(e);
+                }
+                if let Event::Commit(c) = &event {
+                    if stopping.is_some() {
+                        break Stopped::Shutdown;
+                    }
+                    if options.max_transactions.is_some_and(|m| r.progress.transactions >= m) {
+                        break Stopped::MaxTransactions;
+                    }
+                    if options.until_lsn.is_some_and(|u| c.end_lsn >= u) {
+                        break Stopped::UntilLsn;
+                    }
+                }
+            }
+        }
+    };
+    if r.in_txn {
+        // Ended in a transaction (the stream ended): keep nothing of it.
+        sink.rollback()?;
+    } else if r.pending_ack.is_some() {
+        r.flush(stream, sink)?;
+    }
+    if stopped != Stopped::StreamEnded {
+        // Tell the server now rather than at the next status update.
+        if let Err(e) = stream.sync_acks().await {
+            tracing::warn!(error = %e, "could not send the final acknowledgement");
+        }
+    }
+    r.update(stream);
+    Ok(RunReport { stopped, progress: r.progress })
+}
+
+struct Runner {
+    durable: Durable,
+    in_txn: bool,
+    /// The transaction being received was made durable by an earlier run, or written
+    /// already before a reconnection: drop it.
+    skip_txn: bool,
+    /// Commit LSN of the last transaction written to the sink.
+    written_commit: Lsn,
+    /// Commit LSN of the last transaction the last flush made durable.
+    flushed_commit: Lsn,
+    /// LSN of the last non-transactional message written, and as of the last flush.
+    written_message: Lsn,
+    flushed_message: Lsn,
+    /// The position to acknowledge after the next flush.
+    pending_ack: Option<Lsn>,
+    progress: Progress,
+    started: Instant,
+}
+
+impl Runner {
+    fn update(&mut self, stream: &CdcStream) {
+        let stats = stream.stats();
+        let acked = stream.ack_handle().acknowledged();
+        self.progress.elapsed = self.started.elapsed();
+        self.progress.acknowledged = acked;
+        self.progress.lag_bytes = stats.server_wal_end.0.saturating_sub(acked.0);
+    }
+
+    fn flush(&mut self, stream: &CdcStream, sink: &mut dyn Sink) -> Result<()> {
+        sink.flush()?;
+        self.progress.flushes += 1;
+        self.flushed_commit = self.written_commit;
+        self.flushed_message = self.written_message;
+        if let Some(lsn) = self.pending_ack.take() {
+            stream.ack(lsn);
+        }
+        Ok(())
+    }
+
+    /// After an error: flush what is complete, or take back a partial transaction.
+    fn abandon(&mut self, stream: &CdcStream, sink: &mut dyn Sink) {
+        let result = if self.in_txn {
+            sink.rollback().map(drop)
+        } else if self.pending_ack.is_some() {
+            self.flush(stream, sink)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not save what was written before the error");
+        }
+    }
+
+    fn handle(&mut self, event: &Event, sink: &mut dyn Sink) -> Result<()> {
+        match event {
+            Event::Begin(b) => {
+                self.in_txn = true;
+                self.skip_txn =
+                    !self.written_commit.is_invalid() && b.commit_lsn <= self.written_commit;
+                if self.skip_txn {
+                    self.progress.skipped_transactions += 1;
+                    return Ok(());
+                }
+            }
+            Event::Commit(c) => {
+                self.in_txn = false;
+                if std::mem::take(&mut self.skip_txn) {
+                    // Nothing to write; its position may still be acknowledged.
+                    self.pending_ack = Some(self.pending_ack.unwrap_or(c.end_lsn).max(c.end_lsn));
+                    return Ok(());
+                }
+                self.written_commit = c.commit_lsn;
+                self.progress.transactions += 1;
+                self.pending_ack = Some(c.end_lsn);
+            }
+            Event::Restarted { from, .. } => {
+                // The stream resumes from the last flush. Complete transactions written since
+                // are skipped when they come again; a partial one is taken back — with all
+                // since the flush, which then is written again — or, by sinks that cannot,
+                // written again whole.
+                if self.in_txn {
+                    if sink.rollback()? {
+                        self.written_commit = self.flushed_commit;
+                        self.written_message = self.flushed_message;
+                        self.pending_ack = None;
+                    } else {
+                        tracing::warn!(
+                            from = %from,
+                            "the connection was lost in a transaction: it is written again \
+                             whole (rows carry their (commit LSN, ordinal) to drop the partial \
+                             copy)"
+                        );
+                    }
+                }
+                self.in_txn = false;
+                self.skip_txn = false;
+                return Ok(());
+            }
+            Event::Relation(_) => return Ok(()),
+            Event::Message(m) if !m.transactional => {
+                if m.lsn < self.durable.ack_lsn
+                    || (!self.written_message.is_invalid() && m.lsn <= self.written_message)
+                {
+                    return Ok(());
+                }
+                self.written_message = m.lsn;
+                self.pending_ack = Some(self.pending_ack.unwrap_or(m.ack_lsn()).max(m.ack_lsn()));
+            }
+            _ if self.skip_txn => return Ok(()),
+            Event::Change(c) => {
+                *self.progress.rows.entry(c.table().to_owned()).or_default() += c.num_rows() as u64;
+                self.progress.bytes += c.source_bytes() as u64;
+            }
+            _ => {}
+        }
+        self.progress.events += 1;
+        sink.write(event)
+    }
+}
+
+/// The columns sinks add after a batch's own: the transaction's commit LSN and time, and the
+/// batch's ordinal in it — with `_lsn`, everything a reader needs to order rows and drop
+/// copies.
+pub fn position_fields() -> Vec<Field> {
+    let system = |f: Field| {
+        f.with_metadata(std::collections::HashMap::from([(
+            wal2arrow_schema::meta::SYSTEM_COLUMN.to_owned(),
+            "true".to_owned(),
+        )]))
+    };
+    vec![
+        system(Field::new("_commit_lsn", DataType::UInt64, false)),
+        system(Field::new("_ordinal", DataType::UInt32, false)),
+        system(Field::new(
+            "_commit_time",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        )),
+    ]
+}
+
+/// A change batch with [`position_fields`] appended.
+///
+/// # Errors
+///
+/// Never for a batch the stream produced.
+pub fn with_position(change: &ChangeBatch) -> Result<RecordBatch> {
+    let batch = &change.batch;
+    let n = batch.num_rows();
+    let schema = batch.schema();
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.extend(position_fields());
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    columns.push(std::sync::Arc::new(UInt64Array::from_value(change.commit_lsn.0, n)));
+    columns.push(std::sync::Arc::new(UInt32Array::from_value(change.ordinal, n)));
+    columns.push(std::sync::Arc::new(
+        arrow_array::TimestampMicrosecondArray::from_value(change.commit_time_us, n)
+            .with_timezone("UTC"),
+    ));
+    let schema: SchemaRef =
+        std::sync::Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+    RecordBatch::try_new(schema, columns).map_err(Error::from)
+}
+
+/// Where sinks put TRUNCATEs: the name of their directory or IPC segment.
+pub const TRUNCATES: &str = "_truncates";
+/// Where sinks put logical messages.
+pub const MESSAGES: &str = "_messages";
+
+/// A TRUNCATE as rows: one per table (`table`, `cascade`, `restart_identity` — NULL when the
+/// plugin does not say — `_commit_lsn`, `_ordinal`).
+///
+/// # Errors
+///
+/// Never.
+pub fn truncate_batch(t: &TruncateEvent) -> Result<RecordBatch> {
+    let mut table = StringBuilder::new();
+    let (mut cascade, mut restart) = (BooleanBuilder::new(), BooleanBuilder::new());
+    let (mut commit, mut ordinal) = (UInt64Builder::new(), UInt32Builder::new());
+    for r in &t.relations {
+        table.append_value(&r.qualified_name);
+        cascade.append_option(t.cascade);
+        restart.append_option(t.restart_identity);
+        commit.append_value(t.commit_lsn.0);
+        ordinal.append_value(t.ordinal);
+    }
+    let schema = std::sync::Arc::new(Schema::new_with_metadata(
+        vec![
+            Field::new("table", DataType::Utf8, false),
+            Field::new("cascade", DataType::Boolean, true),
+            Field::new("restart_identity", DataType::Boolean, true),
+            Field::new("_commit_lsn", DataType::UInt64, false),
+            Field::new("_ordinal", DataType::UInt32, false),
+        ],
+        std::collections::HashMap::from([(
+            wal2arrow_schema::meta::TABLE_NAME.to_owned(),
+            TRUNCATES.to_owned(),
+        )]),
+    ));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            std::sync::Arc::new(table.finish()),
+            std::sync::Arc::new(cascade.finish()),
+            std::sync::Arc::new(restart.finish()),
+            std::sync::Arc::new(commit.finish()),
+            std::sync::Arc::new(ordinal.finish()),
+        ],
+    )?)
+}
+
+/// A logical message as a row (`prefix`, `content`, `transactional`, `lsn`, and for
+/// transactional ones `_commit_lsn`, `_ordinal`).
+///
+/// # Errors
+///
+/// Never.
+pub fn message_batch(m: &LogicalMessage) -> Result<RecordBatch> {
+    let mut prefix = StringBuilder::new();
+    prefix.append_value(&m.prefix);
+    let mut content = BinaryBuilder::new();
+    content.append_value(m.content.as_slice());
+    let mut transactional = BooleanBuilder::new();
+    transactional.append_value(m.transactional);
+    let mut lsn = UInt64Builder::new();
+    lsn.append_value(m.lsn.0);
+    let (mut commit, mut ordinal) = (UInt64Builder::new(), UInt32Builder::new());
+    commit.append_option(m.txn.map(|(_, commit_lsn, _)| commit_lsn.0));
+    ordinal.append_option(m.txn.map(|(_, _, ordinal)| ordinal));
+    let schema = std::sync::Arc::new(Schema::new_with_metadata(
+        vec![
+            Field::new("prefix", DataType::Utf8, false),
+            Field::new("content", DataType::Binary, false),
+            Field::new("transactional", DataType::Boolean, false),
+            Field::new("lsn", DataType::UInt64, false),
+            Field::new("_commit_lsn", DataType::UInt64, true),
+            Field::new("_ordinal", DataType::UInt32, true),
+        ],
+        std::collections::HashMap::from([(
+            wal2arrow_schema::meta::TABLE_NAME.to_owned(),
+            MESSAGES.to_owned(),
+        )]),
+    ));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            std::sync::Arc::new(prefix.finish()),
+            std::sync::Arc::new(content.finish()),
+            std::sync::Arc::new(transactional.finish()),
+            std::sync::Arc::new(lsn.finish()),
+            std::sync::Arc::new(commit.finish()),
+            std::sync::Arc::new(ordinal.finish()),
+        ],
+    )?)
+}
+
+/// Where a stream-shaped sink writes: a file (fsynced at each flush) or standard output.
+#[derive(Debug)]
+pub enum Output {
+    /// A file.
+    File(std::fs::File),
+    /// Standard output.
+    Stdout(std::io::Stdout),
+}
+
+impl Output {
+    /// `-` for standard output, otherwise a file created (or truncated) at `path`.
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be created.
+    pub fn open(path: &std::path::Path) -> Result<Output> {
+        if path.as_os_str() == "-" {
+            return Ok(Output::Stdout(std::io::stdout()));
+        }
+        std::fs::File::create(path).map(Output::File).map_err(|e| {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot create {}: {e}", path.display()),
+            ))
+        })
+    }
+
+    /// Makes what was written durable (fsync for a file).
+    fn sync(&mut self) -> std::io::Result<()> {
+        match self {
+            Output::File(f) => f.sync_data(),
+            Output::Stdout(s) => std::io::Write::flush(s),
+        }
+    }
+}
+
+impl std::io::Write for Output {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Output::File(f) => f.write(buf),
+            Output::Stdout(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Output::File(f) => f.flush(),
+            Output::Stdout(s) => s.flush(),
+        }
+    }
+}
