@@ -610,3 +610,40 @@ async fn a_parquet_stream_killed_with_sigkill_and_restarted_holds_every_change_e
         client.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_streams_to_parquet_reads_it_back_and_leaves_nothing_running() {
+    let plugin = wal2arrow_harness::plugin_library().unwrap();
+    let out = scratch_dir("demo");
+    let mut command = cli(&["demo", "--out", out.to_str().unwrap()]);
+    command.env("WAL2ARROW_PLUGIN", &plugin);
+    let child = command.spawn().unwrap();
+    let pid = child.id().unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&result.stdout), String::from_utf8_lossy(&result.stderr));
+    assert_eq!(result.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("streamed 6 transactions"), "{stdout}");
+    assert!(
+        stdout.contains("public.users: 6 rows") && stdout.contains("public.orders: 1012 rows"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("scratch PostgreSQL stopped and removed"), "{stderr}");
+    let rows: usize =
+        read_parquet_dir(&out.join("public.orders")).iter().map(RecordBatch::num_rows).sum();
+    assert_eq!(rows, 1012);
+    // Nothing of the demo's cluster (named after the demo's process) is left running.
+    let marker = format!("wal2arrow-scratch-{pid}-");
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&marker))
+        .collect();
+    assert!(left.is_empty(), "still running: {left:?}");
+    let _ = std::fs::remove_dir_all(&out);
+}
