@@ -49,7 +49,9 @@ pub mod sink;
 pub mod slots;
 pub mod stream;
 mod tls;
-mod wal2json;
+/// The wal2json fallback's decoder, public for the benchmarks; not a stable API.
+#[doc(hidden)]
+pub mod wal2json;
 
 pub use config::{Config, RootCerts, SslMode};
 pub use consumer::{
@@ -59,14 +61,14 @@ pub use consumer::{
 pub use error::{DbError, Error, Result};
 pub use preflight::{Check, Outcome, Preflight, PreflightReport};
 pub use router::{
-    AckToken, Delivery, Partitioning, QueueStats, Reader, Routed, RoutedBatch, Router,
-    RouterOptions,
+    AckToken, Delivery, KeyPartitioner, Partitioning, QueueStats, Reader, Routed, RoutedBatch,
+    Router, RouterOptions,
 };
 pub use slots::{SlotInfo, create_slot, create_slot_with, drop_slot, list_slots};
 pub use stream::{
     AckHandle, ChangeBatch, ChangeStream, CreatedSlot, Event, LogicalMessage, OutputPlugin,
-    Position, ReplicationClient, SlotState, StreamOptions, SystemInfo, TruncateEvent, TxnBegin,
-    TxnCommit, find_slot, open, sql_client,
+    Position, RawFrame, ReplicationClient, SlotState, StreamOptions, SystemInfo, TruncateEvent,
+    TxnBegin, TxnCommit, find_slot, open, sql_client,
 };
 pub use wal2arrow_schema::{Lsn, PluginOptions, Relation};
 

@@ -658,7 +658,7 @@ async fn route(mut stream: CdcStream, shared: Arc<Shared>) {
 
 /// A table's primary-key columns and the converter that turns them into hashable rows; `None`
 /// for a table without a primary key.
-type KeyHasher = Option<(Vec<usize>, RowConverter)>;
+type KeyHasher = Option<KeyPartitioner>;
 
 /// Cached key hashers, by table.
 #[derive(Default)]
@@ -776,6 +776,58 @@ fn table_keys(shared: &Shared, table: &str) -> Vec<QueueKey> {
     }]
 }
 
+/// Splits batches by the hash of key columns, keeping row order within each part: what key
+/// partitions do (see [`Partitioning`]), usable on its own.
+pub struct KeyPartitioner {
+    cols: Vec<usize>,
+    converter: RowConverter,
+}
+
+impl std::fmt::Debug for KeyPartitioner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyPartitioner").field("cols", &self.cols).finish_non_exhaustive()
+    }
+}
+
+impl KeyPartitioner {
+    /// A partitioner for batches of `schema` by the columns named `key`; `None` when a key
+    /// column is not in the schema (or `key` is empty).
+    pub fn new(schema: &arrow_schema::Schema, key: &[String]) -> Option<KeyPartitioner> {
+        let cols: Vec<usize> = key.iter().filter_map(|k| schema.index_of(k).ok()).collect();
+        if cols.is_empty() || cols.len() != key.len() {
+            return None;
+        }
+        let fields =
+            cols.iter().map(|c| SortField::new(schema.field(*c).data_type().clone())).collect();
+        RowConverter::new(fields).ok().map(|converter| KeyPartitioner { cols, converter })
+    }
+
+    /// `batch` split into `parts` batches (`None` for an empty part) by key hash.
+    ///
+    /// # Errors
+    ///
+    /// Arrow errors (a batch of another schema).
+    pub fn split(&self, batch: &RecordBatch, parts: usize) -> Result<Vec<Option<RecordBatch>>> {
+        let columns: Vec<_> = self.cols.iter().map(|c| Arc::clone(batch.column(*c))).collect();
+        let rows = self.converter.convert_columns(&columns)?;
+        let mut indices: Vec<Vec<u32>> = vec![Vec::new(); parts];
+        let h = hasher();
+        for (i, row) in rows.iter().enumerate() {
+            indices[(h.hash_one(row.as_ref()) % parts as u64) as usize].push(i as u32);
+        }
+        indices
+            .into_iter()
+            .map(|idx| {
+                if idx.is_empty() {
+                    return Ok(None);
+                }
+                let idx = UInt32Array::from(idx);
+                Ok(Some(arrow_select::take::take_record_batch(batch, &idx)?))
+            })
+            .collect()
+    }
+}
+
 /// Splits a batch into `parts` by the hash of its primary key (order kept within each part).
 fn split_by_key(
     keys: &KeyHashers,
@@ -785,37 +837,18 @@ fn split_by_key(
 ) -> Result<Vec<Option<RecordBatch>>> {
     let mut cache = keys.0.lock().expect("keys lock");
     let entry = cache.entry(relation.qualified_name.clone()).or_insert_with(|| {
-        let schema = batch.schema();
-        let cols: Vec<usize> = relation.primary_key.iter().filter_map(|k| schema.index_of(k).ok()).collect();
-        if cols.is_empty() || cols.len() != relation.primary_key.len() {
+        let partitioner = KeyPartitioner::new(&batch.schema(), &relation.primary_key);
+        if partitioner.is_none() {
             tracing::warn!(table = %relation.qualified_name, "no primary key: the table is not split by key");
-            return None;
         }
-        let fields = cols.iter().map(|c| SortField::new(schema.field(*c).data_type().clone())).collect();
-        RowConverter::new(fields).ok().map(|conv| (cols, conv))
+        partitioner
     });
-    let Some((cols, conv)) = entry else {
-        return Ok(std::iter::once(Some(batch.clone()))
+    match entry {
+        Some(p) => p.split(batch, parts),
+        None => Ok(std::iter::once(Some(batch.clone()))
             .chain(std::iter::repeat_n(None, parts - 1))
-            .collect());
-    };
-    let columns: Vec<_> = cols.iter().map(|c| Arc::clone(batch.column(*c))).collect();
-    let rows = conv.convert_columns(&columns)?;
-    let mut indices: Vec<Vec<u32>> = vec![Vec::new(); parts];
-    let h = hasher();
-    for (i, row) in rows.iter().enumerate() {
-        indices[(h.hash_one(row.as_ref()) % parts as u64) as usize].push(i as u32);
+            .collect()),
     }
-    indices
-        .into_iter()
-        .map(|idx| {
-            if idx.is_empty() {
-                return Ok(None);
-            }
-            let idx = UInt32Array::from(idx);
-            Ok(Some(arrow_select::take::take_record_batch(batch, &idx)?))
-        })
-        .collect()
 }
 
 /// Queues a delivery, spilling when the queue's memory is full; drops replays.

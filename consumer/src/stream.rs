@@ -248,6 +248,8 @@ impl ReplicationClient {
             conn: self.conn,
             format: Format::Wal2Arrow(Decoder::new()),
             pending: VecDeque::new(),
+            bundled: VecDeque::new(),
+            decoded: Vec::new(),
             inflight: None,
             received: start,
             acked: AckHandle(Arc::new(AtomicU64::new(start.0))),
@@ -258,6 +260,7 @@ impl ReplicationClient {
             next_status: Instant::now() + DEFAULT_STATUS_INTERVAL,
             txn: None,
             done: false,
+            received_bytes: 0,
         })
     }
 }
@@ -555,6 +558,10 @@ pub struct ChangeStream {
     format: Format,
     /// Messages the wal2json decoder produced and not yet delivered.
     pending: VecDeque<Output>,
+    /// Messages of a wal2arrow Bundle not yet delivered, with the payload slices they came in.
+    bundled: VecDeque<(WireMessage, Buffer)>,
+    /// Reused for decoding a payload into its messages.
+    decoded: Vec<(WireMessage, Buffer)>,
     /// A wal2json payload whose decoding waits on the catalog (kept across cancellation).
     inflight: Option<(Buffer, Lsn)>,
     received: Lsn,
@@ -568,6 +575,26 @@ pub struct ChangeStream {
     next_status: Instant,
     txn: Option<OpenTxn>,
     done: bool,
+    received_bytes: u64,
+}
+
+/// An undecoded frame of a replication stream ([`ChangeStream::next_raw`]).
+#[derive(Clone, Debug)]
+pub enum RawFrame {
+    /// XLogData: the plugin's bytes, and the WAL positions the server sent with them.
+    Data {
+        /// The position of the data.
+        wal_start: Lsn,
+        /// The server's end of WAL as it sent them.
+        wal_end: Lsn,
+        /// The plugin's output.
+        payload: Buffer,
+    },
+    /// A keepalive: the server has sent everything up to `wal_end`.
+    Keepalive {
+        /// The server's position.
+        wal_end: Lsn,
+    },
 }
 
 impl ChangeStream {
@@ -646,10 +673,17 @@ impl ChangeStream {
     /// The server's errors (a plugin ERROR ends the stream), connection failures, and
     /// [`Error::Wire`] for a message that cannot be decoded.
     pub async fn next_event(&mut self) -> Result<Option<Event>> {
-        if self.done && self.pending.is_empty() {
+        if self.done && self.pending.is_empty() && self.bundled.is_empty() {
             return Ok(None);
         }
         loop {
+            if let Some((message, payload)) = self.bundled.pop_front() {
+                let bytes = payload.len();
+                if let Some(event) = self.deliver(message, payload, bytes)? {
+                    return Ok(Some(event));
+                }
+                continue;
+            }
             if let Some(output) = self.pending.pop_front() {
                 let payload = Buffer::from_vec(Vec::<u8>::new());
                 if let Some(event) = self.deliver(output.message, payload, output.source_bytes)? {
@@ -662,40 +696,95 @@ impl ChangeStream {
                 self.inflight = None;
                 continue;
             }
-            if self.done {
-                return Ok(None);
-            }
-            let due = self.next_status;
-            let frame = tokio::select! {
-                frame = self.conn.reader.read(&mut self.conn.stream) => frame?,
-                () = tokio::time::sleep_until(due) => {
-                    self.send_status(false).await?;
-                    continue;
-                }
-            };
+            let Some(frame) = self.read_frame().await? else { return Ok(None) };
             match frame {
-                Frame::XLogData { wal_start, wal_end, payload } => {
-                    self.server_wal_end = self.server_wal_end.max(wal_end);
+                Frame::XLogData { wal_start, payload, .. } => {
                     let Format::Wal2Arrow(decoder) = &mut self.format else {
                         self.inflight = Some((payload, wal_start));
                         continue;
                     };
-                    let message = decoder
-                        .decode(&payload)
-                        .map_err(|source| Error::Wire { lsn: wal_start, source })?;
-                    let bytes = payload.len();
-                    if let Some(event) = self.deliver(message, payload, bytes)? {
-                        return Ok(Some(event));
-                    }
+                    // One message, or a Bundle of a transaction's messages.
+                    let decoded = decoder.decode_into(&payload, &mut self.decoded);
+                    self.bundled.extend(self.decoded.drain(..));
+                    decoded.map_err(|source| Error::Wire { lsn: wal_start, source })?;
                 }
                 Frame::Keepalive { wal_end, reply } => {
-                    self.server_wal_end = self.server_wal_end.max(wal_end);
                     if self.caught_up() {
                         self.acked.ack(wal_end);
                     }
                     if reply {
                         self.send_status(false).await?;
                     }
+                }
+                _ => unreachable!("read_frame returns data and keepalives only"),
+            }
+        }
+    }
+
+    /// The next frame, undecoded: for plugins other than wal2arrow and wal2json (the
+    /// benchmarks read pgoutput and test_decoding with it). Keepalives that ask for a reply
+    /// are answered, and status updates go out on the timer, reporting
+    /// [`acknowledged`](Self::acknowledged) as flushed. `None` once the server ended the
+    /// stream.
+    ///
+    /// Cancel safety: cancel safe, as [`next_event`](Self::next_event).
+    ///
+    /// # Errors
+    ///
+    /// The server's errors and connection failures.
+    pub async fn next_raw(&mut self) -> Result<Option<RawFrame>> {
+        Ok(match self.read_frame().await? {
+            Some(Frame::XLogData { wal_start, wal_end, payload }) => {
+                Some(RawFrame::Data { wal_start, wal_end, payload })
+            }
+            Some(Frame::Keepalive { wal_end, reply }) => {
+                if reply {
+                    self.send_status(false).await?;
+                }
+                Some(RawFrame::Keepalive { wal_end })
+            }
+            Some(_) => unreachable!("read_frame returns data and keepalives only"),
+            None => None,
+        })
+    }
+
+    /// Bytes of XLogData payload received so far.
+    pub fn received_bytes(&self) -> u64 {
+        self.received_bytes
+    }
+
+    /// Reads the next XLogData or keepalive frame (the caller answers a keepalive's reply
+    /// request), handling everything else: status updates on the timer, notices, the end of
+    /// the stream (`None`), errors.
+    async fn read_frame(&mut self) -> Result<Option<Frame>> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            if Instant::now() >= self.next_status {
+                self.send_status(false).await?;
+            }
+            // Frames already read need no timer; wait (with the status timer) only for more.
+            let frame = match self.conn.reader.try_frame()? {
+                Some(frame) => frame,
+                None => {
+                    let due = self.next_status;
+                    tokio::select! {
+                        filled = self.conn.reader.fill(&mut self.conn.stream) => filled?,
+                        () = tokio::time::sleep_until(due) => self.send_status(false).await?,
+                    }
+                    continue;
+                }
+            };
+            match frame {
+                Frame::XLogData { wal_end, ref payload, .. } => {
+                    self.server_wal_end = self.server_wal_end.max(wal_end);
+                    self.received_bytes += payload.len() as u64;
+                    return Ok(Some(frame));
+                }
+                Frame::Keepalive { wal_end, .. } => {
+                    self.server_wal_end = self.server_wal_end.max(wal_end);
+                    return Ok(Some(frame));
                 }
                 Frame::CopyBoth => return Err(Error::Protocol("second CopyBothResponse".into())),
                 Frame::Other(mut bytes) => match Message::parse(&mut bytes)? {

@@ -278,7 +278,31 @@ impl Decoder {
         self.realigned
     }
 
-    /// Decodes one message. Batch arrays borrow from `payload` (see the module docs).
+    /// Decodes a payload — one message, or a Bundle of them — appending each message with the
+    /// slice of `payload` it was decoded from (its batch's arrays point into that slice).
+    ///
+    /// # Errors
+    ///
+    /// As [`decode`](Self::decode); for a Bundle, the first message's error (those before it
+    /// are in `out`).
+    pub fn decode_into(
+        &mut self,
+        payload: &Buffer,
+        out: &mut Vec<(Message, Buffer)>,
+    ) -> Result<(), WireError> {
+        if payload.as_slice().first() != Some(&(MessageKind::Bundle as u8)) {
+            out.push((self.decode(payload)?, payload.clone()));
+            return Ok(());
+        }
+        for range in wire::bundle_entries(payload.as_slice())? {
+            let message = payload.slice_with_length(range.start, range.len());
+            out.push((self.decode(&message)?, message));
+        }
+        Ok(())
+    }
+
+    /// Decodes one message. Batch arrays borrow from `payload` (see the module docs). A Bundle
+    /// is an error here: see [`decode_into`](Self::decode_into).
     ///
     /// # Errors
     ///
@@ -286,6 +310,7 @@ impl Decoder {
     /// for a table whose schema was not received, or an IPC part does not match its schema.
     pub fn decode(&mut self, payload: &Buffer) -> Result<Message, WireError> {
         match wire::read_header(payload.as_slice())? {
+            Header::Bundle { .. } => Err(WireError::NestedBundle),
             Header::Begin(b) => Ok(Message::Begin(b)),
             Header::Commit(c) => Ok(Message::Commit(c)),
             Header::Origin { origin_lsn, name } => Ok(Message::Origin {

@@ -12,25 +12,19 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 
-use arrow_array::builder::{
-    ArrayBuilder, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder,
-    FixedSizeBinaryBuilder, Float32Builder, Float64Builder, Int16Builder, Int32Builder,
-    Int64Builder, IntervalMonthDayNanoBuilder, StringBuilder, Time64MicrosecondBuilder,
-    TimestampMicrosecondBuilder, UInt8Builder, UInt32Builder,
-};
-use arrow_array::types::IntervalMonthDayNano;
-use arrow_array::{ArrayRef, ListArray, RecordBatch, StructArray};
-use arrow_buffer::{NullBufferBuilder, OffsetBuffer, ScalarBuffer};
+use arrow_array::{ArrayRef, FixedSizeBinaryArray, RecordBatch, UInt8Array, UInt32Array};
 use arrow_ipc::MetadataVersion;
-use arrow_ipc::writer::{
-    DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions, write_message,
-};
-use arrow_schema::{ArrowError, DataType, Field, FieldRef, Schema, SchemaRef};
+use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions, write_message};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 
+pub use crate::column::{
+    BinaryColumn, Bitmap, BoolColumn, ColumnBuilder, FixedBinaryColumn, FixedColumn, ListColumn,
+    TimeTzColumn, Utf8Column, Validity,
+};
 use crate::lsn::Lsn;
 use crate::meta;
-use crate::types::{ColumnDesc, PgKind, json_string, timetz_fields};
-use crate::wire::{self, BATCH_HAS_MISSING, ChangeOp, IPC_ALIGNMENT, WIRE_VERSION};
+use crate::types::{ColumnDesc, json_string};
+use crate::wire::{self, BATCH_HAS_MISSING, ChangeOp, IPC_ALIGNMENT};
 
 /// `pg_class.relreplident`: what PostgreSQL logs of a row's old version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,7 +109,7 @@ impl RelationDesc {
             (meta::SCHEMA_NAME.to_owned(), self.namespace.clone()),
             (meta::TABLE_NAME.to_owned(), self.name.clone()),
             (meta::RELATION_OID.to_owned(), self.relid.to_string()),
-            (meta::WIRE_VERSION.to_owned(), WIRE_VERSION.to_string()),
+            (meta::WIRE_VERSION.to_owned(), wire::MessageKind::Schema.since().to_string()),
             (meta::PRIMARY_KEY.to_owned(), list(&self.primary_key)),
             (meta::REPLICA_IDENTITY.to_owned(), self.replica_identity.as_str().to_owned()),
             (meta::IDENTITY_KEY.to_owned(), list(&self.identity_key)),
@@ -197,297 +191,48 @@ pub fn write_schema_message(out: &mut impl Write, desc: &RelationDesc) -> Result
     Ok(())
 }
 
-/// The builder of a list column: offsets, validity, and the builder of its items.
-#[derive(Debug)]
-pub struct ListColumn {
-    item: FieldRef,
-    offsets: Vec<i32>,
-    nulls: NullBufferBuilder,
-    values: ColumnBuilder,
-}
-
-impl ListColumn {
-    /// The builder of the items: append a list's items here, then [`close`](Self::close) it.
-    pub fn values(&mut self) -> &mut ColumnBuilder {
-        &mut self.values
-    }
-
-    /// Ends the list whose items were appended since the last call (or since the start).
-    pub fn close(&mut self) {
-        self.offsets.push(i32::try_from(self.values.len()).unwrap_or(i32::MAX));
-        self.nulls.append_non_null();
-    }
-
-    fn append_null(&mut self) {
-        self.offsets.push(*self.offsets.last().expect("offsets start with 0"));
-        self.nulls.append_null();
-    }
-
-    fn finish(&mut self) -> ArrayRef {
-        let offsets = std::mem::replace(&mut self.offsets, vec![0]);
-        Arc::new(ListArray::new(
-            Arc::clone(&self.item),
-            OffsetBuffer::new(ScalarBuffer::from(offsets)),
-            self.values.finish(),
-            self.nulls.finish(),
-        ))
-    }
-}
-
-/// The builder of a `timetz` column: local time and UTC offset.
-#[derive(Debug)]
-pub struct TimeTzColumn {
-    time: Time64MicrosecondBuilder,
-    offset: Int32Builder,
-    nulls: NullBufferBuilder,
-}
-
-impl TimeTzColumn {
-    /// Appends a value: microseconds since midnight and the offset in seconds east of UTC.
-    pub fn append_value(&mut self, time_us: i64, offset_seconds: i32) {
-        self.time.append_value(time_us);
-        self.offset.append_value(offset_seconds);
-        self.nulls.append_non_null();
-    }
-
-    fn append_null(&mut self) {
-        self.time.append_value(0);
-        self.offset.append_value(0);
-        self.nulls.append_null();
-    }
-
-    fn finish(&mut self) -> ArrayRef {
-        Arc::new(StructArray::new(
-            timetz_fields(),
-            vec![Arc::new(self.time.finish()), Arc::new(self.offset.finish())],
-            self.nulls.finish(),
-        ))
-    }
-}
-
-/// One column being built: an Arrow builder of the column's type.
-///
-/// The plugin matches on the variant to know which Rust value to read from a Datum.
-#[derive(Debug)]
-pub enum ColumnBuilder {
-    /// [`PgKind::Bool`]
-    Bool(BooleanBuilder),
-    /// [`PgKind::Int2`]
-    Int16(Int16Builder),
-    /// [`PgKind::Int4`]
-    Int32(Int32Builder),
-    /// [`PgKind::Int8`], [`PgKind::Money`]
-    Int64(Int64Builder),
-    /// [`PgKind::Oid`]
-    UInt32(UInt32Builder),
-    /// [`PgKind::Float4`]
-    Float32(Float32Builder),
-    /// [`PgKind::Float8`]
-    Float64(Float64Builder),
-    /// [`PgKind::Decimal`]: the value times 10^scale
-    Decimal128(Decimal128Builder),
-    /// Every kind shown as text
-    Utf8(StringBuilder),
-    /// [`PgKind::Bytea`]
-    Binary(BinaryBuilder),
-    /// [`PgKind::Uuid`]: 16 bytes
-    FixedSizeBinary(FixedSizeBinaryBuilder),
-    /// [`PgKind::Date`]: days since 1970-01-01 (see [`crate::types::date_to_arrow`])
-    Date32(Date32Builder),
-    /// [`PgKind::Time`]: microseconds since midnight
-    Time64(Time64MicrosecondBuilder),
-    /// [`PgKind::Timestamp`] and [`PgKind::Timestamptz`]: µs since 1970-01-01 (see
-    /// [`crate::types::timestamp_to_arrow`])
-    Timestamp(TimestampMicrosecondBuilder),
-    /// [`PgKind::Interval`] (see [`crate::types::interval_to_arrow`])
-    Interval(IntervalMonthDayNanoBuilder),
-    /// [`PgKind::TimeTz`]
-    TimeTz(Box<TimeTzColumn>),
-    /// [`PgKind::Array`]
-    List(Box<ListColumn>),
-}
-
-impl ColumnBuilder {
-    /// An empty builder for values of `kind`.
-    pub fn for_kind(kind: &PgKind) -> ColumnBuilder {
-        match kind {
-            PgKind::Bool => ColumnBuilder::Bool(BooleanBuilder::new()),
-            PgKind::Int2 => ColumnBuilder::Int16(Int16Builder::new()),
-            PgKind::Int4 => ColumnBuilder::Int32(Int32Builder::new()),
-            PgKind::Int8 | PgKind::Money => ColumnBuilder::Int64(Int64Builder::new()),
-            PgKind::Oid => ColumnBuilder::UInt32(UInt32Builder::new()),
-            PgKind::Float4 => ColumnBuilder::Float32(Float32Builder::new()),
-            PgKind::Float8 => ColumnBuilder::Float64(Float64Builder::new()),
-            PgKind::Decimal { precision, scale } => ColumnBuilder::Decimal128(
-                Decimal128Builder::new()
-                    .with_precision_and_scale(*precision, *scale)
-                    .expect("PgKind::resolve only makes valid decimal types"),
-            ),
-            PgKind::NumericText
-            | PgKind::Text
-            | PgKind::Name
-            | PgKind::Json
-            | PgKind::Jsonb
-            | PgKind::OutputText
-            | PgKind::Opaque => ColumnBuilder::Utf8(StringBuilder::new()),
-            PgKind::Bytea => ColumnBuilder::Binary(BinaryBuilder::new()),
-            PgKind::Uuid => ColumnBuilder::FixedSizeBinary(FixedSizeBinaryBuilder::new(16)),
-            PgKind::Date => ColumnBuilder::Date32(Date32Builder::new()),
-            PgKind::Time => ColumnBuilder::Time64(Time64MicrosecondBuilder::new()),
-            PgKind::Timestamp => ColumnBuilder::Timestamp(TimestampMicrosecondBuilder::new()),
-            PgKind::Timestamptz => {
-                ColumnBuilder::Timestamp(TimestampMicrosecondBuilder::new().with_timezone("UTC"))
-            }
-            PgKind::Interval => ColumnBuilder::Interval(IntervalMonthDayNanoBuilder::new()),
-            PgKind::TimeTz => ColumnBuilder::TimeTz(Box::new(TimeTzColumn {
-                time: Time64MicrosecondBuilder::new(),
-                offset: Int32Builder::new(),
-                nulls: NullBufferBuilder::new(0),
-            })),
-            PgKind::Array { .. } => {
-                let DataType::List(item) = kind.arrow_type() else {
-                    unreachable!("arrays are lists")
-                };
-                let inner = match kind {
-                    PgKind::Array { element, element_type, dims } if *dims > 1 => PgKind::Array {
-                        element: element.clone(),
-                        element_type: element_type.clone(),
-                        dims: dims - 1,
-                    },
-                    PgKind::Array { element, .. } => (**element).clone(),
-                    _ => unreachable!(),
-                };
-                ColumnBuilder::List(Box::new(ListColumn {
-                    item,
-                    offsets: vec![0],
-                    nulls: NullBufferBuilder::new(0),
-                    values: ColumnBuilder::for_kind(&inner),
-                }))
-            }
-        }
-    }
-
-    /// Appends a NULL.
-    pub fn append_null(&mut self) {
-        match self {
-            ColumnBuilder::Bool(b) => b.append_null(),
-            ColumnBuilder::Int16(b) => b.append_null(),
-            ColumnBuilder::Int32(b) => b.append_null(),
-            ColumnBuilder::Int64(b) => b.append_null(),
-            ColumnBuilder::UInt32(b) => b.append_null(),
-            ColumnBuilder::Float32(b) => b.append_null(),
-            ColumnBuilder::Float64(b) => b.append_null(),
-            ColumnBuilder::Decimal128(b) => b.append_null(),
-            ColumnBuilder::Utf8(b) => b.append_null(),
-            ColumnBuilder::Binary(b) => b.append_null(),
-            ColumnBuilder::FixedSizeBinary(b) => b.append_null(),
-            ColumnBuilder::Date32(b) => b.append_null(),
-            ColumnBuilder::Time64(b) => b.append_null(),
-            ColumnBuilder::Timestamp(b) => b.append_null(),
-            ColumnBuilder::Interval(b) => b.append_null(),
-            ColumnBuilder::TimeTz(b) => b.append_null(),
-            ColumnBuilder::List(b) => b.append_null(),
-        }
-    }
-
-    /// Appends an interval as PostgreSQL stores it (months, days, microseconds).
-    pub fn append_interval(
-        b: &mut IntervalMonthDayNanoBuilder,
-        months: i32,
-        days: i32,
-        micros: i64,
-    ) {
-        let (m, d, ns) = crate::types::interval_to_arrow(months, days, micros);
-        b.append_value(IntervalMonthDayNano::new(m, d, ns));
-    }
-
-    /// Values appended so far.
-    pub fn len(&self) -> usize {
-        match self {
-            ColumnBuilder::Bool(b) => b.len(),
-            ColumnBuilder::Int16(b) => b.len(),
-            ColumnBuilder::Int32(b) => b.len(),
-            ColumnBuilder::Int64(b) => b.len(),
-            ColumnBuilder::UInt32(b) => b.len(),
-            ColumnBuilder::Float32(b) => b.len(),
-            ColumnBuilder::Float64(b) => b.len(),
-            ColumnBuilder::Decimal128(b) => b.len(),
-            ColumnBuilder::Utf8(b) => b.len(),
-            ColumnBuilder::Binary(b) => b.len(),
-            ColumnBuilder::FixedSizeBinary(b) => b.len(),
-            ColumnBuilder::Date32(b) => b.len(),
-            ColumnBuilder::Time64(b) => b.len(),
-            ColumnBuilder::Timestamp(b) => b.len(),
-            ColumnBuilder::Interval(b) => b.len(),
-            ColumnBuilder::TimeTz(b) => b.time.len(),
-            ColumnBuilder::List(b) => b.offsets.len() - 1,
-        }
-    }
-
-    /// Whether nothing was appended.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// An estimate of the bytes the values take (for the batch size limit).
-    fn approx_bytes(&self) -> usize {
-        let n = self.len();
-        match self {
-            ColumnBuilder::Bool(_) => n / 8 + 1,
-            ColumnBuilder::Int16(_) => 2 * n,
-            ColumnBuilder::Int32(_) | ColumnBuilder::UInt32(_) | ColumnBuilder::Float32(_) => 4 * n,
-            ColumnBuilder::Date32(_) => 4 * n,
-            ColumnBuilder::Int64(_) | ColumnBuilder::Float64(_) | ColumnBuilder::Time64(_) => 8 * n,
-            ColumnBuilder::Timestamp(_) => 8 * n,
-            ColumnBuilder::Decimal128(_) | ColumnBuilder::FixedSizeBinary(_) => 16 * n,
-            ColumnBuilder::Interval(_) | ColumnBuilder::TimeTz(_) => 16 * n,
-            ColumnBuilder::Utf8(b) => 4 * n + b.values_slice().len(),
-            ColumnBuilder::Binary(b) => 4 * n + b.values_slice().len(),
-            ColumnBuilder::List(b) => 4 * n + b.values.approx_bytes(),
-        }
-    }
-
-    fn finish(&mut self) -> ArrayRef {
-        match self {
-            ColumnBuilder::Bool(b) => Arc::new(b.finish()),
-            ColumnBuilder::Int16(b) => Arc::new(b.finish()),
-            ColumnBuilder::Int32(b) => Arc::new(b.finish()),
-            ColumnBuilder::Int64(b) => Arc::new(b.finish()),
-            ColumnBuilder::UInt32(b) => Arc::new(b.finish()),
-            ColumnBuilder::Float32(b) => Arc::new(b.finish()),
-            ColumnBuilder::Float64(b) => Arc::new(b.finish()),
-            ColumnBuilder::Decimal128(b) => Arc::new(b.finish()),
-            ColumnBuilder::Utf8(b) => Arc::new(b.finish()),
-            ColumnBuilder::Binary(b) => Arc::new(b.finish()),
-            ColumnBuilder::FixedSizeBinary(b) => Arc::new(b.finish()),
-            ColumnBuilder::Date32(b) => Arc::new(b.finish()),
-            ColumnBuilder::Time64(b) => Arc::new(b.finish()),
-            ColumnBuilder::Timestamp(b) => Arc::new(b.finish()),
-            ColumnBuilder::Interval(b) => Arc::new(b.finish()),
-            ColumnBuilder::TimeTz(b) => b.finish(),
-            ColumnBuilder::List(b) => b.finish(),
-        }
-    }
-}
-
 /// Builds one table's batches: rows go in through [`start_row`](Self::start_row),
 /// [`column`](Self::column) and [`mark_missing`](Self::mark_missing); Batch messages come out
 /// of [`write_batch`](Self::write_batch).
-#[derive(Debug)]
+///
+/// The Arrow IPC record batch message is written directly from the builders' buffers (see
+/// [`crate::column`]): no arrays are built, and once the buffers have grown to a batch's size
+/// nothing is allocated, so a transaction of one row costs little more than its bytes.
 pub struct BatchEncoder {
     relid: u32,
     schema: SchemaRef,
     schema_without_missing: SchemaRef,
     columns: Vec<ColumnBuilder>,
-    ops: UInt8Builder,
-    lsn_deltas: Option<UInt32Builder>,
+    ops: FixedColumn<u8>,
+    lsn_deltas: Option<FixedColumn<u32>>,
     base_lsn: Lsn,
     missing_width: usize,
     /// Rows with missing values: (row, bitmap), in row order.
     missing: Vec<(usize, Vec<u8>)>,
-    ipc_options: IpcWriteOptions,
-    ipc_context: IpcWriteContext,
+    /// The `_missing` column of the batch being written.
+    missing_column: ColumnBuilder,
+    /// Reused between batches: the flatbuffer builder and the IPC descriptors.
+    fbb: flatbuffers::FlatBufferBuilder<'static>,
+    nodes: Vec<arrow_ipc::FieldNode>,
+    buffers: Vec<arrow_ipc::Buffer>,
 }
+
+impl std::fmt::Debug for BatchEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchEncoder")
+            .field("relid", &self.relid)
+            .field("rows", &self.rows())
+            .field("base_lsn", &self.base_lsn)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `n` rounded up to the IPC alignment.
+fn padded(n: usize) -> usize {
+    n.div_ceil(IPC_ALIGNMENT) * IPC_ALIGNMENT
+}
+
+const ZEROS: [u8; IPC_ALIGNMENT] = [0; IPC_ALIGNMENT];
 
 impl BatchEncoder {
     /// An encoder for `desc`'s batches.
@@ -496,18 +241,21 @@ impl BatchEncoder {
         let n = schema.fields().len();
         let schema_without_missing =
             Arc::new(schema.project(&(0..n - 1).collect::<Vec<_>>()).expect("in range"));
+        let missing_width = desc.missing_width();
         BatchEncoder {
             relid: desc.relid,
             schema,
             schema_without_missing,
             columns: desc.columns.iter().map(|c| ColumnBuilder::for_kind(&c.kind)).collect(),
-            ops: UInt8Builder::new(),
-            lsn_deltas: desc.with_lsn.then(UInt32Builder::new),
+            ops: FixedColumn::default(),
+            lsn_deltas: desc.with_lsn.then(FixedColumn::default),
             base_lsn: Lsn::INVALID,
-            missing_width: desc.missing_width(),
+            missing_width,
             missing: Vec::new(),
-            ipc_options: ipc_options(),
-            ipc_context: IpcWriteContext::default(),
+            missing_column: ColumnBuilder::FixedSizeBinary(FixedBinaryColumn::new(missing_width)),
+            fbb: flatbuffers::FlatBufferBuilder::new(),
+            nodes: Vec::new(),
+            buffers: Vec::new(),
         }
     }
 
@@ -518,7 +266,7 @@ impl BatchEncoder {
 
     /// Rows in the batch being built.
     pub fn rows(&self) -> usize {
-        self.ops.len()
+        self.ops.values_slice().len()
     }
 
     /// An estimate of the batch's encoded size.
@@ -585,13 +333,41 @@ impl BatchEncoder {
         &mut self.columns
     }
 
+    /// Moves the `_missing` bitmaps into the `_missing` column; whether there were any.
+    fn fill_missing(&mut self) -> Result<bool, EncodeError> {
+        if self.missing.is_empty() {
+            return Ok(false);
+        }
+        let ColumnBuilder::FixedSizeBinary(col) = &mut self.missing_column else {
+            unreachable!("_missing is fixed-size binary")
+        };
+        let mut next = self.missing.drain(..).peekable();
+        for row in 0..self.ops.values_slice().len() {
+            match next.next_if(|(r, _)| *r == row) {
+                Some((_, bitmap)) => col.append_value(&bitmap)?,
+                None => col.append_null(),
+            }
+        }
+        Ok(true)
+    }
+
+    fn clear(&mut self) {
+        self.columns.iter_mut().for_each(ColumnBuilder::clear);
+        self.ops.clear();
+        if let Some(d) = &mut self.lsn_deltas {
+            d.clear();
+        }
+        self.missing.clear();
+        self.missing_column.clear();
+    }
+
     /// Finishes the rows built so far as one record batch in the wire schema (`_missing`
     /// included only when some value is missing) and starts an empty batch; `None` when there
     /// are no rows.
     ///
-    /// The plugin writes the result with [`write_batch`](Self::write_batch); the consumer's
-    /// wal2json fallback, which builds rows on the consumer's side, turns it into the user's
-    /// batch with [`Relation::user_batch`](crate::Relation::user_batch).
+    /// The plugin writes batches with [`write_batch`](Self::write_batch); the consumer's
+    /// wal2json fallback, which builds rows on the consumer's side, turns this one into the
+    /// user's batch with [`Relation::user_batch`](crate::Relation::user_batch).
     ///
     /// # Errors
     ///
@@ -602,29 +378,39 @@ impl BatchEncoder {
         if rows == 0 {
             return Ok(None);
         }
-        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.columns.len() + 3);
-        arrays.extend(self.columns.iter_mut().map(ColumnBuilder::finish));
-        arrays.push(Arc::new(self.ops.finish()));
-        if let Some(d) = &mut self.lsn_deltas {
-            arrays.push(Arc::new(d.finish()));
-        }
-        let has_missing = !self.missing.is_empty();
+        let result = self.finish_arrays(rows);
+        self.clear();
+        result.map(Some)
+    }
+
+    fn finish_arrays(&mut self, rows: usize) -> Result<WireBatch, EncodeError> {
+        let has_missing = self.fill_missing()?;
         let schema = if has_missing {
-            let mut b = FixedSizeBinaryBuilder::with_capacity(rows, self.missing_width as i32);
-            let mut next = self.missing.drain(..).peekable();
-            for row in 0..rows {
-                match next.next_if(|(r, _)| *r == row) {
-                    Some((_, bitmap)) => b.append_value(&bitmap)?,
-                    None => b.append_null(),
-                }
-            }
-            arrays.push(Arc::new(b.finish()));
-            &self.schema
+            Arc::clone(&self.schema)
         } else {
-            &self.schema_without_missing
+            Arc::clone(&self.schema_without_missing)
         };
-        let batch = RecordBatch::try_new(Arc::clone(schema), arrays)?;
-        Ok(Some(WireBatch { batch, base_lsn: self.base_lsn, has_missing }))
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        for (c, field) in self.columns.iter_mut().zip(schema.fields()) {
+            arrays.push(c.finish(field.data_type())?);
+        }
+        arrays.push(Arc::new(UInt8Array::from(self.ops.values_slice().to_vec())));
+        if let Some(d) = &self.lsn_deltas {
+            arrays.push(Arc::new(UInt32Array::from(d.values_slice().to_vec())));
+        }
+        if has_missing {
+            let a = self
+                .missing_column
+                .finish(schema.fields()[schema.fields().len() - 1].data_type())?;
+            let a =
+                a.as_any().downcast_ref::<FixedSizeBinaryArray>().cloned().ok_or_else(|| {
+                    EncodeError::Arrow(ArrowError::InvalidArgumentError("_missing".into()))
+                })?;
+            arrays.push(Arc::new(a));
+        }
+        let batch = RecordBatch::try_new(schema, arrays)?;
+        debug_assert_eq!(batch.num_rows(), rows);
+        Ok(WireBatch { batch, base_lsn: self.base_lsn, has_missing })
     }
 
     /// Writes the rows built so far as one Batch message and starts an empty batch. Writes
@@ -635,21 +421,112 @@ impl BatchEncoder {
     /// [`EncodeError::Arrow`] if the columns are not all as long as the row count (a caller
     /// bug), or whatever `out` returns. The batch is discarded either way.
     pub fn write_batch(&mut self, out: &mut impl Write) -> Result<usize, EncodeError> {
-        let Some(WireBatch { batch, base_lsn, has_missing }) = self.finish_batch()? else {
+        let rows = self.rows();
+        if rows == 0 {
             return Ok(0);
-        };
-        let (dictionaries, encoded) = IpcDataGenerator::default().encode(
-            &batch,
-            &mut DictionaryTracker::new(false),
-            &self.ipc_options,
-            &mut self.ipc_context,
-        )?;
-        debug_assert!(dictionaries.is_empty(), "wire schemas have no dictionary columns");
-        let flags = if has_missing { BATCH_HAS_MISSING } else { 0 };
-        wire::write_batch_header(out, self.relid, base_lsn, flags)?;
-        write_message(out, encoded, &self.ipc_options)?;
-        Ok(batch.num_rows())
+        }
+        let result = self.write_ipc(rows, out);
+        self.clear();
+        result.map(|()| rows)
     }
+
+    fn write_ipc(&mut self, rows: usize, out: &mut impl Write) -> Result<(), EncodeError> {
+        let has_missing = self.fill_missing()?;
+        // Pass 1: the field nodes and buffer descriptors, in IPC order.
+        self.nodes.clear();
+        self.buffers.clear();
+        let mut body = 0usize;
+        {
+            let (nodes, buffers) = (&mut self.nodes, &mut self.buffers);
+            let mut node = |len: usize, nulls: usize| {
+                nodes.push(arrow_ipc::FieldNode::new(len as i64, nulls as i64));
+            };
+            let mut buffer = |b: &[u8]| {
+                buffers.push(arrow_ipc::Buffer::new(body as i64, b.len() as i64));
+                body += padded(b.len());
+            };
+            for c in &self.columns {
+                if c.len() != rows {
+                    return Err(EncodeError::Arrow(ArrowError::InvalidArgumentError(format!(
+                        "a column of {} values in a batch of {rows} rows",
+                        c.len()
+                    ))));
+                }
+                c.for_each_node(&mut node);
+                c.for_each_buffer(&mut buffer);
+            }
+            // `_op` and `_lsn_delta`: never NULL, so no validity buffer.
+            node(rows, 0);
+            buffer(&[]);
+            buffer(as_bytes(self.ops.values_slice()));
+            if let Some(d) = &self.lsn_deltas {
+                node(rows, 0);
+                buffer(&[]);
+                buffer(as_bytes(d.values_slice()));
+            }
+            if has_missing {
+                self.missing_column.for_each_node(&mut node);
+                self.missing_column.for_each_buffer(&mut buffer);
+            }
+        }
+        // The flatbuffer Message holding the RecordBatch header.
+        self.fbb.reset();
+        let fbb = &mut self.fbb;
+        let nodes = fbb.create_vector(&self.nodes);
+        let buffers = fbb.create_vector(&self.buffers);
+        let mut rb = arrow_ipc::RecordBatchBuilder::new(fbb);
+        rb.add_length(rows as i64);
+        rb.add_nodes(nodes);
+        rb.add_buffers(buffers);
+        let rb = rb.finish();
+        let mut message = arrow_ipc::MessageBuilder::new(fbb);
+        message.add_version(MetadataVersion::V5);
+        message.add_header_type(arrow_ipc::MessageHeader::RecordBatch);
+        message.add_header(rb.as_union_value());
+        message.add_bodyLength(body as i64);
+        let message = message.finish();
+        fbb.finish(message, None);
+        let meta = fbb.finished_data();
+        // Continuation marker, metadata length, metadata padded so the body starts aligned.
+        let meta_len = padded(8 + meta.len()) - 8;
+        let flags = if has_missing { BATCH_HAS_MISSING } else { 0 };
+        wire::write_batch_header(out, self.relid, self.base_lsn, flags)?;
+        out.write_all(&[0xFF; 4])?;
+        out.write_all(&(meta_len as i32).to_le_bytes())?;
+        out.write_all(meta)?;
+        out.write_all(&ZEROS[..meta_len - meta.len()])?;
+        // Pass 2: the body.
+        let mut failed = None;
+        let mut write = |b: &[u8]| {
+            if failed.is_none()
+                && let Err(e) = out
+                    .write_all(b)
+                    .and_then(|()| out.write_all(&ZEROS[..padded(b.len()) - b.len()]))
+            {
+                failed = Some(e);
+            }
+        };
+        for c in &self.columns {
+            c.for_each_buffer(&mut write);
+        }
+        write(&[]);
+        write(as_bytes(self.ops.values_slice()));
+        if let Some(d) = &self.lsn_deltas {
+            write(&[]);
+            write(as_bytes(d.values_slice()));
+        }
+        if has_missing {
+            self.missing_column.for_each_buffer(&mut write);
+        }
+        match failed {
+            Some(e) => Err(EncodeError::Io(e)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn as_bytes<T: arrow_buffer::ArrowNativeType>(values: &[T]) -> &[u8] {
+    arrow_buffer::ToByteSlice::to_byte_slice(values)
 }
 
 /// A finished batch in the wire schema, before IPC encoding (see

@@ -11,6 +11,7 @@
 //!
 //! Nothing here depends on PostgreSQL: it builds and is tested without a server.
 
+pub mod column;
 pub mod decode;
 pub mod encode;
 pub mod lsn;

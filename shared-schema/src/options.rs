@@ -356,7 +356,7 @@ mod tests {
         let again =
             PluginOptions::parse(pairs.iter().map(|(k, v)| (*k, Some(v.as_str())))).unwrap();
         assert_eq!(again, opts);
-        assert_eq!(PluginOptions::default().to_pairs(), [("proto-version", "1".to_owned())]);
+        assert_eq!(PluginOptions::default().to_pairs(), [("proto-version", "2".to_owned())]);
     }
 
     #[test]
@@ -408,9 +408,10 @@ mod tests {
                 "{bad}: {e}"
             );
         }
-        let e = parse(&[("proto-version", Some("2"))]).unwrap_err();
-        assert_eq!(e.kind, OptionErrorKind::OutOfRange { value: "2".into(), min: 1, max: 1 });
-        assert_eq!(e.hint(), "\"proto-version\" accepts 1 to 1.");
+        let e = parse(&[("proto-version", Some("3"))]).unwrap_err();
+        assert_eq!(e.kind, OptionErrorKind::OutOfRange { value: "3".into(), min: 1, max: 2 });
+        assert_eq!(e.hint(), "\"proto-version\" accepts 1 to 2.");
+        assert_eq!(parse(&[("proto-version", Some("1"))]).unwrap().proto_version, 1);
         let e = parse(&[("include-xids", Some("maybe"))]).unwrap_err();
         assert!(e.to_string().contains("expected a boolean"), "{e}");
         let e = parse(&[("tables", Some("users"))]).unwrap_err();

@@ -1,7 +1,7 @@
 //! The wal2arrow wire format, version 1: framing of the messages the plugin writes.
 //!
-//! Every message is exactly one `OutputPluginWrite`, so it arrives as one XLogData payload of
-//! the [streaming replication protocol][proto]. A message starts with a 4-byte prefix —
+//! Every message (or Bundle of messages) is exactly one `OutputPluginWrite`, so it arrives as
+//! one XLogData payload of the [streaming replication protocol][proto]. A message starts with a 4-byte prefix —
 //! kind, version, flags, reserved — then a fixed header for its kind; Schema and Batch
 //! messages continue with one [encapsulated Arrow IPC message][ipc] (continuation marker,
 //! metadata length, flatbuffer `Message`, body). All integers are little-endian.
@@ -15,6 +15,7 @@
 //! | Truncate | `T` | prefix, relation count `u32` (8) | that many relation OIDs (`u32`) |
 //! | Message | `M` | prefix, prefix length `u32`, LSN `u64`, content length `u32`, reserved `u32` (24) | prefix, content |
 //! | Commit | `C` | prefix, reserved `u32`, commit LSN `u64`, end LSN `u64`, commit time `i64` (32) | — |
+//! | Bundle (v2) | `X` | prefix, message count `u32`, reserved `u64` (16) | per message: length `u32`, reserved (12 bytes), the message, zeros to a multiple of 16 |
 //!
 //! The prefix's flags byte is defined per kind: Batch `0x01` = the batch carries the `_missing`
 //! column; Truncate `0x01` = `CASCADE`, `0x02` = `RESTART IDENTITY`; Message `0x01` =
@@ -24,8 +25,14 @@
 //! buffer alignment: a payload received into a 16-byte-aligned allocation can be decoded
 //! without copying any buffer (even `Decimal128`'s, which need 16).
 //!
-//! A reader rejects a message whose version is newer than it knows or whose flags or reserved
-//! bits are set: they are how later versions will announce changes.
+//! A message's version byte is the wire version that defined its kind's format: 1 for every
+//! kind but Bundle, which version 2 added (and which a plugin only writes to consumers that ask
+//! for `proto-version` 2). A reader rejects a message whose version is newer than it knows or
+//! whose flags or reserved bits are set: they are how later versions will announce changes.
+//!
+//! Every message is one XLogData payload, except inside a Bundle: with `proto-version` 2 the
+//! plugin gathers a transaction's messages and sends them as one Bundle at commit (or each time
+//! a megabyte has gathered), so a one-row transaction costs one server write rather than three.
 //!
 //! [proto]: https://www.postgresql.org/docs/15/protocol-replication.html
 //! [ipc]: https://arrow.apache.org/docs/format/Columnar.html#encapsulated-message-format
@@ -35,8 +42,9 @@ use std::io::{self, Write};
 
 use crate::lsn::Lsn;
 
-/// The wire format version this crate writes, and the newest it reads.
-pub const WIRE_VERSION: u8 = 1;
+/// The newest wire format version this crate writes and reads. Version 2 added Bundle
+/// messages; the other kinds are unchanged since version 1 and carry version byte 1.
+pub const WIRE_VERSION: u8 = 2;
 
 /// Bytes before the IPC message in Schema and Batch messages.
 pub const IPC_OFFSET: usize = 16;
@@ -64,6 +72,9 @@ pub enum MessageKind {
     Origin = b'O',
     /// A transaction committed.
     Commit = b'C',
+    /// Several messages in one payload (wire version 2): a small transaction's Begin, batches
+    /// and Commit arrive as one XLogData, in one server write.
+    Bundle = b'X',
 }
 
 /// Batch flag: the batch has the `_missing` column.
@@ -86,6 +97,7 @@ impl MessageKind {
             b'M' => MessageKind::Message,
             b'O' => MessageKind::Origin,
             b'C' => MessageKind::Commit,
+            b'X' => MessageKind::Bundle,
             _ => return None,
         })
     }
@@ -93,9 +105,20 @@ impl MessageKind {
     fn header_len(self) -> usize {
         match self {
             MessageKind::Begin | MessageKind::Message => 24,
-            MessageKind::Schema | MessageKind::Batch | MessageKind::Origin => IPC_OFFSET,
+            MessageKind::Schema
+            | MessageKind::Batch
+            | MessageKind::Origin
+            | MessageKind::Bundle => IPC_OFFSET,
             MessageKind::Truncate => 8,
             MessageKind::Commit => 32,
+        }
+    }
+
+    /// The wire version that defined this kind's format: the version byte it is written with.
+    pub fn since(self) -> u8 {
+        match self {
+            MessageKind::Bundle => 2,
+            _ => 1,
         }
     }
 
@@ -209,6 +232,8 @@ pub enum WireError {
     UnknownRelation(u32),
     /// A schema message without the metadata wal2arrow requires.
     BadSchema(String),
+    /// A Bundle inside a Bundle, or one given where a single message was expected.
+    NestedBundle,
 }
 
 impl fmt::Display for WireError {
@@ -234,6 +259,7 @@ impl fmt::Display for WireError {
                 "wal2arrow batch for relation {relid} arrived before that relation's schema"
             ),
             WireError::BadSchema(e) => write!(f, "malformed wal2arrow schema message: {e}"),
+            WireError::NestedBundle => write!(f, "wal2arrow bundle where a single message belongs"),
         }
     }
 }
@@ -246,7 +272,82 @@ fn prefix(kind: MessageKind) -> [u8; 4] {
 
 fn prefix_with(kind: MessageKind, flags: u8) -> [u8; 4] {
     debug_assert_eq!(flags & !kind.flags(), 0, "undefined flags for {kind:?}");
-    [kind as u8, WIRE_VERSION, flags, 0]
+    [kind as u8, kind.since(), flags, 0]
+}
+
+/// Writes a Bundle's header: `count` entries follow, each an entry header
+/// ([`write_bundle_entry_header`]), the message, and zeros up to a multiple of 16 bytes (so
+/// every message, and the Arrow IPC inside it, stays 16-byte aligned).
+///
+/// # Errors
+///
+/// Whatever `out` returns.
+pub fn write_bundle_header(out: &mut impl Write, count: u32) -> io::Result<()> {
+    let mut b = [0u8; IPC_OFFSET];
+    b[..4].copy_from_slice(&prefix(MessageKind::Bundle));
+    b[4..8].copy_from_slice(&count.to_le_bytes());
+    out.write_all(&b)
+}
+
+/// Bytes of a bundle entry's header.
+pub const BUNDLE_ENTRY_HEADER: usize = 16;
+
+/// Writes a bundle entry's header: the length of the message that follows.
+///
+/// # Errors
+///
+/// Whatever `out` returns.
+pub fn write_bundle_entry_header(out: &mut impl Write, len: u32) -> io::Result<()> {
+    let mut b = [0u8; BUNDLE_ENTRY_HEADER];
+    b[..4].copy_from_slice(&len.to_le_bytes());
+    out.write_all(&b)
+}
+
+/// The byte ranges of a Bundle's messages, checked: as many as the header says, each within
+/// the bundle, padded with zeros to 16 bytes, none a bundle itself, nothing after the last.
+///
+/// # Errors
+///
+/// [`WireError`] for a malformed bundle.
+pub fn bundle_entries(msg: &[u8]) -> Result<Vec<std::ops::Range<usize>>, WireError> {
+    let Header::Bundle { count } = read_header(msg)? else {
+        return Err(WireError::UnknownKind(msg.first().copied().unwrap_or(0)));
+    };
+    let kind = MessageKind::Bundle;
+    let mut at = IPC_OFFSET;
+    let mut out = Vec::with_capacity(count.min(1024) as usize);
+    for _ in 0..count {
+        let head = msg.get(at..at + BUNDLE_ENTRY_HEADER).ok_or(WireError::Truncated {
+            kind,
+            need: at + BUNDLE_ENTRY_HEADER,
+            got: msg.len(),
+        })?;
+        if head[4..].iter().any(|b| *b != 0) {
+            return Err(WireError::ReservedBits(kind));
+        }
+        let len = u32_at(head, 0) as usize;
+        let start = at + BUNDLE_ENTRY_HEADER;
+        let end =
+            start.checked_add(len).filter(|e| *e <= msg.len()).ok_or(WireError::Truncated {
+                kind,
+                need: start.saturating_add(len),
+                got: msg.len(),
+            })?;
+        if msg.get(start) == Some(&(MessageKind::Bundle as u8)) {
+            return Err(WireError::NestedBundle);
+        }
+        let padded_end = end.div_ceil(IPC_ALIGNMENT) * IPC_ALIGNMENT;
+        match msg.get(end..padded_end) {
+            Some(pad) if pad.iter().all(|b| *b == 0) => {}
+            _ => return Err(WireError::TrailingBytes(kind)),
+        }
+        out.push(start..end);
+        at = padded_end;
+    }
+    if at != msg.len() {
+        return Err(WireError::TrailingBytes(kind));
+    }
+    Ok(out)
 }
 
 /// Writes a Begin message.
@@ -410,6 +511,11 @@ pub enum Header {
         /// Where the name lies in the message.
         name: std::ops::Range<usize>,
     },
+    /// A Bundle of `count` messages (see [`bundle_entries`]).
+    Bundle {
+        /// How many messages it holds.
+        count: u32,
+    },
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -433,8 +539,11 @@ pub fn read_header(msg: &[u8]) -> Result<Header, WireError> {
     if msg.len() < need {
         return Err(WireError::Truncated { kind, need, got: msg.len() });
     }
-    if msg[1] == 0 || msg[1] > WIRE_VERSION {
+    if msg[1] > WIRE_VERSION {
         return Err(WireError::UnsupportedVersion { found: msg[1], max: WIRE_VERSION });
+    }
+    if msg[1] < kind.since() {
+        return Err(WireError::ReservedBits(kind));
     }
     let flags = msg[2];
     if flags & !kind.flags() != 0 || msg[3] != 0 {
@@ -519,6 +628,12 @@ pub fn read_header(msg: &[u8]) -> Result<Header, WireError> {
             }
             Header::Origin { origin_lsn: Lsn(u64_at(msg, 8)), name }
         }
+        MessageKind::Bundle => {
+            if u64_at(msg, 8) != 0 {
+                return Err(WireError::ReservedBits(kind));
+            }
+            Header::Bundle { count: u32_at(msg, 4) }
+        }
     })
 }
 
@@ -572,6 +687,44 @@ mod tests {
     }
 
     #[test]
+    fn bundles_hold_aligned_messages_and_reject_damage() {
+        let mut begin = Vec::new();
+        write_begin(&mut begin, &Begin { xid: 1, final_lsn: Lsn(5), commit_time_us: 2 }).unwrap();
+        let mut origin = Vec::new();
+        write_origin(&mut origin, Lsn(3), b"abc").unwrap(); // 19 bytes: padded
+        let mut out = Vec::new();
+        write_bundle_header(&mut out, 2).unwrap();
+        for m in [&begin, &origin] {
+            write_bundle_entry_header(&mut out, m.len() as u32).unwrap();
+            out.extend_from_slice(m);
+            out.resize(out.len().div_ceil(16) * 16, 0);
+        }
+        let entries = bundle_entries(&out).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert!(entries.iter().all(|r| r.start % 16 == 0));
+        assert_eq!(&out[entries[0].clone()], &begin[..]);
+        assert_eq!(&out[entries[1].clone()], &origin[..]);
+        for cut in 0..out.len() {
+            assert!(bundle_entries(&out[..cut]).is_err(), "{cut}");
+        }
+        let mut wrong_count = out.clone();
+        wrong_count[4] = 3;
+        assert!(bundle_entries(&wrong_count).is_err());
+        let mut dirty_pad = out.clone();
+        let last = dirty_pad.len() - 1;
+        dirty_pad[last] = 1;
+        assert_eq!(bundle_entries(&dirty_pad), Err(WireError::TrailingBytes(MessageKind::Bundle)));
+        let mut nested = Vec::new();
+        write_bundle_header(&mut nested, 1).unwrap();
+        write_bundle_entry_header(&mut nested, out.len() as u32).unwrap();
+        nested.extend_from_slice(&out);
+        assert_eq!(bundle_entries(&nested), Err(WireError::NestedBundle));
+        let mut v1 = out.clone();
+        v1[1] = 1;
+        assert_eq!(read_header(&v1), Err(WireError::ReservedBits(MessageKind::Bundle)));
+    }
+
+    #[test]
     fn flags_are_checked_per_kind() {
         let mut out = Vec::new();
         write_truncate(
@@ -598,8 +751,11 @@ mod tests {
         m[0] = b'Z';
         assert_eq!(read_header(&m), Err(WireError::UnknownKind(b'Z')));
         let mut m = msg.clone();
-        m[1] = 2;
-        assert_eq!(read_header(&m), Err(WireError::UnsupportedVersion { found: 2, max: 1 }));
+        m[1] = 3;
+        assert_eq!(read_header(&m), Err(WireError::UnsupportedVersion { found: 3, max: 2 }));
+        let mut m = msg.clone();
+        m[1] = 0;
+        assert_eq!(read_header(&m), Err(WireError::ReservedBits(MessageKind::Begin)));
         let mut m = msg.clone();
         m[2] = 1;
         assert_eq!(read_header(&m), Err(WireError::ReservedBits(MessageKind::Begin)));

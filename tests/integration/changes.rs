@@ -542,8 +542,8 @@ async fn every_bad_option_is_an_error_and_the_server_stays_up() {
         (vec![("batch-rows", Some("0"))], "out of range (1 to 1000000)"),
         (vec![("batch-rows", Some("1000001"))], "out of range"),
         (vec![("batch-rows", Some("many"))], "expected a whole number"),
-        (vec![("proto-version", Some("0"))], "out of range (1 to 1)"),
-        (vec![("proto-version", Some("2"))], "out of range (1 to 1)"),
+        (vec![("proto-version", Some("0"))], "out of range (1 to 2)"),
+        (vec![("proto-version", Some("3"))], "out of range (1 to 2)"),
         (vec![("include-xids", Some("sometimes"))], "expected a boolean"),
         (vec![("skip-empty-xacts", Some("2"))], "expected a boolean"),
         (vec![("tables", Some("users"))], "name the schema"),
@@ -588,4 +588,63 @@ async fn every_bad_option_is_an_error_and_the_server_stays_up() {
     assert!(ok.is_ok(), "{:?}", ok.err());
     assert_eq!(cluster.postmaster_pid().unwrap(), pid, "no crash, no restart");
     assert_eq!(db.psql("SELECT 1"), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proto_version_2_bundles_each_transaction_and_version_1_does_not() {
+    let db = Cluster::shared().database("bundles");
+    db.psql(
+        "CREATE TABLE b (id int PRIMARY KEY);
+         SELECT pg_create_logical_replication_slot('bundles', 'wal2arrow');
+         INSERT INTO b VALUES (1);
+         BEGIN; INSERT INTO b VALUES (2); INSERT INTO b VALUES (3); COMMIT;",
+    );
+    let client = sql(&db).await;
+    let payloads = |version: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query(
+                    "SELECT data FROM pg_logical_slot_peek_binary_changes('bundles', NULL, NULL, \
+                     'proto-version', $1)",
+                    &[&version],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, Vec<u8>>(0))
+                .collect::<Vec<_>>()
+        }
+    };
+    // Version 2: one payload per transaction, a Bundle of Begin, (Schema,) Batch, Commit.
+    let v2 = payloads("2").await;
+    assert_eq!(v2.len(), 2, "one payload per transaction");
+    assert!(v2.iter().all(|p| p[0] == b'X' && p[1] == 2));
+    // Version 1: one payload per message, each decodable on its own.
+    let v1 = payloads("1").await;
+    assert_eq!(v1.len(), 7, "Begin, Schema, Batch, Commit, Begin, Batch, Commit");
+    let mut decoder = wal2arrow_schema::Decoder::new();
+    for p in &v1 {
+        assert_eq!(p[1], 1);
+        decoder.decode(&arrow_buffer::Buffer::from_slice_ref(p)).unwrap();
+    }
+    // Both carry the same messages.
+    let flat = common_messages(&v2);
+    assert_eq!(flat, common_messages(&v1));
+    client.execute("SELECT pg_drop_replication_slot('bundles')", &[]).await.unwrap();
+}
+
+/// The kinds and row counts of the messages in `payloads`.
+fn common_messages(payloads: &[Vec<u8>]) -> Vec<String> {
+    let mut decoder = wal2arrow_schema::Decoder::new();
+    let mut out = Vec::new();
+    for p in payloads {
+        decoder.decode_into(&arrow_buffer::Buffer::from_slice_ref(p), &mut out).unwrap();
+    }
+    out.iter()
+        .map(|(m, _)| match m {
+            Message::Batch(b) => format!("batch {}", b.batch.num_rows()),
+            other => format!("{other:?}").split([' ', '(']).next().unwrap_or("").to_owned(),
+        })
+        .collect()
 }

@@ -118,13 +118,15 @@ pub(crate) async fn peek(
         )
         .await?;
     let mut decoder = wal2arrow_schema::Decoder::new();
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let bytes: Vec<u8> = r.get(0);
-            decoder.decode(&arrow_buffer::Buffer::from_slice_ref(&bytes)).expect("decodes")
-        })
-        .collect())
+    let mut out = Vec::new();
+    for r in &rows {
+        let bytes: Vec<u8> = r.get(0);
+        // One message, or a Bundle of a transaction's messages.
+        decoder
+            .decode_into(&arrow_buffer::Buffer::from_slice_ref(&bytes), &mut out)
+            .expect("decodes");
+    }
+    Ok(out.into_iter().map(|(m, _)| m).collect())
 }
 
 /// Each row of a batch as (op, rendered values of the table's columns, missing columns).

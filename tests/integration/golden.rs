@@ -35,59 +35,73 @@ const WORKLOAD: &[&str] = &[
 fn render(raw: &[Vec<u8>]) -> String {
     let mut out = String::new();
     let mut decoder = Decoder::new();
-    for bytes in raw {
-        let header = format!("{:02x} {:02x} {:02x} {:02x}", bytes[0], bytes[1], bytes[2], bytes[3]);
-        let message =
-            decoder.decode(&Buffer::from_slice_ref(bytes)).expect("golden messages decode");
-        match message {
-            Message::Begin(_) => writeln!(out, "[{header}] len={} BEGIN", bytes.len()),
-            Message::Commit(_) => writeln!(out, "[{header}] len={} COMMIT", bytes.len()),
-            Message::Origin { name, .. } => writeln!(out, "[{header}] ORIGIN {name}"),
-            Message::Schema(r) => {
-                // The schema's length varies with the digits of the table's OID.
-                writeln!(out, "[{header}] SCHEMA {}", r.qualified_name).unwrap();
-                let mut md: Vec<_> =
-                    r.wire_schema().metadata().iter().filter(|(k, _)| *k != meta::RELATION_OID).collect();
-                md.sort();
-                writeln!(out, "  metadata {md:?}").unwrap();
-                for f in r.wire_schema().fields() {
-                    let mut md: Vec<_> = f.metadata().iter().collect();
-                    md.sort();
-                    writeln!(out, "  {}: {} nullable={} {md:?}", f.name(), f.data_type(), f.is_nullable()).unwrap();
-                }
-                Ok(())
-            }
-            Message::Batch(b) => {
-                writeln!(out, "[{header}] len={} BATCH {} rows={}", bytes.len(), b.relation.qualified_name, b.batch.num_rows())
-                    .unwrap();
-                let keep: Vec<usize> = (0..b.batch.num_columns())
-                    .filter(|&i| b.batch.schema().field(i).name() != meta::LSN_COLUMN)
-                    .collect();
-                let shown = b.batch.project(&keep).unwrap();
-                let table = arrow_cast::pretty::pretty_format_batches(&[shown]).unwrap().to_string();
-                for line in table.lines() {
-                    writeln!(out, "  {line}").unwrap();
-                }
-                Ok(())
-            }
-            Message::Truncate { relations, cascade, restart_identity } => writeln!(
-                out,
-                "[{header}] len={} TRUNCATE {} cascade={} restart_identity={}",
-                bytes.len(),
-                relations.iter().map(|r| r.qualified_name.as_str()).collect::<Vec<_>>().join(","),
-                cascade.expect("wal2arrow says"),
-                restart_identity.expect("wal2arrow says")
-            ),
-            Message::Message { transactional, prefix, content, .. } => writeln!(
-                out,
-                "[{header}] len={} MESSAGE transactional={transactional} prefix={prefix:?} content={:?}",
-                bytes.len(),
-                String::from_utf8_lossy(content.as_slice())
-            ),
+    let mut decoded = Vec::new();
+    for payload in raw {
+        let head = |b: &[u8]| format!("{:02x} {:02x} {:02x} {:02x}", b[0], b[1], b[2], b[3]);
+        decoder
+            .decode_into(&Buffer::from_slice_ref(payload), &mut decoded)
+            .expect("golden messages decode");
+        if payload[0] == b'X' {
+            writeln!(out, "[{}] len={} BUNDLE of {}", head(payload), payload.len(), decoded.len())
+                .unwrap();
         }
-        .unwrap();
+        for (message, bytes) in decoded.drain(..) {
+            let bytes = bytes.as_slice();
+            let header = head(bytes);
+            render_message(&mut out, &header, bytes, message);
+        }
     }
     out
+}
+
+fn render_message(out: &mut String, header: &str, bytes: &[u8], message: Message) {
+    match message {
+        Message::Begin(_) => writeln!(out, "[{header}] len={} BEGIN", bytes.len()),
+        Message::Commit(_) => writeln!(out, "[{header}] len={} COMMIT", bytes.len()),
+        Message::Origin { name, .. } => writeln!(out, "[{header}] ORIGIN {name}"),
+        Message::Schema(r) => {
+            // The schema's length varies with the digits of the table's OID.
+            writeln!(out, "[{header}] SCHEMA {}", r.qualified_name).unwrap();
+            let mut md: Vec<_> =
+                r.wire_schema().metadata().iter().filter(|(k, _)| *k != meta::RELATION_OID).collect();
+            md.sort();
+            writeln!(out, "  metadata {md:?}").unwrap();
+            for f in r.wire_schema().fields() {
+                let mut md: Vec<_> = f.metadata().iter().collect();
+                md.sort();
+                writeln!(out, "  {}: {} nullable={} {md:?}", f.name(), f.data_type(), f.is_nullable()).unwrap();
+            }
+            Ok(())
+        }
+        Message::Batch(b) => {
+            writeln!(out, "[{header}] len={} BATCH {} rows={}", bytes.len(), b.relation.qualified_name, b.batch.num_rows())
+                .unwrap();
+            let keep: Vec<usize> = (0..b.batch.num_columns())
+                .filter(|&i| b.batch.schema().field(i).name() != meta::LSN_COLUMN)
+                .collect();
+            let shown = b.batch.project(&keep).unwrap();
+            let table = arrow_cast::pretty::pretty_format_batches(&[shown]).unwrap().to_string();
+            for line in table.lines() {
+                writeln!(out, "  {line}").unwrap();
+            }
+            Ok(())
+        }
+        Message::Truncate { relations, cascade, restart_identity } => writeln!(
+            out,
+            "[{header}] len={} TRUNCATE {} cascade={} restart_identity={}",
+            bytes.len(),
+            relations.iter().map(|r| r.qualified_name.as_str()).collect::<Vec<_>>().join(","),
+            cascade.expect("wal2arrow says"),
+            restart_identity.expect("wal2arrow says")
+        ),
+        Message::Message { transactional, prefix, content, .. } => writeln!(
+            out,
+            "[{header}] len={} MESSAGE transactional={transactional} prefix={prefix:?} content={:?}",
+            bytes.len(),
+            String::from_utf8_lossy(content.as_slice())
+        ),
+    }
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

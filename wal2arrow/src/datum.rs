@@ -9,7 +9,8 @@ use std::borrow::Cow;
 use std::ffi::CStr;
 
 use pgrx::pg_sys;
-use pgrx::varlena::{vardata_any, varsize_any_exhdr};
+use pgrx::varlena::{varatt_is_1b_e, varatt_is_4b_c, vardata_any, varsize_any_exhdr};
+use wal2arrow_schema::encode::Utf8Column;
 use wal2arrow_schema::numeric::PgNumeric;
 use wal2arrow_schema::types::{array_shape, date_to_arrow, timestamp_to_arrow, timetz_offset};
 use wal2arrow_schema::{ColumnBuilder, PgKind};
@@ -164,19 +165,19 @@ impl ColumnReader {
             (ColumnReader::VarlenaText, ColumnBuilder::Utf8(b)) => {
                 // SAFETY: a non-NULL text-like Datum is a varlena pointer.
                 let bytes = unsafe { varlena_bytes(datum) };
-                b.append_value(server_text(bytes, utf8_db))
+                append_text(b, bytes, utf8_db)
             }
             (ColumnReader::Name, ColumnBuilder::Utf8(b)) => {
                 // SAFETY: a non-NULL name Datum points to a NUL-terminated NameData.
                 let name = unsafe { CStr::from_ptr(datum.cast_mut_ptr::<std::ffi::c_char>()) };
-                b.append_value(server_text(name.to_bytes(), utf8_db))
+                append_text(b, name.to_bytes(), utf8_db)
             }
             (ColumnReader::Output(finfo), ColumnBuilder::Utf8(b)) => {
                 // SAFETY: `finfo` was set up for this type's output function and `datum` is a
                 // valid value of that type; the result is a palloc'd C string.
                 let text =
                     unsafe { CStr::from_ptr(pg_sys::OutputFunctionCall(&mut **finfo, datum)) };
-                b.append_value(server_text(text.to_bytes(), utf8_db))
+                append_text(b, text.to_bytes(), utf8_db)
             }
             (ColumnReader::Array(reader), builder @ ColumnBuilder::List(_)) => {
                 // SAFETY: a non-NULL array Datum of this reader's element type.
@@ -317,12 +318,27 @@ pub(crate) unsafe fn is_unchanged_toast(datum: pg_sys::Datum) -> bool {
 /// `datum` must point to a valid varlena. The bytes live until the current memory context is
 /// reset (or as long as the tuple, when no detoasting was needed).
 unsafe fn varlena_bytes<'a>(datum: pg_sys::Datum) -> &'a [u8] {
-    // SAFETY: the caller guarantees a varlena; detoasting handles compressed, external
-    // (reconstructed by the reorder buffer) and short-header forms, allocating in the current
-    // memory context when it has to.
+    // SAFETY: the caller guarantees a varlena. One stored inline and uncompressed (short or
+    // 4-byte header) is read in place — the common case, without a call into PostgreSQL;
+    // detoasting handles compressed and external (reconstructed by the reorder buffer) forms,
+    // allocating in the current memory context.
     unsafe {
-        let v = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
+        let mut v = datum.cast_mut_ptr::<pg_sys::varlena>();
+        if varatt_is_1b_e(v) || varatt_is_4b_c(v) {
+            v = pg_sys::pg_detoast_datum_packed(v);
+        }
         std::slice::from_raw_parts(vardata_any(v).cast::<u8>(), varsize_any_exhdr(v))
+    }
+}
+
+/// Appends text in the server's encoding: as it is in a UTF8 database, whose text PostgreSQL
+/// keeps valid UTF-8 (its input functions check every value) — not checked again here; the
+/// consumer's Arrow decoder validates every string column — or converted to UTF-8.
+fn append_text(b: &mut Utf8Column, bytes: &[u8], utf8_db: bool) {
+    if utf8_db {
+        b.append_unvalidated(bytes);
+    } else {
+        b.append_value(server_text(bytes, utf8_db));
     }
 }
 

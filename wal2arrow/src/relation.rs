@@ -46,6 +46,8 @@ pub(crate) struct RelEntry {
     pub(crate) schema_sent: bool,
     /// A relcache invalidation arrived for the table: check the description on next use.
     pub(crate) stale: bool,
+    /// Its rows are large: check the batch's size after every row, not every 64th.
+    pub(crate) large_rows: bool,
 }
 
 impl RelEntry {
@@ -133,6 +135,7 @@ impl RelEntry {
             nulls: vec![true; natts],
             schema_sent: false,
             stale: false,
+            large_rows: false,
         }
     }
 
@@ -300,12 +303,16 @@ struct Invalidations {
 thread_local! {
     static INVALIDATIONS: RefCell<Invalidations> = RefCell::new(Invalidations::default());
     static CALLBACK_REGISTERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// An invalidation was recorded since the last `mark_stale`: most changes find none, and
+    /// skip the rest of it.
+    static PENDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// The per-session relation cache.
 #[derive(Default)]
 pub(crate) struct RelationCache {
-    entries: HashMap<pg_sys::Oid, RelEntry>,
+    /// By OID, with a fast hash: looked up several times per change.
+    entries: HashMap<pg_sys::Oid, RelEntry, ahash::RandomState>,
 }
 
 impl RelationCache {
@@ -315,6 +322,7 @@ impl RelationCache {
     pub(crate) fn start_session() {
         INVALIDATIONS
             .with_borrow_mut(|inv| *inv = Invalidations { active: true, ..Default::default() });
+        PENDING.set(false);
         if !CALLBACK_REGISTERED.get() {
             // SAFETY: registering a guarded callback with a dummy argument; it stays valid for
             // the life of the process (it is a plain function).
@@ -331,11 +339,16 @@ impl RelationCache {
     /// Stops recording invalidations (the session's state is being freed).
     pub(crate) fn end_session() {
         INVALIDATIONS.with_borrow_mut(|inv| *inv = Invalidations::default());
+        PENDING.set(false);
     }
 
     /// Marks the entries of relations invalidated since the last call as stale; they are
     /// checked against the catalog on their next use.
     pub(crate) fn mark_stale(&mut self) {
+        if !PENDING.get() {
+            return;
+        }
+        PENDING.set(false);
         let relids = INVALIDATIONS.with_borrow_mut(|inv| {
             if std::mem::take(&mut inv.all) {
                 inv.relids.clear();
@@ -376,5 +389,6 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
         } else if !inv.all && !inv.relids.contains(&relid) {
             inv.relids.push(relid);
         }
+        PENDING.set(true);
     });
 }

@@ -18,7 +18,7 @@ use wal2arrow_schema::wire::{self, Begin, Commit, Truncate};
 use wal2arrow_schema::{ChangeOp, Lsn, PluginOptions};
 
 use crate::datum::{Appended, is_unchanged_toast};
-use crate::output::write_message;
+use crate::output::Output;
 use crate::relation::{RelEntry, RelationCache, cstr_or};
 use crate::report;
 
@@ -54,6 +54,8 @@ pub(crate) struct State {
     session_cx: pg_sys::MemoryContext,
     /// The database encoding is UTF8 (text needs no conversion).
     utf8_db: bool,
+    /// Writes messages, gathering each transaction's into a Bundle with proto-version 2.
+    out: Output,
 }
 
 impl State {
@@ -74,7 +76,9 @@ impl State {
                 pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
                 pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
             );
+            let out = Output::new(options.proto_version >= 2);
             let state = Box::into_raw(Box::new(State {
+                out,
                 options,
                 relations: RelationCache::default(),
                 pending: Vec::new(),
@@ -127,6 +131,7 @@ impl State {
         txn: *mut pg_sys::ReorderBufferTXN,
     ) {
         self.pending.clear();
+        self.out.begin_transaction();
         // SAFETY: begin_cb's transaction is valid for the call.
         let txn = unsafe { &*txn };
         let begin = Begin {
@@ -160,13 +165,17 @@ impl State {
         let (begin, origin) = (txn.begin, txn.origin.clone());
         // SAFETY: caller's contract.
         let written = unsafe {
-            write_message(ctx, last && origin.is_none(), |out| wire::write_begin(out, &begin))
+            self.out.message(ctx, last && origin.is_none(), |mut out| {
+                wire::write_begin(&mut out, &begin)
+            })
         };
         written.unwrap_or_else(|e| report::encode_error("(begin)", &e.into()));
         if let Some((name, lsn)) = origin {
             // SAFETY: caller's contract.
             let written = unsafe {
-                write_message(ctx, last, |out| wire::write_origin(out, lsn, name.as_bytes()))
+                self.out.message(ctx, last, |mut out| {
+                    wire::write_origin(&mut out, lsn, name.as_bytes())
+                })
             };
             written.unwrap_or_else(|e| report::encode_error("(origin)", &e.into()));
         }
@@ -219,7 +228,7 @@ impl State {
             for (op, tuple, image) in first.into_iter().chain(second) {
                 let entry = self.relations.get_mut(relid).expect("cached above");
                 if !entry.encoder.accepts(lsn) {
-                    flush(ctx, entry, false);
+                    flush(ctx, &mut self.out, entry, false);
                 }
                 if entry.encoder.rows() == 0 && !self.pending.contains(&relid) {
                     self.pending.push(relid);
@@ -227,11 +236,21 @@ impl State {
                 let old_cx = pg_sys::MemoryContextSwitchTo(self.change_cx);
                 append_row(entry, relation, tuple, op, lsn, image, self.utf8_db);
                 pg_sys::MemoryContextSwitchTo(old_cx);
-                pg_sys::MemoryContextReset(self.change_cx);
-                if entry.encoder.rows() >= self.options.batch_rows as usize
-                    || entry.encoder.approx_bytes() >= MAX_BATCH_BYTES
-                {
-                    flush(ctx, entry, true);
+                // Most rows allocate nothing (values read in place): skip the reset then.
+                if !(*self.change_cx).isReset {
+                    pg_sys::MemoryContextReset(self.change_cx);
+                }
+                // The size estimate walks every column: look at the first row, every 64th,
+                // and at every row of a table whose rows are large.
+                let rows = entry.encoder.rows();
+                let mut too_big = false;
+                if rows == 1 || rows.is_multiple_of(64) || entry.large_rows {
+                    let bytes = entry.encoder.approx_bytes();
+                    entry.large_rows = bytes / rows > MAX_BATCH_BYTES / 64;
+                    too_big = bytes >= MAX_BATCH_BYTES;
+                }
+                if rows >= self.options.batch_rows as usize || too_big {
+                    flush(ctx, &mut self.out, entry, true);
                 }
             }
         }
@@ -265,7 +284,8 @@ impl State {
             }
             self.flush_pending(ctx);
             let msg = Truncate { cascade: t.cascade, restart_identity: t.restart_seqs, relids };
-            let written = write_message(ctx, true, |out| wire::write_truncate(out, &msg));
+            let written =
+                self.out.message(ctx, true, |mut out| wire::write_truncate(&mut out, &msg));
             written.unwrap_or_else(|e| report::encode_error("(truncate)", &e.into()));
         }
     }
@@ -292,8 +312,8 @@ impl State {
                 self.ensure_begin(ctx, false);
                 self.flush_pending(ctx);
             }
-            let written = write_message(ctx, true, |out| {
-                wire::write_logical_message(out, transactional, Lsn(lsn), prefix, content)
+            let written = self.out.message(ctx, true, |mut out| {
+                wire::write_logical_message(&mut out, transactional, Lsn(lsn), prefix, content)
             });
             written.unwrap_or_else(|e| report::encode_error("(message)", &e.into()));
         }
@@ -313,7 +333,11 @@ impl State {
             // Nothing was sent (skip-empty-xacts): let the walsender report progress past it
             // in keepalives, so a consumer can confirm it and the slot does not lag.
             // SAFETY: inside commit_cb with its context.
-            unsafe { pg_sys::OutputPluginUpdateProgress(ctx, true) };
+            unsafe {
+                let ended = self.out.end_transaction(ctx);
+                ended.unwrap_or_else(|e| report::encode_error("(commit)", &e.into()));
+                pg_sys::OutputPluginUpdateProgress(ctx, true);
+            }
             return;
         }
         // SAFETY: inside commit_cb with its context.
@@ -327,7 +351,11 @@ impl State {
             commit_time_us: self.time(unsafe { txn.xact_time.commit_time }),
         };
         // SAFETY: inside commit_cb with its context.
-        let written = unsafe { write_message(ctx, true, |out| wire::write_commit(out, &msg)) };
+        let written = unsafe {
+            self.out
+                .message(ctx, true, |mut out| wire::write_commit(&mut out, &msg))
+                .and_then(|()| self.out.end_transaction(ctx))
+        };
         written.unwrap_or_else(|e| report::encode_error("(commit)", &e.into()));
     }
 
@@ -396,7 +424,7 @@ impl State {
                 return;
             }
             // SAFETY: caller's contract.
-            unsafe { flush(ctx, old, false) };
+            unsafe { flush(ctx, &mut self.out, old, false) };
         }
         self.relations.insert(relid, fresh);
     }
@@ -416,8 +444,9 @@ impl State {
             return;
         }
         // SAFETY: caller's contract.
-        let written =
-            unsafe { write_message(ctx, false, |out| write_schema_message(out, &entry.desc)) };
+        let written = unsafe {
+            self.out.message(ctx, false, |mut out| write_schema_message(&mut out, &entry.desc))
+        };
         written.unwrap_or_else(|e| report::encode_error(&entry.qualified_name, &e));
         entry.schema_sent = true;
     }
@@ -431,7 +460,7 @@ impl State {
         for relid in std::mem::take(&mut self.pending) {
             if let Some(entry) = self.relations.get_mut(relid) {
                 // SAFETY: caller's contract.
-                unsafe { flush(ctx, entry, false) };
+                unsafe { flush(ctx, &mut self.out, entry, false) };
             }
         }
     }
@@ -495,12 +524,17 @@ unsafe fn append_row(
 /// # Safety
 ///
 /// Inside an output plugin callback, with its context.
-unsafe fn flush(ctx: *mut pg_sys::LogicalDecodingContext, entry: &mut RelEntry, last: bool) {
+unsafe fn flush(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    out: &mut Output,
+    entry: &mut RelEntry,
+    last: bool,
+) {
     if entry.encoder.rows() == 0 {
         return;
     }
     // SAFETY: caller's contract.
-    let written = unsafe { write_message(ctx, last, |out| entry.encoder.write_batch(out)) };
+    let written = unsafe { out.message(ctx, last, |mut w| entry.encoder.write_batch(&mut w)) };
     if let Err(e) = written {
         report::encode_error(&entry.qualified_name, &e);
     }

@@ -6,21 +6,23 @@
 //! a sub-type: `w` (XLogData: start LSN, end LSN, send time, then the plugin's bytes) or `k`
 //! (primary keepalive). See [the protocol docs][proto].
 //!
-//! The reader reads the 30 header bytes of an XLogData message, then reads its payload
-//! straight from the socket into a fresh 64-byte-aligned [`MutableBuffer`] of exactly the
-//! payload's size: the kernel's copy into that buffer is the only copy the payload ever sees,
-//! and the Arrow arrays decoded from it point into it. The price is one more `read` call per
-//! message than a read-ahead buffer would need.
+//! The reader reads ahead into a 64 KiB buffer, so a burst of small messages — a transaction
+//! of one row is three — costs one `read` call rather than several each. An XLogData payload
+//! is then copied once, from that buffer into a fresh 64-byte-aligned [`MutableBuffer`] of
+//! exactly its size; a payload of [`DIRECT`] bytes or more is read straight from the socket
+//! into its aligned allocation instead, so a large batch is copied only by the kernel. Either
+//! way the Arrow arrays decoded from a payload point into that allocation.
 //!
 //! [`FrameReader::read`] is cancel safe: its progress lives in the reader, so a `read` dropped
-//! in a `select!` loses nothing and the next call resumes.
+//! in a `select!` loses nothing and the next call resumes. So are [`FrameReader::try_frame`]
+//! (no I/O) and [`FrameReader::fill`].
 //!
 //! [proto]: https://www.postgresql.org/docs/15/protocol-replication.html
 
 use std::io;
 
 use arrow_buffer::{Buffer, MutableBuffer};
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use wal2arrow_schema::Lsn;
 
@@ -29,6 +31,12 @@ const MAX_MESSAGE: usize = (1 << 30) + 1024;
 
 /// Bytes before an XLogData payload: type, length, `w`, start, end, time.
 const XLOG_HEAD: usize = 1 + 4 + 1 + 8 + 8 + 8;
+
+/// How much is read ahead at a time.
+const READ_AHEAD: usize = 64 * 1024;
+
+/// Payloads at least this large are read straight into their own allocation.
+pub(crate) const DIRECT: usize = 64 * 1024;
 
 /// One message from the server.
 #[derive(Debug)]
@@ -55,49 +63,129 @@ pub(crate) enum Frame {
     Other(BytesMut),
 }
 
+/// A large XLogData payload being read straight into its allocation.
 #[derive(Debug)]
-enum State {
-    /// Reading the first `need()` bytes of a message into `head`.
-    Head,
-    /// Reading an XLogData payload.
-    Payload { wal_start: Lsn, wal_end: Lsn, buf: MutableBuffer, filled: usize },
-    /// Reading the rest of another message.
-    Body { buf: BytesMut, len: usize },
+struct Direct {
+    wal_start: Lsn,
+    wal_end: Lsn,
+    payload: MutableBuffer,
+    filled: usize,
 }
 
 /// Reads [`Frame`]s; see the module docs.
 #[derive(Debug)]
 pub(crate) struct FrameReader {
-    head: [u8; XLOG_HEAD],
-    filled: usize,
-    state: State,
+    buf: BytesMut,
+    direct: Option<Direct>,
 }
 
 impl FrameReader {
     pub(crate) fn new() -> FrameReader {
-        FrameReader { head: [0; XLOG_HEAD], filled: 0, state: State::Head }
+        FrameReader { buf: BytesMut::with_capacity(READ_AHEAD), direct: None }
     }
 
-    /// How many header bytes decide what the message is.
-    fn head_need(&self) -> usize {
-        if self.filled < 5 {
-            return 5;
-        }
-        let body = self.body_len();
-        if self.head[0] == b'd' && body >= 1 {
-            if self.filled < 6 {
-                return 6;
+    /// The next message, if the bytes read so far hold all of it. No I/O.
+    ///
+    /// # Errors
+    ///
+    /// A message too large or too short for its type.
+    pub(crate) fn try_frame(&mut self) -> io::Result<Option<Frame>> {
+        if let Some(d) = &self.direct {
+            if d.filled < d.payload.len() {
+                return Ok(None);
             }
-            if self.head[5] == b'w' && body >= XLOG_HEAD - 5 {
-                return XLOG_HEAD;
-            }
+            let d = self.direct.take().expect("checked above");
+            return Ok(Some(Frame::XLogData {
+                wal_start: d.wal_start,
+                wal_end: d.wal_end,
+                payload: d.payload.into(),
+            }));
         }
-        self.filled
+        let Some(total) = self.frame_len()? else { return Ok(None) };
+        let is_xlog = self.buf[0] == b'd' && total > 5 && self.buf.get(5) == Some(&b'w');
+        if self.buf[0] == b'd' && total > 5 && self.buf.len() < 6 {
+            return Ok(None); // the sub-type decides
+        }
+        if is_xlog {
+            if total < XLOG_HEAD {
+                return Err(invalid("XLogData message shorter than its header".into()));
+            }
+            if self.buf.len() < XLOG_HEAD {
+                return Ok(None);
+            }
+            let wal_start = Lsn(be_u64(&self.buf[6..14]));
+            let wal_end = Lsn(be_u64(&self.buf[14..22]));
+            let payload_len = total - XLOG_HEAD;
+            if self.buf.len() < total && payload_len >= DIRECT {
+                // Large: what is buffered goes first, the rest straight from the socket.
+                let mut payload = MutableBuffer::from_len_zeroed(payload_len);
+                let have = self.buf.len() - XLOG_HEAD;
+                payload.as_slice_mut()[..have].copy_from_slice(&self.buf[XLOG_HEAD..]);
+                self.buf.clear();
+                self.direct = Some(Direct { wal_start, wal_end, payload, filled: have });
+                return self.try_frame();
+            }
+            if self.buf.len() < total {
+                return Ok(None);
+            }
+            let mut payload = MutableBuffer::new(payload_len);
+            payload.extend_from_slice(&self.buf[XLOG_HEAD..total]);
+            self.buf.advance(total);
+            return Ok(Some(Frame::XLogData { wal_start, wal_end, payload: payload.into() }));
+        }
+        if self.buf.len() < total {
+            return Ok(None);
+        }
+        classify(self.buf.split_to(total)).map(Some)
     }
 
-    fn body_len(&self) -> usize {
-        (u32::from_be_bytes(self.head[1..5].try_into().expect("4 bytes")) as usize)
-            .saturating_sub(4)
+    /// The length of the message at the head of the buffer, type byte included, once its
+    /// length word is in.
+    fn frame_len(&self) -> io::Result<Option<usize>> {
+        if self.buf.len() < 5 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes(self.buf[1..5].try_into().expect("4 bytes"));
+        if len < 4 || len as usize > MAX_MESSAGE {
+            return Err(invalid(format!(
+                "message of type {:?} with impossible length {len}",
+                self.buf[0] as char
+            )));
+        }
+        Ok(Some(1 + len as usize))
+    }
+
+    /// Reads more from `io`: into the read-ahead buffer, or into a large payload.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors and an unexpected end of stream.
+    pub(crate) async fn fill<R: AsyncRead + Unpin>(&mut self, io: &mut R) -> io::Result<()> {
+        if let Some(d) = &mut self.direct {
+            let n = io.read(&mut d.payload.as_slice_mut()[d.filled..]).await?;
+            if n == 0 {
+                return Err(eof_mid_message());
+            }
+            d.filled += n;
+            return Ok(());
+        }
+        // Room for the rest of a message bigger than the read-ahead, or for more messages.
+        let want = match self.frame_len()? {
+            Some(total) if total > self.buf.len() => (total - self.buf.len()).max(READ_AHEAD / 4),
+            _ => READ_AHEAD / 4,
+        };
+        if self.buf.capacity() - self.buf.len() < want {
+            self.buf.reserve(want.max(READ_AHEAD));
+        }
+        let n = io.read_buf(&mut self.buf).await?;
+        if n == 0 {
+            return Err(if self.buf.is_empty() {
+                io::Error::new(io::ErrorKind::UnexpectedEof, "the server closed the connection")
+            } else {
+                eof_mid_message()
+            });
+        }
+        Ok(())
     }
 
     /// Reads the next message. Cancel safe (see the module docs).
@@ -108,77 +196,10 @@ impl FrameReader {
     /// type.
     pub(crate) async fn read<R: AsyncRead + Unpin>(&mut self, io: &mut R) -> io::Result<Frame> {
         loop {
-            match &mut self.state {
-                State::Head => {
-                    if self.filled >= 5 {
-                        let len = u32::from_be_bytes(self.head[1..5].try_into().expect("4 bytes"));
-                        if len < 4 || len as usize > MAX_MESSAGE {
-                            return Err(invalid(format!(
-                                "message of type {:?} with impossible length {len}",
-                                self.head[0] as char
-                            )));
-                        }
-                    }
-                    let need = self.head_need();
-                    if self.filled < need {
-                        let n = io.read(&mut self.head[self.filled..need]).await?;
-                        if n == 0 {
-                            return Err(io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                "the server closed the connection",
-                            ));
-                        }
-                        self.filled += n;
-                        continue;
-                    }
-                    if need == XLOG_HEAD {
-                        let payload_len = self.body_len() - (XLOG_HEAD - 5);
-                        self.state = State::Payload {
-                            wal_start: Lsn(be_u64(&self.head[6..14])),
-                            wal_end: Lsn(be_u64(&self.head[14..22])),
-                            buf: MutableBuffer::from_len_zeroed(payload_len),
-                            filled: 0,
-                        };
-                    } else {
-                        let len = 1 + 4 + self.body_len();
-                        let mut buf = BytesMut::with_capacity(len);
-                        buf.put_slice(&self.head[..self.filled]);
-                        self.state = State::Body { buf, len };
-                    }
-                    self.filled = 0;
-                }
-                State::Payload { buf, filled, .. } => {
-                    if *filled < buf.len() {
-                        let n = io.read(&mut buf.as_slice_mut()[*filled..]).await?;
-                        if n == 0 {
-                            return Err(eof_mid_message());
-                        }
-                        *filled += n;
-                        continue;
-                    }
-                    let State::Payload { wal_start, wal_end, buf, .. } =
-                        std::mem::replace(&mut self.state, State::Head)
-                    else {
-                        unreachable!("matched above")
-                    };
-                    return Ok(Frame::XLogData { wal_start, wal_end, payload: buf.into() });
-                }
-                State::Body { buf, len } => {
-                    if buf.len() < *len {
-                        let want = *len - buf.len();
-                        let n = io.read_buf(&mut (&mut *buf).limit(want)).await?;
-                        if n == 0 {
-                            return Err(eof_mid_message());
-                        }
-                        continue;
-                    }
-                    let State::Body { buf, .. } = std::mem::replace(&mut self.state, State::Head)
-                    else {
-                        unreachable!("matched above")
-                    };
-                    return classify(buf);
-                }
+            if let Some(frame) = self.try_frame()? {
+                return Ok(frame);
             }
+            self.fill(io).await?;
         }
     }
 }
@@ -288,6 +309,32 @@ mod tests {
             );
             let e = r.read(&mut io).await.unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        }
+    }
+
+    #[tokio::test]
+    async fn large_payloads_are_read_straight_into_their_allocation() {
+        let big: Vec<u8> = (0..=250u8).cycle().take(3 * DIRECT + 17).collect();
+        let mut stream = xlog(&[1, 2, 3]);
+        stream.extend(xlog(&big));
+        stream.extend(keepalive(false));
+        for chunk in [7, 4096, 1 << 20] {
+            let mut io = Trickle { data: stream.clone(), at: 0, chunk };
+            let mut r = FrameReader::new();
+            assert!(
+                matches!(r.read(&mut io).await.unwrap(), Frame::XLogData { payload, .. } if payload.as_slice() == [1, 2, 3])
+            );
+            match r.read(&mut io).await.unwrap() {
+                Frame::XLogData { payload, .. } => {
+                    assert_eq!(payload.as_slice(), &big[..]);
+                    assert_eq!(payload.as_ptr() as usize % 64, 0);
+                }
+                f => panic!("{f:?}"),
+            }
+            assert!(matches!(
+                r.read(&mut io).await.unwrap(),
+                Frame::Keepalive { reply: false, .. }
+            ));
         }
     }
 

@@ -39,7 +39,7 @@ use self::json::{JsonError, Next, Scalar, Scanner, Str, str_bytes, str_eq, str_o
 
 /// What one call to [`JsonDecoder::decode`] could not finish.
 #[derive(Debug)]
-pub(crate) enum Step {
+pub enum Step {
     /// The catalog must answer this first; nothing was changed, feed the message again.
     Need(Lookup),
     /// The message is malformed or breaks wal2json's protocol.
@@ -60,7 +60,7 @@ fn bad<T>(what: impl Into<String>) -> Result<T> {
 
 /// A catalog question.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Lookup {
+pub enum Lookup {
     /// A table's OID, keys, replica identity and columns.
     Table { schema: String, table: String },
     /// These types, and the types they refer to (domain bases, array elements).
@@ -71,44 +71,44 @@ pub(crate) enum Lookup {
 
 /// A table's description in the catalog (as it is now, which may be after the change).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct TableInfo {
-    pub(crate) relid: u32,
-    pub(crate) replica_identity: ReplicaIdentity,
+pub struct TableInfo {
+    pub relid: u32,
+    pub replica_identity: ReplicaIdentity,
     /// In key order.
-    pub(crate) primary_key: Vec<String>,
+    pub primary_key: Vec<String>,
     /// The columns old images carry with DEFAULT or USING INDEX, in column order.
-    pub(crate) identity_key: Vec<String>,
-    pub(crate) columns: Vec<CatalogColumn>,
+    pub identity_key: Vec<String>,
+    pub columns: Vec<CatalogColumn>,
 }
 
 /// A column in the catalog.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct CatalogColumn {
-    pub(crate) name: String,
-    pub(crate) type_oid: u32,
-    pub(crate) typmod: i32,
-    pub(crate) ndims: i32,
-    pub(crate) not_null: bool,
+pub struct CatalogColumn {
+    pub name: String,
+    pub type_oid: u32,
+    pub typmod: i32,
+    pub ndims: i32,
+    pub not_null: bool,
     /// `format_type(atttypid, atttypmod)`: what wal2json prints as the type.
-    pub(crate) format: String,
+    pub format: String,
 }
 
 /// A type in the catalog.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct TypeInfo {
-    pub(crate) name: String,
+pub struct TypeInfo {
+    pub name: String,
     /// `typtype`: `b`ase, `d`omain, `e`num, `c`omposite, …
-    pub(crate) typtype: u8,
+    pub typtype: u8,
     /// A domain's base type.
-    pub(crate) base: u32,
+    pub base: u32,
     /// A domain's typmod.
-    pub(crate) typtypmod: i32,
+    pub typtypmod: i32,
     /// A true array's element type, else 0.
-    pub(crate) elem: u32,
+    pub elem: u32,
     /// `typlen` (-1 for variable-length types, whose unchanged values wal2json leaves out).
-    pub(crate) typlen: i16,
+    pub typlen: i16,
     /// The array element delimiter (`,`; `;` for `box`).
-    pub(crate) delim: u8,
+    pub delim: u8,
 }
 
 /// A table's catalog answer (`None`: no such table now) and the fetch it came from.
@@ -116,7 +116,7 @@ type CachedTable = (Option<Arc<TableInfo>>, u64);
 
 /// What the decoder has learnt from the catalog.
 #[derive(Debug, Default)]
-pub(crate) struct CatalogCache {
+pub struct CatalogCache {
     /// By (schema, table): the answer and the fetch it came from.
     tables: HashMap<(String, String), CachedTable>,
     types: HashMap<u32, Option<TypeInfo>>,
@@ -125,16 +125,16 @@ pub(crate) struct CatalogCache {
 }
 
 impl CatalogCache {
-    pub(crate) fn put_table(&mut self, schema: String, table: String, info: Option<TableInfo>) {
+    pub fn put_table(&mut self, schema: String, table: String, info: Option<TableInfo>) {
         self.fetches += 1;
         self.tables.insert((schema, table), (info.map(Arc::new), self.fetches));
     }
 
-    pub(crate) fn put_type(&mut self, oid: u32, info: Option<TypeInfo>) {
+    pub fn put_type(&mut self, oid: u32, info: Option<TypeInfo>) {
         self.types.insert(oid, info);
     }
 
-    pub(crate) fn put_origin(&mut self, id: u32, name: Option<String>) {
+    pub fn put_origin(&mut self, id: u32, name: Option<String>) {
         self.origins.insert(id, name);
     }
 
@@ -200,9 +200,9 @@ const FIRST_NORMAL_OID: u32 = 16384;
 
 /// One decoded message and the JSON bytes it was made from.
 #[derive(Debug)]
-pub(crate) struct Output {
-    pub(crate) message: Message,
-    pub(crate) source_bytes: usize,
+pub struct Output {
+    pub message: Message,
+    pub source_bytes: usize,
 }
 
 /// A column of a change as wal2json wrote it: spans into the message.
@@ -297,12 +297,12 @@ struct Txn {
 
 /// Decodes one replication session's wal2json messages.
 #[derive(Debug)]
-pub(crate) struct JsonDecoder {
+pub struct JsonDecoder {
     options: PluginOptions,
     /// wal2json sends numbers as strings (`numeric-data-types-as-string`, wal2json 2.6+), so
     /// NaN and ±Infinity arrive as text rather than as `null`.
     numbers_as_strings: bool,
-    pub(crate) catalog: CatalogCache,
+    pub catalog: CatalogCache,
     tables: Vec<TableState>,
     by_name: HashMap<(String, String), usize>,
     last_table: Option<usize>,
@@ -391,7 +391,7 @@ fn add_tables(options: &PluginOptions) -> Option<String> {
 }
 
 impl JsonDecoder {
-    pub(crate) fn new(options: PluginOptions, numbers_as_strings: bool) -> JsonDecoder {
+    pub fn new(options: PluginOptions, numbers_as_strings: bool) -> JsonDecoder {
         JsonDecoder {
             options,
             numbers_as_strings,
@@ -416,7 +416,7 @@ impl JsonDecoder {
     /// # Errors
     ///
     /// [`Error::Wal2Json`](crate::Error::Wal2Json).
-    pub(crate) fn decode_at(
+    pub fn decode_at(
         &mut self,
         msg: &[u8],
         lsn: Lsn,
@@ -437,7 +437,7 @@ impl JsonDecoder {
     /// [`Step::Need`] when the catalog must answer first: the same message must then be fed
     /// again. What is in `out` by then is final (steps taken before the question, such as
     /// emitting a gathered TRUNCATE, are not repeated). [`Step::Bad`] for malformed input.
-    pub(crate) fn decode(&mut self, msg: &[u8], out: &mut Vec<Output>) -> Result<()> {
+    pub fn decode(&mut self, msg: &[u8], out: &mut Vec<Output>) -> Result<()> {
         let mut cols = std::mem::take(&mut self.cols);
         let mut identity = std::mem::take(&mut self.identity);
         let mut pk = std::mem::take(&mut self.pk);

@@ -1,0 +1,805 @@
+//! The end-to-end benchmark: one scratch PostgreSQL, every contender decoding the same WAL,
+//! side by side in one run.
+//!
+//! ```sh
+//! cargo run --release -p wal2arrow-benches --bin e2e -- --out BENCHMARKS.md
+//! ```
+//!
+//! For each workload it creates one slot per contender *before* generating the workload, so
+//! all of them decode the same WAL, then streams the slots one after another (never two at
+//! once: the machine has two cores) and measures, per contender:
+//!
+//! - **events/s** end to end: rows from `START_REPLICATION` until the consumer holds them —
+//!   as Arrow `RecordBatch`es for wal2arrow and for wal2json through the fallback parser, as
+//!   raw bytes for pgoutput and test_decoding, which have no Arrow path;
+//! - the **walsender's CPU seconds** (from `/proc/<pid>/stat`);
+//! - **bytes per row** sent by the server.
+//!
+//! The contenders: wal2arrow → consumer; wal2json v2 → the fallback → RecordBatches;
+//! pgoutput protocol 2 in binary mode (raw); test_decoding (raw); and the **decode floor** —
+//! pgoutput with a publication that contains no tables: PostgreSQL decoding the WAL and
+//! sending nothing.
+//!
+//! The workloads: W1 1,000,000 inserts into `(id int8 pk, a int4, b float8, c text(20),
+//! d timestamptz, e bool)` in 1,000-row transactions; W2 300,000 inserts into a 21-column
+//! table of mixed types with ~10% NULLs; W3 500,000 updates of W1's rows; W4 100,000
+//! single-row transactions. Then commit-to-batch latency under steady load (1,000 and 10,000
+//! transactions per second), and the consumer's peak memory while streaming W1.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use wal2arrow_consumer::{
+    ChangeStream, Config, Event, Lsn, PluginOptions, RawFrame, ReplicationClient,
+};
+use wal2arrow_harness::{Cluster, ClusterOptions, TestDb};
+
+/// One contender's result on one workload.
+#[derive(Clone, Debug)]
+struct Measured {
+    contender: Contender,
+    rows: u64,
+    elapsed: Duration,
+    walsender_cpu: Duration,
+    bytes: u64,
+}
+
+impl Measured {
+    fn rows_per_sec(&self) -> f64 {
+        self.rows as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Contender {
+    Wal2Arrow,
+    Wal2Json,
+    PgOutput,
+    TestDecoding,
+    Floor,
+}
+
+const CONTENDERS: [Contender; 5] = [
+    Contender::Wal2Arrow,
+    Contender::Wal2Json,
+    Contender::PgOutput,
+    Contender::TestDecoding,
+    Contender::Floor,
+];
+
+impl Contender {
+    fn name(self) -> &'static str {
+        match self {
+            Contender::Wal2Arrow => "wal2arrow",
+            Contender::Wal2Json => "wal2json",
+            Contender::PgOutput => "pgoutput",
+            Contender::TestDecoding => "test_decoding",
+            Contender::Floor => "floor",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Contender::Wal2Arrow => "wal2arrow → consumer (RecordBatch)",
+            Contender::Wal2Json => "wal2json v2 → fallback (RecordBatch)",
+            Contender::PgOutput => "pgoutput proto 2, binary (raw)",
+            Contender::TestDecoding => "test_decoding (raw)",
+            Contender::Floor => "decode floor: pgoutput, empty publication",
+        }
+    }
+
+    fn slot(self, workload: &str) -> String {
+        let p = match self {
+            Contender::Wal2Arrow => "arrow",
+            Contender::Wal2Json => "json",
+            Contender::PgOutput => "pgo",
+            Contender::TestDecoding => "td",
+            Contender::Floor => "floor",
+        };
+        format!("{}_{p}", workload.to_lowercase())
+    }
+
+    fn plugin(self) -> &'static str {
+        match self {
+            Contender::Wal2Arrow => "wal2arrow",
+            Contender::Wal2Json => "wal2json",
+            Contender::PgOutput | Contender::Floor => "pgoutput",
+            Contender::TestDecoding => "test_decoding",
+        }
+    }
+}
+
+struct Workload {
+    name: &'static str,
+    title: String,
+    /// Generates the changes.
+    generate: String,
+    rows: u64,
+}
+
+fn workloads(scale: f64) -> Vec<Workload> {
+    let n = |base: u64| ((base as f64 * scale).round() as u64).max(1000) / 1000 * 1000;
+    let (w1, w2, w3, w4) = (n(1_000_000), n(300_000), n(500_000), n(100_000));
+    vec![
+        Workload {
+            name: "W1",
+            title: format!(
+                "W1: {w1} inserts into (id int8 pk, a int4, b float8, c text, d timestamptz, e bool), 1,000-row transactions"
+            ),
+            generate: format!("CALL gen_w1({w1}, 1000)"),
+            rows: w1,
+        },
+        Workload {
+            name: "W2",
+            title: format!(
+                "W2: {w2} inserts into a 21-column mixed-type table (~10% NULLs), 1,000-row transactions"
+            ),
+            generate: format!("CALL gen_w2({w2}, 1000)"),
+            rows: w2,
+        },
+        Workload {
+            name: "W3",
+            title: format!("W3: {w3} updates of W1's rows, 1,000-row transactions"),
+            generate: format!("CALL gen_w3({w3}, 1000)"),
+            rows: w3,
+        },
+        Workload {
+            name: "W4",
+            title: format!("W4: {w4} single-row transactions"),
+            generate: format!("CALL gen_w4({w4})"),
+            rows: w4,
+        },
+    ]
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE w1 (id int8 PRIMARY KEY, a int4, b float8, c text, d timestamptz, e bool);
+CREATE TABLE w4 (id int8 PRIMARY KEY, a int4, b float8, c text, d timestamptz, e bool);
+CREATE TABLE w2 (
+    id int8 PRIMARY KEY, c_int2 int2, c_int4 int4, c_int8 int8, c_float4 float4, c_float8 float8,
+    c_numeric numeric(12,2), c_text text, c_varchar varchar(40), c_bool bool, c_date date,
+    c_ts timestamp, c_tstz timestamptz, c_uuid uuid, c_jsonb jsonb, c_bytea bytea, c_arr int4[],
+    c_int4_b int4, c_text_b text, c_float8_b float8, c_int8_b int8);
+CREATE PUBLICATION pub_w1 FOR TABLE w1;
+CREATE PUBLICATION pub_w2 FOR TABLE w2;
+CREATE PUBLICATION pub_w3 FOR TABLE w1;
+CREATE PUBLICATION pub_w4 FOR TABLE w4;
+CREATE PUBLICATION pub_empty;
+CREATE PROCEDURE gen_w1(n int, per int) LANGUAGE plpgsql AS $$
+DECLARE i int := 0;
+BEGIN
+    WHILE i < n LOOP
+        INSERT INTO w1 SELECT g, (g % 100000)::int4, g * 0.5, substr(md5(g::text), 1, 20),
+            timestamptz '2024-01-01 00:00:00+00' + g * interval '1 ms', g % 2 = 0
+        FROM generate_series(i + 1, i + per) g;
+        COMMIT;
+        i := i + per;
+    END LOOP;
+END $$;
+CREATE PROCEDURE gen_w3(n int, per int) LANGUAGE plpgsql AS $$
+DECLARE i int := 0;
+BEGIN
+    WHILE i < n LOOP
+        UPDATE w1 SET a = a + 1, b = b * 2 WHERE id > i AND id <= i + per;
+        COMMIT;
+        i := i + per;
+    END LOOP;
+END $$;
+CREATE PROCEDURE gen_w4(n int) LANGUAGE plpgsql AS $$
+BEGIN
+    FOR g IN 1..n LOOP
+        INSERT INTO w4 VALUES (g, g, g * 0.5, substr(md5(g::text), 1, 20),
+            timestamptz '2024-01-01 00:00:00+00' + g * interval '1 ms', g % 2 = 0);
+        COMMIT;
+    END LOOP;
+END $$;
+CREATE PROCEDURE gen_w2(n int, per int) LANGUAGE plpgsql AS $$
+DECLARE i int := 0;
+BEGIN
+    WHILE i < n LOOP
+        INSERT INTO w2 SELECT g,
+            CASE WHEN g % 10 <> 1 THEN (g % 32000)::int2 END,
+            CASE WHEN g % 10 <> 2 THEN g::int4 END,
+            CASE WHEN g % 10 <> 3 THEN g::int8 * 1000003 END,
+            CASE WHEN g % 10 <> 4 THEN (g * 0.25)::float4 END,
+            CASE WHEN g % 10 <> 5 THEN g * 0.125 END,
+            CASE WHEN g % 10 <> 6 THEN (g % 1000000) / 100.0 END,
+            CASE WHEN g % 10 <> 7 THEN repeat(md5(g::text), 3) || substr(md5(g::text), 1, 4) END,
+            CASE WHEN g % 10 <> 8 THEN 'varchar ' || g END,
+            CASE WHEN g % 10 <> 9 THEN g % 3 = 0 END,
+            CASE WHEN g % 10 <> 0 THEN date '2024-01-01' + (g % 1000) END,
+            CASE WHEN g % 10 <> 1 THEN timestamp '2024-01-01' + g * interval '1 s' END,
+            CASE WHEN g % 10 <> 2 THEN timestamptz '2024-01-01 00:00:00+00' + g * interval '1 ms' END,
+            CASE WHEN g % 10 <> 3 THEN md5(g::text)::uuid END,
+            CASE WHEN g % 10 <> 4 THEN jsonb_build_object('id', g, 'tag', 't' || (g % 7)) END,
+            CASE WHEN g % 10 <> 5 THEN decode(md5(g::text) || md5((g + 1)::text), 'hex') END,
+            CASE WHEN g % 10 <> 6 THEN ARRAY[g::int4, (g + 1)::int4, (g + 2)::int4] END,
+            CASE WHEN g % 10 <> 7 THEN (g % 1000)::int4 END,
+            CASE WHEN g % 10 <> 8 THEN 't' || g END,
+            CASE WHEN g % 10 <> 9 THEN g * 1.5 END,
+            CASE WHEN g % 10 <> 0 THEN g END
+        FROM generate_series(i + 1, i + per) g;
+        COMMIT;
+        i := i + per;
+    END LOOP;
+END $$;
+CREATE TABLE lat (id bigserial PRIMARY KEY, v int4);
+CREATE PROCEDURE gen_rate(rate int, secs float8) LANGUAGE plpgsql AS $$
+DECLARE started timestamptz := clock_timestamp(); n bigint := 0; due float8;
+BEGIN
+    LOOP
+        INSERT INTO lat (v) VALUES (n);
+        COMMIT;
+        n := n + 1;
+        IF n % 10 = 0 THEN
+            due := extract(epoch FROM clock_timestamp() - started) * rate;
+            IF n > due THEN PERFORM pg_sleep((n - due) / rate); END IF;
+            EXIT WHEN clock_timestamp() - started > secs * interval '1 s';
+        END IF;
+    END LOOP;
+END $$;
+"#;
+
+struct Args {
+    scale: f64,
+    only: Vec<String>,
+    contenders: Vec<String>,
+    latency_secs: f64,
+    out: Option<PathBuf>,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        scale: 1.0,
+        only: Vec::new(),
+        contenders: Vec::new(),
+        latency_secs: 10.0,
+        out: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| usage(&format!("{a} needs a value")));
+        match a.as_str() {
+            "--scale" => {
+                args.scale = value().parse().unwrap_or_else(|_| usage("--scale: a number"))
+            }
+            "--workloads" => args.only = value().split(',').map(str::to_uppercase).collect(),
+            "--contenders" => args.contenders = value().split(',').map(str::to_lowercase).collect(),
+            "--latency-seconds" => {
+                args.latency_secs = value().parse().unwrap_or_else(|_| usage("--latency-seconds"))
+            }
+            "--out" => args.out = Some(value().into()),
+            "--help" | "-h" => usage(""),
+            other => usage(&format!("unknown argument {other}")),
+        }
+    }
+    args
+}
+
+fn usage(problem: &str) -> ! {
+    if !problem.is_empty() {
+        eprintln!("e2e: {problem}");
+    }
+    eprintln!(
+        "usage: e2e [--scale F] [--workloads W1,W2,W3,W4,LATENCY] \
+         [--contenders wal2arrow,wal2json,pgoutput,test_decoding,floor] [--latency-seconds S] \
+         [--out FILE.md]"
+    );
+    std::process::exit(2)
+}
+
+fn main() {
+    let args = parse_args();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let report = runtime.block_on(run(&args));
+    println!("{report}");
+    if let Some(path) = &args.out {
+        std::fs::write(path, &report).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        eprintln!("wrote {}", path.display());
+    }
+}
+
+fn psql(db: &TestDb<'_>, sql: &str) -> String {
+    db.cluster().psql(db.name(), sql).unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn run(args: &Args) -> String {
+    eprintln!("building the plugin and starting a scratch PostgreSQL…");
+    let options = ClusterOptions::with_plugin().expect("the plugin builds");
+    let cluster = Cluster::start(&ClusterOptions {
+        settings: vec![
+            ("shared_buffers".into(), "'512MB'".into()),
+            ("max_wal_size".into(), "'8GB'".into()),
+            ("checkpoint_timeout".into(), "'1h'".into()),
+            ("wal_sender_timeout".into(), "'5min'".into()),
+            ("autovacuum".into(), "off".into()),
+        ],
+        ..options
+    })
+    .expect("the scratch cluster starts");
+    let db = cluster.database("bench");
+    psql(&db, SCHEMA);
+    let config = Config::from_dsn(&db.dsn()).expect("a DSN");
+    let clk_tck: f64 = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0);
+
+    let mut report = header(&cluster, args);
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|w| w == name);
+    let mut results: Vec<(String, Vec<Measured>)> = Vec::new();
+    let mut peak_rss: Option<u64> = None;
+    for w in workloads(args.scale) {
+        if !wanted(w.name) {
+            // W3 updates W1's rows: they must exist.
+            if w.name == "W1" && wanted("W3") {
+                psql(&db, &w.generate);
+            }
+            continue;
+        }
+        eprintln!("{}: creating the slots…", w.name);
+        for c in CONTENDERS {
+            psql(
+                &db,
+                &format!(
+                    "SELECT pg_create_logical_replication_slot('{}', '{}')",
+                    c.slot(w.name),
+                    c.plugin()
+                ),
+            );
+        }
+        eprintln!("{}: generating the workload…", w.name);
+        let started = Instant::now();
+        psql(&db, &w.generate);
+        let target: Lsn = psql(&db, "SELECT pg_current_wal_lsn()").trim().parse().unwrap();
+        eprintln!("{}: generated in {:.1} s", w.name, started.elapsed().as_secs_f64());
+        let mut measured = Vec::new();
+        for c in CONTENDERS {
+            if !args.contenders.is_empty() && !args.contenders.iter().any(|n| n == c.name()) {
+                psql(&db, &format!("SELECT pg_drop_replication_slot('{}')", c.slot(w.name)));
+                continue;
+            }
+            if c == Contender::Wal2Arrow && w.name == "W1" {
+                reset_peak_rss();
+            }
+            let m = measure(c, &w, &config, target, clk_tck).await;
+            if c == Contender::Wal2Arrow && w.name == "W1" {
+                peak_rss = peak_rss_bytes();
+            }
+            eprintln!(
+                "  {:<45} {:>12.0} rows/s  walsender {:>6.2} s  {:>6.1} B/row",
+                c.label(),
+                m.rows_per_sec(),
+                m.walsender_cpu.as_secs_f64(),
+                m.bytes as f64 / m.rows.max(1) as f64
+            );
+            psql(&db, &format!("SELECT pg_drop_replication_slot('{}')", c.slot(w.name)));
+            measured.push(m);
+        }
+        report.push_str(&table(&w, &measured));
+        results.push((w.name.to_owned(), measured));
+    }
+    let mut latencies = Vec::new();
+    if wanted("LATENCY") {
+        for rate in [1_000u32, 10_000] {
+            eprintln!("latency at {rate} tx/s…");
+            latencies.push(latency(&db, &config, rate, args.latency_secs).await);
+        }
+        report.push_str(&latency_table(&latencies));
+    }
+    report.push_str(&targets(&results, &latencies, peak_rss));
+    report
+}
+
+fn header(cluster: &Cluster, args: &Args) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mem_gb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<f64>().ok()))
+        })
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let version = cluster.psql("postgres", "SHOW server_version").unwrap_or_default();
+    let mut s = String::from("# Benchmarks\n\n");
+    let _ = writeln!(
+        s,
+        "Produced by `cargo run --release -p wal2arrow-benches --bin e2e --{}{}` — the end-to-end \
+         benchmark program in [`benches/e2e.rs`](benches/e2e.rs): one scratch PostgreSQL, one slot per \
+         contender created before each workload so all decode the same WAL, contenders streamed one \
+         after another. Ratios are within this one run; absolute numbers vary between machines and runs.\n",
+        if args.scale == 1.0 { String::new() } else { format!(" --scale {}", args.scale) },
+        args.out.as_ref().map_or(String::new(), |p| format!(" --out {}", p.display()))
+    );
+    let _ = writeln!(
+        s,
+        "Machine: {cpu}, {cores} cores, {mem_gb:.0} GiB; PostgreSQL {} (fsync off, scratch cluster); \
+         wal2json 2.5. Run {}.\n",
+        version.trim(),
+        chrono_like_now()
+    );
+    s.push_str(
+        "**events/s**: rows from `START_REPLICATION` until the consumer holds them (as Arrow \
+         RecordBatches for wal2arrow and wal2json, as raw bytes for pgoutput and test_decoding); \
+         **× wal2arrow**: how many times faster wal2arrow is; **walsender CPU**: the server process's \
+         CPU time; **bytes/row**: what the server sent, per row.\n\n",
+    );
+    s
+}
+
+/// The current UTC date and time, without a date crate.
+fn chrono_like_now() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let days = secs / 86_400;
+    let (h, m) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{d:02} {h:02}:{m:02} UTC")
+}
+
+fn table(w: &Workload, measured: &[Measured]) -> String {
+    let arrow =
+        measured.iter().find(|m| m.contender == Contender::Wal2Arrow).map(Measured::rows_per_sec);
+    let mut s = format!("## {}\n\n", w.title);
+    s.push_str(
+        "| contender | events/s | × wal2arrow | walsender CPU (s) | CPU µs/row | bytes/row |\n",
+    );
+    s.push_str("|---|---:|---:|---:|---:|---:|\n");
+    for m in measured {
+        let ratio = arrow.map_or("-".into(), |a| format!("{:.2}", a / m.rows_per_sec().max(1e-9)));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.2} | {:.2} | {:.1} |",
+            m.contender.label(),
+            thousands(m.rows_per_sec()),
+            ratio,
+            m.walsender_cpu.as_secs_f64(),
+            m.walsender_cpu.as_secs_f64() * 1e6 / m.rows.max(1) as f64,
+            m.bytes as f64 / m.rows.max(1) as f64
+        );
+    }
+    s.push('\n');
+    s
+}
+
+fn thousands(v: f64) -> String {
+    let n = v.round() as u64;
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The walsender of `slot`'s CPU time so far.
+async fn walsender(config: &Config, slot: &str) -> Option<u32> {
+    let client = wal2arrow_consumer::sql_client(config).await.ok()?;
+    for _ in 0..100 {
+        let row = client
+            .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .await
+            .ok()?;
+        if let Some(pid) = row.and_then(|r| r.get::<_, Option<i32>>(0)) {
+            return u32::try_from(pid).ok();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+fn cpu_time(pid: u32, clk_tck: f64) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let fields: Vec<&str> =
+        stat.rsplit_once(") ").map_or(vec![], |(_, rest)| rest.split(' ').collect());
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    Duration::from_secs_f64((ticks(11) + ticks(12)) / clk_tck)
+}
+
+async fn measure(
+    c: Contender,
+    w: &Workload,
+    config: &Config,
+    target: Lsn,
+    clk_tck: f64,
+) -> Measured {
+    let slot = c.slot(w.name);
+    let started = Instant::now();
+    let client = ReplicationClient::connect(config).await.expect("a replication connection");
+    let options = PluginOptions::default();
+    let mut stream = match c {
+        Contender::Wal2Arrow => client.start(&slot, Lsn::INVALID, &options).await,
+        Contender::Wal2Json => client.start_wal2json(&slot, Lsn::INVALID, &options, false).await,
+        Contender::PgOutput => {
+            let publication = format!("pub_{}", w.name.to_lowercase());
+            client
+                .start_with_pairs(
+                    &slot,
+                    Lsn::INVALID,
+                    &[
+                        ("proto_version", Some("2")),
+                        ("publication_names", Some(&publication)),
+                        ("binary", Some("true")),
+                    ],
+                )
+                .await
+        }
+        Contender::TestDecoding => {
+            client.start_with_pairs(&slot, Lsn::INVALID, &[("skip-empty-xacts", Some("1"))]).await
+        }
+        Contender::Floor => {
+            client
+                .start_with_pairs(
+                    &slot,
+                    Lsn::INVALID,
+                    &[("proto_version", Some("1")), ("publication_names", Some("pub_empty"))],
+                )
+                .await
+        }
+    }
+    .unwrap_or_else(|e| panic!("{}: {e}", c.label()));
+    let pid = walsender(config, &slot).await;
+    let rows = match c {
+        Contender::Wal2Arrow | Contender::Wal2Json => arrow_rows(&mut stream, w.rows).await,
+        Contender::PgOutput => {
+            raw_rows(&mut stream, w.rows, |p| matches!(p.first(), Some(b'I' | b'U' | b'D'))).await
+        }
+        Contender::TestDecoding => {
+            raw_rows(&mut stream, w.rows, |p| p.starts_with(b"table ")).await
+        }
+        Contender::Floor => {
+            until_caught_up(&mut stream, target).await;
+            w.rows
+        }
+    };
+    let elapsed = started.elapsed();
+    let walsender_cpu = pid.map_or(Duration::ZERO, |p| cpu_time(p, clk_tck));
+    let bytes = stream.received_bytes();
+    let _ = stream.close().await;
+    Measured { contender: c, rows, elapsed, walsender_cpu, bytes }
+}
+
+/// Reads Arrow batches until `expected` rows arrived and their transaction committed; each
+/// batch is dropped once counted.
+async fn arrow_rows(stream: &mut ChangeStream, expected: u64) -> u64 {
+    let mut rows = 0u64;
+    loop {
+        match stream.next_event().await.expect("stream event").expect("stream open") {
+            Event::Change(c) => rows += c.num_rows() as u64,
+            Event::Commit(c) => {
+                stream.ack(c.end_lsn);
+                if rows >= expected {
+                    return rows;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Reads raw frames until `expected` row messages arrived.
+async fn raw_rows(stream: &mut ChangeStream, expected: u64, is_row: impl Fn(&[u8]) -> bool) -> u64 {
+    let mut rows = 0u64;
+    while rows < expected {
+        if let RawFrame::Data { payload, .. } =
+            stream.next_raw().await.expect("stream frame").expect("stream open")
+        {
+            rows += u64::from(is_row(payload.as_slice()));
+        }
+    }
+    rows
+}
+
+/// Reads until the server reports having processed the WAL up to `target`.
+async fn until_caught_up(stream: &mut ChangeStream, target: Lsn) {
+    loop {
+        match stream.next_raw().await.expect("stream frame").expect("stream open") {
+            RawFrame::Keepalive { wal_end } | RawFrame::Data { wal_end, .. }
+                if wal_end >= target =>
+            {
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn reset_peak_rss() {
+    // "5" resets the peak resident set size (Linux 4.0+).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+struct Latency {
+    rate: u32,
+    achieved: f64,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+    samples: usize,
+}
+
+/// Commit-to-batch latency: a steady load of single-row transactions at `rate` per second for
+/// `secs` seconds; each batch's arrival time minus its transaction's commit time (both on this
+/// machine's clock), the first second left out as warm-up.
+async fn latency(db: &TestDb<'_>, config: &Config, rate: u32, secs: f64) -> Latency {
+    let slot = format!("lat_{rate}");
+    psql(db, &format!("SELECT pg_create_logical_replication_slot('{slot}', 'wal2arrow')"));
+    let mut stream = ReplicationClient::connect(config)
+        .await
+        .unwrap()
+        .start(&slot, Lsn::INVALID, &PluginOptions::default())
+        .await
+        .unwrap();
+    let dsn = db.dsn();
+    let generate = format!("CALL gen_rate({rate}, {secs})");
+    let started_us = now_us();
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    // The load runs in a thread (psql blocks); its end is signalled through `tx`.
+    let psql_bin = wal2arrow_harness::pg_bin_dir().expect("PostgreSQL binaries").join("psql");
+    let sql_thread = std::thread::spawn(move || {
+        let out = std::process::Command::new(psql_bin)
+            .args([dsn.as_str(), "-q", "-c", &generate])
+            .output();
+        let _ = tx.send(());
+        out
+    });
+    let mut samples: Vec<i64> = Vec::new();
+    let mut txns = 0u64;
+    let warmup_until = started_us + 1_000_000;
+    let mut done = false;
+    loop {
+        let next = tokio::select! {
+            e = stream.next_event() => e,
+            _ = &mut rx, if !done => { done = true; continue; }
+            () = tokio::time::sleep(Duration::from_millis(500)), if done => break,
+        };
+        match next.expect("stream event").expect("stream open") {
+            Event::Change(c) => {
+                let now = now_us();
+                if c.commit_time_us >= warmup_until {
+                    samples.push(now - c.commit_time_us);
+                }
+            }
+            Event::Commit(c) => {
+                txns += 1;
+                stream.ack(c.end_lsn);
+            }
+            _ => {}
+        }
+    }
+    let out = sql_thread.join().expect("the load thread").expect("psql runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = stream.close().await;
+    psql(db, &format!("SELECT pg_drop_replication_slot('{slot}')"));
+    samples.sort_unstable();
+    let pct = |p: f64| {
+        let i = ((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len().max(1)) - 1;
+        Duration::from_micros(samples.get(i).copied().unwrap_or(0).max(0) as u64)
+    };
+    Latency {
+        rate,
+        achieved: txns as f64 / secs,
+        p50: pct(0.50),
+        p99: pct(0.99),
+        max: pct(1.0),
+        samples: samples.len(),
+    }
+}
+
+fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+fn latency_table(l: &[Latency]) -> String {
+    let mut s = String::from(
+        "## Commit-to-batch latency (wal2arrow)\n\nFrom the commit on the server to the RecordBatch in \
+         the consumer's hands, single-row transactions at a steady rate.\n\n\
+         | target rate (tx/s) | achieved (tx/s) | samples | p50 | p99 | max |\n|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for x in l {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.2} ms | {:.2} ms | {:.2} ms |",
+            thousands(f64::from(x.rate)),
+            thousands(x.achieved),
+            x.samples,
+            x.p50.as_secs_f64() * 1e3,
+            x.p99.as_secs_f64() * 1e3,
+            x.max.as_secs_f64() * 1e3
+        );
+    }
+    s.push('\n');
+    s
+}
+
+fn targets(
+    results: &[(String, Vec<Measured>)],
+    latencies: &[Latency],
+    peak_rss: Option<u64>,
+) -> String {
+    let get = |w: &str, c: Contender| {
+        results
+            .iter()
+            .find(|(n, _)| n == w)
+            .and_then(|(_, ms)| ms.iter().find(|m| m.contender == c))
+    };
+    let ratio = |w: &str, c: Contender| -> Option<f64> {
+        Some(get(w, Contender::Wal2Arrow)?.rows_per_sec() / get(w, c)?.rows_per_sec())
+    };
+    let mut s = String::from("## Targets\n\n| target | measured | |\n|---|---:|---|\n");
+    let mut row = |name: &str, value: Option<f64>, unit: &str, ok: &dyn Fn(f64) -> bool| {
+        let (v, verdict) = match value {
+            Some(v) => (format!("{v:.2}{unit}"), if ok(v) { "met" } else { "**missed**" }),
+            None => ("not run".into(), ""),
+        };
+        let _ = writeln!(s, "| {name} | {v} | {verdict} |");
+    };
+    row("W1: ≥ 8× wal2json v2", ratio("W1", Contender::Wal2Json), "×", &|v| v >= 8.0);
+    row("W1: ≥ 4× pgoutput binary", ratio("W1", Contender::PgOutput), "×", &|v| v >= 4.0);
+    row("W1: ≥ 0.8× the decode floor", ratio("W1", Contender::Floor), "×", &|v| v >= 0.8);
+    row("W2: ≥ 4× wal2json v2", ratio("W2", Contender::Wal2Json), "×", &|v| v >= 4.0);
+    row("W3: ≥ 5× wal2json v2", ratio("W3", Contender::Wal2Json), "×", &|v| v >= 5.0);
+    row("W4: ≥ 2× wal2json v2", ratio("W4", Contender::Wal2Json), "×", &|v| v >= 2.0);
+    row("W4: ahead of pgoutput binary", ratio("W4", Contender::PgOutput), "×", &|v| v > 1.0);
+    let cpu_per_row =
+        |c: Contender| get("W1", c).map(|m| m.walsender_cpu.as_secs_f64() / m.rows.max(1) as f64);
+    let cpu_ratio =
+        cpu_per_row(Contender::Wal2Arrow).zip(cpu_per_row(Contender::Floor)).map(|(a, f)| a / f);
+    row("W1: walsender CPU per row ≤ 1.5× the floor's", cpu_ratio, "×", &|v| v <= 1.5);
+    let size = get("W1", Contender::Wal2Arrow).map(|m| m.bytes as f64 / m.rows.max(1) as f64);
+    row("W1: ≤ 60 bytes per row", size, " B", &|v| v <= 60.0);
+    let at = |rate: u32| latencies.iter().find(|l| l.rate == rate);
+    row(
+        "latency p50 < 10 ms at 10,000 tx/s",
+        at(10_000).map(|l| l.p50.as_secs_f64() * 1e3),
+        " ms",
+        &|v| v < 10.0,
+    );
+    row(
+        "latency p99 < 50 ms at 10,000 tx/s",
+        at(10_000).map(|l| l.p99.as_secs_f64() * 1e3),
+        " ms",
+        &|v| v < 50.0,
+    );
+    row("consumer peak RSS streaming W1 < 200 MB", peak_rss.map(|b| b as f64 / 1e6), " MB", &|v| {
+        v < 200.0
+    });
+    s.push('\n');
+    s
+}
