@@ -1,4 +1,4 @@
-//! The wal2arrow wire format, version 1: framing of the messages the plugin writes.
+//! The wal2arrow wire format, version 2: framing of the messages the plugin writes.
 //!
 //! Every message (or Bundle of messages) is exactly one `OutputPluginWrite`, so it arrives as
 //! one XLogData payload of the [streaming replication protocol][proto]. A message starts with a 4-byte prefix —
