@@ -470,18 +470,10 @@ impl ColumnBuilder {
             }
             PgKind::Interval => ColumnBuilder::Interval(FixedColumn::default()),
             PgKind::TimeTz => ColumnBuilder::TimeTz(Box::default()),
-            PgKind::Array { element, element_type, dims } => {
-                let DataType::List(item) = kind.arrow_type() else {
+            PgKind::Array { .. } => {
+                let (DataType::List(item), Some(inner)) = (kind.arrow_type(), kind.item_kind())
+                else {
                     unreachable!("arrays are lists")
-                };
-                let inner = if *dims > 1 {
-                    PgKind::Array {
-                        element: element.clone(),
-                        element_type: element_type.clone(),
-                        dims: dims - 1,
-                    }
-                } else {
-                    (**element).clone()
                 };
                 ColumnBuilder::List(Box::new(ListColumn {
                     item,

@@ -287,10 +287,10 @@ impl PgKind {
         }
     }
 
-    /// For an array, the field of its items (one level down).
-    fn item_field(&self) -> Option<Field> {
+    /// For an array, the kind of its items: one dimension fewer, or the element at the last.
+    pub fn item_kind(&self) -> Option<PgKind> {
         let PgKind::Array { element, element_type, dims } = self else { return None };
-        let inner = if *dims > 1 {
+        Some(if *dims > 1 {
             PgKind::Array {
                 element: element.clone(),
                 element_type: element_type.clone(),
@@ -298,7 +298,13 @@ impl PgKind {
             }
         } else {
             (**element).clone()
-        };
+        })
+    }
+
+    /// For an array, the field of its items (one level down).
+    fn item_field(&self) -> Option<Field> {
+        let inner = self.item_kind()?;
+        let PgKind::Array { element, element_type, dims } = self else { return None };
         let mut md: HashMap<String, String> = HashMap::new();
         if *dims == 1 {
             md.insert(meta::PG_TYPNAME.to_owned(), element_type.clone());
