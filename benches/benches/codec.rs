@@ -6,7 +6,6 @@
 //! `cargo bench -p wal2arrow-benches --bench codec`
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use arrow_buffer::Buffer;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -205,12 +204,11 @@ fn codec(c: &mut Criterion) {
     }
 }
 
+mod common;
+
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(20);
+    config = common::config();
     targets = codec
 }
 criterion_main!(benches);

@@ -4,7 +4,6 @@
 //! `cargo bench -p wal2arrow-benches --bench fallback`
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use wal2arrow_consumer::PluginOptions;
@@ -127,12 +126,11 @@ fn fallback(c: &mut Criterion) {
     group.finish();
 }
 
+mod common;
+
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(20);
+    config = common::config();
     targets = fallback
 }
 criterion_main!(benches);

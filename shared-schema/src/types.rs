@@ -358,8 +358,8 @@ impl ColumnDesc {
     }
 }
 
-/// `s` as a JSON string literal.
-pub(crate) fn json_string(s: &str) -> String {
+/// `s` as a JSON string literal (quoted, with `"`, `\\` and control characters escaped).
+pub fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

@@ -318,10 +318,10 @@ pub(crate) unsafe fn is_unchanged_toast(datum: pg_sys::Datum) -> bool {
 /// `datum` must point to a valid varlena. The bytes live until the current memory context is
 /// reset (or as long as the tuple, when no detoasting was needed).
 unsafe fn varlena_bytes<'a>(datum: pg_sys::Datum) -> &'a [u8] {
-    // SAFETY: the caller guarantees a varlena. One stored inline and uncompressed (short or
-    // 4-byte header) is read in place — the common case, without a call into PostgreSQL;
-    // detoasting handles compressed and external (reconstructed by the reorder buffer) forms,
-    // allocating in the current memory context.
+    // One stored inline and uncompressed (short or 4-byte header) is read in place — the
+    // common case, without a call into PostgreSQL; detoasting handles compressed and external
+    // (reconstructed by the reorder buffer) forms, allocating in the current memory context.
+    // SAFETY: the caller guarantees a valid varlena, which is all these functions read.
     unsafe {
         let mut v = datum.cast_mut_ptr::<pg_sys::varlena>();
         if varatt_is_1b_e(v) || varatt_is_4b_c(v) {

@@ -451,7 +451,8 @@ pub fn truncate_batch(t: &TruncateEvent) -> Result<RecordBatch> {
         commit.append_value(t.commit_lsn.0);
         ordinal.append_value(t.ordinal);
     }
-    let schema = std::sync::Arc::new(Schema::new_with_metadata(
+    named_batch(
+        TRUNCATES,
         vec![
             Field::new("table", DataType::Utf8, false),
             Field::new("cascade", DataType::Boolean, true),
@@ -459,13 +460,6 @@ pub fn truncate_batch(t: &TruncateEvent) -> Result<RecordBatch> {
             Field::new("_commit_lsn", DataType::UInt64, false),
             Field::new("_ordinal", DataType::UInt32, false),
         ],
-        std::collections::HashMap::from([(
-            wal2arrow_schema::meta::TABLE_NAME.to_owned(),
-            TRUNCATES.to_owned(),
-        )]),
-    ));
-    Ok(RecordBatch::try_new(
-        schema,
         vec![
             std::sync::Arc::new(table.finish()),
             std::sync::Arc::new(cascade.finish()),
@@ -473,7 +467,22 @@ pub fn truncate_batch(t: &TruncateEvent) -> Result<RecordBatch> {
             std::sync::Arc::new(commit.finish()),
             std::sync::Arc::new(ordinal.finish()),
         ],
-    )?)
+    )
+}
+
+/// A batch of the sink's own tables (`TRUNCATES`, `MESSAGES`): the table's name in the
+/// schema metadata, as stream batches carry theirs.
+fn named_batch(
+    table: &str,
+    fields: Vec<Field>,
+    columns: Vec<arrow_array::ArrayRef>,
+) -> Result<RecordBatch> {
+    let metadata = std::collections::HashMap::from([(
+        wal2arrow_schema::meta::TABLE_NAME.to_owned(),
+        table.to_owned(),
+    )]);
+    let schema = std::sync::Arc::new(Schema::new_with_metadata(fields, metadata));
+    Ok(RecordBatch::try_new(schema, columns)?)
 }
 
 /// A logical message as a row (`prefix`, `content`, `transactional`, `lsn`, and for
@@ -494,7 +503,8 @@ pub fn message_batch(m: &LogicalMessage) -> Result<RecordBatch> {
     let (mut commit, mut ordinal) = (UInt64Builder::new(), UInt32Builder::new());
     commit.append_option(m.txn.map(|(_, commit_lsn, _)| commit_lsn.0));
     ordinal.append_option(m.txn.map(|(_, _, ordinal)| ordinal));
-    let schema = std::sync::Arc::new(Schema::new_with_metadata(
+    named_batch(
+        MESSAGES,
         vec![
             Field::new("prefix", DataType::Utf8, false),
             Field::new("content", DataType::Binary, false),
@@ -503,13 +513,6 @@ pub fn message_batch(m: &LogicalMessage) -> Result<RecordBatch> {
             Field::new("_commit_lsn", DataType::UInt64, true),
             Field::new("_ordinal", DataType::UInt32, true),
         ],
-        std::collections::HashMap::from([(
-            wal2arrow_schema::meta::TABLE_NAME.to_owned(),
-            MESSAGES.to_owned(),
-        )]),
-    ));
-    Ok(RecordBatch::try_new(
-        schema,
         vec![
             std::sync::Arc::new(prefix.finish()),
             std::sync::Arc::new(content.finish()),
@@ -518,7 +521,7 @@ pub fn message_batch(m: &LogicalMessage) -> Result<RecordBatch> {
             std::sync::Arc::new(commit.finish()),
             std::sync::Arc::new(ordinal.finish()),
         ],
-    )?)
+    )
 }
 
 /// Where a stream-shaped sink writes: a file (fsynced at each flush) or standard output.

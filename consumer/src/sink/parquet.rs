@@ -62,6 +62,7 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use tokio::time::Instant;
 use wal2arrow_schema::Lsn;
+use wal2arrow_schema::types::json_string;
 
 use super::{Durable, MESSAGES, Sink, TRUNCATES, message_batch, truncate_batch, with_position};
 use crate::error::{Error, Result};
@@ -187,20 +188,6 @@ impl Checkpoint {
         s.end().ok()?;
         Some(c)
     }
-}
-
-fn json_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 fn io_err(what: String, e: std::io::Error) -> Error {
@@ -526,7 +513,8 @@ pub fn restore(batch: &RecordBatch) -> Result<RecordBatch> {
     convert(batch, restore_column)
 }
 
-type Convert = fn(&FieldRef, &ArrayRef) -> std::result::Result<(FieldRef, ArrayRef), ArrowError>;
+type Converted = std::result::Result<(FieldRef, ArrayRef), ArrowError>;
+type Convert = fn(&FieldRef, &ArrayRef) -> Converted;
 
 fn convert(batch: &RecordBatch, f: Convert) -> Result<RecordBatch> {
     let schema = batch.schema();
@@ -560,10 +548,7 @@ fn marked(field: &Field, dt: DataType, mark: String) -> FieldRef {
     Arc::new(Field::new(field.name(), dt, field.is_nullable()).with_metadata(md))
 }
 
-fn encode_column(
-    field: &FieldRef,
-    column: &ArrayRef,
-) -> std::result::Result<(FieldRef, ArrayRef), ArrowError> {
+fn encode_column(field: &FieldRef, column: &ArrayRef) -> Converted {
     match field.data_type() {
         DataType::Interval(arrow_schema::IntervalUnit::MonthDayNano) => {
             let a = column.as_primitive::<IntervalMonthDayNanoType>();
@@ -595,31 +580,29 @@ fn encode_column(
                 Ok((marked(field, DataType::Utf8, mark), Arc::new(text)))
             }
         }
-        DataType::List(item) => {
-            let list = column.as_list::<i32>();
-            let (item_field, values) = encode_column(item, list.values())?;
-            if Arc::ptr_eq(&item_field, item) {
-                return Ok((Arc::clone(field), Arc::clone(column)));
-            }
-            let new = ListArray::try_new(
-                Arc::clone(&item_field),
-                list.offsets().clone(),
-                values,
-                list.nulls().cloned(),
-            )?;
-            Ok((
-                Arc::new(field.as_ref().clone().with_data_type(DataType::List(item_field))),
-                Arc::new(new),
-            ))
-        }
+        DataType::List(item) => map_list_items(field, item, column, encode_column),
         _ => Ok((Arc::clone(field), Arc::clone(column))),
     }
 }
 
-fn restore_column(
-    field: &FieldRef,
-    column: &ArrayRef,
-) -> std::result::Result<(FieldRef, ArrayRef), ArrowError> {
+/// A list column with `f` applied to its items' field and values; the column itself when `f`
+/// leaves them as they are.
+fn map_list_items(field: &FieldRef, item: &FieldRef, column: &ArrayRef, f: Convert) -> Converted {
+    let list = column.as_list::<i32>();
+    let (item_field, values) = f(item, list.values())?;
+    if Arc::ptr_eq(&item_field, item) {
+        return Ok((Arc::clone(field), Arc::clone(column)));
+    }
+    let new = ListArray::try_new(
+        Arc::clone(&item_field),
+        list.offsets().clone(),
+        values,
+        list.nulls().cloned(),
+    )?;
+    Ok((Arc::new(field.as_ref().clone().with_data_type(DataType::List(item_field))), Arc::new(new)))
+}
+
+fn restore_column(field: &FieldRef, column: &ArrayRef) -> Converted {
     let bad = |what: &str| ArrowError::InvalidArgumentError(format!("{}: {what}", field.name()));
     let unmark = |dt: DataType| {
         let mut md = field.metadata().clone();
@@ -673,23 +656,7 @@ fn restore_column(
             Ok((unmark(a.data_type().clone()), Arc::new(a)))
         }
         _ => match field.data_type() {
-            DataType::List(item) => {
-                let list = column.as_list::<i32>();
-                let (item_field, values) = restore_column(item, list.values())?;
-                if Arc::ptr_eq(&item_field, item) {
-                    return Ok((Arc::clone(field), Arc::clone(column)));
-                }
-                let new = ListArray::try_new(
-                    Arc::clone(&item_field),
-                    list.offsets().clone(),
-                    values,
-                    list.nulls().cloned(),
-                )?;
-                Ok((
-                    Arc::new(field.as_ref().clone().with_data_type(DataType::List(item_field))),
-                    Arc::new(new),
-                ))
-            }
+            DataType::List(item) => map_list_items(field, item, column, restore_column),
             _ => Ok((Arc::clone(field), Arc::clone(column))),
         },
     }
