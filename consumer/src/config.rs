@@ -2,8 +2,12 @@
 //!
 //! A [`Config`] comes from code, or from a libpq-style connection string — keyword/value
 //! (`host=db port=5432 user=cdc dbname=app`) or URI (`postgresql://cdc:secret@db:5432/app`) —
-//! with the same keywords libpq uses. Passwords are never printed: [`Config`]'s `Debug` hides
-//! them.
+//! with the same keywords libpq uses, and libpq's environment variables ([`Config::from_env`]).
+//! As with libpq, a `host` that starts with `/` is the directory of a Unix-domain socket
+//! (`host=/var/run/postgresql` connects to `/var/run/postgresql/.s.PGSQL.5432`; TLS is never
+//! used there, whatever `sslmode` says), and a password not given is looked up in the password
+//! file (`PGPASSFILE`, else `~/.pgpass`). Passwords are never printed: [`Config`]'s `Debug`
+//! hides them.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -93,6 +97,10 @@ pub struct Config {
     pub ssl_mode: SslMode,
     /// Trusted CAs for `verify-ca` and `verify-full`.
     pub ssl_root_cert: Option<RootCerts>,
+    /// The largest message accepted from the server (default 256 MiB): a length word above it
+    /// ends the stream with [`Error::MessageTooLarge`] before anything is allocated. Not a
+    /// libpq keyword; set it in code or with `--max-message-size`.
+    pub max_message_size: usize,
 }
 
 impl Default for Config {
@@ -107,9 +115,18 @@ impl Default for Config {
             application_name: "wal2arrow".into(),
             ssl_mode: SslMode::Prefer,
             ssl_root_cert: None,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         }
     }
 }
+
+/// The default [`Config::max_message_size`]: 256 MiB. PostgreSQL caps a single output-plugin
+/// message at 1 GB; wal2arrow cuts batches at about 16 MiB, so only a single row (or a
+/// wal2json change) of more than this needs a higher limit.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 256 << 20;
+
+/// The smallest accepted [`Config::max_message_size`]: 1 MiB.
+pub const MIN_MAX_MESSAGE_SIZE: usize = 1 << 20;
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -123,6 +140,7 @@ impl fmt::Debug for Config {
             .field("application_name", &self.application_name)
             .field("ssl_mode", &self.ssl_mode)
             .field("ssl_root_cert", &self.ssl_root_cert)
+            .field("max_message_size", &self.max_message_size)
             .finish()
     }
 }
@@ -131,6 +149,69 @@ impl Config {
     /// The database to connect to: `dbname`, or the user name.
     pub fn dbname(&self) -> &str {
         self.dbname.as_deref().unwrap_or(&self.user)
+    }
+
+    /// Whether `host` names a Unix-domain socket directory (it starts with `/`).
+    pub fn is_unix_socket(&self) -> bool {
+        self.host.starts_with('/')
+    }
+
+    /// The socket file of a Unix-domain socket host: `<host>/.s.PGSQL.<port>`.
+    pub fn socket_path(&self) -> Option<PathBuf> {
+        self.is_unix_socket()
+            .then(|| PathBuf::from(&self.host).join(format!(".s.PGSQL.{}", self.port)))
+    }
+
+    /// Where the server is, for messages: `host:port`, or the socket file.
+    pub fn address(&self) -> String {
+        match self.socket_path() {
+            Some(p) => p.display().to_string(),
+            None => format!("{}:{}", self.host, self.port),
+        }
+    }
+
+    /// The password: the one given, else the password file's entry for this host, port,
+    /// database and user (libpq's rules: `PGPASSFILE`, else `~/.pgpass`; ignored unless only
+    /// its owner can read it; `*` matches anything; a socket connection also matches
+    /// `localhost`).
+    pub fn resolved_password(&self) -> Option<String> {
+        if self.password.is_some() {
+            return self.password.clone();
+        }
+        let file = match std::env::var_os("PGPASSFILE") {
+            Some(f) if !f.is_empty() => PathBuf::from(f),
+            _ => PathBuf::from(std::env::var_os("HOME")?).join(".pgpass"),
+        };
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(&file).ok()?;
+            if !meta.is_file() || meta.permissions().mode() & 0o077 != 0 {
+                if meta.is_file() {
+                    tracing::warn!(
+                        file = %file.display(),
+                        "password file has group or world access; it is ignored (chmod 0600 it)"
+                    );
+                }
+                return None;
+            }
+        }
+        let text = std::fs::read_to_string(&file).ok()?;
+        let port = self.port.to_string();
+        let hosts: &[&str] = if self.is_unix_socket() {
+            &[self.host.as_str(), "localhost"]
+        } else {
+            &[self.host.as_str()]
+        };
+        text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+            let fields = passfile_fields(line);
+            let [host, p, db, user, password] = <[String; 5]>::try_from(fields).ok()?;
+            let matches = |pattern: &str, value: &str| pattern == "*" || pattern == value;
+            (hosts.iter().any(|h| matches(&host, h))
+                && matches(&p, &port)
+                && matches(&db, self.dbname())
+                && matches(&user, &self.user))
+            .then_some(password)
+        })
     }
 
     /// Parses a libpq connection string (keyword/value or `postgres://` URI).
@@ -167,14 +248,14 @@ impl Config {
         Ok(())
     }
 
-    /// The defaults, overridden by libpq's environment variables where set: `PGHOST`,
-    /// `PGHOSTADDR`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`, `PGCONNECT_TIMEOUT`,
-    /// `PGAPPNAME`, `PGSSLMODE`, `PGSSLROOTCERT`.
+    /// The defaults, overridden by libpq's environment variables where set: `PGHOST` (a host
+    /// name, an address, or a Unix-domain socket directory), `PGHOSTADDR`, `PGPORT`, `PGUSER`,
+    /// `PGPASSWORD`, `PGDATABASE`, `PGCONNECT_TIMEOUT`, `PGAPPNAME`, `PGSSLMODE`,
+    /// `PGSSLROOTCERT` (and `PGPASSFILE`, read when connecting).
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] naming the variable whose value is invalid (a Unix-domain socket
-    /// directory as `PGHOST`, for one: connections are TCP).
+    /// [`Error::Config`] naming the variable whose value is invalid.
     pub fn from_env() -> Result<Config> {
         let mut config = Config::default();
         for (var, key) in [
@@ -192,12 +273,6 @@ impl Config {
             let Ok(value) = std::env::var(var) else { continue };
             if value.is_empty() {
                 continue;
-            }
-            if key == "host" && value.starts_with('/') {
-                return Err(Error::Config(format!(
-                    "{var}={value} is a Unix-domain socket directory; wal2arrow connects over \
-                     TCP: set {var} to a host name or address"
-                )));
             }
             config.set(key, value).map_err(|e| Error::Config(format!("{var}: {e}")))?;
         }
@@ -258,6 +333,12 @@ impl Config {
         if self.connect_timeout.is_zero() {
             return Err(Error::Config("connect_timeout must be positive".into()));
         }
+        if self.max_message_size < MIN_MAX_MESSAGE_SIZE {
+            return Err(Error::Config(format!(
+                "max_message_size must be at least {MIN_MAX_MESSAGE_SIZE} bytes (1 MiB), not {}",
+                self.max_message_size
+            )));
+        }
         if matches!(self.ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull)
             && self.ssl_root_cert.is_none()
         {
@@ -271,21 +352,24 @@ impl Config {
     }
 
     /// The same settings for tokio-postgres (ordinary SQL connections). Certificate checks
-    /// are done by our TLS connector, so every verifying mode is `require` there.
+    /// are done by our TLS connector, so every verifying mode is `require` there; a Unix
+    /// socket never uses TLS.
     pub(crate) fn to_tokio_postgres(&self) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
+        let ssl_mode = match self.ssl_mode {
+            _ if self.is_unix_socket() => tokio_postgres::config::SslMode::Disable,
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        };
         c.host(&self.host)
             .port(self.port)
             .user(&self.user)
             .dbname(self.dbname())
             .application_name(&self.application_name)
             .connect_timeout(self.connect_timeout)
-            .ssl_mode(match self.ssl_mode {
-                SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-                SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-                _ => tokio_postgres::config::SslMode::Require,
-            });
-        if let Some(p) = &self.password {
+            .ssl_mode(ssl_mode);
+        if let Some(p) = self.resolved_password() {
             c.password(p);
         }
         c
@@ -298,6 +382,20 @@ impl FromStr for Config {
     fn from_str(s: &str) -> Result<Config> {
         Config::from_dsn(s)
     }
+}
+
+/// The `:`-separated fields of a password file line (`\\` escapes `:` and `\\`).
+fn passfile_fields(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => fields.last_mut().expect("one").extend(chars.next()),
+            ':' => fields.push(String::new()),
+            c => fields.last_mut().expect("one").push(c),
+        }
+    }
+    fields
 }
 
 fn parse_keyword_value(s: &str) -> Result<Vec<(String, String)>> {
@@ -493,6 +591,28 @@ mod tests {
         assert_eq!((c.ssl_mode, c.ssl_root_cert), (SslMode::VerifyCa, Some(RootCerts::System)));
         assert_eq!(Config::from_dsn("sslmode=allow").unwrap().ssl_mode, SslMode::Prefer);
         assert_eq!(Config::default().ssl_mode, SslMode::Prefer);
+    }
+
+    #[test]
+    fn unix_socket_hosts_are_socket_directories() {
+        let c = Config::from_dsn("host=/var/run/postgresql port=5433 user=u").unwrap();
+        assert!(c.is_unix_socket());
+        assert_eq!(c.socket_path().unwrap(), PathBuf::from("/var/run/postgresql/.s.PGSQL.5433"));
+        assert_eq!(c.address(), "/var/run/postgresql/.s.PGSQL.5433");
+        let c = Config::from_dsn("postgresql://u@%2Ftmp/db").unwrap();
+        assert_eq!((c.host.as_str(), c.dbname()), ("/tmp", "db"));
+        let c = Config::from_dsn("postgresql:///db?host=/tmp&port=6000").unwrap();
+        assert_eq!(c.socket_path().unwrap(), PathBuf::from("/tmp/.s.PGSQL.6000"));
+        assert!(!Config::from_dsn("host=db").unwrap().is_unix_socket());
+        // TLS is never used over a socket, as with libpq.
+        let c = Config::from_dsn("host=/tmp sslmode=require").unwrap();
+        assert_eq!(c.to_tokio_postgres().get_ssl_mode(), tokio_postgres::config::SslMode::Disable);
+    }
+
+    #[test]
+    fn password_file_lines_split_on_unescaped_colons() {
+        assert_eq!(passfile_fields("h:5432:*:u:p\\:w"), ["h", "5432", "*", "u", "p:w"]);
+        assert_eq!(passfile_fields("a\\\\b:1:2:3:4"), ["a\\b", "1", "2", "3", "4"]);
     }
 
     #[test]

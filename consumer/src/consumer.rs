@@ -31,7 +31,7 @@ use wal2arrow_schema::{Lsn, PluginOptions, TableFilter};
 
 use crate::config::{Config, RootCerts, SslMode};
 use crate::error::{Error, Result};
-use crate::preflight::{Preflight, PreflightReport};
+use crate::preflight::{AllowList, Preflight, PreflightReport, refused_report};
 use crate::protocol::conn::quote_ident;
 use crate::stream::{
     AckHandle, ChangeStream, Event, OutputPlugin, ReplicationClient, find_slot, sql_client,
@@ -204,6 +204,13 @@ impl ConsumerBuilder {
     /// Longest wait to connect and authenticate (default 30 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// The largest message accepted from the server (default 256 MiB; see
+    /// [`Config::max_message_size`]).
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.config.max_message_size = bytes;
         self
     }
 
@@ -442,6 +449,7 @@ impl Consumer {
         let (close_tx, close_rx) = oneshot::channel();
         let (commands_tx, commands_rx) = mpsc::channel(4);
         let stats = Arc::new(StreamStats::default());
+        session.stream.set_position_out(Arc::clone(&stats.server_wal_end));
         session
             .stream
             .set_heartbeat_prefix(s.heartbeat_interval.map(|_| HEARTBEAT_PREFIX.to_owned()));
@@ -586,9 +594,17 @@ impl Session {
                 }
             }
         };
-        let mut stream = match plugin {
-            OutputPlugin::Wal2Arrow => repl.start(s.slot.name(), from, &s.plugin).await?,
-            OutputPlugin::Wal2Json => start_wal2json(repl, s, from, state).await?,
+        let started = match plugin {
+            OutputPlugin::Wal2Arrow => repl.start(s.slot.name(), from, &s.plugin).await,
+            OutputPlugin::Wal2Json => start_wal2json(repl, s, from, state).await,
+        };
+        let mut stream = match started {
+            Ok(stream) => stream,
+            // An existing slot whose plugin the server will not load (any more).
+            Err(e) if plugin_unavailable(&e) => {
+                return Err(Error::Preflight(Box::new(refused(&s.config, plugin, &e).await)));
+            }
+            Err(e) => return Err(e),
         };
         stream.set_status_interval(s.max_poll_interval);
         Ok(Session { stream })
@@ -621,36 +637,39 @@ async fn create_slot(
                     tracing::info!(slot = %name, plugin = "wal2json", lsn = %created.consistent_point, "created replication slot");
                     Ok(OutputPlugin::Wal2Json)
                 }
-                Err(e2) => Err(Error::Slot(format!(
-                    "the server can load neither wal2arrow ({reason}) nor wal2json ({e2}); install \
-                     wal2arrow into the server (cd wal2arrow && cargo pgrx install --release) and \
-                     list it in output_plugin_libraries if the server has that setting"
-                ))),
+                Err(e2) if plugin_unavailable(&e2) => {
+                    let mut report = refused(&s.config, OutputPlugin::Wal2Arrow, &e).await;
+                    report
+                        .checks
+                        .extend(refused(&s.config, OutputPlugin::Wal2Json, &e2).await.checks);
+                    Err(Error::Preflight(Box::new(report)))
+                }
+                Err(e2) => Err(e2),
             }
         }
-        Err(e) => Err(plugin_hint(e)),
+        Err(e) if plugin_unavailable(&e) => {
+            Err(Error::Preflight(Box::new(refused(&s.config, first, &e).await)))
+        }
+        Err(e) => Err(e),
     }
 }
 
-/// Turns "could not access file" (the plugin is not installed) into advice.
-fn plugin_hint(e: Error) -> Error {
-    match e.code() {
-        Some("58P01") => Error::Slot(format!(
-            "the server cannot load the wal2arrow plugin ({e}); install it into the server: cd \
-             wal2arrow && cargo pgrx install --release, or copy libwal2arrow.so to \
-             $(pg_config --pkglibdir)/wal2arrow.so"
-        )),
-        _ => e,
-    }
+/// The preflight report for a server that refused `plugin`, naming the fix (the allow-list,
+/// or installing the library).
+async fn refused(config: &Config, plugin: OutputPlugin, e: &Error) -> PreflightReport {
+    let allow_list = match sql_client(config).await {
+        Ok(sql) => AllowList::read(&sql).await.unwrap_or(AllowList::Hidden),
+        Err(_) => AllowList::Hidden,
+    };
+    refused_report(plugin, e, &allow_list)
 }
 
-/// Whether the server refused the plugin itself (not installed, or not allowed), as opposed to
-/// anything else that can go wrong creating a slot.
+/// Whether the server refused the plugin itself, as opposed to anything else that can go wrong
+/// creating a slot or starting to stream: SQLSTATE 58P01 (the library is not installed) or
+/// 42501 — which on a replication connection, whose role already has REPLICATION, means the
+/// library is not in `output_plugin_libraries`.
 fn plugin_unavailable(e: &Error) -> bool {
-    match e.db_error() {
-        Some(d) => d.code == "58P01" || (d.code == "42501" && d.message.contains("output plugin")),
-        None => false,
-    }
+    matches!(e.code(), Some("58P01" | "42501"))
 }
 
 /// Starts a wal2json stream, finding out once whether wal2json takes numbers as strings.
@@ -699,7 +718,8 @@ pub struct StreamStats {
     transactions: AtomicU64,
     reconnects: AtomicU64,
     heartbeats: AtomicU64,
-    server_wal_end: AtomicU64,
+    /// Shared with each session's stream, which moves it on every frame.
+    server_wal_end: Arc<AtomicU64>,
 }
 
 /// A snapshot of [`StreamStats`].
@@ -776,6 +796,19 @@ impl CdcStream {
         self.rx.recv().await
     }
 
+    /// Events received and waiting for [`next`](Self::next).
+    pub fn pending_events(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Whether everything the server sent before `lsn` has been handed out by
+    /// [`next`](Self::next): the server's position (its keepalives included) has passed
+    /// `lsn` and no event is waiting.
+    pub fn has_delivered_through(&self, lsn: Lsn) -> bool {
+        // The position is published only after the events before it were queued.
+        self.stats.server_wal_end.load(Ordering::SeqCst) >= lsn.0 && self.rx.is_empty()
+    }
+
     /// Acknowledges everything up to `lsn` (a [`crate::TxnCommit::end_lsn`], or a
     /// non-transactional message's [`crate::LogicalMessage::ack_lsn`]).
     pub fn ack(&self, lsn: Lsn) {
@@ -799,7 +832,7 @@ impl CdcStream {
             transactions: get(&s.transactions),
             reconnects: get(&s.reconnects),
             heartbeats: get(&s.heartbeats),
-            server_wal_end: Lsn(get(&s.server_wal_end)),
+            server_wal_end: Lsn(s.server_wal_end.load(Ordering::SeqCst)),
         }
     }
 
@@ -886,6 +919,7 @@ impl Driver {
                 match Session::connect(&self.settings, from, &self.plugin_state).await {
                     Ok(mut s) => {
                         s.stream.set_ack_handle(self.acks.clone());
+                        s.stream.set_position_out(Arc::clone(&self.stats.server_wal_end));
                         s.stream.set_heartbeat_prefix(
                             self.settings.heartbeat_interval.map(|_| HEARTBEAT_PREFIX.to_owned()),
                         );
@@ -920,15 +954,13 @@ impl Driver {
         close: &mut oneshot::Receiver<()>,
     ) -> Result<Ended> {
         let stream = &mut session.stream;
-        let mut heartbeat = Heartbeat::new(&self.settings);
+        // Heartbeats run on their own task: their SQL connection and query never hold up the
+        // status updates of this loop.
+        let heartbeat = Heartbeat::spawn(&self.settings, Arc::clone(&self.stats));
         let mut commands = self.commands.lock().await;
         loop {
             let event = tokio::select! {
                 event = stream.next_event() => event?,
-                () = heartbeat.due() => {
-                    heartbeat.beat(&self.stats).await;
-                    continue;
-                }
                 Some(Command::SyncAcks(reply)) = commands.recv() => {
                     let sent = stream.send_status(false).await;
                     let failed = sent.as_ref().err().map(ToString::to_string);
@@ -943,7 +975,6 @@ impl Driver {
                     return Ok(Ended::Closed);
                 }
             };
-            self.stats.server_wal_end.store(stream.server_wal_end().0, Ordering::Relaxed);
             let Some(event) = event else {
                 // Only a walsender that is shutting down ends the stream: come back later.
                 return Err(Error::Io(std::io::Error::new(
@@ -995,62 +1026,84 @@ impl Driver {
 }
 
 /// Emits a `pg_logical_emit_message` when the stream has been idle for the heartbeat interval,
-/// over its own SQL connection (opened on first use, reopened after a failure).
+/// from a task of its own, over its own SQL connection (opened on first use, reopened after a
+/// failure). Connecting is bounded by `connect_timeout` and so is each heartbeat's query: a
+/// server that does not answer delays only the next heartbeat, never the replication loop.
+/// The task ends when this is dropped.
 struct Heartbeat {
-    interval: Option<Duration>,
-    config: Config,
-    next: Instant,
-    client: Option<tokio_postgres::Client>,
+    /// Milliseconds since `base` at the last activity; `u64::MAX` when heartbeats are off.
+    last_activity: Arc<AtomicU64>,
+    base: Instant,
+    task: Option<JoinHandle<()>>,
 }
 
 impl Heartbeat {
-    fn new(s: &ConsumerBuilder) -> Heartbeat {
-        let interval = s.heartbeat_interval;
-        Heartbeat {
-            interval,
-            config: s.config.clone(),
-            next: Instant::now() + interval.unwrap_or(Duration::from_secs(3600)),
-            client: None,
-        }
+    fn spawn(s: &ConsumerBuilder, stats: Arc<StreamStats>) -> Heartbeat {
+        let base = Instant::now();
+        let last_activity = Arc::new(AtomicU64::new(0));
+        let task = s.heartbeat_interval.map(|interval| {
+            let config = s.config.clone();
+            let last = Arc::clone(&last_activity);
+            tokio::spawn(async move {
+                let mut client: Option<tokio_postgres::Client> = None;
+                loop {
+                    let due = base + Duration::from_millis(last.load(Ordering::Relaxed)) + interval;
+                    if Instant::now() < due {
+                        tokio::time::sleep_until(due).await;
+                        continue;
+                    }
+                    last.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    if Self::beat(&config, &mut client).await {
+                        stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        });
+        Heartbeat { last_activity, base, task }
     }
 
-    /// Resolves when a heartbeat is due (never, when heartbeats are off).
-    async fn due(&self) {
-        match self.interval {
-            Some(_) => tokio::time::sleep_until(self.next).await,
-            None => std::future::pending().await,
-        }
+    /// Something was received: the next heartbeat is due an interval from now.
+    fn activity(&self) {
+        self.last_activity.store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
-    fn activity(&mut self) {
-        if let Some(i) = self.interval {
-            self.next = Instant::now() + i;
-        }
-    }
-
-    async fn beat(&mut self, stats: &StreamStats) {
-        self.activity();
-        if self.client.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
-            match sql_client(&self.config).await {
-                Ok(c) => self.client = Some(c),
+    /// One heartbeat; whether it was sent.
+    async fn beat(config: &Config, client: &mut Option<tokio_postgres::Client>) -> bool {
+        if client.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+            match sql_client(config).await {
+                Ok(c) => *client = Some(c),
                 Err(e) => {
                     tracing::warn!(error = %e, "heartbeat: cannot connect");
-                    return;
+                    return false;
                 }
             }
         }
-        let client = self.client.as_ref().expect("connected above");
-        match client
-            .execute("SELECT pg_logical_emit_message(false, $1, '')", &[&HEARTBEAT_PREFIX])
-            .await
-        {
-            Ok(_) => {
-                stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+        let c = client.as_ref().expect("connected above");
+        let sent = tokio::time::timeout(
+            config.connect_timeout,
+            c.execute("SELECT pg_logical_emit_message(false, $1, '')", &[&HEARTBEAT_PREFIX]),
+        )
+        .await;
+        match sent {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %Error::from(e), "heartbeat failed (the role needs EXECUTE on pg_logical_emit_message)");
+                *client = None;
+                false
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "heartbeat failed (the role needs EXECUTE on pg_logical_emit_message)");
-                self.client = None;
+            Err(_) => {
+                tracing::warn!(after = ?config.connect_timeout, "heartbeat: the server did not answer in time");
+                *client = None;
+                false
             }
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
         }
     }
 }

@@ -6,6 +6,7 @@
 //! protocol violation) and say what to change.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use wal2arrow_schema::{Lsn, WireError};
@@ -44,9 +45,9 @@ impl fmt::Display for DbError {
 pub enum Error {
     /// The configuration is invalid; the message names the setting and what it accepts.
     Config(String),
-    /// Could not reach the server (refused, unreachable, DNS).
+    /// Could not reach the server (refused, unreachable, DNS, no socket file).
     Connect {
-        /// `host:port` tried.
+        /// `host:port` tried, or the Unix-domain socket's path.
         addr: String,
         /// What happened.
         source: std::io::Error,
@@ -91,6 +92,44 @@ pub enum Error {
     Preflight(Box<crate::preflight::PreflightReport>),
     /// The stream feeding a router's readers failed (every reader sees the same error).
     Upstream(std::sync::Arc<Error>),
+    /// A sink could not write its output: the file or directory, what was being done, and the
+    /// operating system's error. Never retried as a connection error.
+    Sink {
+        /// The file or directory (`-` for standard output).
+        path: PathBuf,
+        /// What was being done: `cannot write to`, `cannot fsync`, ….
+        action: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A router queue could not spill to (or read back from) its file in `spill_dir`.
+    Spill {
+        /// The spill file.
+        path: PathBuf,
+        /// What was being done.
+        action: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The server sent a message larger than `max_message_size` allows: the stream stops
+    /// before allocating it.
+    MessageTooLarge {
+        /// The message's size, as its length word says.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl Error {
+    /// A sink error for `path`.
+    pub fn sink(
+        path: impl Into<PathBuf>,
+        action: impl Into<String>,
+        source: std::io::Error,
+    ) -> Error {
+        Error::Sink { path: path.into(), action: action.into(), source }
+    }
 }
 
 impl Error {
@@ -115,8 +154,37 @@ impl Error {
         match self {
             Error::Server(e) => Some(&e.code),
             Error::Sql(e) => e.code().map(|c| c.code()),
+            Error::Upstream(e) => e.code(),
             _ => None,
         }
+    }
+
+    /// What to check, for server errors whose SQLSTATE says it (a wrong password, a missing
+    /// role or database, a missing privilege).
+    pub fn advice(&self) -> Option<&'static str> {
+        Some(match self.code()? {
+            "28P01" => {
+                "check the password: it comes from the connection string (password=), PGPASSWORD \
+                 or the password file (~/.pgpass, or PGPASSFILE)"
+            }
+            "28000" => {
+                "check the user name (user=, PGUSER) and that pg_hba.conf lets it connect from \
+                 here, to this database, for replication as well"
+            }
+            "3D000" => "check the database name (dbname=, PGDATABASE)",
+            "42501" => "the role lacks a privilege: see `wal2arrow check` for what to grant",
+            "53300" => {
+                "the server has no free connection slots: retry later, or raise max_connections"
+            }
+            _ => return None,
+        })
+    }
+
+    /// Whether this is the server refusing to let us in: bad password, unknown role or
+    /// database, or no TLS where `sslmode` requires it.
+    pub fn is_login_failure(&self) -> bool {
+        matches!(self, Error::Auth(_) | Error::Tls(_))
+            || matches!(self.code(), Some("28P01" | "28000" | "3D000"))
     }
 
     /// The server's error, when it sent one.
@@ -135,13 +203,25 @@ impl fmt::Display for Error {
             Error::Connect { addr, source } => write!(
                 f,
                 "cannot connect to PostgreSQL at {addr}: {source} (is the server running and \
-                 accepting TCP connections on that host and port?)"
+                 accepting connections there? check host and port, or PGHOST and PGPORT)"
             ),
             Error::Timeout { what, after } => write!(f, "timed out after {after:?} {what}"),
             Error::Auth(m) => write!(f, "authentication failed: {m}"),
             Error::Tls(m) => write!(f, "TLS: {m}"),
-            Error::Server(e) => write!(f, "server error: {e}"),
-            Error::Sql(e) => write!(f, "SQL query failed: {e}"),
+            Error::Server(e) => {
+                write!(f, "server error: {e}")?;
+                if let Some(advice) = self.advice() {
+                    write!(f, "\n{advice}")?;
+                }
+                Ok(())
+            }
+            Error::Sql(e) => {
+                write!(f, "SQL query failed: {e}")?;
+                if let Some(source) = std::error::Error::source(e) {
+                    write!(f, ": {source}")?;
+                }
+                Ok(())
+            }
             Error::Io(e) => write!(f, "connection failed: {e}"),
             Error::Protocol(m) => write!(f, "replication protocol violation: {m}"),
             Error::Wire { lsn, source } => {
@@ -152,6 +232,21 @@ impl fmt::Display for Error {
             }
             Error::Slot(m) => write!(f, "replication slot: {m}"),
             Error::Upstream(e) => write!(f, "{e}"),
+            Error::Sink { path, action, source } => {
+                write!(f, "sink error: {action} {}: {source}", path.display())
+            }
+            Error::Spill { path, action, source } => write!(
+                f,
+                "router spill file: {action} {}: {source} (check spill_dir: its free space and \
+                 permissions)",
+                path.display()
+            ),
+            Error::MessageTooLarge { size, max } => write!(
+                f,
+                "the server sent a message of {size} bytes, more than max_message_size ({max} \
+                 bytes): a row that large needs a higher limit (ConsumerBuilder::max_message_size, \
+                 --max-message-size); a length like this one can also mean a damaged connection"
+            ),
             Error::Preflight(r) => {
                 writeln!(f, "the server is not ready for wal2arrow:")?;
                 for c in r.failures() {
@@ -173,6 +268,7 @@ impl std::error::Error for Error {
             Error::Io(e) => Some(e),
             Error::Wire { source, .. } => Some(source),
             Error::Upstream(e) => Some(e.as_ref()),
+            Error::Sink { source, .. } | Error::Spill { source, .. } => Some(source),
             _ => None,
         }
     }
@@ -191,8 +287,26 @@ impl From<arrow_schema::ArrowError> for Error {
 }
 
 impl From<tokio_postgres::Error> for Error {
+    /// The server's errors become [`Error::Server`] (message, detail, hint and SQLSTATE, as
+    /// the server sent them; tokio-postgres itself only says "db error"); others stay
+    /// [`Error::Sql`].
     fn from(e: tokio_postgres::Error) -> Self {
-        Error::Sql(e)
+        match e.as_db_error() {
+            Some(db) => Error::Server(DbError::from(db)),
+            None => Error::Sql(e),
+        }
+    }
+}
+
+impl From<&tokio_postgres::error::DbError> for DbError {
+    fn from(db: &tokio_postgres::error::DbError) -> DbError {
+        DbError {
+            severity: db.severity().to_owned(),
+            code: db.code().code().to_owned(),
+            message: db.message().to_owned(),
+            detail: db.detail().map(str::to_owned),
+            hint: db.hint().map(str::to_owned),
+        }
     }
 }
 

@@ -7,12 +7,19 @@
 //! | `replication privilege` | the role has `REPLICATION` (or is a superuser) |
 //! | `max_replication_slots` | a slot is free, unless ours exists |
 //! | `max_wal_senders` | a WAL sender is free |
-//! | `output_plugin_libraries` | absent (older servers), or it lists `wal2arrow` (a warning when only `wal2json` is listed and the consumer may fall back to it) |
-//! | `slot` | missing (it will be created) or a slot of this database with a plugin the consumer may use |
+//! | `output_plugin_libraries` | absent (older servers), or it lists `wal2arrow` (a warning when only `wal2json` is listed and the consumer may fall back to it); a role that may not read the setting learns it from `plugin loadable` |
+//! | `slot` | missing (it will be created) or an idle slot of this database with a plugin the consumer may use; a slot another session streams from fails, naming that session |
 //! | `plugin loadable` | a temporary wal2arrow slot can be created, or (falling back) a wal2json one (only [`Preflight::full`]) |
 //! | `tables` | the patterns match at least one table |
+//! | `schema usage` | the role has `USAGE` on the schemas of the matched tables |
 //! | `select privilege` | the role may `SELECT` every matched table |
 //! | `replica identity` | (a warning) matched tables without a key send deletes without one |
+//!
+//! `output_plugin_libraries` (PostgreSQL 15.19, 16.15, 17.11, 18.6 and later) is readable
+//! only by superusers and members of `pg_read_all_settings`: for other roles `SHOW` fails with
+//! SQLSTATE 42501, where a server without the setting answers 42704 — so whether the server
+//! has it is always known, and a refusal to load a plugin (42501 when creating the slot) is
+//! then known to be the allow-list.
 
 use std::fmt;
 
@@ -22,7 +29,7 @@ use crate::config::Config;
 use crate::consumer::{PluginChoice, SlotMode};
 use crate::error::{Error, Result};
 use crate::protocol::conn::{quote_ident, quote_literal};
-use crate::stream::{OutputPlugin, PLUGIN_NAME, ReplicationClient, find_slot, sql_client};
+use crate::stream::{OutputPlugin, ReplicationClient, find_slot, sql_client};
 
 /// How a check came out.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -192,7 +199,7 @@ impl<'a> Preflight<'a> {
         );
 
         let slot_name = self.slot.name();
-        let existing = find_slot(&sql, slot_name).await?;
+        let existing = wait_while_active(&sql, slot_name).await?;
         let max_slots: i64 =
             setting("max_replication_slots").await?.and_then(|s| s.parse().ok()).unwrap_or(0);
         let used_slots: i64 =
@@ -235,9 +242,9 @@ impl<'a> Preflight<'a> {
             },
         );
 
-        let allowed = setting("output_plugin_libraries").await?;
-        let plugin_listed = match &allowed {
-            None => {
+        let allow_list = AllowList::read(&sql).await?;
+        let plugin_listed = match &allow_list {
+            AllowList::Absent => {
                 r.push(
                     "output_plugin_libraries",
                     Outcome::Pass(
@@ -246,41 +253,19 @@ impl<'a> Preflight<'a> {
                 );
                 true
             }
-            Some(list) => {
-                let libs: Vec<&str> = list.split(',').map(|l| l.trim().trim_matches('"')).collect();
-                let listed = |p: OutputPlugin| libs.contains(&p.name());
-                let fix = |p: OutputPlugin| {
-                    let mut wanted: Vec<String> =
-                        libs.iter().filter(|l| !l.is_empty()).map(|l| quote_literal(l)).collect();
-                    wanted.push(quote_literal(p.name()));
-                    format!(
-                        "as a superuser: ALTER SYSTEM SET output_plugin_libraries = {}; SELECT pg_reload_conf();",
-                        wanted.join(", ")
-                    )
-                };
-                let refused = |p: OutputPlugin| {
-                    format!(
-                        "output_plugin_libraries ({list}) does not list {p}, so the server refuses it"
-                    )
-                };
-                let (arrow, json) = (OutputPlugin::Wal2Arrow, OutputPlugin::Wal2Json);
-                let (outcome, usable) = match self.plugin {
-                    PluginChoice::Wal2Json if listed(json) => (Outcome::Pass(list.clone()), true),
-                    PluginChoice::Wal2Json => (fail(refused(json), fix(json)), false),
-                    _ if listed(arrow) => (Outcome::Pass(list.clone()), true),
-                    PluginChoice::Auto if listed(json) => (
-                        Outcome::Warn {
-                            problem: format!(
-                                "{}: streams fall back to wal2json (same batches, parsed from JSON; \
-                                 slower, see the README)",
-                                refused(arrow)
-                            ),
-                            fix: fix(arrow),
-                        },
-                        true,
-                    ),
-                    _ => (fail(refused(arrow), fix(arrow)), false),
-                };
+            AllowList::Hidden => {
+                r.push(
+                    "output_plugin_libraries",
+                    Outcome::Pass(format!(
+                        "set on this server, but role {user:?} may not read it (superusers and \
+                         pg_read_all_settings may); loading the plugin tells whether it lists {}",
+                        self.first_plugin()
+                    )),
+                );
+                true
+            }
+            AllowList::Listed(libs) => {
+                let (outcome, usable) = self.allow_list_outcome(libs);
                 r.push("output_plugin_libraries", outcome);
                 usable
             }
@@ -295,10 +280,7 @@ impl<'a> Preflight<'a> {
                     format!(
                         "SELECT pg_create_logical_replication_slot({}, '{}'); or let the consumer create it",
                         quote_literal(slot_name),
-                        match self.plugin {
-                            PluginChoice::Wal2Json => "wal2json",
-                            _ => PLUGIN_NAME,
-                        }
+                        self.first_plugin()
                     ),
                 ),
                 (None, _) => Outcome::Pass(format!("{slot_name:?} will be created")),
@@ -320,10 +302,18 @@ impl<'a> Preflight<'a> {
                     ),
                     "connect to that database, or use another slot name",
                 ),
-                (Some(s), _) if s.active => Outcome::Warn {
-                    problem: format!("slot {slot_name:?} is in use by another session"),
-                    fix: "stop the other consumer; this one retries until the slot is free".into(),
-                },
+                (Some(s), _) if s.active => {
+                    let holder = slot_holder(&sql, slot_name).await?;
+                    fail(
+                        format!("slot {slot_name:?} is in use by {holder}"),
+                        format!(
+                            "stop that consumer first (a slot streams to one session at a time), or use \
+                             another slot name; to end it: SELECT pg_terminate_backend(active_pid) FROM \
+                             pg_replication_slots WHERE slot_name = {};",
+                            quote_literal(slot_name)
+                        ),
+                    )
+                }
                 (Some(s), _) => Outcome::Pass(format!(
                     "exists ({}), resumes at {}",
                     s.plugin.as_deref().unwrap_or("?"),
@@ -334,36 +324,45 @@ impl<'a> Preflight<'a> {
 
         if self.try_plugin {
             let possible = logical && plugin_listed && (replication || superuser);
-            r.push("plugin loadable", self.plugin_loadable(possible).await);
+            r.push("plugin loadable", self.plugin_loadable(possible, &allow_list).await);
         }
 
         let tables = self.resolve_tables(&sql, &mut r).await?;
-        let denied: Vec<&(String, String)> = {
-            let mut denied = Vec::new();
-            for t in &tables {
-                let qualified = format!("{}.{}", quote_ident(&t.0), quote_ident(&t.1));
-                let ok: bool = sql
-                    .query_one(
-                        "SELECT has_table_privilege(current_user, $1::text::regclass, 'SELECT')",
-                        &[&qualified],
-                    )
-                    .await?
-                    .get(0);
-                if !ok {
-                    denied.push(t);
-                }
-            }
-            denied
+        let names = |list: &[&TableAccess]| -> Vec<String> {
+            list.iter()
+                .map(|t| format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.table)))
+                .collect()
         };
+        let mut no_usage: Vec<&str> =
+            tables.iter().filter(|t| !t.usage).map(|t| t.schema.as_str()).collect();
+        no_usage.dedup();
+        r.push(
+            "schema usage",
+            if no_usage.is_empty() {
+                Outcome::Pass(format!("{} schemas", {
+                    let mut s: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+                    s.dedup();
+                    s.len()
+                }))
+            } else {
+                let schemas: Vec<String> = no_usage.iter().map(|s| quote_ident(s)).collect();
+                fail(
+                    format!("role {user:?} may not use schema {}", schemas.join(", ")),
+                    format!(
+                        "GRANT USAGE ON SCHEMA {} TO {};",
+                        schemas.join(", "),
+                        quote_ident(user)
+                    ),
+                )
+            },
+        );
+        let denied: Vec<&TableAccess> = tables.iter().filter(|t| !t.select).collect();
         r.push(
             "select privilege",
             if denied.is_empty() {
                 Outcome::Pass(format!("{} tables", tables.len()))
             } else {
-                let names: Vec<String> = denied
-                    .iter()
-                    .map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t)))
-                    .collect();
+                let names = names(&denied);
                 fail(
                     format!("role {user:?} may not SELECT {}", names.join(", ")),
                     format!("GRANT SELECT ON {} TO {};", names.join(", "), quote_ident(user)),
@@ -371,19 +370,7 @@ impl<'a> Preflight<'a> {
             },
         );
 
-        let keyless: Vec<String> = sql
-            .query(
-                "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE c.relkind IN ('r', 'p') AND (c.relreplident = 'n' OR (c.relreplident = 'd'
-                   AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)))",
-                &[],
-            )
-            .await?
-            .iter()
-            .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)))
-            .filter(|t| tables.contains(t))
-            .map(|(s, t)| format!("{}.{}", quote_ident(&s), quote_ident(&t)))
-            .collect();
+        let keyless: Vec<String> = names(&tables.iter().filter(|t| !t.has_key).collect::<Vec<_>>());
         r.push(
             "replica identity",
             if keyless.is_empty() {
@@ -402,49 +389,70 @@ impl<'a> Preflight<'a> {
                 }
             },
         );
-        r.tables = tables;
+        r.tables = tables.into_iter().map(|t| (t.schema, t.table)).collect();
         Ok(r)
+    }
+
+    /// The plugin a new slot is created with first.
+    fn first_plugin(&self) -> OutputPlugin {
+        match self.plugin {
+            PluginChoice::Wal2Json => OutputPlugin::Wal2Json,
+            _ => OutputPlugin::Wal2Arrow,
+        }
+    }
+
+    /// The `output_plugin_libraries` check for a list the role can read, and whether the
+    /// plugin may load.
+    fn allow_list_outcome(&self, libs: &[String]) -> (Outcome, bool) {
+        let list = libs.join(", ");
+        let listed = |p: OutputPlugin| libs.iter().any(|l| l == p.name());
+        let refused = |p: OutputPlugin| {
+            format!("output_plugin_libraries ({list}) does not list {p}, so the server refuses it")
+        };
+        let (arrow, json) = (OutputPlugin::Wal2Arrow, OutputPlugin::Wal2Json);
+        match self.plugin {
+            PluginChoice::Wal2Json if listed(json) => (Outcome::Pass(list.clone()), true),
+            PluginChoice::Wal2Json => {
+                (fail(refused(json), allow_list_fix(Some(libs), json)), false)
+            }
+            _ if listed(arrow) => (Outcome::Pass(list.clone()), true),
+            PluginChoice::Auto if listed(json) => (
+                Outcome::Warn {
+                    problem: format!(
+                        "{}: streams fall back to wal2json (same batches, parsed from JSON; \
+                         slower, see the README)",
+                        refused(arrow)
+                    ),
+                    fix: allow_list_fix(Some(libs), arrow),
+                },
+                true,
+            ),
+            _ => (fail(refused(arrow), allow_list_fix(Some(libs), arrow)), false),
+        }
     }
 
     /// Creates and drops a temporary slot with the plugin (with the fallback too, when
     /// wal2arrow fails and the consumer may fall back).
-    async fn plugin_loadable(&self, possible: bool) -> Outcome {
+    async fn plugin_loadable(&self, possible: bool, allow_list: &AllowList) -> Outcome {
         if !possible {
             return Outcome::Skipped("fix the failures above first".into());
         }
-        let first = match self.plugin {
-            PluginChoice::Wal2Json => OutputPlugin::Wal2Json,
-            _ => OutputPlugin::Wal2Arrow,
-        };
-        let install = "install it into the server: cd wal2arrow && cargo pgrx install --release (or \
-                       copy libwal2arrow.so to $(pg_config --pkglibdir)/wal2arrow.so)";
+        let first = self.first_plugin();
         match self.try_slot(first).await {
             Ok(Ok(())) => {
                 Outcome::Pass(format!("a temporary {first} slot was created and dropped"))
             }
             Ok(Err(e)) => {
-                let why = e.db_error().map_or(e.to_string(), |d| d.message.clone());
+                let (problem, fix) = refusal(first, &e, allow_list);
                 if self.plugin == PluginChoice::Auto
                     && matches!(self.try_slot(OutputPlugin::Wal2Json).await, Ok(Ok(())))
                 {
                     return Outcome::Warn {
-                        problem: format!(
-                            "the server cannot load the wal2arrow plugin ({why}): streams fall \
-                             back to wal2json"
-                        ),
-                        fix: install.into(),
+                        problem: format!("{problem}: streams fall back to wal2json"),
+                        fix,
                     };
                 }
-                fail(
-                    format!("the server cannot load the {first} plugin: {why}"),
-                    match first {
-                        OutputPlugin::Wal2Arrow => install.to_owned(),
-                        OutputPlugin::Wal2Json => {
-                            "install wal2json (Debian: apt-get install postgresql-15-wal2json)"
-                                .to_owned()
-                        }
-                    },
-                )
+                fail(problem, fix)
             }
             Err(_) => Outcome::Warn {
                 problem: "creating a slot took too long (a long-running transaction delays it)"
@@ -467,15 +475,21 @@ impl<'a> Preflight<'a> {
         tokio::time::timeout(self.config.connect_timeout, attempt).await
     }
 
-    /// The tables the patterns match, and the `tables` check.
+    /// The tables the patterns match, with the role's access to them, and the `tables` check.
     async fn resolve_tables(
         &self,
         sql: &tokio_postgres::Client,
         r: &mut PreflightReport,
-    ) -> Result<Vec<(String, String)>> {
-        let all: Vec<(String, String)> = sql
+    ) -> Result<Vec<TableAccess>> {
+        // By OID, so that a schema the role may not use (a name lookup would fail) is still
+        // reported rather than an error.
+        let all: Vec<TableAccess> = sql
             .query(
-                "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                "SELECT n.nspname, c.relname, has_schema_privilege(n.oid, 'USAGE'),
+                        has_table_privilege(c.oid, 'SELECT'),
+                        c.relreplident = 'f' OR c.relreplident = 'i' OR (c.relreplident = 'd' AND
+                          EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
                    AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
                  ORDER BY 1, 2",
@@ -483,51 +497,240 @@ impl<'a> Preflight<'a> {
             )
             .await?
             .iter()
-            .map(|row| (row.get(0), row.get(1)))
+            .map(|row| TableAccess {
+                schema: row.get(0),
+                table: row.get(1),
+                usage: row.get(2),
+                select: row.get(3),
+                has_key: row.get(4),
+            })
             .collect();
-        let matched: Vec<(String, String)> =
-            all.iter().filter(|(s, t)| self.tables.includes(s, t)).cloned().collect();
         let unmatched: Vec<&str> = self
             .tables
             .patterns()
             .iter()
-            .filter(|p| !all.iter().any(|(s, t)| p.matches(s, t)))
+            .filter(|p| !all.iter().any(|t| p.matches(&t.schema, &t.table)))
             .map(|p| p.as_str())
             .collect();
-        let outcome = if matched.is_empty() && !self.tables.is_all() {
-            fail(
-                format!(
-                    "no table matches {} (tables here: {})",
-                    self.tables
-                        .patterns()
-                        .iter()
-                        .map(|p| p.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    if all.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        all.iter()
-                            .take(10)
-                            .map(|(s, t)| format!("{s}.{t}"))
+        let outcome_for = |matched: usize| {
+            if matched == 0 && !self.tables.is_all() {
+                fail(
+                    format!(
+                        "no table matches {} (tables here: {})",
+                        self.tables
+                            .patterns()
+                            .iter()
+                            .map(|p| p.as_str())
                             .collect::<Vec<_>>()
-                            .join(", ")
-                    }
-                ),
-                "check the patterns (schema.table; names are lower case unless quoted); tables created \
-                 later that match are captured, but at least one must exist",
-            )
-        } else if !unmatched.is_empty() {
-            Outcome::Warn {
-                problem: format!("no table matches {} yet", unmatched.join(", ")),
-                fix: "tables created later that match are captured; check the pattern if none will be".into(),
+                            .join(", "),
+                        if all.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            all.iter()
+                                .take(10)
+                                .map(|t| format!("{}.{}", t.schema, t.table))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    ),
+                    "check the patterns (schema.table; names are lower case unless quoted); tables created \
+                     later that match are captured, but at least one must exist",
+                )
+            } else if !unmatched.is_empty() {
+                Outcome::Warn {
+                    problem: format!("no table matches {} yet", unmatched.join(", ")),
+                    fix: "tables created later that match are captured; check the pattern if none will be".into(),
+                }
+            } else if self.tables.is_all() {
+                Outcome::Pass(format!("every table ({matched} now)"))
+            } else {
+                Outcome::Pass(format!("{matched} tables match"))
             }
-        } else if self.tables.is_all() {
-            Outcome::Pass(format!("every table ({} now)", matched.len()))
-        } else {
-            Outcome::Pass(format!("{} tables match", matched.len()))
         };
-        r.push("tables", outcome);
+        let matched: Vec<TableAccess> =
+            all.iter().filter(|t| self.tables.includes(&t.schema, &t.table)).cloned().collect();
+        r.push("tables", outcome_for(matched.len()));
         Ok(matched)
     }
+}
+
+/// A matched table and what the role may do with it.
+#[derive(Clone, Debug)]
+struct TableAccess {
+    schema: String,
+    table: String,
+    /// `USAGE` on its schema.
+    usage: bool,
+    /// `SELECT` on the table.
+    select: bool,
+    /// Deletes carry a key: a primary key, a replica identity index, or `FULL`.
+    has_key: bool,
+}
+
+/// What the server's `output_plugin_libraries` is, as far as this role can tell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum AllowList {
+    /// The server has no such setting (before the August 2026 minor releases): any plugin
+    /// may load.
+    Absent,
+    /// The server has it, but this role may not read it.
+    Hidden,
+    /// The libraries it lists.
+    Listed(Vec<String>),
+}
+
+impl AllowList {
+    /// Reads the setting with `SHOW`, which tells the three cases apart by SQLSTATE.
+    pub(crate) async fn read(sql: &tokio_postgres::Client) -> Result<AllowList> {
+        match sql.simple_query("SHOW output_plugin_libraries").await {
+            Ok(messages) => {
+                let value = messages
+                    .iter()
+                    .find_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(row) => {
+                            row.get(0).map(str::to_owned)
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                Ok(AllowList::Listed(
+                    value
+                        .split(',')
+                        .map(|l| l.trim().trim_matches('"').to_owned())
+                        .filter(|l| !l.is_empty())
+                        .collect(),
+                ))
+            }
+            // undefined_object: no such setting.
+            Err(e) if e.code().is_some_and(|c| c.code() == "42704") => Ok(AllowList::Absent),
+            // insufficient_privilege: it exists, superuser-only.
+            Err(e) if e.code().is_some_and(|c| c.code() == "42501") => Ok(AllowList::Hidden),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The statement that lets `plugin` load: the list with it added (when the list is known), or
+/// how to add it.
+pub(crate) fn allow_list_fix(libs: Option<&[String]>, plugin: OutputPlugin) -> String {
+    match libs {
+        Some(libs) => {
+            let mut wanted: Vec<String> = libs.iter().map(|l| quote_literal(l)).collect();
+            wanted.push(quote_literal(plugin.name()));
+            format!(
+                "as a superuser: ALTER SYSTEM SET output_plugin_libraries = {}; SELECT pg_reload_conf();",
+                wanted.join(", ")
+            )
+        }
+        None => format!(
+            "as a superuser, add {plugin} to output_plugin_libraries (SHOW output_plugin_libraries \
+             shows the list; list each library as its own quoted string): ALTER SYSTEM SET \
+             output_plugin_libraries = <the current list>, '{plugin}'; SELECT pg_reload_conf();"
+        ),
+    }
+}
+
+/// Why the server would not create a slot with `plugin`, and the fix — by SQLSTATE: 42501 on
+/// a replication connection (which already has REPLICATION) is the allow-list, 58P01 a
+/// library that is not installed.
+pub(crate) fn refusal(plugin: OutputPlugin, e: &Error, allow_list: &AllowList) -> (String, String) {
+    let why = e.db_error().map_or(e.to_string(), |d| d.message.clone());
+    let install = match plugin {
+        OutputPlugin::Wal2Arrow => {
+            "install it into the server: cd wal2arrow && cargo pgrx install \
+             --release (or copy libwal2arrow.so to $(pg_config --pkglibdir)/wal2arrow.so)"
+                .to_owned()
+        }
+        OutputPlugin::Wal2Json => {
+            "install wal2json (Debian: apt-get install postgresql-15-wal2json)".to_owned()
+        }
+    };
+    match e.code() {
+        Some("42501") => (
+            format!(
+                "the server refuses the {plugin} plugin: output_plugin_libraries does not list it ({why})"
+            ),
+            allow_list_fix(
+                match allow_list {
+                    AllowList::Listed(libs) => Some(libs),
+                    _ => None,
+                },
+                plugin,
+            ),
+        ),
+        Some("58P01") => (format!("the server cannot load the {plugin} plugin: {why}"), install),
+        _ => (format!("the server cannot load the {plugin} plugin: {why}"), install),
+    }
+}
+
+/// A report with one failed check: what `start` returns when the server refuses the plugin
+/// after the checks passed (a role that may not read the allow-list), so the refusal is a
+/// preflight failure with its fix.
+pub(crate) fn refused_report(
+    plugin: OutputPlugin,
+    e: &Error,
+    allow_list: &AllowList,
+) -> PreflightReport {
+    let (problem, fix) = refusal(plugin, e, allow_list);
+    let mut r = PreflightReport::default();
+    let name =
+        if e.code() == Some("42501") { "output_plugin_libraries" } else { "plugin loadable" };
+    r.push(name, fail(problem, fix));
+    r
+}
+
+/// The slot, after waiting a moment for a session that holds it to let go (a consumer that
+/// just stopped may still hold it while its walsender notices).
+async fn wait_while_active(
+    sql: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<Option<crate::stream::SlotState>> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let found = find_slot(sql, slot).await?;
+        if !found.as_ref().is_some_and(|s| s.active) || tokio::time::Instant::now() >= deadline {
+            return Ok(found);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Who streams from `slot`: the process, its application name, client address and start.
+async fn slot_holder(sql: &tokio_postgres::Client, slot: &str) -> Result<String> {
+    let row = sql
+        .query_opt(
+            "SELECT s.active_pid, a.application_name, a.client_addr::text, a.usename::text,
+                    to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS TZ')
+             FROM pg_replication_slots s LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid
+             WHERE s.slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    Ok(match row {
+        Some(r) => {
+            let pid: Option<i32> = r.get(0);
+            let app: Option<String> = r.get(1);
+            let addr: Option<String> = r.get(2);
+            let user: Option<String> = r.get(3);
+            let since: Option<String> = r.get(4);
+            let mut s =
+                format!("process {}", pid.map_or_else(|| "?".to_owned(), |p| p.to_string()));
+            if let Some(app) = app.filter(|a| !a.is_empty()) {
+                s.push_str(&format!(" (application_name {app:?}"));
+                if let Some(user) = user {
+                    s.push_str(&format!(", user {user:?}"));
+                }
+                s.push_str(&format!(
+                    ", from {}",
+                    addr.unwrap_or_else(|| "a local socket".to_owned())
+                ));
+                if let Some(since) = since {
+                    s.push_str(&format!(", since {since}"));
+                }
+                s.push(')');
+            }
+            s
+        }
+        None => "another session".to_owned(),
+    })
 }

@@ -3,12 +3,20 @@
 //!
 //! ## Memory
 //!
-//! Each queue keeps up to `memory_per_queue` bytes of batches in memory. When a reader falls
-//! behind further, its queue **spills** to a file in `spill_dir`, in order, and refills from it
-//! as the reader catches up; the file is removed once drained. So a slow reader holds memory
-//! bounded while the other readers keep flowing — and the routing task never waits for one
-//! reader, which would stall them all. (Queues hold batches of tables nobody reads yet the
-//! same way.)
+//! Each queue keeps up to `memory_per_queue` bytes of deliveries in memory — a batch counts
+//! the bytes the server sent for it (its payload, or for the wal2json fallback its arrays'
+//! size), a message its content. When a reader falls behind further, its queue **spills** to a
+//! file in `spill_dir`, in order, and refills from it as the reader catches up; the file is
+//! removed once drained. So a slow reader holds memory bounded while the other readers keep
+//! flowing — and the routing task never waits for one reader, which would stall them all.
+//! (Queues hold batches of tables nobody reads yet the same way; the messages queue exists only
+//! once someone asked for its reader.)
+//!
+//! ## Ending
+//!
+//! When the stream ends — it failed, or [`Router::stop`] was called, or the router was
+//! dropped — every reader gets what is queued, then `None` (or the stream's error): a reader
+//! never waits on a queue that nothing will fill.
 //!
 //! ## Acknowledgements
 //!
@@ -263,11 +271,10 @@ impl Spill {
             .read(true)
             .write(true)
             .open(&path)
-            .map_err(|e| {
-                Error::Io(std::io::Error::new(
-                    e.kind(),
-                    format!("spill file {}: {e}", path.display()),
-                ))
+            .map_err(|e| Error::Spill {
+                path: path.clone(),
+                action: "cannot create".into(),
+                source: e,
             })?;
         Ok(Spill { path, file, read_at: 0, write_at: 0, records: 0, relations: Vec::new() })
     }
@@ -283,31 +290,74 @@ impl Spill {
     }
 
     fn append(&mut self, routed: &Routed) -> Result<u64> {
-        let (relation, position, xid, time, key, kind, flags, batch) = match routed {
+        let spill_err = |path: &Path, e: std::io::Error| Error::Spill {
+            path: path.to_owned(),
+            action: "cannot write to".into(),
+            source: e,
+        };
+        /// A record's fields besides its body.
+        struct Head<'r> {
+            relation: Option<&'r Arc<Relation>>,
+            position: Position,
+            xid: u32,
+            time: i64,
+            key: Option<usize>,
+            kind: u8,
+            flags: u8,
+        }
+        let (head, batch, body) = match routed {
             Routed::Batch(b) => (
-                &b.relation,
-                b.position,
-                b.xid,
-                b.commit_time_us,
-                b.key_partition,
-                0u8,
-                0u8,
+                Head {
+                    relation: Some(&b.relation),
+                    position: b.position,
+                    xid: b.xid,
+                    time: b.commit_time_us,
+                    key: b.key_partition,
+                    kind: 0,
+                    flags: 0,
+                },
                 Some(&b.batch),
+                Vec::new(),
             ),
             Routed::Truncate { relation, position, cascade, restart_identity } => (
-                relation,
-                *position,
-                0,
-                0,
+                Head {
+                    relation: Some(relation),
+                    position: *position,
+                    xid: 0,
+                    time: 0,
+                    key: None,
+                    kind: 1,
+                    flags: truncate_flags(*cascade, *restart_identity),
+                },
                 None,
-                1,
-                truncate_flags(*cascade, *restart_identity),
-                None,
+                Vec::new(),
             ),
-            Routed::Message(_) => unreachable!("messages are never spilled"),
+            Routed::Message(m) => {
+                // The message's own fields: LSN, prefix length, prefix, content.
+                let mut body = Vec::with_capacity(12 + m.prefix.len() + m.content.len());
+                body.extend_from_slice(&m.lsn.0.to_le_bytes());
+                body.extend_from_slice(&(m.prefix.len() as u32).to_le_bytes());
+                body.extend_from_slice(m.prefix.as_bytes());
+                body.extend_from_slice(m.content.as_slice());
+                let (xid, commit, ordinal) = m.txn.unwrap_or((0, Lsn::INVALID, 0));
+                (
+                    Head {
+                        relation: None,
+                        position: Position { commit_lsn: commit, ordinal },
+                        xid,
+                        time: 0,
+                        key: None,
+                        kind: 2,
+                        flags: u8::from(m.transactional) | if m.txn.is_some() { 2 } else { 0 },
+                    },
+                    None,
+                    body,
+                )
+            }
         };
-        let relation = self.relation_index(relation);
-        let mut ipc = Vec::new();
+        let Head { relation, position, xid, time, key, kind, flags } = head;
+        let relation = relation.map_or(u32::MAX, |r| self.relation_index(r));
+        let mut ipc = body;
         if let Some(batch) = batch {
             let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut ipc, &batch.schema())?;
             w.write(batch)?;
@@ -324,8 +374,8 @@ impl Spill {
         rec.push(kind);
         rec.push(flags);
         rec.extend_from_slice(&ipc);
-        self.file.seek(SeekFrom::Start(self.write_at))?;
-        self.file.write_all(&rec)?;
+        self.file.seek(SeekFrom::Start(self.write_at)).map_err(|e| spill_err(&self.path, e))?;
+        self.file.write_all(&rec).map_err(|e| spill_err(&self.path, e))?;
         self.write_at += rec.len() as u64;
         self.records += 1;
         Ok(rec.len() as u64)
@@ -333,36 +383,67 @@ impl Spill {
 
     fn read(&mut self) -> Result<Routed> {
         const HEAD: usize = 8 + 4 + 8 + 4 + 4 + 8 + 4 + 2;
+        let read_err = |path: &Path, e: std::io::Error| Error::Spill {
+            path: path.to_owned(),
+            action: "cannot read back".into(),
+            source: e,
+        };
+        let damaged = |path: &Path| Error::Spill {
+            path: path.to_owned(),
+            action: "cannot read back".into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "damaged spill record"),
+        };
         let mut head = [0u8; HEAD];
-        self.file.seek(SeekFrom::Start(self.read_at))?;
-        self.file.read_exact(&mut head)?;
+        self.file.seek(SeekFrom::Start(self.read_at)).map_err(|e| read_err(&self.path, e))?;
+        self.file.read_exact(&mut head).map_err(|e| read_err(&self.path, e))?;
         let u32_at = |at: usize| u32::from_le_bytes(head[at..at + 4].try_into().expect("4 bytes"));
         let u64_at = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().expect("8 bytes"));
-        let ipc_len = u64_at(0) as usize;
-        let mut ipc = vec![0u8; ipc_len];
-        self.file.read_exact(&mut ipc)?;
-        self.read_at += (HEAD + ipc_len) as u64;
+        let body_len = u64_at(0) as usize;
+        let mut body = vec![0u8; body_len];
+        self.file.read_exact(&mut body).map_err(|e| read_err(&self.path, e))?;
+        self.read_at += (HEAD + body_len) as u64;
         self.records -= 1;
+        let (kind, flags) = (head[40], head[41]);
+        let position = Position { commit_lsn: Lsn(u64_at(12)), ordinal: u32_at(20) };
+        if kind == 2 {
+            if body.len() < 12 {
+                return Err(damaged(&self.path));
+            }
+            let lsn = Lsn(u64::from_le_bytes(body[..8].try_into().expect("8 bytes")));
+            let prefix_len = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes")) as usize;
+            let prefix = body.get(12..12 + prefix_len).ok_or_else(|| damaged(&self.path))?;
+            let prefix = String::from_utf8_lossy(prefix).into_owned();
+            let content = arrow_buffer::Buffer::from_slice_ref(&body[12 + prefix_len..]);
+            return Ok(Routed::Message(LogicalMessage {
+                transactional: flags & 1 != 0,
+                lsn,
+                prefix,
+                content,
+                txn: (flags & 2 != 0).then_some((
+                    u32_at(24),
+                    position.commit_lsn,
+                    position.ordinal,
+                )),
+            }));
+        }
         let rec = SpillRecord {
             relation: u32_at(8),
-            position: Position { commit_lsn: Lsn(u64_at(12)), ordinal: u32_at(20) },
+            position,
             xid: u32_at(24),
             commit_time_us: u64_at(28) as i64,
             key_partition: Some(u32_at(36)).filter(|k| *k != u32::MAX),
-            kind: head[40],
-            flags: head[41],
-            batch: if ipc_len == 0 {
+            kind,
+            flags,
+            batch: if body_len == 0 {
                 None
             } else {
-                arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None)?
+                arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None)?
                     .next()
                     .transpose()?
             },
         };
         let relation = Arc::clone(
-            self.relations
-                .get(rec.relation as usize)
-                .ok_or_else(|| Error::Protocol("damaged spill file".into()))?,
+            self.relations.get(rec.relation as usize).ok_or_else(|| damaged(&self.path))?,
         );
         Ok(match rec.kind {
             0 => Routed::Batch(RoutedBatch {
@@ -370,7 +451,7 @@ impl Spill {
                 position: rec.position,
                 xid: rec.xid,
                 commit_time_us: rec.commit_time_us,
-                batch: rec.batch.ok_or_else(|| Error::Protocol("damaged spill file".into()))?,
+                batch: rec.batch.ok_or_else(|| damaged(&self.path))?,
                 key_partition: rec.key_partition.map(|k| k as usize),
             }),
             _ => Routed::Truncate {
@@ -451,12 +532,17 @@ struct Shared {
     options: RouterOptions,
     queues: Mutex<HashMap<QueueKey, Arc<Queue>, ahash::RandomState>>,
     tracker: Arc<Mutex<Tracker>>,
+    /// How the stream ended, once it has (`Some(None)`: cleanly). Queues made later get it too.
+    ended: Mutex<Option<Option<Arc<Error>>>>,
+    /// Asks the routing task to stop.
+    stop: Notify,
 }
 
 impl Shared {
     fn queue(&self, key: &QueueKey) -> Arc<Queue> {
         let mut queues = self.queues.lock().expect("queues lock");
         Arc::clone(queues.entry(key.clone()).or_insert_with(|| {
+            let ended = self.ended.lock().expect("ended lock").clone();
             Arc::new(Queue {
                 name: match key {
                     QueueKey::Table(t) => t.clone(),
@@ -464,10 +550,32 @@ impl Shared {
                     QueueKey::KeyPartition(t, p) => format!("{t} key partition {p}"),
                     QueueKey::Messages => "messages".into(),
                 },
-                state: Mutex::new(QueueState::default()),
+                state: Mutex::new(QueueState { ended, ..QueueState::default() }),
                 ready: Notify::new(),
             })
         }))
+    }
+
+    /// Records how the stream ended and wakes every reader (the first ending counts).
+    fn end(&self, how: Option<Arc<Error>>) {
+        {
+            let mut ended = self.ended.lock().expect("ended lock");
+            if ended.is_some() {
+                return;
+            }
+            *ended = Some(how.clone());
+        }
+        let queues: Vec<Arc<Queue>> =
+            self.queues.lock().expect("queues lock").values().cloned().collect();
+        for q in queues {
+            q.state.lock().expect("queue lock").ended = Some(how.clone());
+            q.ready.notify_waiters();
+            q.ready.notify_one();
+        }
+    }
+
+    fn has_ended(&self) -> bool {
+        self.ended.lock().expect("ended lock").is_some()
     }
 }
 
@@ -506,6 +614,8 @@ impl Router {
             options,
             queues: Mutex::new(HashMap::with_hasher(hasher())),
             tracker,
+            ended: Mutex::new(None),
+            stop: Notify::new(),
         });
         let task = tokio::spawn(route(stream, Arc::clone(&shared)));
         Ok(Router { shared, task })
@@ -566,14 +676,18 @@ impl Router {
         out
     }
 
-    /// Stops routing (the stream closes; queued deliveries stay readable).
+    /// Stops routing: the stream closes (its acknowledged position is sent), and readers get
+    /// what is queued, then `None`.
     pub fn stop(&self) {
-        self.task.abort();
+        self.shared.end(None);
+        self.shared.stop.notify_one();
     }
 }
 
 impl Drop for Router {
+    /// Ends the stream at once; readers still held get what is queued, then `None`.
     fn drop(&mut self) {
+        self.shared.end(None);
         self.task.abort();
     }
 }
@@ -614,7 +728,10 @@ impl Reader {
                                 Routed::Truncate { position, .. } => {
                                     AckTarget::Txn(position.commit_lsn)
                                 }
-                                Routed::Message(m) => AckTarget::Message(m.ack_lsn()),
+                                Routed::Message(m) => match m.txn {
+                                    Some((_, commit, _)) => AckTarget::Txn(commit),
+                                    None => AckTarget::Message(m.ack_lsn()),
+                                },
                             };
                             Delivery {
                                 routed,
@@ -637,7 +754,11 @@ impl Reader {
 async fn route(mut stream: CdcStream, shared: Arc<Shared>) {
     let keys = KeyHashers::default();
     let ended = loop {
-        match stream.next().await {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            () = shared.stop.notified() => break None,
+        };
+        match next {
             None => break None,
             Some(Err(e)) => break Some(Arc::new(e)),
             Some(Ok(event)) => {
@@ -647,12 +768,7 @@ async fn route(mut stream: CdcStream, shared: Arc<Shared>) {
             }
         }
     };
-    let queues: Vec<Arc<Queue>> =
-        shared.queues.lock().expect("queues lock").values().cloned().collect();
-    for q in queues {
-        q.state.lock().expect("queue lock").ended = Some(ended.clone());
-        q.ready.notify_waiters();
-    }
+    shared.end(ended);
     stream.close().await;
 }
 
@@ -691,7 +807,7 @@ fn dispatch(shared: &Shared, keys: &KeyHashers, event: Event) -> Result<()> {
                     AckTarget::Message(m.ack_lsn())
                 }
             };
-            let bytes = m.content.len();
+            let bytes = m.content.len() + m.prefix.len() + 64;
             let position =
                 m.txn.map(|(_, commit_lsn, ordinal)| (Position { commit_lsn, ordinal }, 0));
             enqueue(shared, &QueueKey::Messages, position, Routed::Message(m), target, bytes)?;
@@ -737,7 +853,7 @@ fn dispatch(shared: &Shared, keys: &KeyHashers, event: Event) -> Result<()> {
                     Some((position, 0)),
                     Routed::Batch(base),
                     AckTarget::Txn(position.commit_lsn),
-                    c.payload().len(),
+                    batch_bytes(&c),
                 )?;
             } else {
                 for (i, part) in
@@ -763,6 +879,15 @@ fn dispatch(shared: &Shared, keys: &KeyHashers, event: Event) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What a batch costs a queue's memory: the payload its arrays point into, or (the wal2json
+/// fallback, whose batches are built here) the arrays' own size.
+fn batch_bytes(c: &crate::stream::ChangeBatch) -> usize {
+    match c.payload().len() {
+        0 => c.batch.get_array_memory_size(),
+        n => n,
+    }
 }
 
 /// The queues a table's batches and truncates go to.
@@ -860,6 +985,10 @@ fn enqueue(
     target: AckTarget,
     bytes: usize,
 ) -> Result<()> {
+    if shared.has_ended() {
+        // Stopped: nothing more is delivered (it was not acknowledged, so it comes again).
+        return Ok(());
+    }
     let queue = shared.queue(key);
     {
         let mut s = queue.state.lock().expect("queue lock");
@@ -873,7 +1002,7 @@ fn enqueue(
             shared.tracker.lock().expect("tracker lock").delivered(commit);
         }
         let fits = s.memory_bytes + bytes <= shared.options.memory_per_queue || s.memory.is_empty();
-        if s.spill.is_none() && (fits || matches!(routed, Routed::Message(_))) {
+        if s.spill.is_none() && fits {
             s.memory_bytes += bytes;
             s.peak_memory_bytes = s.peak_memory_bytes.max(s.memory_bytes);
             s.memory.push_back((routed, target, bytes));

@@ -256,6 +256,7 @@ impl ReplicationClient {
             delivered_through: start,
             heartbeat_prefix: None,
             server_wal_end: start,
+            position_out: None,
             status_interval: DEFAULT_STATUS_INTERVAL,
             next_status: Instant::now() + DEFAULT_STATUS_INTERVAL,
             txn: None,
@@ -416,8 +417,10 @@ pub struct ChangeBatch {
     /// across restarts.
     pub ordinal: u32,
     /// The rows: the table's columns, then `_op` (`insert`, `update`, `delete`,
-    /// `update_before`), `_lsn` (each row's change LSN; absent with `include-lsn` off) and
-    /// `_missing` (the columns whose value the change does not carry).
+    /// `update_before`), `_lsn` (each row's change LSN; absent with `include-lsn` off),
+    /// `_missing` (the columns whose value the change does not carry) and `_unrepresentable`
+    /// (those whose value the Arrow type cannot hold); see [`missing`](Self::missing) and
+    /// [`unrepresentable`](Self::unrepresentable).
     pub batch: RecordBatch,
     payload: Buffer,
     source_bytes: usize,
@@ -457,21 +460,35 @@ impl ChangeBatch {
         Position { commit_lsn: self.commit_lsn, ordinal: self.ordinal }
     }
 
-    /// The names of the columns whose value row `row` does not carry: unchanged TOAST values
-    /// in new images, columns outside the key in old images, every column of a DELETE without
-    /// any identity, and `NaN` in a `Decimal128` column. Their slots in the value columns are
-    /// NULL, but the values are not NULL — they are not known.
+    /// The names of the columns whose value row `row` does not carry (`_missing`): unchanged
+    /// TOAST values in new images, columns outside the key in old images, every column of a
+    /// DELETE without any identity. Their slots in the value columns are NULL, but the values
+    /// are not NULL — they were not sent: a reader rebuilding rows keeps what it has.
     pub fn missing(&self, row: usize) -> Vec<String> {
-        use arrow_array::Array;
-        use arrow_array::cast::AsArray;
-        let list = self.batch.column(self.batch.num_columns() - 1).as_list::<i32>();
-        if list.is_null(row) {
-            return Vec::new();
-        }
-        let names = list.value(row);
-        let names = names.as_string::<i32>();
-        (0..names.len()).map(|i| names.value(i).to_owned()).collect()
+        names_at(&self.batch, self.relation.missing_index(), row)
     }
+
+    /// The names of the columns whose value row `row` carried but the column's Arrow type
+    /// cannot hold (`_unrepresentable`): `NaN` in a `Decimal128` column (for an array, its
+    /// elements that cannot be held are NULL), and with the wal2json fallback what JSON cannot
+    /// carry. Their slots are NULL, but the values are neither NULL nor unchanged; ask for
+    /// `numeric-as-string` to receive such values exactly.
+    pub fn unrepresentable(&self, row: usize) -> Vec<String> {
+        names_at(&self.batch, self.relation.missing_index() + 1, row)
+    }
+}
+
+/// The names listed in row `row` of a `List<Utf8>` column.
+fn names_at(batch: &RecordBatch, column: usize, row: usize) -> Vec<String> {
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    let list = batch.column(column).as_list::<i32>();
+    if list.is_null(row) {
+        return Vec::new();
+    }
+    let names = list.value(row);
+    let names = names.as_string::<i32>();
+    (0..names.len()).map(|i| names.value(i).to_owned()).collect()
 }
 
 /// Tables truncated by one `TRUNCATE` command.
@@ -571,6 +588,9 @@ pub struct ChangeStream {
     delivered_through: Lsn,
     heartbeat_prefix: Option<String>,
     server_wal_end: Lsn,
+    /// Where the server position is published as it advances (see
+    /// [`set_position_out`](Self::set_position_out)).
+    position_out: Option<Arc<AtomicU64>>,
     status_interval: Duration,
     next_status: Instant,
     txn: Option<OpenTxn>,
@@ -602,6 +622,22 @@ impl ChangeStream {
     /// [`acknowledged`](Self::acknowledged) is the slot's backlog in bytes.
     pub fn server_wal_end(&self) -> Lsn {
         self.server_wal_end
+    }
+
+    /// Publishes the server's position ([`server_wal_end`](Self::server_wal_end)) into `cell`
+    /// whenever a frame moves it, keepalives included. Every event decoded from data before
+    /// that position has been returned by [`next_event`](Self::next_event) by the time the
+    /// cell shows it.
+    pub(crate) fn set_position_out(&mut self, cell: Arc<AtomicU64>) {
+        cell.fetch_max(self.server_wal_end.0, Ordering::SeqCst);
+        self.position_out = Some(cell);
+    }
+
+    fn server_position(&mut self, wal_end: Lsn) {
+        self.server_wal_end = self.server_wal_end.max(wal_end);
+        if let Some(cell) = &self.position_out {
+            cell.fetch_max(wal_end.0, Ordering::SeqCst);
+        }
     }
 
     /// Sets how often an unsolicited status update is sent (default 10 s).
@@ -778,12 +814,12 @@ impl ChangeStream {
             };
             match frame {
                 Frame::XLogData { wal_end, ref payload, .. } => {
-                    self.server_wal_end = self.server_wal_end.max(wal_end);
+                    self.server_position(wal_end);
                     self.received_bytes += payload.len() as u64;
                     return Ok(Some(frame));
                 }
                 Frame::Keepalive { wal_end, .. } => {
-                    self.server_wal_end = self.server_wal_end.max(wal_end);
+                    self.server_position(wal_end);
                     return Ok(Some(frame));
                 }
                 Frame::CopyBoth => return Err(Error::Protocol("second CopyBothResponse".into())),
@@ -1013,12 +1049,16 @@ pub struct SlotState {
 }
 
 /// Opens an ordinary SQL connection (tokio-postgres) with the same settings; the connection's
-/// I/O runs on a spawned task.
+/// I/O runs on a spawned task. The whole start-up — connecting, TLS, authentication — is
+/// bounded by `connect_timeout`.
 ///
 /// # Errors
 ///
-/// Connection and authentication errors.
+/// Connection, TLS, timeout and authentication errors, classified as on the replication
+/// connection ([`Error::Connect`], [`Error::Tls`], [`Error::Timeout`], [`Error::Auth`], the
+/// server's error).
 pub async fn sql_client(config: &Config) -> Result<tokio_postgres::Client> {
+    config.validate()?;
     let tls = match crate::tls::client_config(config)? {
         Some(tls) => tls,
         // sslmode=disable: tokio-postgres never calls the connector.
@@ -1028,23 +1068,62 @@ pub async fn sql_client(config: &Config) -> Result<tokio_postgres::Client> {
         })?
         .expect("require has a TLS configuration"),
     };
-    let (client, connection) =
-        config.to_tokio_postgres().connect(crate::tls::MakeRustls(tls)).await.map_err(|e| {
-            // Unreachable servers are connection errors, as on the replication connection.
-            match std::error::Error::source(&e).and_then(|s| s.downcast_ref::<std::io::Error>()) {
-                Some(io) => Error::Connect {
-                    addr: format!("{}:{}", config.host, config.port),
-                    source: std::io::Error::new(io.kind(), io.to_string()),
-                },
-                None => Error::Sql(e),
-            }
-        })?;
+    let pg_config = config.to_tokio_postgres();
+    let connect = pg_config.connect(crate::tls::MakeRustls(tls));
+    let (client, connection) = match tokio::time::timeout(config.connect_timeout, connect).await {
+        Ok(Ok(connected)) => connected,
+        Ok(Err(e)) => return Err(connect_error(config, e)),
+        Err(_) => {
+            return Err(Error::Timeout {
+                what: "connecting and authenticating",
+                after: config.connect_timeout,
+            });
+        }
+    };
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("SQL connection ended: {e}");
         }
     });
     Ok(client)
+}
+
+/// Classifies a failed tokio-postgres connection attempt as the replication connection's are.
+/// The server's errors are read by SQLSTATE; tokio-postgres's own failures carry no kind
+/// that can be asked, so its (fixed, English) descriptions of TLS and configuration errors are
+/// recognised here, in this one place.
+fn connect_error(config: &Config, e: tokio_postgres::Error) -> Error {
+    if let Some(db) = e.as_db_error() {
+        return crate::protocol::conn::login_error(crate::error::DbError::from(db));
+    }
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return Error::Connect {
+                addr: config.address(),
+                source: std::io::Error::new(io.kind(), io.to_string()),
+            };
+        }
+        source = s.source();
+    }
+    let text = e.to_string();
+    let detail = std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default();
+    if text.starts_with("error performing TLS handshake") {
+        return Error::Tls(if detail.contains("does not support TLS") {
+            format!(
+                "the server at {} does not accept TLS, and sslmode={} requires it: turn ssl on \
+                 in postgresql.conf, or use sslmode=prefer",
+                config.address(),
+                config.ssl_mode.as_str()
+            )
+        } else {
+            format!("TLS handshake with {} failed: {detail}", config.address())
+        });
+    }
+    if text.starts_with("invalid configuration") && config.resolved_password().is_none() {
+        return crate::protocol::conn::no_password(config);
+    }
+    Error::Sql(e)
 }
 
 /// Looks a slot up in `pg_replication_slots`.

@@ -181,6 +181,10 @@ impl tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> for MakeRustls 
     type Error = io::Error;
 
     fn make_tls_connect(&mut self, domain: &str) -> io::Result<RustlsConnect> {
+        // tokio-postgres asks for a connector for every host, Unix-domain socket directories
+        // included, though it never uses one there (TLS is disabled for sockets).
+        let domain =
+            if domain.is_empty() || domain.starts_with('/') { "localhost" } else { domain };
         let name = ServerName::try_from(domain.to_owned())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         Ok(RustlsConnect { config: Arc::clone(&self.0), name })
@@ -246,11 +250,12 @@ impl AsyncWrite for RustlsStream {
     }
 }
 
-/// The replication connection's socket: plain or TLS.
+/// The replication connection's socket: plain TCP, TLS, or a Unix-domain socket.
 #[derive(Debug)]
 pub(crate) enum Socket {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Unix(tokio::net::UnixStream),
 }
 
 impl Socket {
@@ -269,6 +274,7 @@ impl AsyncRead for Socket {
         match self.get_mut() {
             Socket::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Socket::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -282,6 +288,7 @@ impl AsyncWrite for Socket {
         match self.get_mut() {
             Socket::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Socket::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -289,6 +296,7 @@ impl AsyncWrite for Socket {
         match self.get_mut() {
             Socket::Plain(s) => Pin::new(s).poll_flush(cx),
             Socket::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Socket::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -296,6 +304,7 @@ impl AsyncWrite for Socket {
         match self.get_mut() {
             Socket::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Socket::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -10,8 +10,8 @@
 //! The user-facing batch is the wire batch with its system columns made friendlier: `_op`
 //! becomes a `Dictionary(UInt8, Utf8)` over the fixed [`OP_NAMES`] (its keys are still the
 //! received bytes), `_lsn_delta` becomes `_lsn`, the absolute `UInt64` LSN of each row, and
-//! the `_missing` bitmaps become `List<Utf8>` of column names (all NULL when the batch had
-//! none). Those two are computed; every table column is borrowed.
+//! the `_missing` and `_unrepresentable` bitmaps become `List<Utf8>` of column names (NULL for
+//! a row with no bit set). Those are computed; every table column is borrowed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,7 +46,7 @@ pub struct Relation {
     /// `namespace.name`, the routing key.
     pub qualified_name: String,
     /// The schema of the batches handed to users: the table's columns, then `_op`, `_lsn`
-    /// (unless `include-lsn` is off) and `_missing`.
+    /// (unless `include-lsn` is off), `_missing` and `_unrepresentable`.
     pub schema: SchemaRef,
     /// The primary key's columns.
     pub primary_key: Vec<String>,
@@ -57,7 +57,6 @@ pub struct Relation {
     table_columns: usize,
     has_lsn: bool,
     wire_schema: SchemaRef,
-    wire_schema_without_missing: SchemaRef,
 }
 
 impl Relation {
@@ -71,9 +70,15 @@ impl Relation {
         self.has_lsn
     }
 
-    /// The schema of this table's batches on the wire (with `_missing`).
+    /// The schema of this table's batches on the wire.
     pub fn wire_schema(&self) -> &SchemaRef {
         &self.wire_schema
+    }
+
+    /// The index of the `_missing` column in user-facing batches (`_unrepresentable` follows
+    /// it, last).
+    pub fn missing_index(&self) -> usize {
+        self.table_columns + 1 + usize::from(self.has_lsn)
     }
 
     /// The relation a Schema message for `desc` describes, without the message: for batches
@@ -90,21 +95,23 @@ impl Relation {
 
     /// The user-facing batch for a batch in this relation's wire schema: the table's columns
     /// as they are, `_op` as a dictionary, `_lsn` from `base_lsn` and the deltas, `_missing`
-    /// as lists of column names.
+    /// and `_unrepresentable` as lists of column names. `has_missing` and
+    /// `has_unrepresentable` are the Batch message's flags: a bitmap column whose flag is clear
+    /// is not read (every row NULL).
     ///
     /// # Errors
     ///
     /// [`WireError::Ipc`] when `wire_batch` does not have the wire schema's columns or holds
-    /// an unknown `_op` code or a `_missing` bit beyond the table's columns.
+    /// an unknown `_op` code or a bitmap bit beyond the table's columns.
     pub fn user_batch(
         &self,
         base_lsn: Lsn,
         wire_batch: &RecordBatch,
         has_missing: bool,
+        has_unrepresentable: bool,
     ) -> Result<RecordBatch, WireError> {
         let n = self.table_columns;
-        let rows = wire_batch.num_rows();
-        let expected = n + 1 + usize::from(self.has_lsn) + usize::from(has_missing);
+        let expected = n + 3 + usize::from(self.has_lsn);
         if wire_batch.num_columns() != expected {
             return Err(WireError::Ipc(format!(
                 "a batch of {} columns for a schema of {expected}",
@@ -131,41 +138,46 @@ impl Relation {
             )));
             next += 1;
         }
-        let missing: ArrayRef = if has_missing {
-            let bitmaps = wire_batch
-                .column(next)
-                .as_fixed_size_binary_opt()
-                .ok_or_else(|| WireError::Ipc("_missing is not FixedSizeBinary".into()))?;
-            let names: Vec<&str> =
-                self.schema.fields()[..n].iter().map(|f| f.name().as_str()).collect();
-            let mut b =
-                ListBuilder::with_capacity(StringBuilder::new(), rows).with_field(missing_item());
-            for row in 0..rows {
-                if bitmaps.is_null(row) {
-                    b.append_null();
-                    continue;
-                }
-                for (i, byte) in bitmaps.value(row).iter().enumerate() {
-                    for bit in 0..8 {
-                        if byte & (1 << bit) != 0 {
-                            let name = names.get(i * 8 + bit).ok_or_else(|| {
-                                WireError::Ipc(
-                                    "_missing names a column the table does not have".into(),
-                                )
-                            })?;
-                            b.values().append_value(name);
-                        }
-                    }
-                }
-                b.append(true);
-            }
-            Arc::new(b.finish())
-        } else {
-            Arc::new(ListArray::new_null(missing_item(), rows))
-        };
-        columns.push(missing);
+        for (i, set) in [has_missing, has_unrepresentable].into_iter().enumerate() {
+            columns.push(self.name_lists(wire_batch.column(next + i), set)?);
+        }
         RecordBatch::try_new(Arc::clone(&self.schema), columns)
             .map_err(|e| WireError::Ipc(e.to_string()))
+    }
+
+    /// A wire bitmap column as per-row lists of column names (NULL where no bit is set; every
+    /// row NULL when `set` is false).
+    fn name_lists(&self, column: &ArrayRef, set: bool) -> Result<ArrayRef, WireError> {
+        let rows = column.len();
+        if !set {
+            return Ok(Arc::new(ListArray::new_null(missing_item(), rows)));
+        }
+        let bitmaps = column
+            .as_fixed_size_binary_opt()
+            .ok_or_else(|| WireError::Ipc("a bitmap column is not FixedSizeBinary".into()))?;
+        let names: Vec<&str> =
+            self.schema.fields()[..self.table_columns].iter().map(|f| f.name().as_str()).collect();
+        let mut b =
+            ListBuilder::with_capacity(StringBuilder::new(), rows).with_field(missing_item());
+        for row in 0..rows {
+            let bitmap = bitmaps.value(row);
+            if bitmaps.is_null(row) || bitmap.iter().all(|byte| *byte == 0) {
+                b.append_null();
+                continue;
+            }
+            for (i, byte) in bitmap.iter().enumerate() {
+                for bit in 0..8 {
+                    if byte & (1 << bit) != 0 {
+                        let name = names.get(i * 8 + bit).ok_or_else(|| {
+                            WireError::Ipc("a bitmap names a column the table does not have".into())
+                        })?;
+                        b.values().append_value(name);
+                    }
+                }
+            }
+            b.append(true);
+        }
+        Ok(Arc::new(b.finish()))
     }
 }
 
@@ -192,6 +204,11 @@ pub fn lsn_field() -> Field {
 /// The `_missing` field of user-facing batches.
 pub fn missing_field() -> Field {
     system_field(meta::MISSING_COLUMN, DataType::List(missing_item()), true)
+}
+
+/// The `_unrepresentable` field of user-facing batches.
+pub fn unrepresentable_field() -> Field {
+    system_field(meta::UNREPRESENTABLE_COLUMN, DataType::List(missing_item()), true)
 }
 
 fn missing_item() -> FieldRef {
@@ -343,7 +360,7 @@ impl Decoder {
                 self.relations.insert(relid, Arc::clone(&relation));
                 Ok(Message::Schema(relation))
             }
-            Header::Batch { relid, base_lsn, has_missing } => {
+            Header::Batch { relid, base_lsn, has_missing, has_unrepresentable } => {
                 let relation = Arc::clone(
                     self.relations.get(&relid).ok_or(WireError::UnknownRelation(relid))?,
                 );
@@ -355,13 +372,9 @@ impl Decoder {
                     aligned = Buffer::from_slice_ref(payload.as_slice());
                     &aligned
                 };
-                let schema = if has_missing {
-                    &relation.wire_schema
-                } else {
-                    &relation.wire_schema_without_missing
-                };
-                let wire_batch = decode_batch(payload, schema)?;
-                let batch = relation.user_batch(base_lsn, &wire_batch, has_missing)?;
+                let wire_batch = decode_batch(payload, &relation.wire_schema)?;
+                let batch =
+                    relation.user_batch(base_lsn, &wire_batch, has_missing, has_unrepresentable)?;
                 Ok(Message::Batch(DecodedBatch { relation, base_lsn, batch }))
             }
         }
@@ -380,14 +393,28 @@ fn relation_from_schema(relid: u32, wire_schema: Schema) -> Result<Relation, Wir
     let n = fields.iter().position(is_system).ok_or_else(|| bad("no system columns"))?;
     let names: Vec<&str> = fields[n..].iter().map(|f| f.name().as_str()).collect();
     let has_lsn = match names.as_slice() {
-        [meta::OP_COLUMN, meta::LSN_DELTA_COLUMN, meta::MISSING_COLUMN] => true,
-        [meta::OP_COLUMN, meta::MISSING_COLUMN] => false,
-        _ => return Err(bad("system columns must be _op, [_lsn_delta,] _missing")),
+        [
+            meta::OP_COLUMN,
+            meta::LSN_DELTA_COLUMN,
+            meta::MISSING_COLUMN,
+            meta::UNREPRESENTABLE_COLUMN,
+        ] => true,
+        [meta::OP_COLUMN, meta::MISSING_COLUMN, meta::UNREPRESENTABLE_COLUMN] => false,
+        _ => {
+            return Err(bad(
+                "system columns must be _op, [_lsn_delta,] _missing, _unrepresentable",
+            ));
+        }
     };
+    let bitmap_ok = |f: &FieldRef| {
+        matches!(f.data_type(), DataType::FixedSizeBinary(w)
+            if usize::try_from(*w).is_ok_and(|w| w >= 1 && w.saturating_mul(8) >= n))
+    };
+    let last = fields.len() - 1;
     let types_ok = fields[n].data_type() == &DataType::UInt8
         && (!has_lsn || fields[n + 1].data_type() == &DataType::UInt32)
-        && matches!(fields[fields.len() - 1].data_type(), DataType::FixedSizeBinary(w)
-            if usize::try_from(*w).is_ok_and(|w| w >= 1 && w.saturating_mul(8) >= n));
+        && bitmap_ok(&fields[last - 1])
+        && fields[last].data_type() == fields[last - 1].data_type();
     if !types_ok {
         return Err(bad("system columns of the wrong type"));
     }
@@ -397,9 +424,7 @@ fn relation_from_schema(relid: u32, wire_schema: Schema) -> Result<Relation, Wir
         user.push(lsn_field());
     }
     user.push(missing_field());
-    let without_missing = wire_schema
-        .project(&(0..fields.len() - 1).collect::<Vec<_>>())
-        .map_err(|e| bad(&e.to_string()))?;
+    user.push(unrepresentable_field());
     let names_list = |key: &str| md.get(key).map(|v| parse_name_list(v)).unwrap_or_default();
     Ok(Relation {
         relid,
@@ -415,7 +440,6 @@ fn relation_from_schema(relid: u32, wire_schema: Schema) -> Result<Relation, Wir
         schema: Arc::new(Schema::new_with_metadata(user, md.clone())),
         table_columns: n,
         has_lsn,
-        wire_schema_without_missing: Arc::new(without_missing),
         wire_schema: Arc::new(wire_schema),
     })
 }

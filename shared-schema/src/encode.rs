@@ -4,15 +4,22 @@
 //!
 //! A table's batches on the wire have its columns, then `_op` (`UInt8` change code),
 //! `_lsn_delta` (`UInt32` offset of the row's LSN from the batch's base LSN; left out with
-//! `include-lsn=false`) and — only in batches where some value is missing, flagged in the
-//! header — `_missing`: per row a bitmap (bit *i* = column *i*, least significant bit first)
-//! of the columns whose value the change does not carry, or NULL when it carries them all.
+//! `include-lsn=false`), `_missing` and `_unrepresentable`: per row a bitmap (bit *i* = column
+//! *i*, least significant bit first; all zeros when none) of the columns whose value the change
+//! does not carry, and of those whose value the column's Arrow type cannot hold. Every batch
+//! carries every field of its schema (see [`crate::wire`]: standard Arrow).
+//!
+//! [`BatchEncoder`] also holds the batching policy both producers share — the plugin and the
+//! consumer's wal2json fallback — so that they cut batches at the same rows:
+//! [`BatchEncoder::room_for`] before a change, [`BatchEncoder::batch_full`] after it. A
+//! change's row images (an UPDATE's old and new row) always stay in one batch.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, FixedSizeBinaryArray, RecordBatch, UInt8Array, UInt32Array};
+use arrow_buffer::Buffer;
 use arrow_ipc::MetadataVersion;
 use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteOptions, write_message};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
@@ -24,7 +31,7 @@ pub use crate::column::{
 use crate::lsn::Lsn;
 use crate::meta;
 use crate::types::{ColumnDesc, json_string};
-use crate::wire::{self, BATCH_HAS_MISSING, ChangeOp, IPC_ALIGNMENT};
+use crate::wire::{self, BATCH_HAS_MISSING, BATCH_HAS_UNREPRESENTABLE, ChangeOp, IPC_ALIGNMENT};
 
 /// `pg_class.relreplident`: what PostgreSQL logs of a row's old version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,24 +91,21 @@ pub struct RelationDesc {
 }
 
 impl RelationDesc {
-    /// Width in bytes of a `_missing` bitmap.
+    /// Width in bytes of a `_missing` (and `_unrepresentable`) bitmap.
     pub fn missing_width(&self) -> usize {
         self.columns.len().div_ceil(8).max(1)
     }
 
-    /// The Arrow schema of this table's batches on the wire, `_missing` included (batches
-    /// without missing values leave that last field out).
+    /// The Arrow schema of this table's batches on the wire: every batch has all its fields.
     pub fn wire_schema(&self) -> Schema {
         let mut fields: Vec<Field> = self.columns.iter().map(ColumnDesc::arrow_field).collect();
         fields.push(system_field(meta::OP_COLUMN, DataType::UInt8, false));
         if self.with_lsn {
             fields.push(system_field(meta::LSN_DELTA_COLUMN, DataType::UInt32, false));
         }
-        fields.push(system_field(
-            meta::MISSING_COLUMN,
-            DataType::FixedSizeBinary(self.missing_width() as i32),
-            true,
-        ));
+        let bitmap = DataType::FixedSizeBinary(self.missing_width() as i32);
+        fields.push(system_field(meta::MISSING_COLUMN, bitmap.clone(), false));
+        fields.push(system_field(meta::UNREPRESENTABLE_COLUMN, bitmap, false));
         let list = |names: &[String]| {
             format!("[{}]", names.iter().map(|n| json_string(n)).collect::<Vec<_>>().join(","))
         };
@@ -192,8 +196,9 @@ pub fn write_schema_message(out: &mut impl Write, desc: &RelationDesc) -> Result
 }
 
 /// Builds one table's batches: rows go in through [`start_row`](Self::start_row),
-/// [`column`](Self::column) and [`mark_missing`](Self::mark_missing); Batch messages come out
-/// of [`write_batch`](Self::write_batch).
+/// [`column`](Self::column), [`mark_missing`](Self::mark_missing) and
+/// [`mark_unrepresentable`](Self::mark_unrepresentable); Batch messages come out of
+/// [`write_batch`](Self::write_batch).
 ///
 /// The Arrow IPC record batch message is written directly from the builders' buffers (see
 /// [`crate::column`]): no arrays are built, and once the buffers have grown to a batch's size
@@ -201,7 +206,6 @@ pub fn write_schema_message(out: &mut impl Write, desc: &RelationDesc) -> Result
 pub struct BatchEncoder {
     relid: u32,
     schema: SchemaRef,
-    schema_without_missing: SchemaRef,
     columns: Vec<ColumnBuilder>,
     ops: FixedColumn<u8>,
     lsn_deltas: Option<FixedColumn<u32>>,
@@ -209,8 +213,14 @@ pub struct BatchEncoder {
     missing_width: usize,
     /// Rows with missing values: (row, bitmap), in row order.
     missing: Vec<(usize, Vec<u8>)>,
-    /// The `_missing` column of the batch being written.
-    missing_column: ColumnBuilder,
+    /// Rows with unrepresentable values: (row, bitmap), in row order.
+    unrepresentable: Vec<(usize, Vec<u8>)>,
+    /// The bitmap columns' bytes of the batch being written (reused).
+    bitmap_bytes: [Vec<u8>; 2],
+    /// Rows at the last size check ([`batch_full`](Self::batch_full)); 0 before the first.
+    size_checked_at: usize,
+    /// The table's rows are large: its size is checked after every change.
+    large_rows: bool,
     /// Reused between batches: the flatbuffer builder and the IPC descriptors.
     fbb: flatbuffers::FlatBufferBuilder<'static>,
     nodes: Vec<arrow_ipc::FieldNode>,
@@ -234,32 +244,51 @@ fn padded(n: usize) -> usize {
 
 const ZEROS: [u8; IPC_ALIGNMENT] = [0; IPC_ALIGNMENT];
 
+/// How often (in rows) the batch's size is estimated while its rows are small: the estimate
+/// walks every column.
+const SIZE_CHECK_ROWS: usize = 64;
+
+/// Sets bit `i` of the bitmap of the current row (`row`) in `marks`.
+fn mark(marks: &mut Vec<(usize, Vec<u8>)>, row: usize, width: usize, i: usize) {
+    if marks.last().is_none_or(|(r, _)| *r != row) {
+        marks.push((row, vec![0; width]));
+    }
+    let bitmap = &mut marks.last_mut().expect("pushed above").1;
+    bitmap[i / 8] |= 1 << (i % 8);
+}
+
+/// The bytes of a bitmap column of `rows` rows: each marked row's bitmap, zeros elsewhere.
+fn bitmap_column(out: &mut Vec<u8>, marks: &[(usize, Vec<u8>)], rows: usize, width: usize) {
+    out.clear();
+    out.resize(rows * width, 0);
+    for (row, bitmap) in marks {
+        out[row * width..(row + 1) * width].copy_from_slice(bitmap);
+    }
+}
+
 impl BatchEncoder {
     /// An encoder for `desc`'s batches.
     pub fn new(desc: &RelationDesc) -> BatchEncoder {
-        let schema = Arc::new(desc.wire_schema());
-        let n = schema.fields().len();
-        let schema_without_missing =
-            Arc::new(schema.project(&(0..n - 1).collect::<Vec<_>>()).expect("in range"));
-        let missing_width = desc.missing_width();
         BatchEncoder {
             relid: desc.relid,
-            schema,
-            schema_without_missing,
+            schema: Arc::new(desc.wire_schema()),
             columns: desc.columns.iter().map(|c| ColumnBuilder::for_kind(&c.kind)).collect(),
             ops: FixedColumn::default(),
             lsn_deltas: desc.with_lsn.then(FixedColumn::default),
             base_lsn: Lsn::INVALID,
-            missing_width,
+            missing_width: desc.missing_width(),
             missing: Vec::new(),
-            missing_column: ColumnBuilder::FixedSizeBinary(FixedBinaryColumn::new(missing_width)),
+            unrepresentable: Vec::new(),
+            bitmap_bytes: [Vec::new(), Vec::new()],
+            size_checked_at: 0,
+            large_rows: false,
             fbb: flatbuffers::FlatBufferBuilder::new(),
             nodes: Vec::new(),
             buffers: Vec::new(),
         }
     }
 
-    /// The wire schema of this encoder's batches (with `_missing`).
+    /// The wire schema of this encoder's batches.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
     }
@@ -271,9 +300,40 @@ impl BatchEncoder {
 
     /// An estimate of the batch's encoded size.
     pub fn approx_bytes(&self) -> usize {
-        self.rows() * 5
-            + self.missing.len() * self.missing_width
+        self.rows() * (5 + 2 * self.missing_width)
             + self.columns.iter().map(ColumnBuilder::approx_bytes).sum::<usize>()
+    }
+
+    /// The batching policy, before a change of `images` rows (an UPDATE with its old image is
+    /// two): whether it fits the batch being built. When it does not, write the batch out
+    /// first, so that a change's rows never straddle two batches.
+    pub fn room_for(&self, images: usize, batch_rows: u32) -> bool {
+        let rows = self.rows();
+        rows == 0 || rows + images <= batch_rows as usize
+    }
+
+    /// The batching policy, after a change: whether the batch is full — `batch_rows` rows, or
+    /// about [`MAX_BATCH_BYTES`] — and must be written out now. The size is estimated after the
+    /// first change and then every [`SIZE_CHECK_ROWS`] rows, or after every change once the
+    /// table's rows proved large.
+    pub fn batch_full(&mut self, batch_rows: u32) -> bool {
+        let rows = self.rows();
+        if rows == 0 {
+            return false;
+        }
+        if rows >= batch_rows as usize {
+            return true;
+        }
+        if self.size_checked_at == 0
+            || self.large_rows
+            || rows - self.size_checked_at >= SIZE_CHECK_ROWS
+        {
+            self.size_checked_at = rows;
+            let bytes = self.approx_bytes();
+            self.large_rows = bytes / rows > MAX_BATCH_BYTES / SIZE_CHECK_ROWS;
+            return bytes >= MAX_BATCH_BYTES;
+        }
+        false
     }
 
     /// Whether a row at `lsn` can join the current batch: row LSNs are stored as 32-bit offsets
@@ -304,7 +364,7 @@ impl BatchEncoder {
     }
 
     /// Records that the current row does not carry column `i`'s value (append a NULL to the
-    /// column as well).
+    /// column as well): `_missing`.
     ///
     /// # Panics
     ///
@@ -312,11 +372,19 @@ impl BatchEncoder {
     pub fn mark_missing(&mut self, i: usize) {
         assert!(i < self.columns.len(), "column {i} of {}", self.columns.len());
         let row = self.rows().checked_sub(1).expect("mark_missing after start_row");
-        if self.missing.last().is_none_or(|(r, _)| *r != row) {
-            self.missing.push((row, vec![0; self.missing_width]));
-        }
-        let bitmap = &mut self.missing.last_mut().expect("pushed above").1;
-        bitmap[i / 8] |= 1 << (i % 8);
+        mark(&mut self.missing, row, self.missing_width, i);
+    }
+
+    /// Records that the current row's value of column `i` was sent but cannot be held by the
+    /// column's Arrow type (append a NULL to the column as well): `_unrepresentable`.
+    ///
+    /// # Panics
+    ///
+    /// Before the first [`start_row`](Self::start_row), or when `i` is not a column index.
+    pub fn mark_unrepresentable(&mut self, i: usize) {
+        assert!(i < self.columns.len(), "column {i} of {}", self.columns.len());
+        let row = self.rows().checked_sub(1).expect("mark_unrepresentable after start_row");
+        mark(&mut self.unrepresentable, row, self.missing_width, i);
     }
 
     /// The builder of column `i` (in the order of [`RelationDesc::columns`]).
@@ -333,22 +401,16 @@ impl BatchEncoder {
         &mut self.columns
     }
 
-    /// Moves the `_missing` bitmaps into the `_missing` column; whether there were any.
-    fn fill_missing(&mut self) -> Result<bool, EncodeError> {
-        if self.missing.is_empty() {
-            return Ok(false);
+    /// The batch's flags: which bitmap columns have a bit set.
+    fn flags(&self) -> u8 {
+        let mut flags = 0;
+        if !self.missing.is_empty() {
+            flags |= BATCH_HAS_MISSING;
         }
-        let ColumnBuilder::FixedSizeBinary(col) = &mut self.missing_column else {
-            unreachable!("_missing is fixed-size binary")
-        };
-        let mut next = self.missing.drain(..).peekable();
-        for row in 0..self.ops.values_slice().len() {
-            match next.next_if(|(r, _)| *r == row) {
-                Some((_, bitmap)) => col.append_value(&bitmap)?,
-                None => col.append_null(),
-            }
+        if !self.unrepresentable.is_empty() {
+            flags |= BATCH_HAS_UNREPRESENTABLE;
         }
-        Ok(true)
+        flags
     }
 
     fn clear(&mut self) {
@@ -358,12 +420,12 @@ impl BatchEncoder {
             d.clear();
         }
         self.missing.clear();
-        self.missing_column.clear();
+        self.unrepresentable.clear();
+        self.size_checked_at = 0;
     }
 
-    /// Finishes the rows built so far as one record batch in the wire schema (`_missing`
-    /// included only when some value is missing) and starts an empty batch; `None` when there
-    /// are no rows.
+    /// Finishes the rows built so far as one record batch in the wire schema and starts an
+    /// empty batch; `None` when there are no rows.
     ///
     /// The plugin writes batches with [`write_batch`](Self::write_batch); the consumer's
     /// wal2json fallback, which builds rows on the consumer's side, turns this one into the
@@ -384,12 +446,8 @@ impl BatchEncoder {
     }
 
     fn finish_arrays(&mut self, rows: usize) -> Result<WireBatch, EncodeError> {
-        let has_missing = self.fill_missing()?;
-        let schema = if has_missing {
-            Arc::clone(&self.schema)
-        } else {
-            Arc::clone(&self.schema_without_missing)
-        };
+        let schema = Arc::clone(&self.schema);
+        let flags = self.flags();
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
         for (c, field) in self.columns.iter_mut().zip(schema.fields()) {
             arrays.push(c.finish(field.data_type())?);
@@ -398,19 +456,21 @@ impl BatchEncoder {
         if let Some(d) = &self.lsn_deltas {
             arrays.push(Arc::new(UInt32Array::from(d.values_slice().to_vec())));
         }
-        if has_missing {
-            let a = self
-                .missing_column
-                .finish(schema.fields()[schema.fields().len() - 1].data_type())?;
-            let a =
-                a.as_any().downcast_ref::<FixedSizeBinaryArray>().cloned().ok_or_else(|| {
-                    EncodeError::Arrow(ArrowError::InvalidArgumentError("_missing".into()))
-                })?;
-            arrays.push(Arc::new(a));
+        let width = self.missing_width;
+        for marks in [&self.missing, &self.unrepresentable] {
+            let mut bytes = Vec::new();
+            bitmap_column(&mut bytes, marks, rows, width);
+            let values = Buffer::from_vec(bytes);
+            arrays.push(Arc::new(FixedSizeBinaryArray::try_new(width as i32, values, None)?));
         }
         let batch = RecordBatch::try_new(schema, arrays)?;
         debug_assert_eq!(batch.num_rows(), rows);
-        Ok(WireBatch { batch, base_lsn: self.base_lsn, has_missing })
+        Ok(WireBatch {
+            batch,
+            base_lsn: self.base_lsn,
+            has_missing: flags & BATCH_HAS_MISSING != 0,
+            has_unrepresentable: flags & BATCH_HAS_UNREPRESENTABLE != 0,
+        })
     }
 
     /// Writes the rows built so far as one Batch message and starts an empty batch. Writes
@@ -431,7 +491,23 @@ impl BatchEncoder {
     }
 
     fn write_ipc(&mut self, rows: usize, out: &mut impl Write) -> Result<(), EncodeError> {
-        let has_missing = self.fill_missing()?;
+        let flags = self.flags();
+        let width = self.missing_width;
+        let mut bytes = std::mem::take(&mut self.bitmap_bytes);
+        bitmap_column(&mut bytes[0], &self.missing, rows, width);
+        bitmap_column(&mut bytes[1], &self.unrepresentable, rows, width);
+        let result = self.write_ipc_with(rows, flags, [&bytes[0], &bytes[1]], out);
+        self.bitmap_bytes = bytes;
+        result
+    }
+
+    fn write_ipc_with(
+        &mut self,
+        rows: usize,
+        flags: u8,
+        bitmaps: [&[u8]; 2],
+        out: &mut impl Write,
+    ) -> Result<(), EncodeError> {
         // Pass 1: the field nodes and buffer descriptors, in IPC order.
         self.nodes.clear();
         self.buffers.clear();
@@ -455,7 +531,7 @@ impl BatchEncoder {
                 c.for_each_node(&mut node);
                 c.for_each_buffer(&mut buffer);
             }
-            // `_op` and `_lsn_delta`: never NULL, so no validity buffer.
+            // The system columns are never NULL: no validity buffer.
             node(rows, 0);
             buffer(&[]);
             buffer(as_bytes(self.ops.values_slice()));
@@ -464,9 +540,10 @@ impl BatchEncoder {
                 buffer(&[]);
                 buffer(as_bytes(d.values_slice()));
             }
-            if has_missing {
-                self.missing_column.for_each_node(&mut node);
-                self.missing_column.for_each_buffer(&mut buffer);
+            for values in bitmaps {
+                node(rows, 0);
+                buffer(&[]);
+                buffer(values);
             }
         }
         // The flatbuffer Message holding the RecordBatch header.
@@ -489,7 +566,6 @@ impl BatchEncoder {
         let meta = fbb.finished_data();
         // Continuation marker, metadata length, metadata padded so the body starts aligned.
         let meta_len = padded(8 + meta.len()) - 8;
-        let flags = if has_missing { BATCH_HAS_MISSING } else { 0 };
         wire::write_batch_header(out, self.relid, self.base_lsn, flags)?;
         out.write_all(&[0xFF; 4])?;
         out.write_all(&(meta_len as i32).to_le_bytes())?;
@@ -515,8 +591,9 @@ impl BatchEncoder {
             write(&[]);
             write(as_bytes(d.values_slice()));
         }
-        if has_missing {
-            self.missing_column.for_each_buffer(&mut write);
+        for values in bitmaps {
+            write(&[]);
+            write(values);
         }
         match failed {
             Some(e) => Err(EncodeError::Io(e)),
@@ -533,13 +610,15 @@ fn as_bytes<T: arrow_buffer::ArrowNativeType>(values: &[T]) -> &[u8] {
 /// [`BatchEncoder::finish_batch`]).
 #[derive(Clone, Debug)]
 pub struct WireBatch {
-    /// The rows: the table's columns, `_op`, `_lsn_delta` (with `include-lsn`) and, when
-    /// `has_missing`, `_missing`.
+    /// The rows: the table's columns, `_op`, `_lsn_delta` (with `include-lsn`), `_missing` and
+    /// `_unrepresentable`.
     pub batch: RecordBatch,
     /// The first row's LSN, which `_lsn_delta` counts from.
     pub base_lsn: Lsn,
-    /// Whether the batch has the `_missing` column.
+    /// Some row has a bit set in `_missing`.
     pub has_missing: bool,
+    /// Some row has a bit set in `_unrepresentable`.
+    pub has_unrepresentable: bool,
 }
 
 /// The size at which a batch is written out even below `batch-rows`: one wal2arrow message

@@ -48,6 +48,12 @@ pub const LSN_COLUMN: &str = "_lsn";
 /// Name of the wire-format column holding each row's LSN as an offset from the batch's base
 /// LSN (the consumer turns it into [`LSN_COLUMN`]).
 pub const LSN_DELTA_COLUMN: &str = "_lsn_delta";
-/// Name of the column listing, per row, the columns whose value the change does not carry
-/// (unchanged TOAST values; columns outside an old key; NaN in a `Decimal128` column).
+/// Name of the column listing, per row, the columns whose value the change does not carry:
+/// unchanged TOAST values in new images, columns outside the key in old images. A reader that
+/// rebuilds rows keeps the value it already has for them.
 pub const MISSING_COLUMN: &str = "_missing";
+/// Name of the column listing, per row, the columns whose value was sent but cannot be held by
+/// the column's Arrow type (a `numeric` NaN in a `Decimal128` column; with the wal2json
+/// fallback, what JSON cannot carry). Their slots are NULL; the value is neither NULL nor
+/// unchanged.
+pub const UNREPRESENTABLE_COLUMN: &str = "_unrepresentable";

@@ -11,8 +11,9 @@ use std::fmt;
 
 use crate::patterns::{TableFilter, escape_list_item, split_list};
 
-/// The oldest wire protocol version this build writes.
-pub const PROTO_VERSION_MIN: u32 = 1;
+/// The oldest wire protocol version this build writes: version 3 changed the Schema and Batch
+/// layouts (see [`crate::wire`]), and this build writes only those.
+pub const PROTO_VERSION_MIN: u32 = 3;
 /// The newest wire protocol version this build writes.
 pub const PROTO_VERSION_MAX: u32 = crate::wire::WIRE_VERSION as u32;
 
@@ -137,6 +138,11 @@ impl OptionError {
             OptionErrorKind::MissingValue | OptionErrorKind::Invalid { .. } => {
                 format!("Give \"{}\" a value, as {}.", self.option, example(&self.option))
             }
+            OptionErrorKind::OutOfRange { .. } if self.option == "proto-version" => format!(
+                "This wal2arrow plugin writes wire format version {PROTO_VERSION_MAX} only: use a \
+                 consumer that reads it (proto-version {PROTO_VERSION_MAX}), or install the plugin \
+                 version your consumer was built with."
+            ),
             OptionErrorKind::OutOfRange { min, max, .. } => {
                 format!("\"{}\" accepts {min} to {max}.", self.option)
             }
@@ -147,7 +153,7 @@ impl OptionError {
 fn example(option: &str) -> &'static str {
     match option {
         "batch-rows" => "'batch-rows' '8192'",
-        "proto-version" => "'proto-version' '1'",
+        "proto-version" => "'proto-version' '3'",
         "tables" => "'tables' 'public.users,analytics.*'",
         "add-msg-prefixes" | "filter-msg-prefixes" => "'add-msg-prefixes' 'audit,heartbeat'",
         "filter-origins" => "'filter-origins' 'replica_a,replica_b'",
@@ -327,7 +333,7 @@ mod tests {
     #[test]
     fn every_option_parses_and_round_trips_through_pairs() {
         let opts = parse(&[
-            ("proto-version", Some("1")),
+            ("proto-version", Some("3")),
             ("batch-rows", Some("17")),
             ("include-xids", Some("off")),
             ("include-timestamps", Some("no")),
@@ -356,7 +362,7 @@ mod tests {
         let again =
             PluginOptions::parse(pairs.iter().map(|(k, v)| (*k, Some(v.as_str())))).unwrap();
         assert_eq!(again, opts);
-        assert_eq!(PluginOptions::default().to_pairs(), [("proto-version", "2".to_owned())]);
+        assert_eq!(PluginOptions::default().to_pairs(), [("proto-version", "3".to_owned())]);
     }
 
     #[test]
@@ -408,10 +414,12 @@ mod tests {
                 "{bad}: {e}"
             );
         }
-        let e = parse(&[("proto-version", Some("3"))]).unwrap_err();
-        assert_eq!(e.kind, OptionErrorKind::OutOfRange { value: "3".into(), min: 1, max: 2 });
-        assert_eq!(e.hint(), "\"proto-version\" accepts 1 to 2.");
-        assert_eq!(parse(&[("proto-version", Some("1"))]).unwrap().proto_version, 1);
+        for old in ["1", "2", "4"] {
+            let e = parse(&[("proto-version", Some(old))]).unwrap_err();
+            assert_eq!(e.kind, OptionErrorKind::OutOfRange { value: old.into(), min: 3, max: 3 });
+            assert!(e.hint().contains("writes wire format version 3 only"), "{}", e.hint());
+        }
+        assert_eq!(parse(&[("proto-version", Some("3"))]).unwrap().proto_version, 3);
         let e = parse(&[("include-xids", Some("maybe"))]).unwrap_err();
         assert!(e.to_string().contains("expected a boolean"), "{e}");
         let e = parse(&[("tables", Some("users"))]).unwrap_err();

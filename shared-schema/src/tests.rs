@@ -2,14 +2,14 @@
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
-    Decimal128Type, Int32Type, IntervalMonthDayNanoType, Time64MicrosecondType, UInt8Type,
-    UInt64Type,
+    Decimal128Type, Int32Type, Int64Type, IntervalMonthDayNanoType, Time64MicrosecondType,
+    UInt8Type, UInt64Type,
 };
 use arrow_array::{Array, RecordBatch};
 use arrow_buffer::Buffer;
 use arrow_schema::DataType;
 
-use crate::encode::write_schema_message;
+use crate::encode::{MAX_BATCH_BYTES, write_schema_message};
 use crate::types::{TypeClass, oid};
 use crate::*;
 
@@ -186,6 +186,7 @@ fn batches_round_trip_with_nulls_in_every_column() {
         assert_eq!(*l, 0x1_0000_0000 + 40 * i as u64);
     }
     assert_eq!(all.column(n + 2).null_count(), 100, "no value was missing");
+    assert_eq!(all.column(n + 3).null_count(), 100, "every value was representable");
 
     // Typed spot checks of the richer kinds, row 5.
     assert_eq!(all.column(13).as_primitive::<Decimal128Type>().value(5), 5 * 101 - 5000);
@@ -233,23 +234,46 @@ fn missing_values_and_old_images() {
     enc.column(1).append_null();
     enc.mark_missing(1);
     enc.column(2).append_null();
+    // An INSERT whose price is NaN: sent, but Decimal128 cannot hold it.
+    enc.start_row(ChangeOp::Insert, Lsn(11)).unwrap();
+    let ColumnBuilder::Int64(id) = enc.column(0) else { panic!() };
+    id.append_value(3);
+    let ColumnBuilder::Utf8(body) = enc.column(1) else { panic!() };
+    body.append_value("b");
+    enc.column(2).append_null();
+    enc.mark_unrepresentable(2);
     let mut m = Vec::new();
     enc.write_batch(&mut m).unwrap();
-    assert_eq!(m[2], wire::BATCH_HAS_MISSING, "the header announces the column");
+    assert_eq!(
+        m[2],
+        wire::BATCH_HAS_MISSING | wire::BATCH_HAS_UNREPRESENTABLE,
+        "the header announces both bitmaps"
+    );
     let Message::Batch(b) = dec.decode(&aligned(&m)).unwrap() else { panic!() };
     let ops = b.batch.column(3).as_dictionary::<UInt8Type>();
     let names = ops.values().as_string::<i32>();
     assert_eq!(names.value(ops.keys().value(0) as usize), "update_before");
     assert_eq!(names.value(ops.keys().value(1) as usize), "update");
-    let missing = b.batch.column(5).as_list::<i32>();
-    let row = |r: usize| {
-        let v = missing.value(r);
+    let names_at = |column: usize, r: usize| {
+        let list = b.batch.column(column).as_list::<i32>();
+        if list.is_null(r) {
+            return Vec::new();
+        }
+        let v = list.value(r);
         let s = v.as_string::<i32>();
         (0..s.len()).map(|i| s.value(i).to_owned()).collect::<Vec<_>>()
     };
-    assert_eq!(row(0), ["body", "price"]);
-    assert_eq!(row(1), ["body"], "the NULL price is a real NULL, not missing");
+    let (missing, unrepresentable) = (b.relation.missing_index(), b.relation.missing_index() + 1);
+    assert_eq!(b.batch.schema().field(missing).name(), "_missing");
+    assert_eq!(b.batch.schema().field(unrepresentable).name(), "_unrepresentable");
+    assert_eq!(names_at(missing, 0), ["body", "price"]);
+    assert_eq!(names_at(missing, 1), ["body"], "the NULL price is a real NULL, not missing");
     assert!(b.batch.column(1).is_null(1) && b.batch.column(2).is_null(1));
+    assert!(b.batch.column(missing).is_null(2), "the insert carries every value");
+    assert_eq!(names_at(unrepresentable, 2), ["price"], "NaN is sent, not missing");
+    assert!(
+        b.batch.column(unrepresentable).is_null(0) && b.batch.column(unrepresentable).is_null(1)
+    );
 }
 
 #[test]
@@ -264,7 +288,7 @@ fn include_lsn_off_drops_the_column() {
     let schema = b.batch.schema();
     let names: Vec<&str> =
         schema.fields()[desc.columns.len()..].iter().map(|f| f.name().as_str()).collect();
-    assert_eq!(names, ["_op", "_missing"]);
+    assert_eq!(names, ["_op", "_missing", "_unrepresentable"]);
 }
 
 #[test]
@@ -400,6 +424,117 @@ fn schema_message_describes_the_table() {
     assert!(!op.is_nullable());
     assert_eq!(rel.schema.field(n + 1).data_type(), &DataType::UInt64);
     assert_eq!(rel.schema.field(n + 2).name(), "_missing");
+    assert_eq!(rel.schema.field(n + 3).name(), "_unrepresentable");
+}
+
+/// The Arrow IPC message inside a Schema or Batch message (after its 16-byte header).
+fn ipc_part(msg: &[u8]) -> &[u8] {
+    &msg[wire::IPC_OFFSET..]
+}
+
+#[test]
+fn every_batch_decodes_with_a_standard_arrow_reader_and_the_schema_sent_before_it() {
+    // Batches with and without missing and unrepresentable values, each read by arrow-rs's
+    // own StreamReader from the Schema message's IPC bytes followed by the Batch's.
+    let desc = relation(vec![
+        builtin("id", oid::INT8, "int8"),
+        builtin("body", oid::TEXT, "text"),
+        col("price", PgKind::Decimal { precision: 10, scale: 2 }, "numeric"),
+    ]);
+    let mut schema_msg = Vec::new();
+    write_schema_message(&mut schema_msg, &desc).unwrap();
+    let mut enc = BatchEncoder::new(&desc);
+    let mut batches = Vec::new();
+    for variant in 0..4 {
+        enc.start_row(ChangeOp::Insert, Lsn(100 + variant)).unwrap();
+        let ColumnBuilder::Int64(id) = enc.column(0) else { panic!() };
+        id.append_value(variant as i64);
+        enc.column(1).append_null();
+        if variant & 1 != 0 {
+            enc.mark_missing(1);
+        }
+        enc.column(2).append_null();
+        if variant & 2 != 0 {
+            enc.mark_unrepresentable(2);
+        }
+        let mut m = Vec::new();
+        enc.write_batch(&mut m).unwrap();
+        batches.push(m);
+    }
+    for (variant, batch_msg) in batches.iter().enumerate() {
+        let mut stream = ipc_part(&schema_msg).to_vec();
+        stream.extend_from_slice(ipc_part(batch_msg));
+        stream.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0]);
+        let reader =
+            arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(stream), None).unwrap();
+        let read: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
+        assert_eq!(read.len(), 1, "variant {variant}");
+        let b = &read[0];
+        assert_eq!(b.schema().fields().len(), 3 + 4);
+        assert_eq!(b.column(0).as_primitive::<Int64Type>().value(0), variant as i64);
+        let bit = |c: usize| b.column(c).as_fixed_size_binary().value(0)[0];
+        assert_eq!(bit(5), if variant & 1 != 0 { 0b010 } else { 0 }, "_missing");
+        assert_eq!(bit(6), if variant & 2 != 0 { 0b100 } else { 0 }, "_unrepresentable");
+        assert_eq!(b.column(5).null_count() + b.column(6).null_count(), 0);
+    }
+}
+
+#[test]
+fn an_updates_images_never_straddle_two_batches() {
+    // The policy both producers follow: room_for before a change, batch_full after it.
+    let desc = relation(vec![builtin("id", oid::INT8, "int8")]);
+    let mut enc = BatchEncoder::new(&desc);
+    let mut cuts = Vec::new();
+    let row = |enc: &mut BatchEncoder, op: ChangeOp| {
+        enc.start_row(op, Lsn(1)).unwrap();
+        let ColumnBuilder::Int64(id) = enc.column(0) else { panic!() };
+        id.append_value(1);
+    };
+    // batch-rows 3: insert, insert, update (2 images) → the update goes to the next batch.
+    for change in [1, 1, 2, 2, 1] {
+        if !enc.room_for(change, 3) {
+            cuts.push(enc.rows());
+            enc.finish_batch().unwrap();
+        }
+        if change == 2 {
+            row(&mut enc, ChangeOp::UpdateBefore);
+            row(&mut enc, ChangeOp::Update);
+        } else {
+            row(&mut enc, ChangeOp::Insert);
+        }
+        if enc.batch_full(3) {
+            cuts.push(enc.rows());
+            enc.finish_batch().unwrap();
+        }
+    }
+    assert_eq!(enc.rows(), 0);
+    assert_eq!(cuts, [2, 2, 3], "rows per batch: no update split");
+    // batch-rows 1: an update with its old image is one batch of two rows.
+    let mut enc = BatchEncoder::new(&desc);
+    assert!(enc.room_for(2, 1));
+    row(&mut enc, ChangeOp::UpdateBefore);
+    row(&mut enc, ChangeOp::Update);
+    assert!(enc.batch_full(1));
+    assert!(!enc.room_for(1, 1));
+}
+
+#[test]
+fn large_rows_are_measured_after_every_change() {
+    let desc = relation(vec![builtin("body", oid::TEXT, "text")]);
+    let mut enc = BatchEncoder::new(&desc);
+    let big = "x".repeat(MAX_BATCH_BYTES / 10);
+    let mut rows = 0;
+    loop {
+        enc.start_row(ChangeOp::Insert, Lsn(1)).unwrap();
+        let ColumnBuilder::Utf8(b) = enc.column(0) else { panic!() };
+        b.append_value(&big);
+        rows += 1;
+        if enc.batch_full(1_000_000) {
+            break;
+        }
+        assert!(rows < 20, "a 16 MiB batch of 1.6 MiB rows was never cut");
+    }
+    assert_eq!(rows, 10, "cut at the first row that reaches 16 MiB");
 }
 
 #[test]

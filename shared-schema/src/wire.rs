@@ -1,4 +1,4 @@
-//! The wal2arrow wire format, version 2: framing of the messages the plugin writes.
+//! The wal2arrow wire format, version 3: framing of the messages the plugin writes.
 //!
 //! Every message (or Bundle of messages) is exactly one `OutputPluginWrite`, so it arrives as
 //! one XLogData payload of the [streaming replication protocol][proto]. A message starts with a 4-byte prefix —
@@ -17,22 +17,35 @@
 //! | Commit | `C` | prefix, reserved `u32`, commit LSN `u64`, end LSN `u64`, commit time `i64` (32) | — |
 //! | Bundle (v2) | `X` | prefix, message count `u32`, reserved `u64` (16) | per message: length `u32`, reserved (12 bytes), the message, zeros to a multiple of 16 |
 //!
-//! The prefix's flags byte is defined per kind: Batch `0x01` = the batch carries the `_missing`
-//! column; Truncate `0x01` = `CASCADE`, `0x02` = `RESTART IDENTITY`; Message `0x01` =
-//! transactional. Commit times are microseconds since 1970-01-01 UTC (0 when the consumer asked
-//! for no timestamps). The 16-byte headers of Schema and Batch
+//! The prefix's flags byte is defined per kind: Batch `0x01` = some row has a bit set in
+//! `_missing`, `0x02` = some row has a bit set in `_unrepresentable` (hints: a reader may skip
+//! the bitmaps when the flag is clear); Truncate `0x01` = `CASCADE`, `0x02` = `RESTART
+//! IDENTITY`; Message `0x01` = transactional. Commit times are microseconds since 1970-01-01
+//! UTC (0 when the consumer asked for no timestamps). The 16-byte headers of Schema and Batch
 //! keep the IPC message at a 16-byte offset, and the plugin writes IPC bodies with 16-byte
 //! buffer alignment: a payload received into a 16-byte-aligned allocation can be decoded
 //! without copying any buffer (even `Decimal128`'s, which need 16).
 //!
-//! A message's version byte is the wire version that defined its kind's format: 1 for every
-//! kind but Bundle, which version 2 added (and which a plugin only writes to consumers that ask
-//! for `proto-version` 2). A reader rejects a message whose version is newer than it knows or
-//! whose flags or reserved bits are set: they are how later versions will announce changes.
+//! **Standard Arrow.** A Batch's record batch has exactly the fields of the Schema message sent
+//! before it — the table's columns, `_op`, `_lsn_delta` (with `include-lsn`), `_missing` and
+//! `_unrepresentable` — in every batch: any Arrow IPC reader (arrow-rs `StreamReader`, pyarrow)
+//! decodes each Schema followed by its Batches as an ordinary IPC stream, with no knowledge of
+//! wal2arrow. The system columns are plain Arrow types: `_op` `UInt8` (a [`ChangeOp`] code),
+//! `_lsn_delta` `UInt32` (the row's LSN minus the header's base LSN), and `_missing` /
+//! `_unrepresentable` `FixedSizeBinary(w)`, never NULL: per row a bitmap of the table's columns
+//! (bit *i* = column *i*, least significant bit first, `w` = ⌈columns / 8⌉, at least 1), all
+//! zeros when no column is marked.
 //!
-//! Every message is one XLogData payload, except inside a Bundle: with `proto-version` 2 the
-//! plugin gathers a transaction's messages and sends them as one Bundle at commit (or each time
-//! a megabyte has gathered), so a one-row transaction costs one server write rather than three.
+//! A message's version byte is the wire version that defined its kind's format: 3 for Schema
+//! and Batch (version 3 made every batch carry every field of its schema and added
+//! `_unrepresentable`), 2 for Bundle, 1 for the other kinds. A plugin writes version 3 only
+//! (`proto-version` 3); a reader rejects a message whose version is newer than it knows, older
+//! than its kind's, or whose flags or reserved bits are set: they are how later versions will
+//! announce changes.
+//!
+//! Every message is one XLogData payload, except inside a Bundle: the plugin gathers a
+//! transaction's messages and sends them as one Bundle at commit (or each time a megabyte has
+//! gathered), so a one-row transaction costs one server write rather than three.
 //!
 //! [proto]: https://www.postgresql.org/docs/15/protocol-replication.html
 //! [ipc]: https://arrow.apache.org/docs/format/Columnar.html#encapsulated-message-format
@@ -42,9 +55,10 @@ use std::io::{self, Write};
 
 use crate::lsn::Lsn;
 
-/// The newest wire format version this crate writes and reads. Version 2 added Bundle
-/// messages; the other kinds are unchanged since version 1 and carry version byte 1.
-pub const WIRE_VERSION: u8 = 2;
+/// The wire format version this crate writes and reads. Version 2 added Bundle messages;
+/// version 3 changed Schema and Batch (every batch carries every field of its schema, and
+/// `_unrepresentable`); the other kinds are unchanged since version 1 and carry version byte 1.
+pub const WIRE_VERSION: u8 = 3;
 
 /// Bytes before the IPC message in Schema and Batch messages.
 pub const IPC_OFFSET: usize = 16;
@@ -77,8 +91,10 @@ pub enum MessageKind {
     Bundle = b'X',
 }
 
-/// Batch flag: the batch has the `_missing` column.
+/// Batch flag: some row of the batch has a bit set in `_missing`.
 pub const BATCH_HAS_MISSING: u8 = 0x01;
+/// Batch flag: some row of the batch has a bit set in `_unrepresentable`.
+pub const BATCH_HAS_UNREPRESENTABLE: u8 = 0x02;
 /// Truncate flag: `TRUNCATE … CASCADE`.
 pub const TRUNCATE_CASCADE: u8 = 0x01;
 /// Truncate flag: `TRUNCATE … RESTART IDENTITY`.
@@ -117,6 +133,7 @@ impl MessageKind {
     /// The wire version that defined this kind's format: the version byte it is written with.
     pub fn since(self) -> u8 {
         match self {
+            MessageKind::Schema | MessageKind::Batch => 3,
             MessageKind::Bundle => 2,
             _ => 1,
         }
@@ -125,7 +142,7 @@ impl MessageKind {
     /// The flag bits this kind defines.
     fn flags(self) -> u8 {
         match self {
-            MessageKind::Batch => BATCH_HAS_MISSING,
+            MessageKind::Batch => BATCH_HAS_MISSING | BATCH_HAS_UNREPRESENTABLE,
             MessageKind::Truncate => TRUNCATE_CASCADE | TRUNCATE_RESTART_IDENTITY,
             MessageKind::Message => MESSAGE_TRANSACTIONAL,
             _ => 0,
@@ -488,8 +505,10 @@ pub enum Header {
         relid: u32,
         /// LSN the rows' `_lsn_delta` values are added to.
         base_lsn: Lsn,
-        /// The batch carries the `_missing` column.
+        /// Some row has a bit set in `_missing`.
         has_missing: bool,
+        /// Some row has a bit set in `_unrepresentable`.
+        has_unrepresentable: bool,
     },
     /// See [`Truncate`].
     Truncate(Truncate),
@@ -592,6 +611,7 @@ pub fn read_header(msg: &[u8]) -> Result<Header, WireError> {
             relid: u32_at(msg, 4),
             base_lsn: Lsn(u64_at(msg, 8)),
             has_missing: flags & BATCH_HAS_MISSING != 0,
+            has_unrepresentable: flags & BATCH_HAS_UNREPRESENTABLE != 0,
         },
         MessageKind::Truncate => {
             let n = u64::from(u32_at(msg, 4));
@@ -751,8 +771,8 @@ mod tests {
         m[0] = b'Z';
         assert_eq!(read_header(&m), Err(WireError::UnknownKind(b'Z')));
         let mut m = msg.clone();
-        m[1] = 3;
-        assert_eq!(read_header(&m), Err(WireError::UnsupportedVersion { found: 3, max: 2 }));
+        m[1] = 4;
+        assert_eq!(read_header(&m), Err(WireError::UnsupportedVersion { found: 4, max: 3 }));
         let mut m = msg.clone();
         m[1] = 0;
         assert_eq!(read_header(&m), Err(WireError::ReservedBits(MessageKind::Begin)));

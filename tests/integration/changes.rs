@@ -526,7 +526,7 @@ async fn include_options_and_skip_empty_xacts() {
     assert!(begins(&bare).iter().all(|b| b.xid == 0 && b.commit_time_us == 0));
     let schema = batches(&bare)[0].schema();
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    assert_eq!(names, ["v", "_op", "_missing"]);
+    assert_eq!(names, ["v", "_op", "_missing", "_unrepresentable"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -542,8 +542,8 @@ async fn every_bad_option_is_an_error_and_the_server_stays_up() {
         (vec![("batch-rows", Some("0"))], "out of range (1 to 1000000)"),
         (vec![("batch-rows", Some("1000001"))], "out of range"),
         (vec![("batch-rows", Some("many"))], "expected a whole number"),
-        (vec![("proto-version", Some("0"))], "out of range (1 to 2)"),
-        (vec![("proto-version", Some("3"))], "out of range (1 to 2)"),
+        (vec![("proto-version", Some("2"))], "out of range (3 to 3)"),
+        (vec![("proto-version", Some("4"))], "out of range (3 to 3)"),
         (vec![("include-xids", Some("sometimes"))], "expected a boolean"),
         (vec![("skip-empty-xacts", Some("2"))], "expected a boolean"),
         (vec![("tables", Some("users"))], "name the schema"),
@@ -591,7 +591,7 @@ async fn every_bad_option_is_an_error_and_the_server_stays_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proto_version_2_bundles_each_transaction_and_version_1_does_not() {
+async fn each_transaction_is_one_bundle_and_older_wire_versions_are_refused() {
     let db = Cluster::shared().database("bundles");
     db.psql(
         "CREATE TABLE b (id int PRIMARY KEY);
@@ -600,37 +600,35 @@ async fn proto_version_2_bundles_each_transaction_and_version_1_does_not() {
          BEGIN; INSERT INTO b VALUES (2); INSERT INTO b VALUES (3); COMMIT;",
     );
     let client = sql(&db).await;
-    let payloads = |version: &'static str| {
-        let client = &client;
-        async move {
-            client
-                .query(
-                    "SELECT data FROM pg_logical_slot_peek_binary_changes('bundles', NULL, NULL, \
-                     'proto-version', $1)",
-                    &[&version],
-                )
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<_, Vec<u8>>(0))
-                .collect::<Vec<_>>()
-        }
-    };
-    // Version 2: one payload per transaction, a Bundle of Begin, (Schema,) Batch, Commit.
-    let v2 = payloads("2").await;
-    assert_eq!(v2.len(), 2, "one payload per transaction");
-    assert!(v2.iter().all(|p| p[0] == b'X' && p[1] == 2));
-    // Version 1: one payload per message, each decodable on its own.
-    let v1 = payloads("1").await;
-    assert_eq!(v1.len(), 7, "Begin, Schema, Batch, Commit, Begin, Batch, Commit");
-    let mut decoder = wal2arrow_schema::Decoder::new();
-    for p in &v1 {
-        assert_eq!(p[1], 1);
-        decoder.decode(&arrow_buffer::Buffer::from_slice_ref(p)).unwrap();
+    let payloads = client
+        .query("SELECT data FROM pg_logical_slot_peek_binary_changes('bundles', NULL, NULL)", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, Vec<u8>>(0))
+        .collect::<Vec<_>>();
+    // One payload per transaction, a Bundle of Begin, (Schema,) Batch, Commit.
+    assert_eq!(payloads.len(), 2, "one payload per transaction");
+    assert!(payloads.iter().all(|p| p[0] == b'X' && p[1] == 2));
+    assert_eq!(
+        common_messages(&payloads),
+        ["Begin", "Schema", "batch 1", "Commit", "Begin", "batch 2", "Commit"]
+    );
+    // A consumer built for wire versions 1 or 2 is told to upgrade, not sent what it cannot
+    // read.
+    for old in ["1", "2"] {
+        let err = client
+            .query(
+                "SELECT data FROM pg_logical_slot_peek_binary_changes('bundles', NULL, NULL, \
+                 'proto-version', $1)",
+                &[&old],
+            )
+            .await
+            .unwrap_err();
+        let db_err = err.as_db_error().unwrap();
+        assert_eq!(db_err.code().code(), "22023");
+        assert!(db_err.hint().unwrap().contains("writes wire format version 3 only"), "{db_err}");
     }
-    // Both carry the same messages.
-    let flat = common_messages(&v2);
-    assert_eq!(flat, common_messages(&v1));
     client.execute("SELECT pg_drop_replication_slot('bundles')", &[]).await.unwrap();
 }
 

@@ -174,11 +174,25 @@ async fn connection_settings_come_from_flags_the_dsn_or_pg_variables_and_failure
     assert_eq!(code, 4, "{err}");
     assert!(started.elapsed() < Duration::from_secs(30));
     assert!(!err.contains("sekrit") && !out.contains("sekrit"), "{err}");
+    // Unix-domain sockets, as libpq: PGHOST or host= a socket directory.
+    let socket_dir = cluster.socket_dir().display().to_string();
     let mut socket = cli(&["slots", "list"]);
-    socket.env("PGHOST", "/var/run/postgresql");
+    socket
+        .env("PGHOST", &socket_dir)
+        .env("PGPORT", &port)
+        .env("PGUSER", cluster.superuser())
+        .env("PGDATABASE", db.name());
     let (code, _, err) = run(socket).await;
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("TCP"), "{err}");
+    assert_eq!(code, 0, "{err}");
+    let dsn =
+        format!("host={socket_dir} port={port} user={} dbname={}", cluster.superuser(), db.name());
+    let (code, _, err) = run(cli(&["check", "--dsn", &dsn, "--slot", "sockets"])).await;
+    assert_eq!(code, 0, "{err}");
+    let mut missing = cli(&["slots", "list"]);
+    missing.env("PGHOST", "/nonexistent-socket-dir").env("PGPORT", &port);
+    let (code, _, err) = run(missing).await;
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains(&format!("/nonexistent-socket-dir/.s.PGSQL.{port}")), "{err}");
 }
 
 /// Reads every finished Parquet file of a table directory with the parquet crate, restoring
@@ -207,11 +221,12 @@ fn read_parquet_dir(dir: &Path) -> Vec<RecordBatch> {
     out
 }
 
-/// `batches` (of one table) concatenated, with only the stream's columns (up to `_missing`).
+/// `batches` (of one table) concatenated, with only the stream's columns (up to
+/// `_unrepresentable`).
 fn stream_columns(batches: &[RecordBatch]) -> RecordBatch {
     let schema = batches[0].schema();
     let all = concat_batches(&schema, batches).unwrap();
-    let last = schema.index_of("_missing").unwrap();
+    let last = schema.index_of("_unrepresentable").unwrap();
     all.project(&(0..=last).collect::<Vec<_>>()).unwrap()
 }
 

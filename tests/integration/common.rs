@@ -142,7 +142,7 @@ pub(crate) fn rows(batch: &RecordBatch) -> Vec<(String, Vec<Option<String>>, Vec
         .expect("system columns");
     let ops = batch.column(n).as_dictionary::<UInt8Type>();
     let op_names = ops.values().as_string::<i32>();
-    let missing = batch.column(batch.num_columns() - 1).as_list::<i32>();
+    let missing = batch.column_by_name("_missing").expect("_missing").as_list::<i32>();
     let fmt = arrow_cast::display::FormatOptions::default();
     let formatters: Vec<_> = (0..n)
         .map(|c| {

@@ -107,12 +107,17 @@ fn expected_schema(relid: u32) -> Schema {
                 DataType::List(Arc::new(Field::new("item", DataType::Utf8, false))),
             )
             .with_nullable(true),
+            system_field(
+                "_unrepresentable",
+                DataType::List(Arc::new(Field::new("item", DataType::Utf8, false))),
+            )
+            .with_nullable(true),
         ],
         HashMap::from([
             ("wal2arrow:schema".to_owned(), "public".to_owned()),
             ("wal2arrow:table".to_owned(), "every_type".to_owned()),
             ("wal2arrow:relid".to_owned(), relid.to_string()),
-            ("wal2arrow:version".to_owned(), "1".to_owned()),
+            ("wal2arrow:version".to_owned(), "3".to_owned()),
             ("wal2arrow:primary_key".to_owned(), "[]".to_owned()),
             ("wal2arrow:replica_identity".to_owned(), "default".to_owned()),
             ("wal2arrow:identity_key".to_owned(), "[]".to_owned()),
@@ -320,8 +325,8 @@ async fn received_batches_point_into_the_xlogdata_payload() {
     }
     assert!(checked >= 10, "value, offset and key buffers were checked ({checked})");
     assert_eq!(stream.realigned_payloads(), 0, "no payload needed a copy for alignment");
-    // The payload really is the message off the wire: a Batch message (kind 'R', version 1).
-    assert_eq!(&payload.as_slice()[..2], b"R\x01");
+    // The payload really is the message off the wire: a Batch message (kind 'R', version 3).
+    assert_eq!(&payload.as_slice()[..2], b"R\x03");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -215,7 +215,7 @@ fn uuid_bytes(text: &str) -> Vec<u8> {
 }
 
 /// The expected column, read from `rows` starting at result column `at`. Returns also which
-/// rows hold an unrepresentable value (NaN in Decimal128), listed in `_missing`.
+/// rows hold an unrepresentable value (NaN in Decimal128), listed in `_unrepresentable`.
 fn expected_column(
     rows: &[Row],
     at: usize,
@@ -507,6 +507,7 @@ fn assert_matches(
 ) {
     assert_eq!(streamed.num_rows(), rows.len(), "{what}: row count");
     let missing = streamed.column_by_name("_missing").unwrap().as_list::<i32>();
+    let lost = streamed.column_by_name("_unrepresentable").unwrap().as_list::<i32>();
     let mut at = 1;
     for (i, (name, _, dt, expect)) in cols.iter().enumerate() {
         let field = streamed.schema().field(i + 1).clone();
@@ -514,10 +515,17 @@ fn assert_matches(
         assert_eq!(field.data_type(), dt, "{what}: Arrow type of {name}");
         let (expected, unrepresentable) = expected_column(rows, at, *expect, dt);
         assert_eq!(streamed.column(i + 1).as_ref(), expected.as_ref(), "{what}: values of {name}");
+        let listed = |list: &arrow_array::ListArray, row: usize| {
+            !list.is_null(row)
+                && list.value(row).as_string::<i32>().iter().any(|n| n == Some(*name))
+        };
         for (row, nan) in unrepresentable.iter().enumerate() {
-            let listed = !missing.is_null(row)
-                && missing.value(row).as_string::<i32>().iter().any(|n| n == Some(*name));
-            assert_eq!(listed, *nan, "{what}: {name} row {row} in _missing");
+            // Sent but not representable: `_unrepresentable`, never `_missing` (a reader must
+            // not keep an old value for it).
+            assert_eq!(listed(lost, row), *nan, "{what}: {name} row {row} in _unrepresentable");
+            if *nan {
+                assert!(!listed(missing, row), "{what}: {name} row {row} is not missing");
+            }
         }
         at += expr_width(*expect);
     }

@@ -20,8 +20,9 @@ use wal2arrow_schema::{ColumnBuilder, PgKind};
 pub(crate) enum Appended {
     /// The value was appended.
     Value,
-    /// The value cannot be represented (`NaN` in a `Decimal128` column): a NULL was appended
-    /// and the caller lists the column in `_missing`.
+    /// The value cannot be represented (`NaN` in a `Decimal128` column: a NULL was appended;
+    /// in an array, the elements that cannot be are NULL): the caller lists the column in
+    /// `_unrepresentable`.
     Unrepresentable,
 }
 
@@ -181,7 +182,7 @@ impl ColumnReader {
             }
             (ColumnReader::Array(reader), builder @ ColumnBuilder::List(_)) => {
                 // SAFETY: a non-NULL array Datum of this reader's element type.
-                unsafe { reader.append(datum, builder, utf8_db) }
+                return unsafe { reader.append(datum, builder, utf8_db) };
             }
             (reader, builder) => unreachable!(
                 "column reader {reader:?} does not match builder {:?}: both come from the same PgKind",
@@ -203,7 +204,12 @@ impl ArrayReader {
     ///
     /// `datum` is a valid, non-NULL array of `elem_type`; `builder` is the column's list
     /// builder.
-    unsafe fn append(&mut self, datum: pg_sys::Datum, builder: &mut ColumnBuilder, utf8_db: bool) {
+    unsafe fn append(
+        &mut self,
+        datum: pg_sys::Datum,
+        builder: &mut ColumnBuilder,
+        utf8_db: bool,
+    ) -> Appended {
         // SAFETY: detoasting a valid array varlena gives a plain ArrayType, allocated in the
         // current memory context when it had to be decompressed or fetched.
         let arr =
@@ -237,10 +243,12 @@ impl ArrayReader {
         };
         let shape = array_shape(&dims, self.dims);
         // SAFETY: the element Datums are valid values of the element type.
-        unsafe { self.append_level(builder, &shape, values, nulls, utf8_db) };
+        let whole = unsafe { self.append_level(builder, &shape, values, nulls, utf8_db) };
+        if whole { Appended::Value } else { Appended::Unrepresentable }
     }
 
-    /// Appends `values` as nested lists of `shape` (one entry per level).
+    /// Appends `values` as nested lists of `shape` (one entry per level); `false` when an
+    /// element could not be represented (it is NULL).
     unsafe fn append_level(
         &mut self,
         builder: &mut ColumnBuilder,
@@ -248,7 +256,8 @@ impl ArrayReader {
         values: &[pg_sys::Datum],
         nulls: &[bool],
         utf8_db: bool,
-    ) {
+    ) -> bool {
+        let mut whole = true;
         let ColumnBuilder::List(list) = builder else {
             unreachable!("an array column builds lists")
         };
@@ -258,8 +267,9 @@ impl ArrayReader {
                     list.values().append_null();
                 } else {
                     // SAFETY: a non-NULL element of the element type. A NaN in a numeric(p, s)
-                    // element cannot be listed in `_missing` and stays NULL (documented).
-                    let _ = unsafe { self.element.append(*v, list.values(), utf8_db) };
+                    // element is NULL, and the column listed in `_unrepresentable`.
+                    let appended = unsafe { self.element.append(*v, list.values(), utf8_db) };
+                    whole &= appended == Appended::Value;
                 }
             }
         } else {
@@ -267,11 +277,13 @@ impl ArrayReader {
             if chunk > 0 {
                 for (vs, ns) in values.chunks(chunk).zip(nulls.chunks(chunk)) {
                     // SAFETY: as above, one level down.
-                    unsafe { self.append_level(list.values(), &shape[1..], vs, ns, utf8_db) };
+                    whole &=
+                        unsafe { self.append_level(list.values(), &shape[1..], vs, ns, utf8_db) };
                 }
             }
         }
         list.close();
+        whole
     }
 }
 

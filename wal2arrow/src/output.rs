@@ -4,9 +4,10 @@
 //! consumer as one XLogData payload. In between, the plugin appends to `ctx->out`, a
 //! PostgreSQL `StringInfo`, through [`StringInfoWriter`].
 //!
-//! With `proto-version` 2, [`Output`] gathers a transaction's messages into a Bundle and writes
-//! it at commit (or whenever [`BUNDLE_LIMIT`] bytes have gathered): one server write, one
-//! XLogData and one `send` per small transaction instead of one per message.
+//! [`Output`] gathers a transaction's messages into a Bundle and writes it at commit (or
+//! whenever [`BUNDLE_LIMIT`] bytes have gathered): one server write, one XLogData and one
+//! `send` per small transaction instead of one per message. Messages outside a transaction
+//! (non-transactional logical messages) are written on their own.
 
 use std::io::{self, Write};
 
@@ -20,8 +21,6 @@ pub(crate) const BUNDLE_LIMIT: usize = 1 << 20;
 
 /// Where the plugin's messages go: straight to the walsender, or gathered into a Bundle.
 pub(crate) struct Output {
-    /// Gather messages into Bundles (the consumer asked for `proto-version` 2).
-    bundles: bool,
     /// A transaction is open: its messages are gathered.
     gathering: bool,
     /// The entries gathered: entry header, message, padding — each.
@@ -30,13 +29,13 @@ pub(crate) struct Output {
 }
 
 impl Output {
-    pub(crate) fn new(bundles: bool) -> Output {
-        Output { bundles, gathering: false, staged: Vec::new(), count: 0 }
+    pub(crate) fn new() -> Output {
+        Output { gathering: false, staged: Vec::new(), count: 0 }
     }
 
-    /// Starts gathering a transaction's messages (when bundles are on).
+    /// Starts gathering a transaction's messages.
     pub(crate) fn begin_transaction(&mut self) {
-        self.gathering = self.bundles;
+        self.gathering = true;
         self.staged.clear();
         self.count = 0;
     }

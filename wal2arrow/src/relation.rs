@@ -46,8 +46,6 @@ pub(crate) struct RelEntry {
     pub(crate) schema_sent: bool,
     /// A relcache invalidation arrived for the table: check the description on next use.
     pub(crate) stale: bool,
-    /// Its rows are large: check the batch's size after every row, not every 64th.
-    pub(crate) large_rows: bool,
 }
 
 impl RelEntry {
@@ -135,7 +133,6 @@ impl RelEntry {
             nulls: vec![true; natts],
             schema_sent: false,
             stale: false,
-            large_rows: false,
         }
     }
 

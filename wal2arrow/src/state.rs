@@ -6,13 +6,15 @@
 //! so nothing leaks either way.
 //!
 //! Rows of a table accumulate in its encoder for the whole transaction and are written out as
-//! a Batch when `batch-rows` (or ~16 MiB) is reached, before anything that must follow them in
-//! the stream (a Truncate, a transactional message, a schema change), and at commit.
+//! a Batch when the batching policy of `wal2arrow_schema::encode` says so (`batch-rows`, or
+//! ~16 MiB; an UPDATE's old and new image always in one batch), before anything that must
+//! follow them in the stream (a Truncate, a transactional message, a schema change), and at
+//! commit.
 
 use std::collections::HashMap;
 
 use pgrx::pg_sys;
-use wal2arrow_schema::encode::{MAX_BATCH_BYTES, write_schema_message};
+use wal2arrow_schema::encode::write_schema_message;
 use wal2arrow_schema::types::PG_EPOCH_MICROS;
 use wal2arrow_schema::wire::{self, Begin, Commit, Truncate};
 use wal2arrow_schema::{ChangeOp, Lsn, PluginOptions};
@@ -54,7 +56,7 @@ pub(crate) struct State {
     session_cx: pg_sys::MemoryContext,
     /// The database encoding is UTF8 (text needs no conversion).
     utf8_db: bool,
-    /// Writes messages, gathering each transaction's into a Bundle with proto-version 2.
+    /// Writes messages, gathering each transaction's into a Bundle.
     out: Output,
 }
 
@@ -76,7 +78,7 @@ impl State {
                 pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
                 pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
             );
-            let out = Output::new(options.proto_version >= 2);
+            let out = Output::new();
             let state = Box::into_raw(Box::new(State {
                 out,
                 options,
@@ -225,14 +227,18 @@ impl State {
             }
             self.ensure_begin(ctx, false);
             self.ensure_schema(ctx, relid);
+            let images = usize::from(first.is_some()) + usize::from(second.is_some());
+            let batch_rows = self.options.batch_rows;
+            let entry = self.relations.get_mut(relid).expect("cached above");
+            // The batching policy (shared with the wal2json fallback): a change's images stay
+            // in one batch.
+            if !entry.encoder.room_for(images, batch_rows) || !entry.encoder.accepts(lsn) {
+                flush(ctx, &mut self.out, entry, false);
+            }
+            if entry.encoder.rows() == 0 && !self.pending.contains(&relid) {
+                self.pending.push(relid);
+            }
             for (op, tuple, image) in first.into_iter().chain(second) {
-                let entry = self.relations.get_mut(relid).expect("cached above");
-                if !entry.encoder.accepts(lsn) {
-                    flush(ctx, &mut self.out, entry, false);
-                }
-                if entry.encoder.rows() == 0 && !self.pending.contains(&relid) {
-                    self.pending.push(relid);
-                }
                 let old_cx = pg_sys::MemoryContextSwitchTo(self.change_cx);
                 append_row(entry, relation, tuple, op, lsn, image, self.utf8_db);
                 pg_sys::MemoryContextSwitchTo(old_cx);
@@ -240,18 +246,9 @@ impl State {
                 if !(*self.change_cx).isReset {
                     pg_sys::MemoryContextReset(self.change_cx);
                 }
-                // The size estimate walks every column: look at the first row, every 64th,
-                // and at every row of a table whose rows are large.
-                let rows = entry.encoder.rows();
-                let mut too_big = false;
-                if rows == 1 || rows.is_multiple_of(64) || entry.large_rows {
-                    let bytes = entry.encoder.approx_bytes();
-                    entry.large_rows = bytes / rows > MAX_BATCH_BYTES / 64;
-                    too_big = bytes >= MAX_BATCH_BYTES;
-                }
-                if rows >= self.options.batch_rows as usize || too_big {
-                    flush(ctx, &mut self.out, entry, true);
-                }
+            }
+            if entry.encoder.batch_full(batch_rows) {
+                flush(ctx, &mut self.out, entry, true);
             }
         }
     }
@@ -513,7 +510,7 @@ unsafe fn append_row(
             // SAFETY: a non-NULL Datum of this column, read by the reader made for its type.
             let appended = unsafe { plan.reader.append(value, entry.encoder.column(i), utf8_db) };
             if appended == Appended::Unrepresentable {
-                entry.encoder.mark_missing(i);
+                entry.encoder.mark_unrepresentable(i);
             }
         }
     }

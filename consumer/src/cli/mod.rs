@@ -25,7 +25,7 @@ use crate::error::Error;
 use crate::sink::ipc::IpcSink;
 use crate::sink::jsonl::JsonLinesSink;
 use crate::sink::parquet::{ParquetOptions, ParquetSink};
-use crate::sink::{Output, Progress, RunOptions, Sink, Stopped};
+use crate::sink::{Progress, RunOptions, Sink, Stopped};
 use crate::stream::OutputPlugin;
 
 #[derive(Parser)]
@@ -66,7 +66,7 @@ struct ConnArgs {
     /// libpq connection string: `host=… user=… dbname=…` or `postgresql://user@host/db`.
     #[arg(long, env = "WAL2ARROW_DSN", hide_env_values = true)]
     dsn: Option<String>,
-    /// Server host (TCP).
+    /// Server host: a name, an address, or a Unix-domain socket directory (`/var/run/postgresql`).
     #[arg(long)]
     host: Option<String>,
     /// Server port.
@@ -84,6 +84,9 @@ struct ConnArgs {
     /// CA certificates (PEM) for verify-ca / verify-full, or `system`.
     #[arg(long)]
     sslrootcert: Option<String>,
+    /// The largest message accepted from the server, in bytes (default 256 MiB).
+    #[arg(long, value_name = "BYTES")]
+    max_message_size: Option<usize>,
 }
 
 impl ConnArgs {
@@ -110,6 +113,9 @@ impl ConnArgs {
         if let Some(r) = &self.sslrootcert {
             c.ssl_root_cert =
                 Some(if r == "system" { RootCerts::System } else { RootCerts::File(r.into()) });
+        }
+        if let Some(m) = self.max_message_size {
+            c.max_message_size = m;
         }
         c.validate()?;
         Ok(c)
@@ -291,9 +297,9 @@ impl From<Error> for Failure {
         let code = match &e {
             Error::Config(_) => 2,
             Error::Preflight(_) => 3,
-            Error::Connect { .. } | Error::Timeout { .. } | Error::Auth(_) | Error::Tls(_) => 4,
-            // Bad password, no such role or database.
-            e if matches!(e.code(), Some("28P01" | "28000" | "3D000")) => 4,
+            Error::Connect { .. } | Error::Timeout { .. } => 4,
+            // Bad password, no such role or database, no TLS where sslmode requires it.
+            e if e.is_login_failure() => 4,
             _ => 1,
         };
         Failure { code, message: e.to_string() }
@@ -313,7 +319,14 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colour only on a terminal, and never with NO_COLOR set (https://no-color.org).
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -430,10 +443,18 @@ async fn stream(args: StreamArgs) -> CmdResult {
     }
     let consumer = builder.build()?;
     let source = format!("{}/{}", config.dbname(), args.select.slot);
+    // An output that cannot be written is bad usage, found before anything streams.
+    if let Some(out) = &args.out
+        && args.sink != SinkArg::Print
+    {
+        crate::sink::check_writable(out, args.sink == SinkArg::Parquet)
+            .map_err(|e| Failure { code: 2, message: format!("--out: {e}") })?;
+    }
+    let out_path = args.out.clone().unwrap_or_else(|| PathBuf::from("-"));
     let mut sink: Box<dyn Sink> = match args.sink {
         SinkArg::Print => Box::new(print::PrintSink),
-        SinkArg::Jsonl => Box::new(JsonLinesSink::new(output(&args.out)?)),
-        SinkArg::Ipc => Box::new(IpcSink::new(output(&args.out)?)),
+        SinkArg::Jsonl => Box::new(JsonLinesSink::open(&out_path)?),
+        SinkArg::Ipc => Box::new(IpcSink::open(&out_path)?),
         SinkArg::Parquet => {
             let dir = args
                 .out
@@ -483,10 +504,6 @@ async fn stream(args: StreamArgs) -> CmdResult {
     let report = result?;
     eprintln!("{}", summary(&report.progress, report.stopped));
     Ok(())
-}
-
-fn output(path: &Option<PathBuf>) -> Result<Output, Error> {
-    Output::open(path.as_deref().unwrap_or(std::path::Path::new("-")))
 }
 
 /// Completes at the first Ctrl-C or SIGTERM; a second one ends the process at once (130).

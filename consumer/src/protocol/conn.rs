@@ -15,7 +15,7 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::frame::{Frame, FrameReader};
+use super::frame::{Frame, FrameError, FrameReader};
 use crate::config::{Config, SslMode};
 use crate::error::{DbError, Error, Result};
 use crate::tls::{Socket, client_config, server_name};
@@ -50,12 +50,53 @@ impl Connection {
     }
 
     async fn connect_inner(config: &Config) -> Result<Connection> {
-        let addr = format!("{}:{}", config.host, config.port);
+        let addr = config.address();
+        let stream = match config.socket_path() {
+            // A Unix-domain socket: never TLS, as with libpq.
+            Some(path) => Socket::Unix(
+                tokio::net::UnixStream::connect(&path)
+                    .await
+                    .map_err(|source| Error::Connect { addr: addr.clone(), source })?,
+            ),
+            None => Self::connect_tcp(config, &addr).await?,
+        };
+        let mut conn = Connection {
+            stream,
+            reader: FrameReader::new(config.max_message_size),
+            parameters: HashMap::new(),
+            out: BytesMut::with_capacity(256),
+        };
+        let params = [
+            ("user", config.user.as_str()),
+            ("database", config.dbname()),
+            ("replication", "database"),
+            ("application_name", config.application_name.as_str()),
+            ("client_encoding", "UTF8"),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut conn.out)?;
+        conn.flush().await?;
+        conn.authenticate(config).await?;
+        // After AuthenticationOk: parameters, BackendKeyData, then ReadyForQuery.
+        loop {
+            match conn.next_message().await? {
+                Message::ReadyForQuery(_) => return Ok(conn),
+                Message::ParameterStatus(p) => {
+                    conn.parameters.insert(p.name()?.to_owned(), p.value()?.to_owned());
+                }
+                Message::BackendKeyData(_) | Message::NoticeResponse(_) => {}
+                Message::ErrorResponse(e) => return Err(login_error(db_error(e.fields()))),
+                m => return Err(unexpected("during startup", &m)),
+            }
+        }
+    }
+
+    /// A TCP connection, with TLS as `sslmode` asks.
+    async fn connect_tcp(config: &Config, addr: &str) -> Result<Socket> {
         let mut tcp = TcpStream::connect((config.host.as_str(), config.port))
             .await
-            .map_err(|source| Error::Connect { addr: addr.clone(), source })?;
+            .map_err(|source| Error::Connect { addr: addr.to_owned(), source })?;
         tcp.set_nodelay(true)?;
-        let stream = match client_config(config)? {
+        Ok(match client_config(config)? {
             None => Socket::Plain(tcp),
             Some(tls) => {
                 // SSLRequest, answered by one byte: 'S' to start TLS, 'N' to refuse. Nothing
@@ -90,47 +131,12 @@ impl Connection {
                     }
                 }
             }
-        };
-        let mut conn = Connection {
-            stream,
-            reader: FrameReader::new(),
-            parameters: HashMap::new(),
-            out: BytesMut::with_capacity(256),
-        };
-        let params = [
-            ("user", config.user.as_str()),
-            ("database", config.dbname()),
-            ("replication", "database"),
-            ("application_name", config.application_name.as_str()),
-            ("client_encoding", "UTF8"),
-        ];
-        frontend::startup_message(params.iter().copied(), &mut conn.out)?;
-        conn.flush().await?;
-        conn.authenticate(config).await?;
-        // After AuthenticationOk: parameters, BackendKeyData, then ReadyForQuery.
-        loop {
-            match conn.next_message().await? {
-                Message::ReadyForQuery(_) => return Ok(conn),
-                Message::ParameterStatus(p) => {
-                    conn.parameters.insert(p.name()?.to_owned(), p.value()?.to_owned());
-                }
-                Message::BackendKeyData(_) | Message::NoticeResponse(_) => {}
-                Message::ErrorResponse(e) => return Err(Error::Server(db_error(e.fields()))),
-                m => return Err(unexpected("during startup", &m)),
-            }
-        }
+        })
     }
 
     async fn authenticate(&mut self, config: &Config) -> Result<()> {
-        let password = || {
-            config.password.as_deref().ok_or_else(|| {
-                Error::Auth(format!(
-                    "the server requires a password for user {:?} and none was given (set \
-                     password in the connection settings or PGPASSWORD)",
-                    config.user
-                ))
-            })
-        };
+        let resolved = config.resolved_password();
+        let password = || resolved.as_deref().ok_or_else(|| no_password(config));
         loop {
             match self.next_message().await? {
                 Message::AuthenticationOk => return Ok(()),
@@ -167,7 +173,9 @@ impl Connection {
                     self.flush().await?;
                     match self.next_message().await? {
                         Message::AuthenticationSaslContinue(b) => client.update(b.data())?,
-                        Message::ErrorResponse(e) => return Err(auth_error(e.fields())),
+                        Message::ErrorResponse(e) => {
+                            return Err(login_error(db_error(e.fields())));
+                        }
                         m => return Err(unexpected("during SCRAM authentication", &m)),
                     }
                     frontend::sasl_response(client.message(), &mut self.out)?;
@@ -180,11 +188,13 @@ impl Connection {
                                 ))
                             })?
                         }
-                        Message::ErrorResponse(e) => return Err(auth_error(e.fields())),
+                        Message::ErrorResponse(e) => {
+                            return Err(login_error(db_error(e.fields())));
+                        }
                         m => return Err(unexpected("during SCRAM authentication", &m)),
                     }
                 }
-                Message::ErrorResponse(e) => return Err(auth_error(e.fields())),
+                Message::ErrorResponse(e) => return Err(login_error(db_error(e.fields()))),
                 Message::AuthenticationGss
                 | Message::AuthenticationKerberosV5
                 | Message::AuthenticationSspi
@@ -201,10 +211,10 @@ impl Connection {
         }
     }
 
+    /// Sends what was queued. Cancel safe: bytes leave the buffer as the socket takes them,
+    /// so a flush dropped half way resumes, after the bytes already sent, at the next one.
     pub(crate) async fn flush(&mut self) -> Result<()> {
-        self.stream.write_all(&self.out).await?;
-        self.stream.flush().await?;
-        self.out.clear();
+        write_queued(&mut self.stream, &mut self.out).await?;
         Ok(())
     }
 
@@ -224,7 +234,7 @@ impl Connection {
 
     /// The next message, parsed by postgres-protocol. Only for the non-streaming phases.
     pub(crate) async fn next_message(&mut self) -> Result<Message> {
-        match self.reader.read(&mut self.stream).await? {
+        match self.reader.read(&mut self.stream).await.map_err(Error::from)? {
             Frame::Other(mut bytes) => Message::parse(&mut bytes)?
                 .ok_or_else(|| Error::Protocol("incomplete message".into())),
             Frame::CopyBoth => Err(Error::Protocol("unexpected CopyBothResponse".into())),
@@ -283,7 +293,7 @@ impl Connection {
         self.flush().await?;
         let wait = async {
             loop {
-                match self.reader.read(&mut self.stream).await? {
+                match self.reader.read(&mut self.stream).await.map_err(Error::from)? {
                     Frame::CopyBoth => return Ok(()),
                     Frame::Other(mut bytes) => match Message::parse(&mut bytes)? {
                         Some(Message::ErrorResponse(e)) => {
@@ -336,12 +346,58 @@ pub(crate) fn db_error(mut fields: ErrorFields<'_>) -> DbError {
     e
 }
 
-fn auth_error(fields: ErrorFields<'_>) -> Error {
-    let e = db_error(fields);
+/// The error for a server that refused the login: [`Error::Auth`] for a bad password or an
+/// unknown role (with the server's words, its SQLSTATE and what to check); the server's
+/// error otherwise (a database that does not exist, too many connections, …).
+pub(crate) fn login_error(e: DbError) -> Error {
     match e.code.as_str() {
         // invalid_password, invalid_authorization_specification
-        "28P01" | "28000" => Error::Auth(e.message),
+        "28P01" | "28000" => {
+            let server = Error::Server(e.clone());
+            let advice = server.advice().unwrap_or_default();
+            Error::Auth(format!("{} (SQLSTATE {}): {advice}", e.message, e.code))
+        }
         _ => Error::Server(e),
+    }
+}
+
+/// The error for a server that asks for a password none of the sources gave.
+pub(crate) fn no_password(config: &Config) -> Error {
+    Error::Auth(format!(
+        "the server requires a password for user {:?} and none was given: put it in the \
+         connection string (password=…), in PGPASSWORD, or in the password file (~/.pgpass, \
+         or the file PGPASSFILE names, mode 0600)",
+        config.user
+    ))
+}
+
+/// Sends `out`, removing bytes from it as the socket accepts them (cancel safe: see
+/// [`Connection::flush`]).
+pub(crate) async fn write_queued<W: tokio::io::AsyncWrite + Unpin>(
+    io: &mut W,
+    out: &mut BytesMut,
+) -> std::io::Result<()> {
+    use bytes::Buf;
+    while !out.is_empty() {
+        let n = io.write(out).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "the connection accepts no more bytes",
+            ));
+        }
+        out.advance(n);
+    }
+    io.flush().await
+}
+
+impl From<FrameError> for Error {
+    fn from(e: FrameError) -> Error {
+        match e {
+            FrameError::Io(e) => Error::Io(e),
+            FrameError::Malformed(m) => Error::Protocol(m),
+            FrameError::TooLarge { size, max } => Error::MessageTooLarge { size, max },
+        }
     }
 }
 
@@ -373,6 +429,62 @@ pub(crate) fn quote_literal(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A writer that takes `chunk` bytes per call and then, every other call, is not ready:
+    /// a socket whose buffer fills.
+    struct Slow {
+        got: Vec<u8>,
+        chunk: usize,
+        ready: bool,
+    }
+
+    impl tokio::io::AsyncWrite for Slow {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.ready = !self.ready;
+            if !self.ready {
+                cx.waker().wake_by_ref();
+                return std::task::Poll::Pending;
+            }
+            let n = buf.len().min(self.chunk);
+            self.got.extend_from_slice(&buf[..n]);
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flush_cancelled_half_way_never_sends_a_byte_twice() {
+        let message: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let mut out = BytesMut::from(&message[..]);
+        let mut io = Slow { got: Vec::new(), chunk: 7, ready: false };
+        // Cancel the flush over and over, after one poll each time.
+        for _ in 0..10_000 {
+            if out.is_empty() {
+                break;
+            }
+            let flush = write_queued(&mut io, &mut out);
+            let _ = tokio::time::timeout(std::time::Duration::ZERO, flush).await;
+        }
+        write_queued(&mut io, &mut out).await.unwrap();
+        assert_eq!(io.got, message, "every byte exactly once, in order");
+    }
 
     #[test]
     fn quotes_identifiers_and_literals() {

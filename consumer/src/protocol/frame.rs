@@ -17,6 +17,10 @@
 //! in a `select!` loses nothing and the next call resumes. So are [`FrameReader::try_frame`]
 //! (no I/O) and [`FrameReader::fill`].
 //!
+//! A message's length word is checked against the reader's maximum message size before
+//! anything is allocated for it ([`FrameError::TooLarge`]), and bytes that break the framing
+//! are [`FrameError::Malformed`]: a definite error, never mistaken for a dropped connection.
+//!
 //! [proto]: https://www.postgresql.org/docs/15/protocol-replication.html
 
 use std::io;
@@ -26,8 +30,30 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use wal2arrow_schema::Lsn;
 
-/// Largest message accepted: PostgreSQL caps a single output-plugin message at 1 GB.
-const MAX_MESSAGE: usize = (1 << 30) + 1024;
+/// Bytes of a message beyond the plugin's payload: XLogData's header.
+const OVERHEAD: usize = 1024;
+
+/// Why reading a frame failed.
+#[derive(Debug)]
+pub(crate) enum FrameError {
+    /// The connection failed or closed.
+    Io(io::Error),
+    /// The bytes break the protocol's framing.
+    Malformed(String),
+    /// A message's length word exceeds the maximum message size.
+    TooLarge {
+        /// The length the message announced.
+        size: usize,
+        /// The maximum.
+        max: usize,
+    },
+}
+
+impl From<io::Error> for FrameError {
+    fn from(e: io::Error) -> Self {
+        FrameError::Io(e)
+    }
+}
 
 /// Bytes before an XLogData payload: type, length, `w`, start, end, time.
 const XLOG_HEAD: usize = 1 + 4 + 1 + 8 + 8 + 8;
@@ -77,19 +103,26 @@ struct Direct {
 pub(crate) struct FrameReader {
     buf: BytesMut,
     direct: Option<Direct>,
+    /// The largest plugin payload accepted (plus [`OVERHEAD`] for the message's header).
+    max_message: usize,
 }
 
 impl FrameReader {
-    pub(crate) fn new() -> FrameReader {
-        FrameReader { buf: BytesMut::with_capacity(READ_AHEAD), direct: None }
+    /// A reader accepting messages of up to `max_message_size` bytes of payload.
+    pub(crate) fn new(max_message_size: usize) -> FrameReader {
+        FrameReader {
+            buf: BytesMut::with_capacity(READ_AHEAD),
+            direct: None,
+            max_message: max_message_size.saturating_add(OVERHEAD),
+        }
     }
 
     /// The next message, if the bytes read so far hold all of it. No I/O.
     ///
     /// # Errors
     ///
-    /// A message too large or too short for its type.
-    pub(crate) fn try_frame(&mut self) -> io::Result<Option<Frame>> {
+    /// A message too large, or too short for its type.
+    pub(crate) fn try_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         if let Some(d) = &self.direct {
             if d.filled < d.payload.len() {
                 return Ok(None);
@@ -108,7 +141,7 @@ impl FrameReader {
         }
         if is_xlog {
             if total < XLOG_HEAD {
-                return Err(invalid("XLogData message shorter than its header".into()));
+                return Err(malformed("XLogData message shorter than its header".into()));
             }
             if self.buf.len() < XLOG_HEAD {
                 return Ok(None);
@@ -141,18 +174,24 @@ impl FrameReader {
 
     /// The length of the message at the head of the buffer, type byte included, once its
     /// length word is in.
-    fn frame_len(&self) -> io::Result<Option<usize>> {
+    fn frame_len(&self) -> Result<Option<usize>, FrameError> {
         if self.buf.len() < 5 {
             return Ok(None);
         }
-        let len = u32::from_be_bytes(self.buf[1..5].try_into().expect("4 bytes"));
-        if len < 4 || len as usize > MAX_MESSAGE {
-            return Err(invalid(format!(
+        let len = u32::from_be_bytes(self.buf[1..5].try_into().expect("4 bytes")) as usize;
+        if len < 4 {
+            return Err(malformed(format!(
                 "message of type {:?} with impossible length {len}",
                 self.buf[0] as char
             )));
         }
-        Ok(Some(1 + len as usize))
+        if len > self.max_message {
+            return Err(FrameError::TooLarge {
+                size: len.saturating_sub(XLOG_HEAD - 1),
+                max: self.max_message - OVERHEAD,
+            });
+        }
+        Ok(Some(1 + len))
     }
 
     /// Reads more from `io`: into the read-ahead buffer, or into a large payload.
@@ -160,11 +199,14 @@ impl FrameReader {
     /// # Errors
     ///
     /// I/O errors and an unexpected end of stream.
-    pub(crate) async fn fill<R: AsyncRead + Unpin>(&mut self, io: &mut R) -> io::Result<()> {
+    pub(crate) async fn fill<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+    ) -> Result<(), FrameError> {
         if let Some(d) = &mut self.direct {
             let n = io.read(&mut d.payload.as_slice_mut()[d.filled..]).await?;
             if n == 0 {
-                return Err(eof_mid_message());
+                return Err(eof_mid_message().into());
             }
             d.filled += n;
             return Ok(());
@@ -179,11 +221,11 @@ impl FrameReader {
         }
         let n = io.read_buf(&mut self.buf).await?;
         if n == 0 {
-            return Err(if self.buf.is_empty() {
+            return Err(FrameError::Io(if self.buf.is_empty() {
                 io::Error::new(io::ErrorKind::UnexpectedEof, "the server closed the connection")
             } else {
                 eof_mid_message()
-            });
+            }));
         }
         Ok(())
     }
@@ -194,7 +236,10 @@ impl FrameReader {
     ///
     /// I/O errors, an unexpected end of stream, or a message too large or too short for its
     /// type.
-    pub(crate) async fn read<R: AsyncRead + Unpin>(&mut self, io: &mut R) -> io::Result<Frame> {
+    pub(crate) async fn read<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+    ) -> Result<Frame, FrameError> {
         loop {
             if let Some(frame) = self.try_frame()? {
                 return Ok(frame);
@@ -204,15 +249,15 @@ impl FrameReader {
     }
 }
 
-fn classify(msg: BytesMut) -> io::Result<Frame> {
+fn classify(msg: BytesMut) -> Result<Frame, FrameError> {
     match (msg[0], msg.get(5)) {
         (b'd', Some(b'k')) => {
             if msg.len() != 5 + 1 + 8 + 8 + 1 {
-                return Err(invalid(format!("keepalive of {} bytes", msg.len())));
+                return Err(malformed(format!("keepalive of {} bytes", msg.len())));
             }
             Ok(Frame::Keepalive { wal_end: Lsn(be_u64(&msg[6..14])), reply: msg[22] != 0 })
         }
-        (b'd', Some(b'w')) => Err(invalid("XLogData message shorter than its header".into())),
+        (b'd', Some(b'w')) => Err(malformed("XLogData message shorter than its header".into())),
         (b'W', _) => Ok(Frame::CopyBoth),
         _ => Ok(Frame::Other(msg)),
     }
@@ -222,8 +267,8 @@ fn be_u64(b: &[u8]) -> u64 {
     u64::from_be_bytes(b[..8].try_into().expect("8 bytes"))
 }
 
-fn invalid(msg: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg)
+fn malformed(msg: String) -> FrameError {
+    FrameError::Malformed(msg)
 }
 
 fn eof_mid_message() -> io::Error {
@@ -233,6 +278,7 @@ fn eof_mid_message() -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEFAULT_MAX_MESSAGE_SIZE;
 
     fn xlog(payload: &[u8]) -> Vec<u8> {
         let mut m = vec![b'd'];
@@ -287,7 +333,7 @@ mod tests {
         stream.extend(xlog(&[]));
         for chunk in [1, 3, 29, 4096] {
             let mut io = Trickle { data: stream.clone(), at: 0, chunk };
-            let mut r = FrameReader::new();
+            let mut r = FrameReader::new(DEFAULT_MAX_MESSAGE_SIZE);
             match r.read(&mut io).await.unwrap() {
                 Frame::XLogData { wal_start, wal_end, payload: p } => {
                     assert_eq!((wal_start, wal_end), (Lsn(7), Lsn(9)));
@@ -308,7 +354,7 @@ mod tests {
                 matches!(r.read(&mut io).await.unwrap(), Frame::XLogData { payload, .. } if payload.is_empty())
             );
             let e = r.read(&mut io).await.unwrap_err();
-            assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+            assert!(matches!(e, FrameError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof));
         }
     }
 
@@ -320,7 +366,7 @@ mod tests {
         stream.extend(keepalive(false));
         for chunk in [7, 4096, 1 << 20] {
             let mut io = Trickle { data: stream.clone(), at: 0, chunk };
-            let mut r = FrameReader::new();
+            let mut r = FrameReader::new(DEFAULT_MAX_MESSAGE_SIZE);
             assert!(
                 matches!(r.read(&mut io).await.unwrap(), Frame::XLogData { payload, .. } if payload.as_slice() == [1, 2, 3])
             );
@@ -342,16 +388,37 @@ mod tests {
     async fn malformed_frames_are_errors() {
         for bad in [
             vec![b'd', 0, 0, 0, 3],                       // length below 4
-            vec![b'd', 0x7f, 0xff, 0xff, 0xff],           // over 1 GB
             vec![b'd', 0, 0, 0, 10, b'w', 0, 0, 0, 0, 0], // XLogData shorter than its header
             vec![b'd', 0, 0, 0, 6, b'k', 0],              // short keepalive
         ] {
             let mut io = Trickle { data: bad.clone(), at: 0, chunk: 64 };
-            let e = FrameReader::new().read(&mut io).await.unwrap_err();
-            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{bad:?}");
+            let e = FrameReader::new(DEFAULT_MAX_MESSAGE_SIZE).read(&mut io).await.unwrap_err();
+            assert!(matches!(e, FrameError::Malformed(_)), "{bad:?}: {e:?}");
         }
         let mut io = Trickle { data: xlog(&[1, 2, 3])[..31].to_vec(), at: 0, chunk: 64 };
-        let e = FrameReader::new().read(&mut io).await.unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        let e = FrameReader::new(DEFAULT_MAX_MESSAGE_SIZE).read(&mut io).await.unwrap_err();
+        assert!(matches!(e, FrameError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof));
+    }
+
+    #[tokio::test]
+    async fn a_length_over_the_maximum_is_refused_before_anything_is_allocated() {
+        // An XLogData announcing 1 GiB: with a 1 MiB limit the reader stops at the length word.
+        let mut head = vec![b'd'];
+        head.extend_from_slice(&(1u32 << 30).to_be_bytes());
+        head.push(b'w');
+        let mut io = Trickle { data: head, at: 0, chunk: 64 };
+        let mut r = FrameReader::new(1 << 20);
+        match r.read(&mut io).await.unwrap_err() {
+            FrameError::TooLarge { size, max } => {
+                assert!(size > 1 << 29, "{size}");
+                assert_eq!(max, 1 << 20);
+            }
+            e => panic!("{e:?}"),
+        }
+        assert!(r.buf.capacity() < 1 << 20, "nothing the size of the message was reserved");
+        // Just under the limit passes.
+        let payload = vec![7u8; 1000];
+        let mut io = Trickle { data: xlog(&payload), at: 0, chunk: 4096 };
+        assert!(FrameReader::new(1000).read(&mut io).await.is_ok());
     }
 }

@@ -17,7 +17,14 @@
 //! out of `data`/`old_data` and listed in `"missing"`. Numbers are JSON numbers (NaN and
 //! infinities as strings), `numeric` exact as strings, `bytea` as `"\x…"` hex, timestamps
 //! in ISO 8601, arrays as JSON arrays. Message content is UTF-8 text, or `\x` hex when it is
-//! not. At-least-once (see [`super`]).
+//! not. Columns whose value was sent but could not be held (`_unrepresentable`: a `numeric`
+//! NaN in a `Decimal128` column) are `null` in `data`/`old_data` and listed in
+//! `"unrepresentable"`. An update's old and new image always make one line, even if a batch
+//! ended between them.
+//!
+//! A file is appended to ([`JsonLinesSink::open`]): a restarted stream adds to what earlier
+//! runs wrote. At-least-once (see [`super`]): a transaction written in part before a crash is
+//! written again whole; `commit_lsn` and `ordinal` identify the copies.
 
 use std::fmt::Write as _;
 use std::io::{BufWriter, Write};
@@ -31,7 +38,7 @@ use arrow_schema::DataType;
 use tokio::time::Instant;
 
 use super::{Output, Sink};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::stream::{ChangeBatch, Event};
 
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -42,21 +49,58 @@ pub struct JsonLinesSink {
     out: BufWriter<Output>,
     line: String,
     dirty_since: Option<Instant>,
+    /// An `update_before` row that ended a batch: the old half of an update whose new row
+    /// starts the next batch of the table.
+    before: Option<OldImage>,
+}
+
+/// The old image of an update, rendered, waiting for its new image.
+#[derive(Debug)]
+struct OldImage {
+    table: String,
+    namespace: String,
+    name: String,
+    /// The row's `lsn` and position fields, rendered.
+    tail: String,
+    old_data: String,
+    key_data: Option<String>,
+    missing: Vec<String>,
+    unrepresentable: Vec<String>,
 }
 
 impl JsonLinesSink {
-    /// A sink writing to `out`.
+    /// A sink appending to the file at `path` (created if missing), or writing to standard
+    /// output for `-`. A last line a crash left unfinished is cut off first, so the file stays
+    /// one JSON object per line; the transaction it belonged to was not acknowledged and comes
+    /// again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Sink`] when the file cannot be opened or repaired, or exists and does not hold
+    /// JSON lines of wal2arrow's (it is then left as it is: choose another path).
+    pub fn open(path: &std::path::Path) -> Result<JsonLinesSink> {
+        let mut out = Output::open(path)?;
+        if let Some(file) = out.file() {
+            repair(file).map_err(|e| Error::sink(path, "cannot append to", e))?;
+        }
+        Ok(JsonLinesSink::new(out))
+    }
+
+    /// A sink writing to `out` as it is.
     pub fn new(out: Output) -> JsonLinesSink {
         JsonLinesSink {
             out: BufWriter::with_capacity(1 << 16, out),
             line: String::new(),
             dirty_since: None,
+            before: None,
         }
     }
 
     fn emit(&mut self) -> Result<()> {
         self.line.push('\n');
-        self.out.write_all(self.line.as_bytes())?;
+        if let Err(e) = self.out.write_all(self.line.as_bytes()) {
+            return Err(self.out.get_ref().error("cannot write to", e));
+        }
         self.line.clear();
         self.dirty_since.get_or_insert_with(Instant::now);
         Ok(())
@@ -69,7 +113,8 @@ impl JsonLinesSink {
         let ops = batch.column(n).as_dictionary::<UInt8Type>();
         let op_names = ops.values().as_string::<i32>();
         let lsn_col = batch.column_by_name(wal2arrow_schema::meta::LSN_COLUMN);
-        let missing = batch.column(batch.num_columns() - 1).as_list::<i32>();
+        let missing = batch.column(c.relation.missing_index()).as_list::<i32>();
+        let unrepresentable = batch.column(c.relation.missing_index() + 1).as_list::<i32>();
         let options = FormatOptions::default().with_null("null");
         let renderers: Vec<Renderer<'_>> = (0..n)
             .map(|i| Renderer::new(batch.column(i), &options))
@@ -84,16 +129,16 @@ impl JsonLinesSink {
             .iter()
             .filter_map(|k| schema.fields()[..n].iter().position(|f| f.name() == k))
             .collect();
-        let missing_names = |row: usize| -> Vec<String> {
-            if missing.is_null(row) {
+        let names = |list: &arrow_array::ListArray, row: usize| -> Vec<String> {
+            if list.is_null(row) {
                 return Vec::new();
             }
-            let v = missing.value(row);
+            let v = list.value(row);
             v.as_string::<i32>().iter().flatten().map(str::to_owned).collect()
         };
-        let object = |row: usize, only: Option<&[usize]>, out: &mut String| {
-            let skip = missing_names(row);
-            out.push('{');
+        let object = |row: usize, only: Option<&[usize]>| {
+            let skip = names(missing, row);
+            let mut out = String::from("{");
             let mut first = true;
             for (i, field) in schema.fields()[..n].iter().enumerate() {
                 if only.is_some_and(|o| !o.contains(&i)) || skip.iter().any(|m| m == field.name()) {
@@ -103,20 +148,51 @@ impl JsonLinesSink {
                     out.push(',');
                 }
                 first = false;
-                json_string(field.name(), out);
+                json_string(field.name(), &mut out);
                 out.push(':');
-                renderers[i].write(row, out);
+                renderers[i].write(row, &mut out);
             }
             out.push('}');
+            out
         };
+        let table = c.table();
+        // An old image left by the previous batch pairs with this batch's first row if that
+        // is its update; anything else means it had no new image (never sent so).
+        if let Some(before) = self.before.take()
+            && !(before.table == table
+                && batch.num_rows() > 0
+                && op_names.value(ops.keys().value(0) as usize) == "update")
+        {
+            self.before = Some(before);
+            self.orphan_before()?;
+        }
         let mut row = 0;
         while row < batch.num_rows() {
             let op = op_names.value(ops.keys().value(row) as usize);
-            // An update_before row belongs to the update that follows it.
-            let (event, old, new) = match op {
-                "update_before" if row + 1 < batch.num_rows() => {
-                    ("update", Some(row), Some(row + 1))
+            // An update_before row belongs to the update that follows it, in this batch or
+            // (when a batch ended between them) the next one.
+            if op == "update_before" && row + 1 == batch.num_rows() {
+                let mut tail = String::new();
+                if let Some(lsns) = lsn_col {
+                    let lsn = lsns.as_primitive::<arrow_array::types::UInt64Type>().value(row);
+                    let _ = write!(tail, ",\"lsn\":\"{}\"", wal2arrow_schema::Lsn(lsn));
                 }
+                position(&mut tail, c);
+                self.before = Some(OldImage {
+                    table: table.to_owned(),
+                    namespace: c.relation.namespace.clone(),
+                    name: c.relation.name.clone(),
+                    tail,
+                    old_data: object(row, None),
+                    key_data: (!key.is_empty()).then(|| object(row, Some(&key))),
+                    missing: names(missing, row),
+                    unrepresentable: names(unrepresentable, row),
+                });
+                break;
+            }
+            let carried = if row == 0 && op == "update" { self.before.take() } else { None };
+            let (event, old, new) = match op {
+                "update_before" => ("update", Some(row), Some(row + 1)),
                 "update" => ("update", None, Some(row)),
                 "delete" => ("delete", Some(row), None),
                 _ => ("insert", None, Some(row)),
@@ -130,54 +206,104 @@ impl JsonLinesSink {
             json_string(&c.relation.name, &mut self.line);
             if let Some(r) = new {
                 self.line.push_str(",\"data\":");
-                object(r, None, &mut self.line);
+                self.line.push_str(&object(r, None));
             }
             if let Some(r) = old {
                 self.line.push_str(",\"old_data\":");
-                object(r, None, &mut self.line);
+                self.line.push_str(&object(r, None));
+            } else if let Some(b) = &carried {
+                self.line.push_str(",\"old_data\":");
+                self.line.push_str(&b.old_data);
             }
-            if !key.is_empty() {
+            if let Some(b) = carried.as_ref().filter(|_| old.is_none())
+                && let Some(k) = &b.key_data
+            {
                 self.line.push_str(",\"key_data\":");
-                object(old.unwrap_or(at), Some(&key), &mut self.line);
+                self.line.push_str(k);
+            } else if !key.is_empty() {
+                self.line.push_str(",\"key_data\":");
+                self.line.push_str(&object(old.unwrap_or(at), Some(&key)));
             }
-            let gone: Vec<String> =
-                old.into_iter().chain(new).flat_map(missing_names).collect::<Vec<_>>();
-            if !gone.is_empty() {
-                self.line.push_str(",\"missing\":[");
-                for (i, m) in gone.iter().enumerate() {
-                    if i > 0 {
-                        self.line.push(',');
-                    }
-                    json_string(m, &mut self.line);
-                }
-                self.line.push(']');
+            let mut gone: Vec<String> =
+                carried.as_ref().map(|b| b.missing.clone()).unwrap_or_default();
+            let mut lost: Vec<String> =
+                carried.as_ref().map(|b| b.unrepresentable.clone()).unwrap_or_default();
+            for r in old.into_iter().chain(new) {
+                gone.extend(names(missing, r));
+                lost.extend(names(unrepresentable, r));
             }
+            name_list(&mut self.line, "missing", &gone);
+            name_list(&mut self.line, "unrepresentable", &lost);
             if let Some(lsns) = lsn_col {
                 let lsn = lsns.as_primitive::<arrow_array::types::UInt64Type>().value(at);
                 let _ = write!(self.line, ",\"lsn\":\"{}\"", wal2arrow_schema::Lsn(lsn));
             }
-            let _ = write!(
-                self.line,
-                ",\"commit_lsn\":\"{}\",\"ordinal\":{},\"transaction_id\":{},\"timestamp\":\"{}\",\"origin\":",
-                c.commit_lsn,
-                c.ordinal,
-                c.xid,
-                iso_time(c.commit_time_us)
-            );
-            match &c.origin {
-                Some(o) => json_string(o, &mut self.line),
-                None => self.line.push_str("null"),
-            }
+            position(&mut self.line, c);
             self.line.push('}');
             self.emit()?;
             row = new.unwrap_or(at) + 1;
         }
         Ok(())
     }
+
+    /// Writes a waiting old image whose new image never came, as an update without `data`
+    /// (the wire format never sends one so; this keeps the line rather than lose it).
+    fn orphan_before(&mut self) -> Result<()> {
+        let Some(b) = self.before.take() else { return Ok(()) };
+        self.line.push_str("{\"event_type\":\"update\",\"schema\":");
+        json_string(&b.namespace, &mut self.line);
+        self.line.push_str(",\"table\":");
+        json_string(&b.name, &mut self.line);
+        self.line.push_str(",\"old_data\":");
+        self.line.push_str(&b.old_data);
+        if let Some(k) = &b.key_data {
+            self.line.push_str(",\"key_data\":");
+            self.line.push_str(k);
+        }
+        name_list(&mut self.line, "missing", &b.missing);
+        name_list(&mut self.line, "unrepresentable", &b.unrepresentable);
+        self.line.push_str(&b.tail);
+        self.line.push('}');
+        self.emit()
+    }
+}
+
+/// The transaction, origin and position fields of a change line.
+fn position(line: &mut String, c: &ChangeBatch) {
+    let _ = write!(
+        line,
+        ",\"commit_lsn\":\"{}\",\"ordinal\":{},\"transaction_id\":{},\"timestamp\":\"{}\",\"origin\":",
+        c.commit_lsn,
+        c.ordinal,
+        c.xid,
+        iso_time(c.commit_time_us)
+    );
+    match &c.origin {
+        Some(o) => json_string(o, line),
+        None => line.push_str("null"),
+    }
+}
+
+/// `,"key":[…]` for a non-empty list of names.
+fn name_list(line: &mut String, key: &str, names: &[String]) {
+    if names.is_empty() {
+        return;
+    }
+    let _ = write!(line, ",\"{key}\":[");
+    for (i, m) in names.iter().enumerate() {
+        if i > 0 {
+            line.push(',');
+        }
+        json_string(m, line);
+    }
+    line.push(']');
 }
 
 impl Sink for JsonLinesSink {
     fn write(&mut self, event: &Event) -> Result<()> {
+        if !matches!(event, Event::Change(_) | Event::Relation(_)) {
+            self.orphan_before()?;
+        }
         match event {
             Event::Begin(b) => {
                 let _ = write!(
@@ -252,8 +378,12 @@ impl Sink for JsonLinesSink {
     }
 
     fn flush(&mut self) -> Result<()> {
-        self.out.flush()?;
-        self.out.get_mut().sync()?;
+        if let Err(e) = self.out.flush() {
+            return Err(self.out.get_ref().error("cannot write to", e));
+        }
+        if let Err(e) = self.out.get_mut().sync() {
+            return Err(self.out.get_ref().error("cannot fsync", e));
+        }
         self.dirty_since = None;
         Ok(())
     }
@@ -267,6 +397,54 @@ impl Drop for JsonLinesSink {
     fn drop(&mut self) {
         let _ = self.out.flush();
     }
+}
+
+/// Makes an earlier run's file safe to append to: cuts an unfinished last line. A file that
+/// does not start like this sink's output is refused, untouched.
+fn repair(file: &mut std::fs::File) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let not_ours = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the file exists and is not wal2arrow JSON lines output; choose another --out",
+        )
+    };
+    const START: &[u8] = b"{\"event_type\":";
+    let mut head = vec![0u8; START.len().min(len as usize)];
+    file.seek(SeekFrom::Start(0))?;
+    file.read_exact(&mut head)?;
+    if !START.starts_with(&head) {
+        return Err(not_ours());
+    }
+    // The end of the last complete line.
+    let mut end = len;
+    let mut chunk = vec![0u8; 64 * 1024];
+    let keep = loop {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let n = (end - start) as usize;
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut chunk[..n])?;
+        if let Some(i) = chunk[..n].iter().rposition(|b| *b == b'\n') {
+            break start + i as u64 + 1;
+        }
+        if start == 0 {
+            break 0;
+        }
+        end = start;
+    };
+    if keep < len {
+        tracing::warn!(
+            bytes = len - keep,
+            "the output ends in a line a crash left unfinished: cut off (its transaction comes again)"
+        );
+        file.set_len(keep)?;
+        file.sync_data()?;
+    }
+    Ok(())
 }
 
 /// Writes one column's values as JSON.

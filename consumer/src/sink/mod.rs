@@ -186,6 +186,10 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // --until-lsn is also reached when the server's position passes it with nothing left to
+    // deliver (the last change before it was a message, or a transaction of other tables).
+    let mut until_tick = tokio::time::interval(Duration::from_millis(100));
+    until_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_event = Instant::now();
     let mut stopping: Option<Instant> = None;
     let finish = options.finish_timeout.unwrap_or(Duration::from_secs(30));
@@ -219,6 +223,19 @@ pub async fn run(
                     sink.rollback()?;
                     r.in_txn = false;
                     break Stopped::Shutdown;
+                }
+            }
+            _ = until_tick.tick(), if options.until_lsn.is_some() => {
+                if let Some(until) = options.until_lsn
+                    && !r.in_txn
+                    && stream.has_delivered_through(until)
+                {
+                    if r.pending_ack.is_some() {
+                        r.flush(stream, sink)?;
+                    }
+                    // Everything before `until` is written and durable.
+                    stream.ack(until);
+                    break Stopped::UntilLsn;
                 }
             }
             event = stream.next() => {
@@ -525,36 +542,69 @@ pub fn message_batch(m: &LogicalMessage) -> Result<RecordBatch> {
 }
 
 /// Where a stream-shaped sink writes: a file (fsynced at each flush) or standard output.
+///
+/// A file is opened for appending and created if missing: what an earlier run wrote — and
+/// acknowledged to the server — stays. The sinks repair a tail a crash left half written
+/// before they append (see [`JsonLinesSink::open`](jsonl::JsonLinesSink::open) and
+/// [`IpcSink::open`](ipc::IpcSink::open)).
 #[derive(Debug)]
 pub enum Output {
     /// A file.
-    File(std::fs::File),
+    File {
+        /// The open file (append mode).
+        file: std::fs::File,
+        /// Its path, for messages.
+        path: std::path::PathBuf,
+    },
     /// Standard output.
     Stdout(std::io::Stdout),
 }
 
 impl Output {
-    /// `-` for standard output, otherwise a file created (or truncated) at `path`.
+    /// `-` for standard output, otherwise the file at `path`, opened for appending (created
+    /// if missing; never truncated).
     ///
     /// # Errors
     ///
-    /// When the file cannot be created.
+    /// [`Error::Sink`] when the file cannot be opened or created.
     pub fn open(path: &std::path::Path) -> Result<Output> {
         if path.as_os_str() == "-" {
             return Ok(Output::Stdout(std::io::stdout()));
         }
-        std::fs::File::create(path).map(Output::File).map_err(|e| {
-            Error::Io(std::io::Error::new(
-                e.kind(),
-                format!("cannot create {}: {e}", path.display()),
-            ))
-        })
+        std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map(|file| Output::File { file, path: path.to_owned() })
+            .map_err(|e| Error::sink(path, "cannot open", e))
+    }
+
+    /// The path written to (`-` for standard output).
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            Output::File { path, .. } => path,
+            Output::Stdout(_) => std::path::Path::new("-"),
+        }
+    }
+
+    /// A sink error about this output.
+    pub fn error(&self, action: &str, e: std::io::Error) -> Error {
+        Error::sink(self.path(), action, e)
+    }
+
+    /// The file, for repairing what an earlier run left (`None` for standard output).
+    fn file(&mut self) -> Option<&mut std::fs::File> {
+        match self {
+            Output::File { file, .. } => Some(file),
+            Output::Stdout(_) => None,
+        }
     }
 
     /// Makes what was written durable (fsync for a file).
     fn sync(&mut self) -> std::io::Result<()> {
         match self {
-            Output::File(f) => f.sync_data(),
+            Output::File { file, .. } => file.sync_data(),
             Output::Stdout(s) => std::io::Write::flush(s),
         }
     }
@@ -563,15 +613,50 @@ impl Output {
 impl std::io::Write for Output {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
-            Output::File(f) => f.write(buf),
+            Output::File { file, .. } => file.write(buf),
             Output::Stdout(s) => s.write(buf),
         }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
-            Output::File(f) => f.flush(),
+            Output::File { file, .. } => file.flush(),
             Output::Stdout(s) => s.flush(),
         }
     }
+}
+
+/// Checks up front that `--out` can be written: a file (or `-`) for stream-shaped sinks, a
+/// directory for Parquet. Nothing is left behind that was not there (a file or directory this
+/// creates is removed again).
+///
+/// # Errors
+///
+/// [`Error::Sink`] naming the path and what the operating system said.
+pub fn check_writable(path: &std::path::Path, directory: bool) -> Result<()> {
+    if path.as_os_str() == "-" {
+        return Ok(());
+    }
+    if directory {
+        let existed = path.exists();
+        std::fs::create_dir_all(path).map_err(|e| Error::sink(path, "cannot create", e))?;
+        let probe = path.join(format!(".wal2arrow-probe-{}", std::process::id()));
+        let written =
+            std::fs::write(&probe, b"").map_err(|e| Error::sink(path, "cannot write in", e));
+        let _ = std::fs::remove_file(&probe);
+        if !existed {
+            let _ = std::fs::remove_dir(path);
+        }
+        return written;
+    }
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| Error::sink(path, "cannot open", e))?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
 }

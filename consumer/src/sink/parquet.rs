@@ -190,14 +190,8 @@ impl Checkpoint {
     }
 }
 
-fn io_err(what: String, e: std::io::Error) -> Error {
-    Error::Io(std::io::Error::new(e.kind(), format!("{what}: {e}")))
-}
-
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_err(format!("cannot fsync {}", dir.display()), e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::sink(dir, "cannot fsync", e))
 }
 
 /// A table's directory name: `schema.table`, bytes outside `[A-Za-z0-9_.-]` as `%XX` (and a
@@ -230,8 +224,7 @@ impl ParquetSink {
     /// something else entirely.
     pub fn open(dir: impl Into<PathBuf>, source: &str, options: ParquetOptions) -> Result<Self> {
         let dir = dir.into();
-        fs::create_dir_all(&dir)
-            .map_err(|e| io_err(format!("cannot create {}", dir.display()), e))?;
+        fs::create_dir_all(&dir).map_err(|e| Error::sink(&dir, "cannot create", e))?;
         let path = dir.join(CHECKPOINT_FILE);
         let checkpoint = match fs::read_to_string(&path) {
             Ok(text) => Checkpoint::parse(&text).ok_or_else(|| {
@@ -246,7 +239,7 @@ impl ParquetSink {
                 }
                 Checkpoint { source: source.to_owned(), ..Checkpoint::default() }
             }
-            Err(e) => return Err(io_err(format!("cannot read {}", path.display()), e)),
+            Err(e) => return Err(Error::sink(&path, "cannot read", e)),
         };
         if checkpoint.source != source {
             return Err(Error::Config(format!(
@@ -294,7 +287,9 @@ impl ParquetSink {
             self.open.insert(dir_name.to_owned(), file);
         }
         let file = self.open.get_mut(dir_name).expect("opened above");
-        file.writer.write(&batch).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        file.writer.write(&batch).map_err(|e| {
+            Error::sink(&file.tmp, "cannot write Parquet to", std::io::Error::other(e))
+        })?;
         file.rows += batch.num_rows();
         self.dirty_since.get_or_insert_with(Instant::now);
         Ok(())
@@ -302,29 +297,29 @@ impl ParquetSink {
 
     fn create(&mut self, dir_name: &str, schema: SchemaRef) -> Result<OpenFile> {
         let dir = self.dir.join(dir_name);
-        fs::create_dir_all(&dir)
-            .map_err(|e| io_err(format!("cannot create {}", dir.display()), e))?;
+        fs::create_dir_all(&dir).map_err(|e| Error::sink(&dir, "cannot create", e))?;
         let seq = self.sequence.entry(dir_name.to_owned()).or_insert(0);
         *seq += 1;
         let name = format!("part-{:010}-{:05}.parquet", self.epoch, seq);
         let tmp = dir.join(format!(".{name}.tmp"));
-        let file = File::create(&tmp)
-            .map_err(|e| io_err(format!("cannot create {}", tmp.display()), e))?;
+        let file = File::create(&tmp).map_err(|e| Error::sink(&tmp, "cannot create", e))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(self.options.row_group_rows))
             .set_created_by("wal2arrow".into())
             .build();
         let writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props))
-            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+            .map_err(|e| Error::sink(&tmp, "cannot write Parquet to", std::io::Error::other(e)))?;
         Ok(OpenFile { schema, writer, tmp, rows: 0 })
     }
 
     /// Finishes a file (footer, fsync); it is renamed at the next checkpoint.
     fn finish(&mut self, dir_name: &str, file: OpenFile) -> Result<()> {
         let OpenFile { writer, tmp, .. } = file;
-        let f = writer.into_inner().map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        f.sync_all().map_err(|e| io_err(format!("cannot fsync {}", tmp.display()), e))?;
+        let f = writer
+            .into_inner()
+            .map_err(|e| Error::sink(&tmp, "cannot finish", std::io::Error::other(e)))?;
+        f.sync_all().map_err(|e| Error::sink(&tmp, "cannot fsync", e))?;
         let name = tmp
             .file_name()
             .and_then(|n| n.to_str())
@@ -355,8 +350,7 @@ impl ParquetSink {
 /// Whether `dir` holds nothing but what a run that never flushed leaves: table directories
 /// of part files, a temporary checkpoint.
 fn only_our_files(dir: &Path) -> Result<bool> {
-    let read =
-        |d: &Path| fs::read_dir(d).map_err(|e| io_err(format!("cannot read {}", d.display()), e));
+    let read = |d: &Path| fs::read_dir(d).map_err(|e| Error::sink(d, "cannot read", e));
     for entry in read(dir)?.flatten() {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -376,8 +370,7 @@ fn only_our_files(dir: &Path) -> Result<bool> {
 /// many it removed.
 fn recover(dir: &Path, epoch: u64) -> Result<usize> {
     let mut removed = 0;
-    let entries =
-        fs::read_dir(dir).map_err(|e| io_err(format!("cannot read {}", dir.display()), e))?;
+    let entries = fs::read_dir(dir).map_err(|e| Error::sink(dir, "cannot read", e))?;
     for entry in entries.flatten() {
         let path = entry.path();
         if !path.is_dir() {
@@ -386,15 +379,13 @@ fn recover(dir: &Path, epoch: u64) -> Result<usize> {
             }
             continue;
         }
-        let files = fs::read_dir(&path)
-            .map_err(|e| io_err(format!("cannot read {}", path.display()), e))?;
+        let files = fs::read_dir(&path).map_err(|e| Error::sink(&path, "cannot read", e))?;
         let mut touched = false;
         for f in files.flatten() {
             let name = f.file_name().to_string_lossy().into_owned();
             let stale = name.ends_with(".tmp") || file_epoch(&name).is_some_and(|e| e > epoch);
             if stale {
-                fs::remove_file(f.path())
-                    .map_err(|e| io_err(format!("cannot remove {}", f.path().display()), e))?;
+                fs::remove_file(f.path()).map_err(|e| Error::sink(f.path(), "cannot remove", e))?;
                 removed += 1;
                 touched = true;
             }
@@ -449,9 +440,8 @@ impl Sink for ParquetSink {
         }
         let mut dirs = Vec::new();
         for (tmp, fin) in self.finished.drain(..) {
-            fs::rename(&tmp, &fin).map_err(|e| {
-                io_err(format!("cannot rename {} to {}", tmp.display(), fin.display()), e)
-            })?;
+            fs::rename(&tmp, &fin)
+                .map_err(|e| Error::sink(&fin, "cannot rename a finished file to", e))?;
             if let Some(d) = fin.parent()
                 && !dirs.iter().any(|x: &PathBuf| x == d)
             {
@@ -469,14 +459,12 @@ impl Sink for ParquetSink {
         };
         if checkpoint != self.checkpoint {
             let tmp = self.dir.join(".checkpoint.tmp");
-            let mut f = File::create(&tmp)
-                .map_err(|e| io_err(format!("cannot create {}", tmp.display()), e))?;
+            let mut f = File::create(&tmp).map_err(|e| Error::sink(&tmp, "cannot create", e))?;
             f.write_all(checkpoint.to_json().as_bytes())
                 .and_then(|()| f.sync_all())
-                .map_err(|e| io_err(format!("cannot write {}", tmp.display()), e))?;
+                .map_err(|e| Error::sink(&tmp, "cannot write", e))?;
             let path = self.dir.join(CHECKPOINT_FILE);
-            fs::rename(&tmp, &path)
-                .map_err(|e| io_err(format!("cannot rename {}", tmp.display()), e))?;
+            fs::rename(&tmp, &path).map_err(|e| Error::sink(&tmp, "cannot rename", e))?;
             sync_dir(&self.dir)?;
             self.checkpoint = checkpoint;
         }
@@ -670,7 +658,7 @@ fn restore_column(field: &FieldRef, column: &ArrayRef) -> Converted {
 /// I/O and Parquet errors.
 pub fn read_dir(dir: &Path) -> Result<Vec<RecordBatch>> {
     let mut names: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(|e| io_err(format!("cannot read {}", dir.display()), e))?
+        .map_err(|e| Error::sink(dir, "cannot read", e))?
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
@@ -678,10 +666,9 @@ pub fn read_dir(dir: &Path) -> Result<Vec<RecordBatch>> {
     names.sort();
     let mut out = Vec::new();
     for path in names {
-        let file =
-            File::open(&path).map_err(|e| io_err(format!("cannot open {}", path.display()), e))?;
+        let file = File::open(&path).map_err(|e| Error::sink(&path, "cannot open", e))?;
         let parquet_err = |e: parquet::errors::ParquetError| {
-            Error::Io(std::io::Error::other(format!("{}: {e}", path.display())))
+            Error::sink(&path, "cannot read Parquet from", std::io::Error::other(e))
         };
         let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(parquet_err)?;

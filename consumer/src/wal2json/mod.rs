@@ -28,7 +28,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_buffer::Buffer;
-use wal2arrow_schema::encode::MAX_BATCH_BYTES;
 use wal2arrow_schema::types::{ColumnDesc, TypeClass, oid};
 use wal2arrow_schema::{
     BatchEncoder, Begin, ChangeOp, ColumnBuilder, Commit, DecodedBatch, Lsn, Message, PgKind,
@@ -707,17 +706,30 @@ impl JsonDecoder {
         // From here on nothing asks the catalog.
         self.ensure_begin(out, 0);
         self.ensure_schema(i, out);
+        let old_image = head.action == b'U'
+            && head.has_identity
+            && self.wants_old_image(msg, i, cols, identity);
+        // The batching policy the plugin follows (wal2arrow_schema::encode): a change's images
+        // stay in one batch.
+        let images = 1 + usize::from(old_image);
+        let encoder = &self.tables[i].encoder;
+        if !encoder.room_for(images, self.options.batch_rows) || !encoder.accepts(lsn) {
+            self.flush(i, out)?;
+        }
         match head.action {
-            b'I' => self.append(msg, i, ChangeOp::Insert, lsn, cols, false, out)?,
+            b'I' => self.append(msg, i, ChangeOp::Insert, lsn, cols, false)?,
             b'U' => {
-                if head.has_identity && self.wants_old_image(msg, i, cols, identity) {
-                    self.append(msg, i, ChangeOp::UpdateBefore, lsn, identity, true, out)?;
+                if old_image {
+                    self.append(msg, i, ChangeOp::UpdateBefore, lsn, identity, true)?;
                 }
-                self.append(msg, i, ChangeOp::Update, lsn, cols, false, out)?;
+                self.append(msg, i, ChangeOp::Update, lsn, cols, false)?;
             }
-            _ => self.append(msg, i, ChangeOp::Delete, lsn, identity, true, out)?,
+            _ => self.append(msg, i, ChangeOp::Delete, lsn, identity, true)?,
         }
         self.tables[i].pending_bytes += msg.len();
+        if self.tables[i].encoder.batch_full(self.options.batch_rows) {
+            self.flush(i, out)?;
+        }
         Ok(())
     }
 
@@ -1022,7 +1034,6 @@ impl JsonDecoder {
 
     /// Appends one row from a change's columns (`old`: an old image, whose columns outside
     /// the identity key are missing).
-    #[allow(clippy::too_many_arguments)]
     fn append(
         &mut self,
         msg: &[u8],
@@ -1031,11 +1042,7 @@ impl JsonDecoder {
         lsn: Lsn,
         image: &[Col],
         old: bool,
-        out: &mut Vec<Output>,
     ) -> Result<()> {
-        if !self.tables[i].encoder.accepts(lsn) {
-            self.flush(i, out)?;
-        }
         let txn = self.txn.as_mut().expect("changes are inside a transaction");
         if self.tables[i].encoder.rows() == 0 && !txn.pending.contains(&i) {
             txn.pending.push(i);
@@ -1066,7 +1073,8 @@ impl JsonDecoder {
                 Some(Scalar::Null) if plan.nan_as_null && t.desc.columns[c].not_null => {
                     // A NOT NULL float or numeric column: wal2json's `null` is NaN or
                     // ±Infinity, which one is unknown.
-                    Appended::Missing
+                    builder.append_null();
+                    Appended::Unrepresentable
                 }
                 Some(Scalar::Null) => {
                     builder.append_null();
@@ -1080,7 +1088,7 @@ impl JsonDecoder {
                     t.encoder.column(c).append_null();
                     t.encoder.mark_missing(c);
                 }
-                Appended::Unrepresentable => t.encoder.mark_missing(c),
+                Appended::Unrepresentable => t.encoder.mark_unrepresentable(c),
                 Appended::Unparsed => {
                     if !plan.warned {
                         plan.warned = true;
@@ -1088,20 +1096,14 @@ impl JsonDecoder {
                             table = %format!("{}.{}", t.schema, t.table),
                             column = %t.desc.columns[c].name,
                             "wal2json fallback: a value of type {} could not be parsed; \
-                             it is reported as missing (unknown)",
+                             it is reported in _unrepresentable",
                             t.desc.columns[c].type_name
                         );
                     }
                     t.encoder.column(c).append_null();
-                    t.encoder.mark_missing(c);
+                    t.encoder.mark_unrepresentable(c);
                 }
             }
-        }
-        let t = &self.tables[i];
-        if t.encoder.rows() >= self.options.batch_rows as usize
-            || t.encoder.approx_bytes() >= MAX_BATCH_BYTES
-        {
-            self.flush(i, out)?;
         }
         Ok(())
     }
@@ -1109,14 +1111,14 @@ impl JsonDecoder {
     /// Emits table `i`'s rows so far as one Batch.
     fn flush(&mut self, i: usize, out: &mut Vec<Output>) -> Result<()> {
         let t = &mut self.tables[i];
-        let Some(WireBatch { batch, base_lsn, has_missing }) =
+        let Some(WireBatch { batch, base_lsn, has_missing, has_unrepresentable }) =
             t.encoder.finish_batch().map_err(|e| Step::Bad(e.to_string()))?
         else {
             return Ok(());
         };
         let batch = t
             .relation
-            .user_batch(base_lsn, &batch, has_missing)
+            .user_batch(base_lsn, &batch, has_missing, has_unrepresentable)
             .map_err(|e| Step::Bad(e.to_string()))?;
         out.push(Output {
             message: Message::Batch(DecodedBatch {
@@ -1331,7 +1333,9 @@ enum Appended {
     Value,
     /// Not in the change: nothing appended yet.
     Missing,
-    /// A NULL was appended for a value Arrow cannot hold (NaN in a Decimal128 column).
+    /// Appended, but not all of it: a NULL for a value Arrow cannot hold (NaN in a
+    /// Decimal128 column), or an array with NULL for the elements that could not be read.
+    /// The column goes in `_unrepresentable`.
     Unrepresentable,
     /// The text could not be parsed: nothing appended.
     Unparsed,
@@ -1385,32 +1389,33 @@ fn append_value(
             return Appended::Unparsed;
         };
         let shape = wal2arrow_schema::types::array_shape(&shape_dims, usize::from(*dims));
-        let mut ok = true;
-        append_level(list, element, &shape, &elements, &mut ok);
-        return if ok { Appended::Value } else { Appended::Unparsed };
+        let mut whole = true;
+        append_level(list, element, &shape, &elements, &mut whole);
+        return if whole { Appended::Value } else { Appended::Unrepresentable };
     }
     let Some(t) = scalar_text(msg, v, scratch) else { return Appended::Unparsed };
     append_text(kind, builder, t)
 }
 
-/// Appends array elements as nested lists of `shape`, as the plugin does.
+/// Appends array elements as nested lists of `shape`, as the plugin does. An element that
+/// cannot be read (or held: NaN in `numeric(p, s)[]`) is NULL, and `whole` turns false.
 fn append_level(
     list: &mut wal2arrow_schema::encode::ListColumn,
     element: &PgKind,
     shape: &[usize],
     elements: &[Option<String>],
-    ok: &mut bool,
+    whole: &mut bool,
 ) {
     if shape.len() <= 1 {
         for e in elements {
             match e {
                 None => list.values().append_null(),
                 Some(text) => match append_text(element, list.values(), text) {
-                    Appended::Value | Appended::Unrepresentable => {}
-                    _ => {
-                        // The element cannot be listed in `_missing`: the whole value is.
+                    Appended::Value => {}
+                    Appended::Unrepresentable => *whole = false,
+                    Appended::Missing | Appended::Unparsed => {
                         list.values().append_null();
-                        *ok = false;
+                        *whole = false;
                     }
                 },
             }
@@ -1419,11 +1424,17 @@ fn append_level(
         let chunk = elements.len().checked_div(shape[0]).unwrap_or(0);
         if chunk > 0 {
             for part in elements.chunks(chunk) {
-                let ColumnBuilder::List(inner) = list.values() else {
-                    *ok = false;
-                    return;
-                };
-                append_level(inner, element, &shape[1..], part, ok);
+                match list.values() {
+                    ColumnBuilder::List(inner) => {
+                        append_level(inner, element, &shape[1..], part, whole)
+                    }
+                    // The shape promised more levels than the builder has (cannot happen for
+                    // a shape made for this column): keep the value well-formed.
+                    other => {
+                        other.append_null();
+                        *whole = false;
+                    }
+                }
             }
         }
     }

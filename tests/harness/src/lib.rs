@@ -187,6 +187,11 @@ impl Cluster {
         "postgres"
     }
 
+    /// The directory of the server's Unix-domain socket (`host=` this to connect over it).
+    pub fn socket_dir(&self) -> &Path {
+        &self.base
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data
