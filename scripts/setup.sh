@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # Installs what building and testing wal2arrow needs on Debian 12, if it is missing:
 # PostgreSQL 15 with its server headers (pgrx builds against them), wal2json (the fallback
-# plugin) and libclang (pgrx's bindgen). Safe to run again: it only installs what is absent.
+# plugin), libclang (pgrx's bindgen), and pyarrow (the test that reads the plugin's output with
+# Arrow C++). Safe to run again: it only installs what is absent.
 set -euo pipefail
+
+pyarrow_version=26.0.1
+if ! python3 -c "import pyarrow, sys; sys.exit(pyarrow.__version__ != '$pyarrow_version')" 2>/dev/null; then
+    echo "wal2arrow setup: installing pyarrow $pyarrow_version (pip)" >&2
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+        "pyarrow==$pyarrow_version"
+fi
 
 packages=(postgresql-15 postgresql-server-dev-15 postgresql-15-wal2json libclang-dev clang)
 

@@ -24,7 +24,8 @@
 //! while let Some(event) = stream.next().await {
 //!     match event? {
 //!         Event::Change(change) => {
-//!             // change.batch: the table's columns, then `_op`, `_lsn` and `_missing`.
+//!             // change.batch: the table's columns, then `_op`, `_lsn`, `_missing` and
+//!             // `_unrepresentable`.
 //!             println!("{}: {} rows", change.table(), change.num_rows());
 //!         }
 //!         // Once the transaction is durably handled, let the server recycle its WAL.
@@ -41,6 +42,9 @@ pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod error;
+/// Entry points for the fuzz targets; not a stable API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod preflight;
 mod protocol;
 pub mod router;

@@ -104,7 +104,7 @@ pub struct RoutedBatch {
     pub xid: u32,
     /// Commit time, microseconds since the Unix epoch.
     pub commit_time_us: i64,
-    /// The rows (the table's columns, `_op`, `_lsn`, `_missing`).
+    /// The rows (the table's columns, `_op`, `_lsn`, `_missing`, `_unrepresentable`).
     pub batch: RecordBatch,
     /// The primary-key partition, for tables split by key.
     pub key_partition: Option<usize>,

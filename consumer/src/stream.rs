@@ -427,6 +427,27 @@ pub struct ChangeBatch {
 }
 
 impl ChangeBatch {
+    /// A change batch built outside a stream (tests of sinks and routers).
+    #[cfg(test)]
+    pub(crate) fn for_tests(
+        relation: Arc<Relation>,
+        batch: RecordBatch,
+        commit_lsn: Lsn,
+        ordinal: u32,
+    ) -> ChangeBatch {
+        ChangeBatch {
+            relation,
+            xid: 7,
+            commit_lsn,
+            commit_time_us: 0,
+            origin: None,
+            ordinal,
+            batch,
+            payload: Buffer::from_vec(Vec::<u8>::new()),
+            source_bytes: 0,
+        }
+    }
+
     /// `schema.table`.
     pub fn table(&self) -> &str {
         &self.relation.qualified_name

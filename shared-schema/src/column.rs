@@ -338,7 +338,8 @@ impl TimeTzColumn {
         self.validity.push(true);
     }
 
-    fn append_null(&mut self) {
+    /// Appends a NULL.
+    pub fn append_null(&mut self) {
         // The struct's children are declared non-nullable: zeros under a NULL parent.
         self.time.append_value(0);
         self.offset.append_value(0);

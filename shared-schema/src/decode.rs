@@ -418,6 +418,13 @@ fn relation_from_schema(relid: u32, wire_schema: Schema) -> Result<Relation, Wir
     if !types_ok {
         return Err(bad("system columns of the wrong type"));
     }
+    if let Some(f) = fields[..n].iter().find(|f| !wire_type(f.data_type())) {
+        return Err(bad(&format!(
+            "column {:?} has type {}, which wal2arrow never writes",
+            f.name(),
+            f.data_type()
+        )));
+    }
     let mut user: Vec<Field> = fields[..n].iter().map(|f| f.as_ref().clone()).collect();
     user.push(op_field());
     if has_lsn {
@@ -442,6 +449,32 @@ fn relation_from_schema(relid: u32, wire_schema: Schema) -> Result<Relation, Wir
         has_lsn,
         wire_schema: Arc::new(wire_schema),
     })
+}
+
+/// Whether `dt` is a type the type mapping produces (see [`crate::types`]): anything else in a
+/// Schema message is damage, and is refused before any layout is computed from it.
+fn wire_type(dt: &DataType) -> bool {
+    use arrow_schema::{IntervalUnit, TimeUnit};
+    match dt {
+        DataType::Boolean
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt32
+        | DataType::Float32
+        | DataType::Float64
+        | DataType::Utf8
+        | DataType::Binary
+        | DataType::Date32
+        | DataType::Time64(TimeUnit::Microsecond)
+        | DataType::Timestamp(TimeUnit::Microsecond, _)
+        | DataType::Interval(IntervalUnit::MonthDayNano) => true,
+        DataType::FixedSizeBinary(w) => *w > 0,
+        DataType::Decimal128(p, s) => (1..=38).contains(p) && i16::from(*s) <= i16::from(*p),
+        DataType::List(item) => wire_type(item.data_type()),
+        DataType::Struct(fields) => fields.iter().all(|f| wire_type(f.data_type())),
+        _ => false,
+    }
 }
 
 /// Parses a JSON array of strings as written by the encoder (`["a","b\"c"]`).
@@ -554,7 +587,7 @@ fn check_layout(dt: &DataType, lengths: &mut impl Iterator<Item = usize>) -> Res
     for spec in arrow_data::layout(dt).buffers {
         let len = lengths.next().ok_or_else(missing)?;
         if let arrow_data::BufferSpec::FixedWidth { byte_width, .. } = spec
-            && len % byte_width != 0
+            && (byte_width == 0 || len % byte_width != 0)
         {
             return Err(WireError::Ipc(format!("{dt} buffer of {len} bytes")));
         }

@@ -19,6 +19,8 @@ pub mod meta;
 pub mod numeric;
 pub mod options;
 pub mod patterns;
+#[doc(hidden)]
+pub mod samples;
 pub mod types;
 pub mod wire;
 

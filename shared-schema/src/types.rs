@@ -266,7 +266,13 @@ impl PgKind {
     fn extension(&self, type_name: &str) -> Vec<(String, String)> {
         let ext = |name: &str| vec![(meta::EXTENSION_NAME.to_owned(), name.to_owned())];
         match self {
-            PgKind::Uuid => ext("arrow.uuid"),
+            // The canonical UUID extension has no parameters: its metadata is the empty string
+            // (as Arrow C++ writes it).
+            PgKind::Uuid => {
+                let mut e = ext("arrow.uuid");
+                e.push((meta::EXTENSION_METADATA.to_owned(), String::new()));
+                e
+            }
             PgKind::Json | PgKind::Jsonb => {
                 let mut e = ext("arrow.json");
                 e.push((meta::EXTENSION_METADATA.to_owned(), "{}".to_owned()));
@@ -378,6 +384,17 @@ pub fn json_string(s: &str) -> String {
 pub const PG_EPOCH_DAYS: i32 = 10_957;
 /// Microseconds from 1970-01-01 (Arrow) to 2000-01-01 (PostgreSQL).
 pub const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// Microseconds in a day: PostgreSQL's `time` goes up to `24:00:00` inclusive, Arrow's
+/// `Time64` stops just before it.
+pub const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// A PostgreSQL `time` (µs since midnight) as Arrow `Time64(µs)`: `None` for `24:00:00`,
+/// which PostgreSQL accepts and Arrow does not (a `Time64` lies in `[0, 24h)`): the value is
+/// then NULL and listed in `_unrepresentable`.
+pub fn time_to_arrow(pg_micros: i64) -> Option<i64> {
+    (0..MICROS_PER_DAY).contains(&pg_micros).then_some(pg_micros)
+}
 
 /// A PostgreSQL `date` (days since 2000-01-01) as Arrow `Date32` (days since 1970-01-01).
 ///

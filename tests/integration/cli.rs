@@ -21,7 +21,7 @@ use crate::common::{config, read_events, rows, sql};
 use crate::types::all_types_sql;
 
 /// The command, with no connection settings from this process's environment.
-fn cli(args: &[&str]) -> Command {
+pub(crate) fn cli(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_wal2arrow_cli"));
     c.args(args)
         .env_remove("WAL2ARROW_DSN")
@@ -37,7 +37,7 @@ fn cli(args: &[&str]) -> Command {
 }
 
 /// Runs the command to completion: (exit code, stdout, stderr).
-async fn run(mut command: Command) -> (i32, String, String) {
+pub(crate) async fn run(mut command: Command) -> (i32, String, String) {
     let out = tokio::time::timeout(Duration::from_secs(120), command.output())
         .await
         .expect("the command finishes")
@@ -49,13 +49,13 @@ async fn run(mut command: Command) -> (i32, String, String) {
     )
 }
 
-fn scratch_dir(label: &str) -> PathBuf {
+pub(crate) fn scratch_dir(label: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("w2a-cli-{label}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
 
-fn current_lsn(db: &TestDb<'_>) -> String {
+pub(crate) fn current_lsn(db: &TestDb<'_>) -> String {
     db.psql("SELECT pg_current_wal_lsn()").trim().to_owned()
 }
 
@@ -371,7 +371,7 @@ async fn stream_writes_every_sink_and_parquet_and_ipc_read_back_as_the_stream() 
 }
 
 /// Collects a child's stderr in the background.
-fn capture_stderr(child: &mut Child) -> Arc<Mutex<String>> {
+pub(crate) fn capture_stderr(child: &mut Child) -> Arc<Mutex<String>> {
     let text = Arc::new(Mutex::new(String::new()));
     let mut err = child.stderr.take().unwrap();
     let sink = Arc::clone(&text);
@@ -387,7 +387,7 @@ fn capture_stderr(child: &mut Child) -> Arc<Mutex<String>> {
     text
 }
 
-async fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+pub(crate) async fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;
     while !ready() {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
@@ -461,7 +461,7 @@ async fn sigterm_flushes_acknowledges_and_exits_0() {
 }
 
 /// Sends a signal with the `kill` command.
-fn send_signal(pid: u32, signal: &str) -> i32 {
+pub(crate) fn send_signal(pid: u32, signal: &str) -> i32 {
     std::process::Command::new("kill")
         .args([format!("-{signal}"), pid.to_string()])
         .status()

@@ -4,11 +4,15 @@
 mod changes;
 mod cli;
 mod common;
+mod delivery;
+mod errors;
 mod fallback;
 mod golden;
 mod preflight;
+mod random_dml;
 mod resume;
 mod routing;
 mod spine;
+mod standard_arrow;
 mod tls;
 mod types;

@@ -294,3 +294,149 @@ async fn messages_reach_a_message_reader_and_do_not_hold_the_slot_without_one() 
     }
     assert!(router.stats().iter().all(|(name, _)| name != "messages"));
 }
+
+/// wal2json-fallback batches (built by the consumer: no payload) count against the memory
+/// bound by their arrays' size, and a stalled queue of them spills like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_batches_count_against_the_memory_bound_and_spill() {
+    let db = Cluster::shared().database("spill_json");
+    db.psql("CREATE TABLE wide (id int8 PRIMARY KEY, pad text)");
+    let budget = 128 << 10;
+    let dir = spill_dir("json");
+    let stream = Consumer::builder()
+        .config(config(&db))
+        .slot("spill_json")
+        .output_plugin(wal2arrow_consumer::PluginChoice::Wal2Json)
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let router = Router::start(
+        stream,
+        RouterOptions {
+            memory_per_queue: budget,
+            spill_dir: dir.clone(),
+            ..RouterOptions::default()
+        },
+    )
+    .unwrap();
+    let mut wide = router.table("public.wide");
+    let client = sql(&db).await;
+    for t in 0..40i64 {
+        client
+            .batch_execute(&format!(
+                "INSERT INTO wide SELECT g, repeat('w', 200) FROM generate_series({}, {}) g",
+                t * 100 + 1,
+                (t + 1) * 100
+            ))
+            .await
+            .unwrap();
+    }
+    // Wait until the router has taken in everything (nobody reads yet).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let stats = loop {
+        let stats: HashMap<String, _> = router.stats().into_iter().collect();
+        if let Some(w) = stats.get("public.wide")
+            && (w.in_memory as u64 + w.spilled) >= 40
+        {
+            break w.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "batches did not arrive: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(stats.memory_bytes > 0, "fallback batches have a size: {stats:?}");
+    assert!(stats.spilled_total > 0, "the stalled queue spilled: {stats:?}");
+    assert!(stats.peak_memory_bytes <= budget + (128 << 10), "within the budget: {stats:?}");
+    let ids = read_ids(&mut wide, 4000).await;
+    assert_eq!(ids, (1..=4000).collect::<Vec<_>>());
+    router.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A messages reader that falls behind spills too (messages once stayed in memory without
+/// bound), and gets every message back in order, transactional ones with their transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_messages_queue_spills_and_reads_back_in_order() {
+    let db = Cluster::shared().database("spill_messages");
+    let dir = spill_dir("messages");
+    let stream = consumer(&db, "spill_messages").start().await.unwrap();
+    let router = Router::start(
+        stream,
+        RouterOptions {
+            memory_per_queue: 16 << 10,
+            spill_dir: dir.clone(),
+            ..RouterOptions::default()
+        },
+    )
+    .unwrap();
+    let mut messages = router.messages();
+    let client = sql(&db).await;
+    for i in 0..300 {
+        let transactional = i % 3 == 0;
+        client
+            .execute(
+                "SELECT pg_logical_emit_message($1, 'app', $2)",
+                &[&transactional, &format!("message {i} {}", "x".repeat(200))],
+            )
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats: HashMap<String, _> = router.stats().into_iter().collect();
+        if let Some(m) = stats.get("messages")
+            && m.in_memory as u64 + m.spilled >= 300
+        {
+            assert!(m.spilled_total > 0, "the messages queue spilled: {m:?}");
+            assert!(m.peak_memory_bytes <= (16 << 10) + 1024, "within the budget: {m:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "messages did not arrive: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..300 {
+        let d = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let Routed::Message(m) = &d.routed else { panic!("{:?}", d.routed) };
+        let text = String::from_utf8_lossy(m.content.as_slice()).into_owned();
+        assert!(text.starts_with(&format!("message {i} ")), "{i}: {text}");
+        assert_eq!(m.transactional, i % 3 == 0);
+        assert_eq!(m.txn.is_some(), m.transactional);
+        d.ack.ack();
+    }
+    router.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Readers waiting on drained queues are told the stream ended when the router is stopped or
+/// dropped, instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_or_dropping_the_router_ends_waiting_readers() {
+    let db = Cluster::shared().database("router_stop");
+    db.psql("CREATE TABLE t (id int8 PRIMARY KEY)");
+    for (i, drop_it) in [false, true].into_iter().enumerate() {
+        let stream = consumer(&db, &format!("router_stop_{i}")).start().await.unwrap();
+        let router = Router::start(
+            stream,
+            RouterOptions { spill_dir: spill_dir("stop"), ..RouterOptions::default() },
+        )
+        .unwrap();
+        let mut reader = router.table("public.t");
+        let waiting = tokio::spawn(async move { reader.next().await.map(|r| r.is_ok()) });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if drop_it {
+            drop(router);
+        } else {
+            router.stop();
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiting reader was told the stream ended")
+            .unwrap();
+        assert_eq!(ended, None, "a clean end");
+    }
+}

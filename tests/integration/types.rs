@@ -8,6 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use wal2arrow_schema::types::MICROS_PER_DAY;
+
 use arrow_array::builder::{
     BinaryBuilder, Decimal128Builder, FixedSizeBinaryBuilder, Int32Builder,
     IntervalMonthDayNanoBuilder, ListBuilder, StringBuilder,
@@ -68,6 +70,8 @@ pub(crate) fn columns() -> Vec<(&'static str, &'static str, DataType, Expect)> {
         )]);
         if let Some(ext) = ext {
             md.insert("ARROW:extension:name".to_owned(), ext.to_owned());
+            // arrow.uuid has no parameters: empty metadata, as Arrow C++ writes it.
+            md.insert("ARROW:extension:metadata".to_owned(), String::new());
         }
         D::List(Arc::new(arrow_schema::Field::new("item", dt, true).with_metadata(md)))
     };
@@ -215,7 +219,8 @@ fn uuid_bytes(text: &str) -> Vec<u8> {
 }
 
 /// The expected column, read from `rows` starting at result column `at`. Returns also which
-/// rows hold an unrepresentable value (NaN in Decimal128), listed in `_unrepresentable`.
+/// rows hold an unrepresentable value (NaN in Decimal128, 24:00:00 in Time64), listed in
+/// `_unrepresentable`.
 fn expected_column(
     rows: &[Row],
     at: usize,
@@ -280,11 +285,28 @@ fn expected_column(
         Expect::Date => {
             Arc::new(rows.iter().map(|r| r.get::<_, Option<i32>>(at)).collect::<Date32Array>())
         }
+        // 24:00:00 is PostgreSQL's, not Arrow's (Time64 lies in [0, 24h)): NULL, listed in
+        // `_unrepresentable`.
         Expect::Time => Arc::new(
-            rows.iter().map(|r| r.get::<_, Option<i64>>(at)).collect::<Time64MicrosecondArray>(),
+            rows.iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let t = r.get::<_, Option<i64>>(at);
+                    missing[i] = t == Some(MICROS_PER_DAY);
+                    t.filter(|t| *t != MICROS_PER_DAY)
+                })
+                .collect::<Time64MicrosecondArray>(),
         ),
         Expect::TimeTz => {
-            let times: Vec<Option<i64>> = rows.iter().map(|r| r.get(at)).collect();
+            let times: Vec<Option<i64>> = rows
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let t = r.get::<_, Option<i64>>(at);
+                    missing[i] = t == Some(MICROS_PER_DAY);
+                    t.filter(|t| *t != MICROS_PER_DAY)
+                })
+                .collect();
             let offsets: Vec<Option<i32>> = rows.iter().map(|r| r.get(at + 1)).collect();
             let nulls = NullBuffer::from(times.iter().map(Option::is_some).collect::<Vec<_>>());
             Arc::new(StructArray::new(

@@ -12,7 +12,9 @@ use pgrx::pg_sys;
 use pgrx::varlena::{varatt_is_1b_e, varatt_is_4b_c, vardata_any, varsize_any_exhdr};
 use wal2arrow_schema::encode::Utf8Column;
 use wal2arrow_schema::numeric::PgNumeric;
-use wal2arrow_schema::types::{array_shape, date_to_arrow, timestamp_to_arrow, timetz_offset};
+use wal2arrow_schema::types::{
+    array_shape, date_to_arrow, time_to_arrow, timestamp_to_arrow, timetz_offset,
+};
 use wal2arrow_schema::{ColumnBuilder, PgKind};
 
 /// What happened to a value.
@@ -129,14 +131,26 @@ impl ColumnReader {
             (ColumnReader::Native, ColumnBuilder::Date32(b)) => {
                 b.append_value(date_to_arrow(word as i32))
             }
-            (ColumnReader::Native, ColumnBuilder::Time64(b)) => b.append_value(word as i64),
+            (ColumnReader::Native, ColumnBuilder::Time64(b)) => match time_to_arrow(word as i64) {
+                Some(t) => b.append_value(t),
+                None => {
+                    b.append_null();
+                    return Appended::Unrepresentable;
+                }
+            },
             (ColumnReader::Native, ColumnBuilder::Timestamp(b)) => {
                 b.append_value(timestamp_to_arrow(word as i64))
             }
             (ColumnReader::Native, ColumnBuilder::TimeTz(b)) => {
                 // SAFETY: a non-NULL timetz Datum points to a TimeTzADT.
                 let t = unsafe { &*datum.cast_mut_ptr::<pg_sys::TimeTzADT>() };
-                b.append_value(t.time, timetz_offset(t.zone));
+                match time_to_arrow(t.time) {
+                    Some(time) => b.append_value(time, timetz_offset(t.zone)),
+                    None => {
+                        b.append_null();
+                        return Appended::Unrepresentable;
+                    }
+                }
             }
             (ColumnReader::Native, ColumnBuilder::Interval(b)) => {
                 // SAFETY: a non-NULL interval Datum points to an Interval.

@@ -208,7 +208,12 @@ fn first_rows(batches: &[RecordBatch], n: usize) -> Result<RecordBatch, arrow_sc
         .fields()
         .iter()
         .enumerate()
-        .filter(|(_, f)| !matches!(f.name().as_str(), "_missing" | "_ordinal" | "_commit_time"))
+        .filter(|(_, f)| {
+            !matches!(
+                f.name().as_str(),
+                "_missing" | "_unrepresentable" | "_ordinal" | "_commit_time"
+            )
+        })
         .map(|(i, _)| i)
         .collect();
     all.slice(0, n.min(all.num_rows())).project(&keep)

@@ -194,6 +194,19 @@ impl FrameReader {
         Ok(Some(1 + len))
     }
 
+    /// Takes bytes as if read from the socket: into a large payload being read, the rest into
+    /// the read-ahead buffer (the fuzz targets feed the reader this way, without I/O). Call
+    /// [`try_frame`](Self::try_frame) until it has no more frames after each push.
+    pub(crate) fn push(&mut self, mut bytes: &[u8]) {
+        if let Some(d) = &mut self.direct {
+            let n = (d.payload.len() - d.filled).min(bytes.len());
+            d.payload.as_slice_mut()[d.filled..d.filled + n].copy_from_slice(&bytes[..n]);
+            d.filled += n;
+            bytes = &bytes[n..];
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
     /// Reads more from `io`: into the read-ahead buffer, or into a large payload.
     ///
     /// # Errors

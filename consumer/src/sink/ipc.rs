@@ -256,3 +256,68 @@ fn repair(file: &mut std::fs::File) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{Int64Array, RecordBatch};
+    use arrow_schema::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn batch(n: i64) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![n; 3]))]).unwrap()
+    }
+
+    #[test]
+    fn reopening_repairs_a_torn_segment_and_appends_a_new_one() {
+        let dir = std::env::temp_dir().join(format!("w2a-ipc-repair-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("out.arrow");
+        // A first run writes two batches, then "crashes" in the middle of a third: its
+        // segment is never ended and its last message is cut short.
+        let mut sink = IpcSink::open(&path).unwrap();
+        sink.append(&batch(1)).unwrap();
+        sink.append(&batch(2)).unwrap();
+        sink.flush().unwrap();
+        std::mem::forget(sink);
+        let complete = std::fs::read(&path).unwrap();
+        let mut third = Vec::new();
+        {
+            let mut w = StreamWriter::try_new(&mut third, &batch(3).schema()).unwrap();
+            w.write(&batch(3)).unwrap();
+        }
+        let schema_len = {
+            let mut only_schema = Vec::new();
+            StreamWriter::try_new(&mut only_schema, &batch(3).schema()).unwrap();
+            only_schema.len()
+        };
+        let mut torn = complete.clone();
+        torn.extend_from_slice(&third[schema_len..third.len() - 10]);
+        std::fs::write(&path, &torn).unwrap();
+        assert!(read_segments(&torn[..]).is_err(), "as the crash left it, the file is unreadable");
+
+        let mut sink = IpcSink::open(&path).unwrap();
+        sink.append(&batch(4)).unwrap();
+        sink.flush().unwrap();
+        drop(sink);
+        let back = read_segments(&std::fs::read(&path).unwrap()[..]).unwrap();
+        let firsts: Vec<i64> = back
+            .iter()
+            .map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0))
+            .collect();
+        assert_eq!(firsts, [1, 2, 4], "the complete batches kept, the torn one cut, one appended");
+        assert!(std::fs::read(&path).unwrap().starts_with(&complete), "nothing before rewritten");
+
+        // Someone else's file is left alone.
+        let foreign = dir.join("notes.txt");
+        std::fs::write(&foreign, b"abc").unwrap();
+        let e = IpcSink::open(&foreign).unwrap_err();
+        assert!(e.to_string().contains("not an Arrow IPC stream"), "{e}");
+        assert_eq!(std::fs::read(&foreign).unwrap(), b"abc");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -158,12 +158,12 @@ impl JsonLinesSink {
         let table = c.table();
         // An old image left by the previous batch pairs with this batch's first row if that
         // is its update; anything else means it had no new image (never sent so).
-        if let Some(before) = self.before.take()
-            && !(before.table == table
+        let pairs = |before: &OldImage| {
+            before.table == table
                 && batch.num_rows() > 0
-                && op_names.value(ops.keys().value(0) as usize) == "update")
-        {
-            self.before = Some(before);
+                && op_names.value(ops.keys().value(0) as usize) == "update"
+        };
+        if self.before.as_ref().is_some_and(|b| !pairs(b)) {
             self.orphan_before()?;
         }
         let mut row = 0;
@@ -570,7 +570,131 @@ fn json_string(s: &str, out: &mut String) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use wal2arrow_schema::types::{ColumnDesc, oid};
+    use wal2arrow_schema::{
+        BatchEncoder, ChangeOp, ColumnBuilder, Lsn, PgKind, Relation, RelationDesc, ReplicaIdentity,
+    };
+
     use super::*;
+
+    fn desc() -> RelationDesc {
+        let col = |name: &str| ColumnDesc {
+            name: name.into(),
+            kind: PgKind::from_type_oid(oid::INT8),
+            type_name: "int8".into(),
+            type_oid: oid::INT8,
+            typmod: -1,
+            not_null: false,
+        };
+        RelationDesc {
+            relid: 1,
+            namespace: "public".into(),
+            name: "t".into(),
+            columns: vec![col("id"), col("v")],
+            primary_key: vec!["id".into()],
+            replica_identity: ReplicaIdentity::Default,
+            identity_key: vec!["id".into()],
+            with_lsn: true,
+        }
+    }
+
+    fn relation() -> Arc<Relation> {
+        Arc::new(Relation::from_desc(&desc()).unwrap())
+    }
+
+    /// A user batch of rows `(op, id, v)`; `v` None is missing (an old image's non-key).
+    fn batch(rel: &Relation, rows: &[(ChangeOp, i64, Option<i64>)]) -> arrow_array::RecordBatch {
+        let mut enc = BatchEncoder::new(&desc());
+        for (i, (op, id, v)) in rows.iter().enumerate() {
+            enc.start_row(*op, Lsn(100 + i as u64)).unwrap();
+            let ColumnBuilder::Int64(b) = enc.column(0) else { panic!() };
+            b.append_value(*id);
+            match v {
+                Some(v) => {
+                    let ColumnBuilder::Int64(b) = enc.column(1) else { panic!() };
+                    b.append_value(*v);
+                }
+                None => {
+                    enc.column(1).append_null();
+                    enc.mark_missing(1);
+                }
+            }
+        }
+        let w = enc.finish_batch().unwrap().unwrap();
+        rel.user_batch(w.base_lsn, &w.batch, w.has_missing, w.has_unrepresentable).unwrap()
+    }
+
+    fn lines(path: &std::path::Path) -> Vec<String> {
+        std::fs::read_to_string(path).unwrap().lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn an_update_split_across_two_batches_is_still_one_update_line() {
+        let dir = std::env::temp_dir().join(format!("w2a-jsonl-pair-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("out.jsonl");
+        let rel = relation();
+        let mut sink = JsonLinesSink::open(&path).unwrap();
+        let first =
+            batch(&rel, &[(ChangeOp::Insert, 1, Some(10)), (ChangeOp::UpdateBefore, 1, None)]);
+        let second = batch(&rel, &[(ChangeOp::Update, 2, Some(11)), (ChangeOp::Delete, 3, None)]);
+        for (i, b) in [first, second].into_iter().enumerate() {
+            let c = crate::stream::ChangeBatch::for_tests(Arc::clone(&rel), b, Lsn(500), i as u32);
+            sink.write(&Event::Change(c)).unwrap();
+        }
+        sink.flush().unwrap();
+        drop(sink);
+        let l = lines(&path);
+        assert_eq!(l.len(), 3, "{l:#?}");
+        assert!(l[0].starts_with("{\"event_type\":\"insert\""), "{}", l[0]);
+        assert!(l[1].starts_with("{\"event_type\":\"update\""), "{}", l[1]);
+        assert!(l[1].contains("\"data\":{\"id\":2,\"v\":11}"), "{}", l[1]);
+        assert!(l[1].contains("\"old_data\":{\"id\":1}"), "the old key is the update's: {}", l[1]);
+        assert!(l[1].contains("\"key_data\":{\"id\":1}"), "{}", l[1]);
+        assert!(l[1].contains("\"missing\":[\"v\"]"), "{}", l[1]);
+        assert!(l[2].starts_with("{\"event_type\":\"delete\""), "{}", l[2]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn reopening_appends_after_cutting_an_unfinished_line_and_refuses_foreign_files() {
+        let dir = std::env::temp_dir().join(format!("w2a-jsonl-repair-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("out.jsonl");
+        let rel = relation();
+        let mut sink = JsonLinesSink::open(&path).unwrap();
+        let c = crate::stream::ChangeBatch::for_tests(
+            Arc::clone(&rel),
+            batch(&rel, &[(ChangeOp::Insert, 1, Some(10))]),
+            Lsn(500),
+            0,
+        );
+        sink.write(&Event::Change(c.clone())).unwrap();
+        sink.flush().unwrap();
+        drop(sink);
+        // A crash in the middle of the next line.
+        let mut torn = std::fs::read(&path).unwrap();
+        torn.extend_from_slice(b"{\"event_type\":\"ins");
+        std::fs::write(&path, &torn).unwrap();
+        let mut sink = JsonLinesSink::open(&path).unwrap();
+        sink.write(&Event::Change(c)).unwrap();
+        sink.flush().unwrap();
+        drop(sink);
+        let l = lines(&path);
+        assert_eq!(l.len(), 2, "the first run's line kept, the torn one cut: {l:#?}");
+        assert_eq!(l[0], l[1]);
+        // Someone else's file is left alone.
+        let foreign = dir.join("notes.txt");
+        std::fs::write(&foreign, b"dear diary\n").unwrap();
+        let e = JsonLinesSink::open(&foreign).unwrap_err();
+        assert!(matches!(e, Error::Sink { .. }) && e.to_string().contains("choose another"), "{e}");
+        assert_eq!(std::fs::read(&foreign).unwrap(), b"dear diary\n");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn strings_times_and_bytes_are_valid_json() {

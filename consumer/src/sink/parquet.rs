@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Each file holds the stream's batches of one table and one schema — the table's columns,
-//! `_op`, `_lsn`, `_missing` — plus `_commit_lsn`, `_ordinal` and `_commit_time`. Directory
+//! `_op`, `_lsn`, `_missing`, `_unrepresentable` — plus `_commit_lsn`, `_ordinal` and `_commit_time`. Directory
 //! names are `schema.table`, with bytes other than letters, digits, `_`, `-` and `.`
 //! written as `%XX`.
 //!
