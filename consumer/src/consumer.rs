@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::preflight::{AllowList, Preflight, PreflightReport, refused_report};
 use crate::protocol::conn::quote_ident;
 use crate::stream::{
-    AckHandle, ChangeStream, Event, OutputPlugin, ReplicationClient, find_slot, sql_client,
+    AckHandle, ChangeStream, Event, OutputPlugin, ReplicationClient, Step, find_slot, sql_client,
 };
 
 /// The prefix of the heartbeat messages the consumer emits.
@@ -466,6 +466,7 @@ impl Consumer {
         let task = tokio::spawn(driver.run(session, close_rx));
         Ok(CdcStream {
             rx,
+            delivered: Lsn::INVALID,
             acks,
             close: Some(close_tx),
             commands: commands_tx,
@@ -756,7 +757,9 @@ pub struct StatsSnapshot {
 /// future.
 #[derive(Debug)]
 pub struct CdcStream {
-    rx: mpsc::Receiver<Result<Event>>,
+    rx: mpsc::Receiver<Item>,
+    /// Everything the server sent before this position has been handed out by `next`.
+    delivered: Lsn,
     acks: AckHandle,
     close: Option<oneshot::Sender<()>>,
     commands: mpsc::Sender<Command>,
@@ -793,7 +796,30 @@ impl CdcStream {
 
     /// The next event; `None` once the stream has ended (closed, or after an error).
     pub async fn next(&mut self) -> Option<Result<Event>> {
-        self.rx.recv().await
+        loop {
+            let item = self.rx.recv().await?;
+            if let Some(event) = self.take(item) {
+                return Some(event);
+            }
+        }
+    }
+
+    /// Records what an item says of the stream's position; the event it carries, if any.
+    fn take(&mut self, item: Item) -> Option<Result<Event>> {
+        match item {
+            Item::Position(lsn) => {
+                self.delivered = self.delivered.max(lsn);
+                None
+            }
+            Item::Event(event) => {
+                if let Ok(Event::Restarted { from, .. }) = &event {
+                    // What was handed out before may come again: only the new session's
+                    // positions count from here.
+                    self.delivered = *from;
+                }
+                Some(event)
+            }
+        }
     }
 
     /// Events received and waiting for [`next`](Self::next).
@@ -802,11 +828,12 @@ impl CdcStream {
     }
 
     /// Whether everything the server sent before `lsn` has been handed out by
-    /// [`next`](Self::next): the server's position (its keepalives included) has passed
-    /// `lsn` and no event is waiting.
+    /// [`next`](Self::next) (in this session: a [`Event::Restarted`] starts over): the server
+    /// reported a position at or past `lsn` in a keepalive, and every event before that
+    /// keepalive has been returned. A position travels in the stream's own queue, after the
+    /// events before it, so this never runs ahead of what the caller has seen.
     pub fn has_delivered_through(&self, lsn: Lsn) -> bool {
-        // The position is published only after the events before it were queued.
-        self.stats.server_wal_end.load(Ordering::SeqCst) >= lsn.0 && self.rx.is_empty()
+        self.delivered >= lsn
     }
 
     /// Acknowledges everything up to `lsn` (a [`crate::TxnCommit::end_lsn`], or a
@@ -860,15 +887,33 @@ impl futures_core::Stream for CdcStream {
     type Item = Result<Event>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        loop {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(item)) => {
+                    if let Some(event) = self.take(item) {
+                        return Poll::Ready(Some(event));
+                    }
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
+}
+
+/// What the driver hands a [`CdcStream`]: an event, or how far the server's position has
+/// come with every event before it already queued.
+#[derive(Debug)]
+enum Item {
+    Event(Result<Event>),
+    Position(Lsn),
 }
 
 /// The background task behind a [`CdcStream`].
 struct Driver {
     plugin_state: Arc<PluginState>,
     settings: Arc<ConsumerBuilder>,
-    tx: mpsc::Sender<Result<Event>>,
+    tx: mpsc::Sender<Item>,
     acks: AckHandle,
     stats: Arc<StreamStats>,
     commands: tokio::sync::Mutex<mpsc::Receiver<Command>>,
@@ -903,7 +948,7 @@ impl Driver {
                 } else {
                     error
                 };
-                let _ = self.tx.send(Err(error)).await;
+                let _ = self.tx.send(Item::Event(Err(error))).await;
                 return;
             }
             // Reconnect with backoff, resuming after what was acknowledged.
@@ -927,7 +972,10 @@ impl Driver {
                         self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                         if self
                             .tx
-                            .send(Ok(Event::Restarted { from, reason: reason.clone() }))
+                            .send(Item::Event(Ok(Event::Restarted {
+                                from,
+                                reason: reason.clone(),
+                            })))
                             .await
                             .is_err()
                         {
@@ -939,7 +987,7 @@ impl Driver {
                     }
                     Err(e) if e.is_transient() => continue,
                     Err(e) => {
-                        let _ = self.tx.send(Err(e)).await;
+                        let _ = self.tx.send(Item::Event(Err(e))).await;
                         return;
                     }
                 }
@@ -958,9 +1006,11 @@ impl Driver {
         // status updates of this loop.
         let heartbeat = Heartbeat::spawn(&self.settings, Arc::clone(&self.stats));
         let mut commands = self.commands.lock().await;
+        // A position that found the queue full: sent before the next event.
+        let mut position: Option<Lsn> = None;
         loop {
-            let event = tokio::select! {
-                event = stream.next_event() => event?,
+            let step = tokio::select! {
+                step = stream.next_step() => step?,
                 Some(Command::SyncAcks(reply)) = commands.recv() => {
                     let sent = stream.send_status(false).await;
                     let failed = sent.as_ref().err().map(ToString::to_string);
@@ -975,13 +1025,31 @@ impl Driver {
                     return Ok(Ended::Closed);
                 }
             };
-            let Some(event) = event else {
-                // Only a walsender that is shutting down ends the stream: come back later.
-                return Err(Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionAborted,
-                    "the server ended the stream (it is shutting down)",
-                )));
+            let event = match step {
+                Some(Step::Event(event)) => event,
+                Some(Step::Position(lsn)) => {
+                    // Only a hint: sent if there is room, else before the next event.
+                    match self.tx.try_reserve() {
+                        Ok(permit) => permit.send(Item::Position(lsn)),
+                        Err(mpsc::error::TrySendError::Closed(())) => return Ok(Ended::Closed),
+                        Err(mpsc::error::TrySendError::Full(())) => position = Some(lsn),
+                    }
+                    continue;
+                }
+                None => {
+                    // Only a walsender that is shutting down ends the stream: come back later.
+                    return Err(Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "the server ended the stream (it is shutting down)",
+                    )));
+                }
             };
+            if let Some(lsn) = position
+                && let Ok(permit) = self.tx.try_reserve()
+            {
+                permit.send(Item::Position(lsn));
+                position = None;
+            }
             heartbeat.activity();
             self.count(&event);
             let permit = match self.tx.try_reserve() {
@@ -1004,7 +1072,7 @@ impl Driver {
                     }
                 }
             };
-            permit.send(Ok(event));
+            permit.send(Item::Event(Ok(event)));
         }
     }
 

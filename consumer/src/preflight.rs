@@ -199,7 +199,7 @@ impl<'a> Preflight<'a> {
         );
 
         let slot_name = self.slot.name();
-        let existing = wait_while_active(&sql, slot_name).await?;
+        let existing = wait_while_active(&sql, self.config, slot_name).await?;
         let max_slots: i64 =
             setting("max_replication_slots").await?.and_then(|s| s.parse().ok()).unwrap_or(0);
         let used_slots: i64 =
@@ -679,16 +679,53 @@ pub(crate) fn refused_report(
     r
 }
 
-/// The slot, after waiting a moment for a session that holds it to let go (a consumer that
-/// just stopped may still hold it while its walsender notices).
+/// The slot, after waiting for a session that holds it to let go: a few seconds for anyone,
+/// and — when the holder has our `application_name`, as a consumer that just died on another
+/// host would — up to `wal_sender_timeout` (plus a margin, at most 5 minutes), the time the
+/// server takes to notice a peer that is gone.
 async fn wait_while_active(
     sql: &tokio_postgres::Client,
+    config: &Config,
     slot: &str,
 ) -> Result<Option<crate::stream::SlotState>> {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    let started = tokio::time::Instant::now();
+    let mut patience = std::time::Duration::from_secs(3);
+    let mut checked_holder = false;
     loop {
         let found = find_slot(sql, slot).await?;
-        if !found.as_ref().is_some_and(|s| s.active) || tokio::time::Instant::now() >= deadline {
+        if !found.as_ref().is_some_and(|s| s.active) {
+            return Ok(found);
+        }
+        if !checked_holder {
+            checked_holder = true;
+            let ours: bool = sql
+                .query_one(
+                    "SELECT coalesce(bool_or(a.application_name = $2), false)
+                     FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid
+                     WHERE s.slot_name = $1",
+                    &[&slot, &config.application_name],
+                )
+                .await?
+                .get(0);
+            if ours {
+                let timeout_ms: i64 = sql
+                    .query_one(
+                        "SELECT setting::int8 FROM pg_settings WHERE name = 'wal_sender_timeout'",
+                        &[],
+                    )
+                    .await?
+                    .get(0);
+                patience = std::time::Duration::from_millis(timeout_ms.max(0) as u64 + 5_000)
+                    .min(std::time::Duration::from_secs(300));
+                tracing::warn!(
+                    slot,
+                    wait = ?patience,
+                    "the slot is held by a session named like this consumer (perhaps one that \
+                     just died): waiting for the server to let it go"
+                );
+            }
+        }
+        if started.elapsed() >= patience {
             return Ok(found);
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

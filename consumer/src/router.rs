@@ -203,18 +203,37 @@ impl Tracker {
 
     fn message_done(&mut self, past: Lsn) {
         if let Some(n) = self.messages.get_mut(&past) {
-            *n -= 1;
-            if *n == 0 {
-                self.messages.remove(&past);
-            }
+            *n = n.saturating_sub(1);
         }
         self.advance();
     }
 
+    /// Moves `done_through` over every finished transaction and message, in WAL order, up to
+    /// the first one still open or unacknowledged; acknowledges up to there.
     fn advance(&mut self) {
-        while let Some((&commit, &(Some(end), 0))) = self.txns.first_key_value() {
-            self.txns.remove(&commit);
-            self.done_through = self.done_through.max(end);
+        loop {
+            let txn = self.txns.first_key_value().map(|(c, v)| (*c, *v));
+            let message = self.messages.first_key_value().map(|(p, n)| (*p, *n));
+            // The earlier of the two, by WAL position: a transaction by its commit, a message
+            // by the position past it.
+            match (txn, message) {
+                (Some((commit, (end, outstanding))), m)
+                    if m.is_none_or(|(past, _)| commit < past) =>
+                {
+                    match end {
+                        Some(end) if outstanding == 0 => {
+                            self.txns.remove(&commit);
+                            self.done_through = self.done_through.max(end);
+                        }
+                        _ => break,
+                    }
+                }
+                (_, Some((past, 0))) => {
+                    self.messages.remove(&past);
+                    self.done_through = self.done_through.max(past);
+                }
+                _ => break,
+            }
         }
         // Never past an open transaction or an unacknowledged message.
         let mut target = self.done_through;
@@ -781,6 +800,11 @@ type KeyHasher = Option<KeyPartitioner>;
 struct KeyHashers(Mutex<HashMap<String, KeyHasher>>);
 
 fn dispatch(shared: &Shared, keys: &KeyHashers, event: Event) -> Result<()> {
+    if shared.has_ended() {
+        // Stopped: nothing more is routed — not even a Commit, so that no transaction whose
+        // deliveries were dropped can count as done (it comes again next time).
+        return Ok(());
+    }
     match event {
         Event::Begin(_) | Event::Relation(_) | Event::Restarted { .. } => {}
         Event::Commit(c) => {
@@ -792,10 +816,8 @@ fn dispatch(shared: &Shared, keys: &KeyHashers, event: Event) -> Result<()> {
                 return Ok(());
             }
             let target = match m.txn {
-                Some((_, commit, _)) => {
-                    shared.tracker.lock().expect("tracker lock").delivered(commit);
-                    AckTarget::Txn(commit)
-                }
+                // Counted as delivered by `enqueue`, once, unless it is a replay.
+                Some((_, commit, _)) => AckTarget::Txn(commit),
                 None => {
                     *shared
                         .tracker
@@ -1056,6 +1078,84 @@ mod tests {
         assert_eq!(acks.acknowledged(), Lsn(310), "T1, T2 and the empty T3 done");
     }
 
+    fn shared() -> (Arc<Shared>, AckHandle) {
+        let (t, acks) = tracker();
+        let shared = Arc::new(Shared {
+            options: RouterOptions::default(),
+            queues: Mutex::new(HashMap::with_hasher(hasher())),
+            tracker: Arc::new(Mutex::new(t)),
+            ended: Mutex::new(None),
+            stop: Notify::new(),
+        });
+        (shared, acks)
+    }
+
+    fn commit(commit: u64, end: u64) -> Event {
+        Event::Commit(crate::stream::TxnCommit {
+            xid: 1,
+            commit_lsn: Lsn(commit),
+            end_lsn: Lsn(end),
+            commit_time_us: 0,
+            batches: 1,
+        })
+    }
+
+    #[test]
+    fn acknowledged_messages_after_the_last_transaction_move_the_slot() {
+        let (mut t, acks) = tracker();
+        t.committed(Lsn(100), Lsn(110));
+        for past in [Lsn(121), Lsn(131)] {
+            *t.messages.entry(past).or_insert(0) += 1;
+        }
+        t.advance();
+        assert_eq!(acks.acknowledged(), Lsn(110));
+        t.message_done(Lsn(131));
+        assert_eq!(acks.acknowledged(), Lsn(110), "the first message still holds the slot");
+        t.message_done(Lsn(121));
+        assert_eq!(acks.acknowledged(), Lsn(131), "both done: past the last one");
+    }
+
+    #[test]
+    fn after_a_stop_no_commit_counts_so_dropped_deliveries_are_never_acknowledged() {
+        let (shared, acks) = shared();
+        let keys = KeyHashers::default();
+        dispatch(&shared, &keys, commit(100, 110)).unwrap();
+        assert_eq!(acks.acknowledged(), Lsn(110), "an empty transaction is done at once");
+        shared.end(None);
+        // A transaction whose batches arrived after the stop (dropped): its commit must not
+        // make it done.
+        dispatch(&shared, &keys, commit(200, 210)).unwrap();
+        assert_eq!(acks.acknowledged(), Lsn(110));
+    }
+
+    #[test]
+    fn a_transactional_message_counts_once_and_its_ack_completes_the_transaction() {
+        let (shared, acks) = shared();
+        let keys = KeyHashers::default();
+        let mut reader = Reader {
+            queue: shared.queue(&QueueKey::Messages),
+            tracker: Arc::clone(&shared.tracker),
+        };
+        let message = Event::Message(LogicalMessage {
+            transactional: true,
+            lsn: Lsn(150),
+            prefix: "p".into(),
+            content: arrow_buffer::Buffer::from_vec(Vec::<u8>::new()),
+            txn: Some((1, Lsn(200), 0)),
+        });
+        dispatch(&shared, &keys, message).unwrap();
+        dispatch(&shared, &keys, commit(200, 210)).unwrap();
+        assert_eq!(acks.acknowledged(), Lsn(0), "the message is not handled yet");
+        let delivery = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(reader.next())
+            .unwrap()
+            .unwrap();
+        delivery.ack.ack();
+        assert_eq!(acks.acknowledged(), Lsn(210), "one ack completes the transaction");
+    }
+
     #[test]
     fn an_unacknowledged_message_or_open_transaction_holds_the_slot_before_it() {
         let (mut t, acks) = tracker();
@@ -1066,6 +1166,8 @@ mod tests {
         t.committed(Lsn(120), Lsn(130));
         assert_eq!(acks.acknowledged(), Lsn(130));
         t.message_done(Lsn(151));
-        assert_eq!(acks.acknowledged(), Lsn(130), "still before the open transaction's commit");
+        // Past the message, which comes before the open transaction's commit (that
+        // transaction is sent again after a restart, since it commits later).
+        assert_eq!(acks.acknowledged(), Lsn(151), "still before the open transaction's commit");
     }
 }

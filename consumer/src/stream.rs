@@ -256,6 +256,7 @@ impl ReplicationClient {
             delivered_through: start,
             heartbeat_prefix: None,
             server_wal_end: start,
+            keepalive_position: start,
             position_out: None,
             status_interval: DEFAULT_STATUS_INTERVAL,
             next_status: Instant::now() + DEFAULT_STATUS_INTERVAL,
@@ -609,6 +610,8 @@ pub struct ChangeStream {
     delivered_through: Lsn,
     heartbeat_prefix: Option<String>,
     server_wal_end: Lsn,
+    /// The highest position a keepalive reported.
+    keepalive_position: Lsn,
     /// Where the server position is published as it advances (see
     /// [`set_position_out`](Self::set_position_out)).
     position_out: Option<Arc<AtomicU64>>,
@@ -617,6 +620,15 @@ pub struct ChangeStream {
     txn: Option<OpenTxn>,
     done: bool,
     received_bytes: u64,
+}
+
+/// What [`ChangeStream::next_step`] yields.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// An event.
+    Event(Event),
+    /// A keepalive moved the server's position here: every event before it was yielded.
+    Position(Lsn),
 }
 
 /// An undecoded frame of a replication stream ([`ChangeStream::next_raw`]).
@@ -646,9 +658,8 @@ impl ChangeStream {
     }
 
     /// Publishes the server's position ([`server_wal_end`](Self::server_wal_end)) into `cell`
-    /// whenever a frame moves it, keepalives included. Every event decoded from data before
-    /// that position has been returned by [`next_event`](Self::next_event) by the time the
-    /// cell shows it.
+    /// whenever a frame moves it, keepalives included: for progress and lag figures (it moves
+    /// as a frame is read, before its events are returned).
     pub(crate) fn set_position_out(&mut self, cell: Arc<AtomicU64>) {
         cell.fetch_max(self.server_wal_end.0, Ordering::SeqCst);
         self.position_out = Some(cell);
@@ -730,6 +741,20 @@ impl ChangeStream {
     /// The server's errors (a plugin ERROR ends the stream), connection failures, and
     /// [`Error::Wire`] for a message that cannot be decoded.
     pub async fn next_event(&mut self) -> Result<Option<Event>> {
+        loop {
+            match self.next_step().await? {
+                Some(Step::Event(event)) => return Ok(Some(event)),
+                Some(Step::Position(_)) => {}
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// The next event, or the server's position when a keepalive moved it: every event of
+    /// the data before that position has been returned by then (the walsender sends a
+    /// keepalive's position only after everything before it). Cancel safe, as
+    /// [`next_event`](Self::next_event).
+    pub(crate) async fn next_step(&mut self) -> Result<Option<Step>> {
         if self.done && self.pending.is_empty() && self.bundled.is_empty() {
             return Ok(None);
         }
@@ -737,14 +762,14 @@ impl ChangeStream {
             if let Some((message, payload)) = self.bundled.pop_front() {
                 let bytes = payload.len();
                 if let Some(event) = self.deliver(message, payload, bytes)? {
-                    return Ok(Some(event));
+                    return Ok(Some(Step::Event(event)));
                 }
                 continue;
             }
             if let Some(output) = self.pending.pop_front() {
                 let payload = Buffer::from_vec(Vec::<u8>::new());
                 if let Some(event) = self.deliver(output.message, payload, output.source_bytes)? {
-                    return Ok(Some(event));
+                    return Ok(Some(Step::Event(event)));
                 }
                 continue;
             }
@@ -769,8 +794,13 @@ impl ChangeStream {
                     if self.caught_up() {
                         self.acked.ack(wal_end);
                     }
+                    let moved = wal_end > self.keepalive_position;
+                    self.keepalive_position = self.keepalive_position.max(wal_end);
                     if reply {
                         self.send_status(false).await?;
+                    }
+                    if moved {
+                        return Ok(Some(Step::Position(wal_end)));
                     }
                 }
                 _ => unreachable!("read_frame returns data and keepalives only"),
@@ -1117,18 +1147,9 @@ fn connect_error(config: &Config, e: tokio_postgres::Error) -> Error {
     if let Some(db) = e.as_db_error() {
         return crate::protocol::conn::login_error(crate::error::DbError::from(db));
     }
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return Error::Connect {
-                addr: config.address(),
-                source: std::io::Error::new(io.kind(), io.to_string()),
-            };
-        }
-        source = s.source();
-    }
     let text = e.to_string();
     let detail = std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default();
+    // Before the I/O causes: our TLS connector reports certificate failures as io::Error.
     if text.starts_with("error performing TLS handshake") {
         return Error::Tls(if detail.contains("does not support TLS") {
             format!(
@@ -1143,6 +1164,16 @@ fn connect_error(config: &Config, e: tokio_postgres::Error) -> Error {
     }
     if text.starts_with("invalid configuration") && config.resolved_password().is_none() {
         return crate::protocol::conn::no_password(config);
+    }
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return Error::Connect {
+                addr: config.address(),
+                source: std::io::Error::new(io.kind(), io.to_string()),
+            };
+        }
+        source = s.source();
     }
     Error::Sql(e)
 }

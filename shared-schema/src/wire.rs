@@ -230,6 +230,16 @@ pub enum WireError {
         /// Newest this reader knows.
         max: u8,
     },
+    /// Written in an older layout of its kind than this reader knows (a plugin older than
+    /// the consumer).
+    OlderVersion {
+        /// The message's kind.
+        kind: MessageKind,
+        /// Version in the message.
+        found: u8,
+        /// The version this reader reads the kind from.
+        min: u8,
+    },
     /// Flag or reserved bits set that this version does not define.
     ReservedBits(MessageKind),
     /// Shorter than its kind's header.
@@ -262,6 +272,12 @@ impl fmt::Display for WireError {
                 f,
                 "wal2arrow message of wire version {found}, but this consumer reads up to \
                  version {max}: upgrade the consumer or request proto-version {max}"
+            ),
+            WireError::OlderVersion { kind, found, min } => write!(
+                f,
+                "wal2arrow {kind:?} message of wire version {found}, but this consumer reads that \
+                 kind from version {min}: upgrade the wal2arrow plugin on the server to the \
+                 consumer's version"
             ),
             WireError::ReservedBits(k) => {
                 write!(f, "wal2arrow {k:?} message has flags or reserved bits set")
@@ -562,7 +578,7 @@ pub fn read_header(msg: &[u8]) -> Result<Header, WireError> {
         return Err(WireError::UnsupportedVersion { found: msg[1], max: WIRE_VERSION });
     }
     if msg[1] < kind.since() {
-        return Err(WireError::ReservedBits(kind));
+        return Err(WireError::OlderVersion { kind, found: msg[1], min: kind.since() });
     }
     let flags = msg[2];
     if flags & !kind.flags() != 0 || msg[3] != 0 {
@@ -741,7 +757,9 @@ mod tests {
         assert_eq!(bundle_entries(&nested), Err(WireError::NestedBundle));
         let mut v1 = out.clone();
         v1[1] = 1;
-        assert_eq!(read_header(&v1), Err(WireError::ReservedBits(MessageKind::Bundle)));
+        let e = read_header(&v1).unwrap_err();
+        assert_eq!(e, WireError::OlderVersion { kind: MessageKind::Bundle, found: 1, min: 2 });
+        assert!(e.to_string().contains("upgrade the wal2arrow plugin"), "{e}");
     }
 
     #[test]
@@ -775,7 +793,10 @@ mod tests {
         assert_eq!(read_header(&m), Err(WireError::UnsupportedVersion { found: 4, max: 3 }));
         let mut m = msg.clone();
         m[1] = 0;
-        assert_eq!(read_header(&m), Err(WireError::ReservedBits(MessageKind::Begin)));
+        assert_eq!(
+            read_header(&m),
+            Err(WireError::OlderVersion { kind: MessageKind::Begin, found: 0, min: 1 })
+        );
         let mut m = msg.clone();
         m[2] = 1;
         assert_eq!(read_header(&m), Err(WireError::ReservedBits(MessageKind::Begin)));

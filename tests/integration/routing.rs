@@ -395,6 +395,7 @@ async fn a_stalled_messages_queue_spills_and_reads_back_in_order() {
         assert!(std::time::Instant::now() < deadline, "messages did not arrive: {stats:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let mut last = wal2arrow_consumer::Lsn::INVALID;
     for i in 0..300 {
         let d = tokio::time::timeout(Duration::from_secs(10), messages.next())
             .await
@@ -406,7 +407,24 @@ async fn a_stalled_messages_queue_spills_and_reads_back_in_order() {
         assert!(text.starts_with(&format!("message {i} ")), "{i}: {text}");
         assert_eq!(m.transactional, i % 3 == 0);
         assert_eq!(m.txn.is_some(), m.transactional);
+        last = m.lsn;
         d.ack.ack();
+    }
+    // Every message acknowledged, transactional ones included: the slot passes them all.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let confirmed: wal2arrow_consumer::Lsn = db
+            .psql("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'spill_messages'")
+            .parse()
+            .unwrap();
+        if confirmed > last {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot stopped at {confirmed}, before {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     router.stop();
     let _ = std::fs::remove_dir_all(&dir);

@@ -94,10 +94,11 @@ async fn every_sslmode_does_what_libpq_does() {
         let c = config(&cluster, db.name(), host, mode, Some(roots));
         let e = ReplicationClient::connect(&c).await.unwrap_err();
         assert!(matches!(e, Error::Tls(_)) && e.to_string().contains(why), "{mode:?} {host}: {e}");
-        assert!(
-            wal2arrow_consumer::sql_client(&c).await.is_err(),
-            "{mode:?} {host}: SQL refused too"
-        );
+        // The SQL connection is refused the same way: a TLS error, not "cannot connect" —
+        // which would also be retried as transient.
+        let e = wal2arrow_consumer::sql_client(&c).await.unwrap_err();
+        assert!(matches!(e, Error::Tls(_)) && !e.is_transient(), "{mode:?} {host}: SQL: {e}");
+        assert!(e.to_string().contains(why), "{mode:?} {host}: SQL: {e}");
     }
     // A whole stream over verify-full.
     db.psql("CREATE TABLE secret (v text)");

@@ -252,6 +252,50 @@ struct SigCol {
     not_null: Option<bool>,
     /// Variable length: wal2json leaves its unchanged TOAST values out.
     varlena: bool,
+    /// Not in the change's JSON: taken from the catalog (a possible unchanged TOAST value).
+    from_catalog: bool,
+}
+
+/// Where a table's description comes from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// The catalog alone (a DELETE's key says too little).
+    Catalog,
+    /// An INSERT's columns: exactly the table's.
+    Insert(&'a [Col]),
+    /// An UPDATE's new image: the table's, less unchanged TOAST values.
+    Update(&'a [Col]),
+}
+
+/// `json` (an UPDATE's columns, in table order) with the catalog's columns it lacks put back
+/// in the catalog's order, marked `from_catalog`. Columns of the JSON the catalog no longer
+/// has (dropped since) keep their place.
+fn with_toast_gaps(json: Vec<SigCol>, table: &TableInfo) -> Vec<SigCol> {
+    let mut out = Vec::with_capacity(table.columns.len().max(json.len()));
+    let mut rest = json.into_iter().peekable();
+    for c in &table.columns {
+        if rest.clone().any(|s| s.name == c.name) {
+            // Everything up to and including the JSON's column of that name.
+            for s in rest.by_ref() {
+                let found = s.name == c.name;
+                out.push(s);
+                if found {
+                    break;
+                }
+            }
+        } else {
+            out.push(SigCol {
+                name: c.name.clone(),
+                type_oid: c.type_oid,
+                type_text: c.format.clone(),
+                not_null: Some(c.not_null),
+                varlena: false,
+                from_catalog: true,
+            });
+        }
+    }
+    out.extend(rest);
+    out
 }
 
 /// Per-column state for appending values.
@@ -708,7 +752,11 @@ impl JsonDecoder {
                     Some(i) => (self.tables[i].schema.clone(), self.tables[i].table.clone()),
                     None => (schema, table),
                 };
-                let source = if head.action == b'D' { None } else { Some(image) };
+                let source = match head.action {
+                    b'D' => Source::Catalog,
+                    b'U' => Source::Update(image),
+                    _ => Source::Insert(image),
+                };
                 self.describe(msg, found, schema, table, source, pk_names, out)?
             }
         };
@@ -843,9 +891,8 @@ impl JsonDecoder {
         }
     }
 
-    /// Builds (or rebuilds) table `found`'s description from `source` (a change's columns; the
-    /// catalog's when `None`), asking the catalog for what the JSON lacks. Emits the old
-    /// description's pending rows when the new one differs.
+    /// Builds (or rebuilds) table `found`'s description from `source`, asking the catalog for
+    /// what the JSON lacks. Emits the old description's pending rows when the new one differs.
     #[allow(clippy::too_many_arguments)]
     fn describe(
         &mut self,
@@ -853,7 +900,7 @@ impl JsonDecoder {
         found: Option<usize>,
         schema: String,
         table: String,
-        source: Option<&[Col]>,
+        source: Source<'_>,
         json_pk: Option<Vec<String>>,
         out: &mut Vec<Output>,
     ) -> Result<usize> {
@@ -868,7 +915,7 @@ impl JsonDecoder {
         };
         let (info, info_fetch) = info;
         let sig: Vec<SigCol> = match source {
-            Some(cols) => {
+            Source::Insert(cols) | Source::Update(cols) => {
                 let mut sig = Vec::with_capacity(cols.len());
                 for c in cols {
                     let (Some(ty), Some(type_oid)) = (&c.ty, c.typeoid) else {
@@ -880,11 +927,12 @@ impl JsonDecoder {
                         type_text: str_owned(msg, ty, &mut self.scratch)?,
                         not_null: c.optional.map(|o| !o),
                         varlena: false,
+                        from_catalog: false,
                     });
                 }
                 sig
             }
-            None => info
+            Source::Catalog => info
                 .as_ref()
                 .map(|t| {
                     t.columns
@@ -895,10 +943,18 @@ impl JsonDecoder {
                             type_text: c.format.clone(),
                             not_null: Some(c.not_null),
                             varlena: false,
+                            from_catalog: false,
                         })
                         .collect()
                 })
                 .unwrap_or_default(),
+        };
+        // An UPDATE's image leaves unchanged TOAST values out: the catalog's variable-length
+        // columns it lacks are put back in their place (as missing values), so that the table
+        // does not seem to have lost them.
+        let sig = match (&source, info.as_ref()) {
+            (Source::Update(_), Some(t)) => with_toast_gaps(sig, t),
+            _ => sig,
         };
         // Every type, with what it refers to.
         let missing: Vec<u32> = {
@@ -916,7 +972,14 @@ impl JsonDecoder {
         if !missing.is_empty() {
             return Err(Step::Need(Lookup::Types(missing)));
         }
-        let mut sig = sig;
+        // Put-back columns that are not variable-length cannot be unchanged TOAST values.
+        let mut sig: Vec<SigCol> = sig
+            .into_iter()
+            .filter(|s| {
+                !s.from_catalog
+                    || self.catalog.ty(s.type_oid).ok().flatten().is_some_and(|t| t.typlen == -1)
+            })
+            .collect();
         let mut columns = Vec::with_capacity(sig.len());
         let mut plans = Vec::with_capacity(sig.len());
         for s in &mut sig {
@@ -1161,7 +1224,7 @@ impl JsonDecoder {
             None if !self.options.tables.includes(&schema, &table) => {
                 return self.remember_excluded(schema, table);
             }
-            None => self.describe(msg, None, schema, table, None, None, out)?,
+            None => self.describe(msg, None, schema, table, Source::Catalog, None, out)?,
         };
         self.ensure_begin(out, 0);
         let same = self.txn.as_ref().and_then(|t| t.truncate.as_ref()).is_some_and(|t| t.0 == lsn);
@@ -1689,6 +1752,33 @@ mod tests {
         assert_eq!(names(2), ["note"]);
         assert_eq!(names(3), ["note", "amount", "at", "tags"]);
         assert_eq!(out[2].source_bytes, INSERT.len() + UPDATE.len() + DELETE.len());
+    }
+
+    #[test]
+    fn an_update_first_seen_without_its_toast_value_keeps_the_column_as_missing() {
+        // The table's first change in the session is an UPDATE whose `note` (text) was an
+        // unchanged TOAST value, left out of the JSON: the schema must still have `note`.
+        let mut d = decoder();
+        let out = feed(&mut d, &[BEGIN, UPDATE, COMMIT]).unwrap();
+        let schema = out
+            .iter()
+            .find_map(|o| if let Message::Schema(r) = &o.message { Some(r.clone()) } else { None })
+            .expect("a schema");
+        let names: Vec<&str> = schema.schema.fields()[..schema.table_columns()]
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        assert_eq!(names, ["id", "note", "amount", "at", "tags"]);
+        let batch = out
+            .iter()
+            .find_map(
+                |o| if let Message::Batch(b) = &o.message { Some(b.batch.clone()) } else { None },
+            )
+            .expect("a batch");
+        let missing = batch.column_by_name("_missing").unwrap().as_list::<i32>();
+        let last = batch.num_rows() - 1;
+        let listed = missing.value(last);
+        assert_eq!(listed.as_string::<i32>().value(0), "note", "the new image lacks note");
     }
 
     #[test]
