@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec cargo run --quiet --release -p wal2arrow-consumer --bin wal2arrow -- demo "$@"
+exec cargo run --quiet --release -p wal2arrow-cli --bin wal2arrow -- demo "$@"

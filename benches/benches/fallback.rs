@@ -7,8 +7,8 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use wal2arrow_consumer::PluginOptions;
-use wal2arrow_consumer::wal2json::{CatalogColumn, JsonDecoder, TableInfo, TypeInfo};
 use wal2arrow_schema::ReplicaIdentity;
+use wal2arrow_wal2json::{CatalogColumn, JsonDecoder, TableInfo, TypeInfo};
 
 /// A decoder whose catalog knows the W1 table and its types (no SQL during the benchmark).
 fn decoder() -> JsonDecoder {

@@ -26,97 +26,21 @@ enum Command {
 }
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use wal2arrow_client::sql::quote_ident;
+use wal2arrow_client::{
+    AckHandle, ChangeStream, Config, Error as ClientError, Event, OutputPlugin, ReplicationClient,
+    RootCerts, SlotProblem, SlotResolution, SslMode, Step, resolve_slot, sql_client,
+};
 use wal2arrow_schema::patterns::TablePattern;
 use wal2arrow_schema::{Lsn, PluginOptions, TableFilter};
 
-use crate::config::{Config, RootCerts, SslMode};
 use crate::error::{Error, Result};
-use crate::preflight::{AllowList, Preflight, PreflightReport, refused_report};
-use crate::protocol::conn::quote_ident;
-use crate::stream::{
-    AckHandle, ChangeStream, Event, OutputPlugin, ReplicationClient, Step, find_slot, sql_client,
-};
+use crate::preflight::{AllowList, Preflight, refused_report};
+use crate::report::PreflightReport;
+use crate::settings::{Backoff, PluginChoice, SlotMode};
 
 /// The prefix of the heartbeat messages the consumer emits.
 pub const HEARTBEAT_PREFIX: &str = "wal2arrow.heartbeat";
-
-/// Which replication slot to stream from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SlotMode {
-    /// A persistent slot: it survives restarts and keeps the WAL the consumer has not
-    /// acknowledged.
-    Persistent {
-        /// Slot name.
-        name: String,
-        /// Create it if it does not exist (default); otherwise a missing slot is an error.
-        create_if_missing: bool,
-    },
-    /// A temporary slot, created for this stream and dropped when its connection ends. Cheap
-    /// for experiments, but a lost connection loses the slot: the stream then ends with an
-    /// error rather than silently skipping what happened in between.
-    Temporary {
-        /// Slot name.
-        name: String,
-    },
-}
-
-impl SlotMode {
-    /// The slot's name.
-    pub fn name(&self) -> &str {
-        match self {
-            SlotMode::Persistent { name, .. } | SlotMode::Temporary { name } => name,
-        }
-    }
-}
-
-/// Which output plugin the consumer may stream with.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum PluginChoice {
-    /// wal2arrow when the server can load it, otherwise the wal2json fallback (logged once,
-    /// with the reason). An existing slot is always read with the plugin it was created for.
-    #[default]
-    Auto,
-    /// Only wal2arrow.
-    Wal2Arrow,
-    /// Only wal2json (format version 2), parsed into the same batches.
-    Wal2Json,
-}
-
-impl PluginChoice {
-    /// Whether a slot created for `plugin` may be read under this choice.
-    pub fn accepts(self, plugin: Option<&str>) -> bool {
-        match (self, plugin.and_then(OutputPlugin::from_name)) {
-            (_, None) => false,
-            (PluginChoice::Auto, Some(_)) => true,
-            (PluginChoice::Wal2Arrow, Some(p)) => p == OutputPlugin::Wal2Arrow,
-            (PluginChoice::Wal2Json, Some(p)) => p == OutputPlugin::Wal2Json,
-        }
-    }
-
-    /// What the choice allows, in words.
-    pub fn describe(self) -> &'static str {
-        match self {
-            PluginChoice::Auto => "wal2arrow, or wal2json as the fallback",
-            PluginChoice::Wal2Arrow => "wal2arrow only",
-            PluginChoice::Wal2Json => "wal2json only",
-        }
-    }
-}
-
-/// Reconnection backoff: the first wait, doubled after each failure up to `max`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Backoff {
-    /// First wait (default 100 ms).
-    pub initial: Duration,
-    /// Longest wait (default 30 s).
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(30) }
-    }
-}
 
 /// Builds a [`Consumer`]; [`build`](Self::build) checks the settings.
 #[derive(Clone, Debug)]
@@ -461,7 +385,7 @@ impl Consumer {
             tx,
             acks: acks.clone(),
             stats: Arc::clone(&stats),
-            commands: tokio::sync::Mutex::new(commands_rx),
+            commands: commands_rx,
         };
         let task = tokio::spawn(driver.run(session, close_rx));
         Ok(CdcStream {
@@ -548,43 +472,21 @@ impl Session {
             SlotMode::Temporary { name } => create_slot(&mut repl, name, true, s, state).await?,
             SlotMode::Persistent { name, create_if_missing } => {
                 let sql = sql_client(&s.config).await?;
-                match find_slot(&sql, name).await? {
-                    None if *create_if_missing => {
+                let allowed = s.output_plugin.allowed();
+                match resolve_slot(&sql, name, s.config.dbname(), allowed).await? {
+                    SlotResolution::Missing if *create_if_missing => {
                         create_slot(&mut repl, name, false, s, state).await?
                     }
-                    None => {
-                        let plugin = match s.output_plugin {
-                            PluginChoice::Wal2Json => OutputPlugin::Wal2Json,
-                            _ => OutputPlugin::Wal2Arrow,
-                        };
-                        return Err(Error::Slot(format!(
-                            "slot {name:?} does not exist; create it (SELECT \
-                             pg_create_logical_replication_slot('{name}', '{plugin}')) or let \
-                             the consumer create it"
-                        )));
+                    SlotResolution::Missing => {
+                        let plugin = s.output_plugin.first();
+                        return Err(Error::Client(
+                            SlotProblem::Missing { name: name.clone(), plugin }.into(),
+                        ));
                     }
-                    Some(slot) if !s.output_plugin.accepts(slot.plugin.as_deref()) => {
-                        return Err(Error::Slot(format!(
-                            "slot {name:?} exists with plugin {}, and this consumer may use {}: \
-                             use another slot name, or drop it (SELECT \
-                             pg_drop_replication_slot('{name}')) if nothing else needs it",
-                            slot.plugin.as_deref().unwrap_or("(physical)"),
-                            s.output_plugin.describe()
-                        )));
+                    SlotResolution::Unusable(problem) => {
+                        return Err(Error::Client(problem.into()));
                     }
-                    Some(slot) if slot.database.as_deref() != Some(s.config.dbname()) => {
-                        return Err(Error::Slot(format!(
-                            "slot {name:?} belongs to database {:?}, not {:?}",
-                            slot.database.unwrap_or_default(),
-                            s.config.dbname()
-                        )));
-                    }
-                    Some(slot) => {
-                        let plugin = slot
-                            .plugin
-                            .as_deref()
-                            .and_then(OutputPlugin::from_name)
-                            .expect("accepted above");
+                    SlotResolution::Usable(_, plugin) => {
                         if plugin == OutputPlugin::Wal2Json && s.output_plugin == PluginChoice::Auto
                         {
                             state
@@ -605,7 +507,7 @@ impl Session {
             Err(e) if plugin_unavailable(&e) => {
                 return Err(Error::Preflight(Box::new(refused(&s.config, plugin, &e).await)));
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         stream.set_status_interval(s.max_poll_interval);
         Ok(Session { stream })
@@ -645,19 +547,19 @@ async fn create_slot(
                         .extend(refused(&s.config, OutputPlugin::Wal2Json, &e2).await.checks);
                     Err(Error::Preflight(Box::new(report)))
                 }
-                Err(e2) => Err(e2),
+                Err(e2) => Err(e2.into()),
             }
         }
         Err(e) if plugin_unavailable(&e) => {
             Err(Error::Preflight(Box::new(refused(&s.config, first, &e).await)))
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// The preflight report for a server that refused `plugin`, naming the fix (the allow-list,
 /// or installing the library).
-async fn refused(config: &Config, plugin: OutputPlugin, e: &Error) -> PreflightReport {
+async fn refused(config: &Config, plugin: OutputPlugin, e: &ClientError) -> PreflightReport {
     let allow_list = match sql_client(config).await {
         Ok(sql) => AllowList::read(&sql).await.unwrap_or(AllowList::Hidden),
         Err(_) => AllowList::Hidden,
@@ -669,7 +571,7 @@ async fn refused(config: &Config, plugin: OutputPlugin, e: &Error) -> PreflightR
 /// creating a slot or starting to stream: SQLSTATE 58P01 (the library is not installed) or
 /// 42501 — which on a replication connection, whose role already has REPLICATION, means the
 /// library is not in `output_plugin_libraries`.
-fn plugin_unavailable(e: &Error) -> bool {
+fn plugin_unavailable(e: &ClientError) -> bool {
     matches!(e.code(), Some("58P01" | "42501"))
 }
 
@@ -679,7 +581,7 @@ async fn start_wal2json(
     s: &ConsumerBuilder,
     from: Lsn,
     state: &PluginState,
-) -> Result<ChangeStream> {
+) -> std::result::Result<ChangeStream, ClientError> {
     use std::sync::atomic::Ordering::Relaxed;
     let slot = s.slot.name();
     match state.numbers_as_strings.load(Relaxed) {
@@ -698,9 +600,10 @@ async fn start_wal2json(
             state.numbers_as_strings.store(1, Relaxed);
             Ok(stream)
         }
-        Err(e) if e.to_string().contains("numeric-data-types-as-string") => {
-            // wal2json before 2.6: NaN and ±Infinity of float and numeric columns arrive as
-            // null (see the README).
+        // invalid_parameter_value from the startup callback: wal2json before 2.6 does not
+        // know numeric-data-types-as-string (the only option it might refuse). NaN and
+        // ±Infinity of float and numeric columns then arrive as null (see the README).
+        Err(e) if e.code() == Some("22023") => {
             state.numbers_as_strings.store(2, Relaxed);
             let repl = ReplicationClient::connect(&s.config).await?;
             repl.start_wal2json(slot, from, &s.plugin, false).await
@@ -789,7 +692,7 @@ impl CdcStream {
     /// then sent after the reconnection).
     pub async fn sync_acks(&self) -> Result<Lsn> {
         let (reply, answer) = oneshot::channel();
-        let ended = || Error::Protocol("the stream has ended".into());
+        let ended = || Error::Ended;
         self.commands.send(Command::SyncAcks(reply)).await.map_err(|_| ended())?;
         answer.await.map_err(|_| ended())?
     }
@@ -916,7 +819,7 @@ struct Driver {
     tx: mpsc::Sender<Item>,
     acks: AckHandle,
     stats: Arc<StreamStats>,
-    commands: tokio::sync::Mutex<mpsc::Receiver<Command>>,
+    commands: mpsc::Receiver<Command>,
 }
 
 /// How a session ended.
@@ -926,13 +829,13 @@ enum Ended {
 }
 
 impl Driver {
-    async fn run(self, first: Session, mut close: oneshot::Receiver<()>) {
+    async fn run(mut self, first: Session, mut close: oneshot::Receiver<()>) {
         let mut session = Some(first);
         let mut delay = self.settings.backoff.initial;
         loop {
             let result = match session.take() {
                 Some(s) => self.stream(s, &mut close).await,
-                None => Err(Error::Protocol("no session".into())),
+                None => Err(Error::Config("the stream has no session".into())),
             };
             let error = match result {
                 Ok(Ended::Closed) => return,
@@ -941,10 +844,10 @@ impl Driver {
             let temporary = matches!(self.settings.slot, SlotMode::Temporary { .. });
             if !error.is_transient() || temporary {
                 let error = if temporary && error.is_transient() {
-                    Error::Slot(format!(
+                    Error::Client(ClientError::Slot(format!(
                         "the connection was lost ({error}) and the temporary slot with it: \
                          changes since then cannot be recovered; use a persistent slot to resume"
-                    ))
+                    )))
                 } else {
                     error
                 };
@@ -997,7 +900,7 @@ impl Driver {
 
     /// Streams one session until it ends.
     async fn stream(
-        &self,
+        &mut self,
         mut session: Session,
         close: &mut oneshot::Receiver<()>,
     ) -> Result<Ended> {
@@ -1005,18 +908,19 @@ impl Driver {
         // Heartbeats run on their own task: their SQL connection and query never hold up the
         // status updates of this loop.
         let heartbeat = Heartbeat::spawn(&self.settings, Arc::clone(&self.stats));
-        let mut commands = self.commands.lock().await;
         // A position that found the queue full: sent before the next event.
         let mut position: Option<Lsn> = None;
         loop {
             let step = tokio::select! {
                 step = stream.next_step() => step?,
-                Some(Command::SyncAcks(reply)) = commands.recv() => {
+                Some(Command::SyncAcks(reply)) = self.commands.recv() => {
                     let sent = stream.send_status(false).await;
                     let failed = sent.as_ref().err().map(ToString::to_string);
-                    let _ = reply.send(sent.map(|()| self.acks.acknowledged()));
+                    let _ = reply.send(sent.map(|()| self.acks.acknowledged()).map_err(Error::from));
                     match failed {
-                        Some(e) => return Err(Error::Io(std::io::Error::other(e))),
+                        Some(e) => {
+                            return Err(Error::Client(ClientError::Io(std::io::Error::other(e))));
+                        }
                         None => continue,
                     }
                 }
@@ -1038,10 +942,10 @@ impl Driver {
                 }
                 None => {
                     // Only a walsender that is shutting down ends the stream: come back later.
-                    return Err(Error::Io(std::io::Error::new(
+                    return Err(Error::Client(ClientError::Io(std::io::Error::new(
                         std::io::ErrorKind::ConnectionAborted,
                         "the server ended the stream (it is shutting down)",
-                    )));
+                    ))));
                 }
             };
             if let Some(lsn) = position

@@ -1,15 +1,17 @@
 //! wal2arrow's consumer: streams PostgreSQL row changes, encoded inside the server by the
 //! wal2arrow output plugin, as Arrow [`RecordBatch`](arrow_array::RecordBatch)es.
 //!
-//! The consumer speaks the streaming replication protocol itself (on `postgres-protocol`'s
-//! codecs and tokio): it creates the slot if needed, starts replication, reads XLogData
-//! payloads straight into aligned buffers and decodes the Arrow IPC inside them in place, so
-//! the arrays you get point into the bytes that came off the socket. Ordinary SQL (slot
-//! lookups) goes through tokio-postgres.
+//! A [`Consumer`] checks the server before it streams ([`Consumer::check`]: every requirement
+//! and the exact fix for each), creates the slot if needed, and hands out a [`CdcStream`]: a
+//! background task keeps the replication connection alive, reconnects with backoff after a
+//! transient failure and resumes after the acknowledged position; the slot only advances to
+//! what your code acknowledged. Where the server cannot load wal2arrow, the consumer falls
+//! back to wal2json and parses its JSON into the same events and batches ([`PluginChoice`],
+//! [`OutputPlugin`]). With the `router` feature (on by default), a [`Router`] spreads a stream
+//! over parallel readers with bounded memory.
 //!
-//! Where the server cannot load wal2arrow, the consumer falls back to wal2json and parses its
-//! JSON into the same events and batches ([`PluginChoice`], [`OutputPlugin`]; the README's
-//! "The wal2json fallback" lists the few things JSON cannot carry).
+//! The layer below — connections, the replication protocol, [`ChangeStream`], slots — is
+//! `wal2arrow-client`, re-exported here.
 //!
 //! ```no_run
 //! use wal2arrow_consumer::{Consumer, Event};
@@ -37,44 +39,36 @@
 //! # }
 //! ```
 
-#[cfg(feature = "cli")]
-pub mod cli;
-pub mod config;
+#![warn(missing_docs)]
+
 pub mod consumer;
 pub mod error;
-/// Entry points for the fuzz targets; not a stable API.
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod preflight;
-mod protocol;
+pub mod report;
+#[cfg(feature = "router")]
 pub mod router;
-#[cfg(feature = "sinks")]
-pub mod sink;
-pub mod slots;
-pub mod stream;
-mod tls;
-/// The wal2json fallback's decoder, public for the benchmarks; not a stable API.
-#[doc(hidden)]
-pub mod wal2json;
+pub mod settings;
 
-pub use config::{Config, RootCerts, SslMode};
 pub use consumer::{
-    Backoff, CdcStream, Consumer, ConsumerBuilder, HEARTBEAT_PREFIX, PluginChoice, SlotMode,
-    StatsSnapshot,
+    CdcStream, Consumer, ConsumerBuilder, HEARTBEAT_PREFIX, StatsSnapshot, StreamStats,
 };
-pub use error::{DbError, Error, Result};
-pub use preflight::{Check, Outcome, Preflight, PreflightReport};
+pub use error::{Error, Result};
+pub use preflight::Preflight;
+pub use report::{Check, Outcome, PreflightReport};
+#[cfg(feature = "router")]
 pub use router::{
     AckToken, Delivery, KeyPartitioner, Partitioning, QueueStats, Reader, Routed, RoutedBatch,
     Router, RouterOptions,
 };
-pub use slots::{SlotInfo, create_slot, create_slot_with, drop_slot, list_slots};
-pub use stream::{
-    AckHandle, ChangeBatch, ChangeStream, CreatedSlot, Event, LogicalMessage, OutputPlugin,
-    Position, RawFrame, ReplicationClient, SlotState, StreamOptions, SystemInfo, TruncateEvent,
-    TxnBegin, TxnCommit, find_slot, open, sql_client,
+pub use settings::{Backoff, PluginChoice, SlotMode};
+pub use wal2arrow_client as client;
+pub use wal2arrow_client::{
+    AckHandle, ChangeBatch, ChangeStream, Config, CreatedSlot, DbError, ErrorClass, Event,
+    LogicalMessage, Lsn, OutputPlugin, PLUGIN_NAME, PluginOptions, Position, RawFrame, Relation,
+    ReplicationClient, RootCerts, SlotInfo, SlotState, SslMode, StreamOptions, SystemInfo,
+    TruncateEvent, TxnBegin, TxnCommit, create_slot, create_slot_with, drop_slot, find_slot,
+    list_slots, open, sql_client,
 };
-pub use wal2arrow_schema::{Lsn, PluginOptions, Relation};
 
 /// The README's examples, compiled as doctests so they stay true to the API.
 #[doc = include_str!("../../README.md")]

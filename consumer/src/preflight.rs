@@ -21,99 +21,16 @@
 //! has it is always known, and a refusal to load a plugin (42501 when creating the slot) is
 //! then known to be the allow-list.
 
-use std::fmt;
-
+use wal2arrow_client::sql::{quote_ident, quote_literal};
+use wal2arrow_client::{
+    Config, Error as ClientError, OutputPlugin, ReplicationClient, SlotProblem, SlotResolution,
+    find_slot, resolve_slot, sql_client,
+};
 use wal2arrow_schema::TableFilter;
 
-use crate::config::Config;
-use crate::consumer::{PluginChoice, SlotMode};
 use crate::error::{Error, Result};
-use crate::protocol::conn::{quote_ident, quote_literal};
-use crate::stream::{OutputPlugin, ReplicationClient, find_slot, sql_client};
-
-/// How a check came out.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Fine; the detail says what was found.
-    Pass(String),
-    /// Works, but something deserves attention.
-    Warn {
-        /// What was found.
-        problem: String,
-        /// What to do about it.
-        fix: String,
-    },
-    /// Streaming cannot work until this is fixed.
-    Fail {
-        /// What was found.
-        problem: String,
-        /// Exactly what to change.
-        fix: String,
-    },
-    /// Not checked, because an earlier failure makes the check meaningless.
-    Skipped(String),
-}
-
-/// One check of the report.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Check {
-    /// The check's name (see the module docs).
-    pub name: &'static str,
-    /// Its outcome.
-    pub outcome: Outcome,
-}
-
-/// The outcome of every check.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PreflightReport {
-    /// The checks, in the order run.
-    pub checks: Vec<Check>,
-    /// The tables the patterns match now, as (schema, table).
-    pub tables: Vec<(String, String)>,
-}
-
-impl PreflightReport {
-    /// Whether no check failed.
-    pub fn is_ok(&self) -> bool {
-        !self.checks.iter().any(|c| matches!(c.outcome, Outcome::Fail { .. }))
-    }
-
-    /// The failed checks.
-    pub fn failures(&self) -> impl Iterator<Item = &Check> {
-        self.checks.iter().filter(|c| matches!(c.outcome, Outcome::Fail { .. }))
-    }
-
-    /// The check named `name`.
-    pub fn check(&self, name: &str) -> Option<&Check> {
-        self.checks.iter().find(|c| c.name == name)
-    }
-
-    fn push(&mut self, name: &'static str, outcome: Outcome) {
-        self.checks.push(Check { name, outcome });
-    }
-}
-
-impl fmt::Display for PreflightReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for c in &self.checks {
-            match &c.outcome {
-                Outcome::Pass(detail) => writeln!(f, "  ok    {:<24} {detail}", c.name)?,
-                Outcome::Warn { problem, fix } => {
-                    writeln!(f, "  warn  {:<24} {problem}\n        {:<24} fix: {fix}", c.name, "")?
-                }
-                Outcome::Fail { problem, fix } => {
-                    writeln!(f, "  FAIL  {:<24} {problem}\n        {:<24} fix: {fix}", c.name, "")?
-                }
-                Outcome::Skipped(why) => writeln!(f, "  skip  {:<24} {why}", c.name)?,
-            }
-        }
-        Ok(())
-    }
-}
-
-fn fail(problem: impl Into<String>, fix: impl Into<String>) -> Outcome {
-    Outcome::Fail { problem: problem.into(), fix: fix.into() }
-}
+use crate::report::{Outcome, PreflightReport, fail};
+use crate::settings::{PluginChoice, SlotMode};
 
 /// Runs the checks.
 #[derive(Debug)]
@@ -272,37 +189,21 @@ impl<'a> Preflight<'a> {
         };
 
         let dbname = self.config.dbname();
+        let resolution = resolve_slot(&sql, slot_name, dbname, self.plugin.allowed()).await?;
+        let create = !matches!(self.slot, SlotMode::Persistent { create_if_missing: false, .. });
         r.push(
             "slot",
-            match (&existing, self.slot) {
-                (None, SlotMode::Persistent { create_if_missing: false, .. }) => fail(
-                    format!("slot {slot_name:?} does not exist"),
-                    format!(
-                        "SELECT pg_create_logical_replication_slot({}, '{}'); or let the consumer create it",
-                        quote_literal(slot_name),
-                        self.first_plugin()
-                    ),
-                ),
-                (None, _) => Outcome::Pass(format!("{slot_name:?} will be created")),
-                (Some(s), _) if !self.plugin.accepts(s.plugin.as_deref()) => fail(
-                    format!(
-                        "slot {slot_name:?} exists with plugin {}, which this consumer may not use ({})",
-                        s.plugin.as_deref().unwrap_or("(physical)"),
-                        self.plugin.describe()
-                    ),
-                    format!(
-                        "use another slot name, or SELECT pg_drop_replication_slot({}); if nothing else needs it",
-                        quote_literal(slot_name)
-                    ),
-                ),
-                (Some(s), _) if s.database.as_deref() != Some(dbname) => fail(
-                    format!(
-                        "slot {slot_name:?} belongs to database {:?}, not {dbname:?}",
-                        s.database.clone().unwrap_or_default()
-                    ),
-                    "connect to that database, or use another slot name",
-                ),
-                (Some(s), _) if s.active => {
+            match resolution {
+                SlotResolution::Missing if !create => {
+                    let p = SlotProblem::Missing {
+                        name: slot_name.to_owned(),
+                        plugin: self.plugin.first(),
+                    };
+                    fail(p.problem(), p.fix())
+                }
+                SlotResolution::Missing => Outcome::Pass(format!("{slot_name:?} will be created")),
+                SlotResolution::Unusable(p) => fail(p.problem(), p.fix()),
+                SlotResolution::Usable(s, _) if s.active => {
                     let holder = slot_holder(&sql, slot_name).await?;
                     fail(
                         format!("slot {slot_name:?} is in use by {holder}"),
@@ -314,7 +215,7 @@ impl<'a> Preflight<'a> {
                         ),
                     )
                 }
-                (Some(s), _) => Outcome::Pass(format!(
+                SlotResolution::Usable(s, _) => Outcome::Pass(format!(
                     "exists ({}), resumes at {}",
                     s.plugin.as_deref().unwrap_or("?"),
                     s.confirmed_flush_lsn.map(|l| l.to_string()).unwrap_or_else(|| "?".into())
@@ -395,10 +296,7 @@ impl<'a> Preflight<'a> {
 
     /// The plugin a new slot is created with first.
     fn first_plugin(&self) -> OutputPlugin {
-        match self.plugin {
-            PluginChoice::Wal2Json => OutputPlugin::Wal2Json,
-            _ => OutputPlugin::Wal2Arrow,
-        }
+        self.plugin.first()
     }
 
     /// The `output_plugin_libraries` check for a list the role can read, and whether the
@@ -465,7 +363,7 @@ impl<'a> Preflight<'a> {
     async fn try_slot(
         &self,
         plugin: OutputPlugin,
-    ) -> std::result::Result<Result<()>, tokio::time::error::Elapsed> {
+    ) -> std::result::Result<wal2arrow_client::Result<()>, tokio::time::error::Elapsed> {
         let attempt = async {
             let mut client = ReplicationClient::connect(self.config).await?;
             let name = format!("wal2arrow_check_{}", std::process::id());
@@ -633,7 +531,11 @@ pub(crate) fn allow_list_fix(libs: Option<&[String]>, plugin: OutputPlugin) -> S
 /// Why the server would not create a slot with `plugin`, and the fix — by SQLSTATE: 42501 on
 /// a replication connection (which already has REPLICATION) is the allow-list, 58P01 a
 /// library that is not installed.
-pub(crate) fn refusal(plugin: OutputPlugin, e: &Error, allow_list: &AllowList) -> (String, String) {
+pub(crate) fn refusal(
+    plugin: OutputPlugin,
+    e: &ClientError,
+    allow_list: &AllowList,
+) -> (String, String) {
     let why = e.db_error().map_or(e.to_string(), |d| d.message.clone());
     let install = match plugin {
         OutputPlugin::Wal2Arrow => {
@@ -668,7 +570,7 @@ pub(crate) fn refusal(plugin: OutputPlugin, e: &Error, allow_list: &AllowList) -
 /// preflight failure with its fix.
 pub(crate) fn refused_report(
     plugin: OutputPlugin,
-    e: &Error,
+    e: &ClientError,
     allow_list: &AllowList,
 ) -> PreflightReport {
     let (problem, fix) = refusal(plugin, e, allow_list);
@@ -687,7 +589,7 @@ async fn wait_while_active(
     sql: &tokio_postgres::Client,
     config: &Config,
     slot: &str,
-) -> Result<Option<crate::stream::SlotState>> {
+) -> Result<Option<wal2arrow_client::SlotState>> {
     let started = tokio::time::Instant::now();
     let mut patience = std::time::Duration::from_secs(3);
     let mut checked_holder = false;

@@ -30,7 +30,6 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,7 +42,7 @@ use wal2arrow_schema::{Lsn, Relation};
 
 use crate::consumer::CdcStream;
 use crate::error::{Error, Result};
-use crate::stream::{AckHandle, Event, LogicalMessage, Position};
+use wal2arrow_client::{AckHandle, ChangeBatch, Event, LogicalMessage, Position};
 
 /// How batches are spread over queues.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -247,33 +246,16 @@ impl Tracker {
     }
 }
 
-/// A spill file: records appended at the end, read from the front.
+/// A spill file, removed when the last handle to it goes.
 #[derive(Debug)]
-struct Spill {
+struct SpillFile {
     path: PathBuf,
     file: File,
-    read_at: u64,
-    write_at: u64,
-    records: u64,
-    /// The schema versions of the spilled batches' tables.
-    relations: Vec<Arc<Relation>>,
 }
 
-/// A spilled delivery: its metadata, and its batch as an Arrow IPC stream.
-#[derive(Debug)]
-struct SpillRecord {
-    relation: u32,
-    position: Position,
-    xid: u32,
-    commit_time_us: i64,
-    key_partition: Option<u32>,
-    kind: u8,
-    flags: u8,
-    batch: Option<RecordBatch>,
-}
-
-impl Spill {
-    fn create(dir: &Path, name: &str) -> Result<Spill> {
+impl SpillFile {
+    /// Creates a new spill file in `dir` (on a blocking thread).
+    async fn create(dir: &Path, name: &str) -> Result<Arc<SpillFile>> {
         static N: AtomicU64 = AtomicU64::new(0);
         let clean: String = name
             .chars()
@@ -285,202 +267,196 @@ impl Spill {
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
-        let file = std::fs::OpenOptions::new()
-            .create_new(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::Spill {
-                path: path.clone(),
-                action: "cannot create".into(),
-                source: e,
-            })?;
-        Ok(Spill { path, file, read_at: 0, write_at: 0, records: 0, relations: Vec::new() })
+        blocking(move || {
+            match std::fs::OpenOptions::new().create_new(true).read(true).write(true).open(&path) {
+                Ok(file) => Ok(Arc::new(SpillFile { path, file })),
+                Err(e) => Err(spill_error(&path, "cannot create", e)),
+            }
+        })
+        .await
     }
+}
 
-    fn relation_index(&mut self, r: &Arc<Relation>) -> u32 {
-        match self.relations.iter().position(|x| Arc::ptr_eq(x, r)) {
-            Some(i) => i as u32,
-            None => {
-                self.relations.push(Arc::clone(r));
-                (self.relations.len() - 1) as u32
+impl Drop for SpillFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A queue's spill file and where it stands. The routing task appends records at the end,
+/// readers take them from the front; both do their file I/O at explicit offsets on blocking
+/// threads, so the queue's lock only guards these offsets and is never held across I/O.
+#[derive(Debug)]
+struct Spill {
+    file: Arc<SpillFile>,
+    read_at: u64,
+    write_at: u64,
+    /// The records written and not yet read, front first: their sizes and tables.
+    records: VecDeque<(u64, Option<Arc<Relation>>)>,
+    /// The routing task is writing a record at `write_at`: the file must stay.
+    writing: bool,
+}
+
+/// A spill error for `path`.
+fn spill_error(path: &Path, action: &str, source: std::io::Error) -> Error {
+    Error::Spill { path: path.to_owned(), action: action.into(), source }
+}
+
+/// Runs file work on a blocking thread: the runtime's threads never wait for the disk.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(Error::Spill {
+            path: PathBuf::new(),
+            action: "cannot finish the work on".into(),
+            source: std::io::Error::other(e),
+        }),
+    }
+}
+
+/// Removes a drained spill file, on a blocking thread.
+async fn discard(spill: Spill) {
+    let _ = tokio::task::spawn_blocking(move || drop(spill)).await;
+}
+
+/// Writes all of `buf` at `offset`.
+fn write_all_at(file: &File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        let (mut buf, mut offset) = (buf, offset);
+        while !buf.is_empty() {
+            match std::os::windows::fs::FileExt::seek_write(file, buf, offset)? {
+                0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                n => {
+                    buf = &buf[n..];
+                    offset += n as u64;
+                }
             }
         }
+        Ok(())
     }
+}
 
-    fn append(&mut self, routed: &Routed) -> Result<u64> {
-        let spill_err = |path: &Path, e: std::io::Error| Error::Spill {
-            path: path.to_owned(),
-            action: "cannot write to".into(),
-            source: e,
-        };
-        /// A record's fields besides its body.
-        struct Head<'r> {
-            relation: Option<&'r Arc<Relation>>,
-            position: Position,
-            xid: u32,
-            time: i64,
-            key: Option<usize>,
-            kind: u8,
-            flags: u8,
-        }
-        let (head, batch, body) = match routed {
-            Routed::Batch(b) => (
-                Head {
-                    relation: Some(&b.relation),
-                    position: b.position,
-                    xid: b.xid,
-                    time: b.commit_time_us,
-                    key: b.key_partition,
-                    kind: 0,
-                    flags: 0,
-                },
-                Some(&b.batch),
-                Vec::new(),
-            ),
-            Routed::Truncate { relation, position, cascade, restart_identity } => (
-                Head {
-                    relation: Some(relation),
-                    position: *position,
-                    xid: 0,
-                    time: 0,
-                    key: None,
-                    kind: 1,
-                    flags: truncate_flags(*cascade, *restart_identity),
-                },
-                None,
-                Vec::new(),
-            ),
-            Routed::Message(m) => {
-                // The message's own fields: LSN, prefix length, prefix, content.
-                let mut body = Vec::with_capacity(12 + m.prefix.len() + m.content.len());
-                body.extend_from_slice(&m.lsn.0.to_le_bytes());
-                body.extend_from_slice(&(m.prefix.len() as u32).to_le_bytes());
-                body.extend_from_slice(m.prefix.as_bytes());
-                body.extend_from_slice(m.content.as_slice());
-                let (xid, commit, ordinal) = m.txn.unwrap_or((0, Lsn::INVALID, 0));
-                (
-                    Head {
-                        relation: None,
-                        position: Position { commit_lsn: commit, ordinal },
-                        xid,
-                        time: 0,
-                        key: None,
-                        kind: 2,
-                        flags: u8::from(m.transactional) | if m.txn.is_some() { 2 } else { 0 },
-                    },
-                    None,
-                    body,
-                )
+/// Fills `buf` from `offset`.
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        let (mut buf, mut offset) = (buf, offset);
+        while !buf.is_empty() {
+            match std::os::windows::fs::FileExt::seek_read(file, buf, offset)? {
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                n => {
+                    buf = &mut buf[n..];
+                    offset += n as u64;
+                }
             }
-        };
-        let Head { relation, position, xid, time, key, kind, flags } = head;
-        let relation = relation.map_or(u32::MAX, |r| self.relation_index(r));
-        let mut ipc = body;
-        if let Some(batch) = batch {
-            let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut ipc, &batch.schema())?;
-            w.write(batch)?;
+        }
+        Ok(())
+    }
+}
+
+/// The bytes of a record's head: body length, commit LSN, ordinal, xid, commit time, key
+/// partition, kind, flags.
+const HEAD: usize = 8 + 8 + 4 + 4 + 8 + 4 + 2;
+
+/// A delivery as a spill record: its head, then its body — a batch as an Arrow IPC stream, or
+/// a message's LSN, prefix and content. (Its table stays in memory, with the record's size.)
+fn encode_record(routed: &Routed) -> std::result::Result<Vec<u8>, arrow_schema::ArrowError> {
+    let (position, xid, time, key, kind, flags) = match routed {
+        Routed::Batch(b) => (b.position, b.xid, b.commit_time_us, b.key_partition, 0, 0),
+        Routed::Truncate { position, cascade, restart_identity, .. } => {
+            (*position, 0, 0, None, 1, truncate_flags(*cascade, *restart_identity))
+        }
+        Routed::Message(m) => {
+            let (xid, commit_lsn, ordinal) = m.txn.unwrap_or((0, Lsn::INVALID, 0));
+            let flags = u8::from(m.transactional) | if m.txn.is_some() { 2 } else { 0 };
+            (Position { commit_lsn, ordinal }, xid, 0, None, 2, flags)
+        }
+    };
+    let mut rec = vec![0u8; HEAD];
+    match routed {
+        Routed::Batch(b) => {
+            let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut rec, &b.batch.schema())?;
+            w.write(&b.batch)?;
             w.finish()?;
         }
-        let mut rec = Vec::with_capacity(48 + ipc.len());
-        rec.extend_from_slice(&(ipc.len() as u64).to_le_bytes());
-        rec.extend_from_slice(&relation.to_le_bytes());
-        rec.extend_from_slice(&position.commit_lsn.0.to_le_bytes());
-        rec.extend_from_slice(&position.ordinal.to_le_bytes());
-        rec.extend_from_slice(&xid.to_le_bytes());
-        rec.extend_from_slice(&time.to_le_bytes());
-        rec.extend_from_slice(&key.map_or(u32::MAX, |k| k as u32).to_le_bytes());
-        rec.push(kind);
-        rec.push(flags);
-        rec.extend_from_slice(&ipc);
-        self.file.seek(SeekFrom::Start(self.write_at)).map_err(|e| spill_err(&self.path, e))?;
-        self.file.write_all(&rec).map_err(|e| spill_err(&self.path, e))?;
-        self.write_at += rec.len() as u64;
-        self.records += 1;
-        Ok(rec.len() as u64)
+        Routed::Truncate { .. } => {}
+        Routed::Message(m) => {
+            rec.extend_from_slice(&m.lsn.0.to_le_bytes());
+            rec.extend_from_slice(&(m.prefix.len() as u32).to_le_bytes());
+            rec.extend_from_slice(m.prefix.as_bytes());
+            rec.extend_from_slice(m.content.as_slice());
+        }
     }
+    let body_len = (rec.len() - HEAD) as u64;
+    let mut head = Vec::with_capacity(HEAD);
+    head.extend_from_slice(&body_len.to_le_bytes());
+    head.extend_from_slice(&position.commit_lsn.0.to_le_bytes());
+    head.extend_from_slice(&position.ordinal.to_le_bytes());
+    head.extend_from_slice(&xid.to_le_bytes());
+    head.extend_from_slice(&time.to_le_bytes());
+    head.extend_from_slice(&key.map_or(u32::MAX, |k| k as u32).to_le_bytes());
+    head.push(kind);
+    head.push(flags);
+    rec[..HEAD].copy_from_slice(&head);
+    Ok(rec)
+}
 
-    fn read(&mut self) -> Result<Routed> {
-        const HEAD: usize = 8 + 4 + 8 + 4 + 4 + 8 + 4 + 2;
-        let read_err = |path: &Path, e: std::io::Error| Error::Spill {
-            path: path.to_owned(),
-            action: "cannot read back".into(),
-            source: e,
-        };
-        let damaged = |path: &Path| Error::Spill {
-            path: path.to_owned(),
-            action: "cannot read back".into(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "damaged spill record"),
-        };
-        let mut head = [0u8; HEAD];
-        self.file.seek(SeekFrom::Start(self.read_at)).map_err(|e| read_err(&self.path, e))?;
-        self.file.read_exact(&mut head).map_err(|e| read_err(&self.path, e))?;
-        let u32_at = |at: usize| u32::from_le_bytes(head[at..at + 4].try_into().expect("4 bytes"));
-        let u64_at = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().expect("8 bytes"));
-        let body_len = u64_at(0) as usize;
-        let mut body = vec![0u8; body_len];
-        self.file.read_exact(&mut body).map_err(|e| read_err(&self.path, e))?;
-        self.read_at += (HEAD + body_len) as u64;
-        self.records -= 1;
-        let (kind, flags) = (head[40], head[41]);
-        let position = Position { commit_lsn: Lsn(u64_at(12)), ordinal: u32_at(20) };
-        if kind == 2 {
-            if body.len() < 12 {
-                return Err(damaged(&self.path));
-            }
-            let lsn = Lsn(u64::from_le_bytes(body[..8].try_into().expect("8 bytes")));
-            let prefix_len = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes")) as usize;
-            let prefix = body.get(12..12 + prefix_len).ok_or_else(|| damaged(&self.path))?;
-            let prefix = String::from_utf8_lossy(prefix).into_owned();
-            let content = arrow_buffer::Buffer::from_slice_ref(&body[12 + prefix_len..]);
-            return Ok(Routed::Message(LogicalMessage {
+/// The delivery a spill record holds; `None` when the record is damaged.
+fn decode_record(rec: &[u8], relation: Option<Arc<Relation>>) -> Option<Routed> {
+    let u32_at = |at: usize| Some(u32::from_le_bytes(rec.get(at..at + 4)?.try_into().ok()?));
+    let u64_at = |at: usize| Some(u64::from_le_bytes(rec.get(at..at + 8)?.try_into().ok()?));
+    let body = rec.get(HEAD..)?;
+    if u64_at(0)? != body.len() as u64 {
+        return None;
+    }
+    let position = Position { commit_lsn: Lsn(u64_at(8)?), ordinal: u32_at(16)? };
+    let xid = u32_at(20)?;
+    let (kind, flags) = (rec[HEAD - 2], rec[HEAD - 1]);
+    Some(match kind {
+        0 => {
+            let mut reader =
+                arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None).ok()?;
+            Routed::Batch(RoutedBatch {
+                relation: relation?,
+                position,
+                xid,
+                commit_time_us: u64_at(24)? as i64,
+                batch: reader.next()?.ok()?,
+                key_partition: Some(u32_at(32)?).filter(|k| *k != u32::MAX).map(|k| k as usize),
+            })
+        }
+        1 => Routed::Truncate {
+            relation: relation?,
+            position,
+            cascade: (flags & 4 != 0).then_some(flags & 1 != 0),
+            restart_identity: (flags & 8 != 0).then_some(flags & 2 != 0),
+        },
+        2 => {
+            let lsn = Lsn(u64::from_le_bytes(body.get(..8)?.try_into().ok()?));
+            let prefix_len = u32::from_le_bytes(body.get(8..12)?.try_into().ok()?) as usize;
+            let prefix = body.get(12..12 + prefix_len)?;
+            Routed::Message(LogicalMessage {
                 transactional: flags & 1 != 0,
                 lsn,
-                prefix,
-                content,
-                txn: (flags & 2 != 0).then_some((
-                    u32_at(24),
-                    position.commit_lsn,
-                    position.ordinal,
-                )),
-            }));
+                prefix: String::from_utf8_lossy(prefix).into_owned(),
+                content: arrow_buffer::Buffer::from_slice_ref(&body[12 + prefix_len..]),
+                txn: (flags & 2 != 0).then_some((xid, position.commit_lsn, position.ordinal)),
+            })
         }
-        let rec = SpillRecord {
-            relation: u32_at(8),
-            position,
-            xid: u32_at(24),
-            commit_time_us: u64_at(28) as i64,
-            key_partition: Some(u32_at(36)).filter(|k| *k != u32::MAX),
-            kind,
-            flags,
-            batch: if body_len == 0 {
-                None
-            } else {
-                arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None)?
-                    .next()
-                    .transpose()?
-            },
-        };
-        let relation = Arc::clone(
-            self.relations.get(rec.relation as usize).ok_or_else(|| damaged(&self.path))?,
-        );
-        Ok(match rec.kind {
-            0 => Routed::Batch(RoutedBatch {
-                relation,
-                position: rec.position,
-                xid: rec.xid,
-                commit_time_us: rec.commit_time_us,
-                batch: rec.batch.ok_or_else(|| damaged(&self.path))?,
-                key_partition: rec.key_partition.map(|k| k as usize),
-            }),
-            _ => Routed::Truncate {
-                relation,
-                position: rec.position,
-                cascade: (rec.flags & 4 != 0).then_some(rec.flags & 1 != 0),
-                restart_identity: (rec.flags & 8 != 0).then_some(rec.flags & 2 != 0),
-            },
-        })
-    }
+        _ => return None,
+    })
 }
 
 /// A spilled truncate's flags: bits 0 and 1 the values, bits 2 and 3 whether they are known.
@@ -493,18 +469,15 @@ fn truncate_flags(cascade: Option<bool>, restart_identity: Option<bool>) -> u8 {
     bits(cascade, 1, 4) | bits(restart_identity, 2, 8)
 }
 
-impl Drop for Spill {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 /// One queue: in memory up to the budget, then in a spill file.
 #[derive(Debug)]
 struct Queue {
     name: String,
     state: Mutex<QueueState>,
     ready: Notify,
+    /// Held by the reader taking the next delivery, across its read of the spill file: two
+    /// readers of one queue never take the same record.
+    taking: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -571,6 +544,7 @@ impl Shared {
                 },
                 state: Mutex::new(QueueState { ended, ..QueueState::default() }),
                 ready: Notify::new(),
+                taking: tokio::sync::Mutex::new(()),
             })
         }))
     }
@@ -684,7 +658,7 @@ impl Router {
                         in_memory: s.memory.len(),
                         memory_bytes: s.memory_bytes,
                         peak_memory_bytes: s.peak_memory_bytes,
-                        spilled: s.spill.as_ref().map_or(0, |sp| sp.records),
+                        spilled: s.spill.as_ref().map_or(0, |sp| sp.records.len() as u64),
                         spilled_total: s.spilled_total,
                         spilled_bytes_total: s.spilled_bytes_total,
                     },
@@ -724,48 +698,87 @@ impl Reader {
     ///
     /// Cancel safety: cancel safe; a delivery is never lost by dropping the future.
     pub async fn next(&mut self) -> Option<Result<Delivery>> {
+        let _taking = self.queue.taking.lock().await;
         loop {
             let notified = self.queue.ready.notified();
-            {
+            let (front, drained) = {
                 let mut s = self.queue.state.lock().expect("queue lock");
                 if let Some((routed, target, bytes)) = s.memory.pop_front() {
                     s.memory_bytes -= bytes;
-                    return Some(Ok(Delivery {
-                        routed,
-                        ack: AckToken { tracker: Arc::clone(&self.tracker), target },
-                    }));
+                    return Some(Ok(self.delivery(routed, target)));
                 }
-                if let Some(spill) = s.spill.as_mut() {
-                    if spill.records > 0 {
-                        let read = spill.read();
-                        if spill.records == 0 {
-                            s.spill = None; // drained: the file goes, new deliveries use memory again
-                        }
-                        return Some(read.map(|routed| {
-                            let target = match &routed {
-                                Routed::Batch(b) => AckTarget::Txn(b.position.commit_lsn),
-                                Routed::Truncate { position, .. } => {
-                                    AckTarget::Txn(position.commit_lsn)
-                                }
-                                Routed::Message(m) => match m.txn {
-                                    Some((_, commit, _)) => AckTarget::Txn(commit),
-                                    None => AckTarget::Message(m.ack_lsn()),
-                                },
-                            };
-                            Delivery {
-                                routed,
-                                ack: AckToken { tracker: Arc::clone(&self.tracker), target },
-                            }
-                        }));
+                match &s.spill {
+                    Some(sp) if !sp.records.is_empty() => {
+                        let (len, relation) = sp.records.front().cloned().expect("not empty");
+                        (Some((Arc::clone(&sp.file), sp.read_at, len, relation)), None)
                     }
-                    s.spill = None;
+                    // Drained: the file goes, new deliveries use memory again.
+                    Some(sp) if !sp.writing => (None, s.spill.take()),
+                    _ => (None, None),
                 }
-                if let Some(ended) = &s.ended {
+            };
+            if let Some(spill) = drained {
+                discard(spill).await;
+            }
+            if let Some((file, at, len, relation)) = front {
+                let read = blocking(move || {
+                    let mut rec = vec![0u8; len as usize];
+                    read_exact_at(&file.file, &mut rec, at)
+                        .map_err(|e| spill_error(&file.path, "cannot read back", e))?;
+                    decode_record(&rec, relation).ok_or_else(|| {
+                        spill_error(
+                            &file.path,
+                            "cannot read back",
+                            std::io::Error::new(
+                                std::io::ErrorKind::InvalidData,
+                                "damaged spill record",
+                            ),
+                        )
+                    })
+                })
+                .await;
+                // Taken only now that it was read: a cancelled read leaves it for the next
+                // call. (A failed one stays too: the queue cannot go past it.)
+                let routed = match read {
+                    Ok(routed) => routed,
+                    Err(e) => return Some(Err(e)),
+                };
+                let drained = {
+                    let mut s = self.queue.state.lock().expect("queue lock");
+                    let sp = s.spill.as_mut().expect("a spill with records stays");
+                    sp.records.pop_front();
+                    sp.read_at += len;
+                    if sp.records.is_empty() && !sp.writing { s.spill.take() } else { None }
+                };
+                if let Some(spill) = drained {
+                    discard(spill).await;
+                }
+                let target = match &routed {
+                    Routed::Batch(b) => AckTarget::Txn(b.position.commit_lsn),
+                    Routed::Truncate { position, .. } => AckTarget::Txn(position.commit_lsn),
+                    Routed::Message(m) => match m.txn {
+                        Some((_, commit, _)) => AckTarget::Txn(commit),
+                        None => AckTarget::Message(m.ack_lsn()),
+                    },
+                };
+                return Some(Ok(self.delivery(routed, target)));
+            }
+            {
+                let s = self.queue.state.lock().expect("queue lock");
+                let waiting = s.spill.as_ref().is_some_and(|sp| !sp.records.is_empty());
+                if !waiting
+                    && s.memory.is_empty()
+                    && let Some(ended) = &s.ended
+                {
                     return ended.as_ref().map(|e| Err(Error::Upstream(Arc::clone(e))));
                 }
             }
             notified.await;
         }
+    }
+
+    fn delivery(&self, routed: Routed, target: AckTarget) -> Delivery {
+        Delivery { routed, ack: AckToken { tracker: Arc::clone(&self.tracker), target } }
     }
 }
 
@@ -781,7 +794,7 @@ async fn route(mut stream: CdcStream, shared: Arc<Shared>) {
             None => break None,
             Some(Err(e)) => break Some(Arc::new(e)),
             Some(Ok(event)) => {
-                if let Err(e) = dispatch(&shared, &keys, event) {
+                if let Err(e) = dispatch(&shared, &keys, event).await {
                     break Some(Arc::new(e));
                 }
             }
@@ -799,7 +812,7 @@ type KeyHasher = Option<KeyPartitioner>;
 #[derive(Default)]
 struct KeyHashers(Mutex<HashMap<String, KeyHasher>>);
 
-fn dispatch(shared: &Shared, keys: &KeyHashers, event: Event) -> Result<()> {
+async fn dispatch(shared: &Shared, keys: &KeyHashers, event: Event) -> Result<()> {
     if shared.has_ended() {
         // Stopped: nothing more is routed — not even a Commit, so that no transaction whose
         // deliveries were dropped can count as done (it comes again next time).
@@ -832,7 +845,8 @@ fn dispatch(shared: &Shared, keys: &KeyHashers, event: Event) -> Result<()> {
             let bytes = m.content.len() + m.prefix.len() + 64;
             let position =
                 m.txn.map(|(_, commit_lsn, ordinal)| (Position { commit_lsn, ordinal }, 0));
-            enqueue(shared, &QueueKey::Messages, position, Routed::Message(m), target, bytes)?;
+            enqueue(shared, &QueueKey::Messages, position, Routed::Message(m), target, bytes)
+                .await?;
         }
         Event::Truncate(t) => {
             let position = Position { commit_lsn: t.commit_lsn, ordinal: t.ordinal };
@@ -851,7 +865,8 @@ fn dispatch(shared: &Shared, keys: &KeyHashers, event: Event) -> Result<()> {
                         routed.clone(),
                         AckTarget::Txn(t.commit_lsn),
                         64,
-                    )?;
+                    )
+                    .await?;
                 }
             }
         }
@@ -876,7 +891,8 @@ fn dispatch(shared: &Shared, keys: &KeyHashers, event: Event) -> Result<()> {
                     Routed::Batch(base),
                     AckTarget::Txn(position.commit_lsn),
                     batch_bytes(&c),
-                )?;
+                )
+                .await?;
             } else {
                 for (i, part) in
                     split_by_key(keys, &c.relation, &c.batch, parts)?.into_iter().enumerate()
@@ -895,17 +911,20 @@ fn dispatch(shared: &Shared, keys: &KeyHashers, event: Event) -> Result<()> {
                         routed,
                         AckTarget::Txn(position.commit_lsn),
                         bytes,
-                    )?;
+                    )
+                    .await?;
                 }
             }
         }
+        // Kinds of events added later are not routed until the router knows them.
+        _ => {}
     }
     Ok(())
 }
 
 /// What a batch costs a queue's memory: the payload its arrays point into, or (the wal2json
 /// fallback, whose batches are built here) the arrays' own size.
-fn batch_bytes(c: &crate::stream::ChangeBatch) -> usize {
+fn batch_bytes(c: &ChangeBatch) -> usize {
     match c.payload().len() {
         0 => c.batch.get_array_memory_size(),
         n => n,
@@ -954,7 +973,11 @@ impl KeyPartitioner {
     /// # Errors
     ///
     /// Arrow errors (a batch of another schema).
-    pub fn split(&self, batch: &RecordBatch, parts: usize) -> Result<Vec<Option<RecordBatch>>> {
+    pub fn split(
+        &self,
+        batch: &RecordBatch,
+        parts: usize,
+    ) -> std::result::Result<Vec<Option<RecordBatch>>, arrow_schema::ArrowError> {
         let columns: Vec<_> = self.cols.iter().map(|c| Arc::clone(batch.column(*c))).collect();
         let rows = self.converter.convert_columns(&columns)?;
         let mut indices: Vec<Vec<u32>> = vec![Vec::new(); parts];
@@ -991,7 +1014,7 @@ fn split_by_key(
         partitioner
     });
     match entry {
-        Some(p) => p.split(batch, parts),
+        Some(p) => p.split(batch, parts).map_err(Error::Arrow),
         None => Ok(std::iter::once(Some(batch.clone()))
             .chain(std::iter::repeat_n(None, parts - 1))
             .collect()),
@@ -999,7 +1022,7 @@ fn split_by_key(
 }
 
 /// Queues a delivery, spilling when the queue's memory is full; drops replays.
-fn enqueue(
+async fn enqueue(
     shared: &Shared,
     key: &QueueKey,
     position: Option<(Position, u32)>,
@@ -1012,7 +1035,9 @@ fn enqueue(
         return Ok(());
     }
     let queue = shared.queue(key);
-    {
+    let mut routed = Some(routed);
+    // To memory, or where in the spill file (no file yet: `None`).
+    let to_file = {
         let mut s = queue.state.lock().expect("queue lock");
         if let Some(p) = position {
             if s.last.is_some_and(|last| p <= last) {
@@ -1024,18 +1049,57 @@ fn enqueue(
             shared.tracker.lock().expect("tracker lock").delivered(commit);
         }
         let fits = s.memory_bytes + bytes <= shared.options.memory_per_queue || s.memory.is_empty();
-        if s.spill.is_none() && fits {
-            s.memory_bytes += bytes;
-            s.peak_memory_bytes = s.peak_memory_bytes.max(s.memory_bytes);
-            s.memory.push_back((routed, target, bytes));
-        } else {
-            if s.spill.is_none() {
-                s.spill = Some(Spill::create(&shared.options.spill_dir, &queue.name)?);
+        match s.spill.as_mut() {
+            None if fits => {
+                s.memory_bytes += bytes;
+                s.peak_memory_bytes = s.peak_memory_bytes.max(s.memory_bytes);
+                s.memory.push_back((routed.take().expect("not queued yet"), target, bytes));
+                None
             }
-            let written = s.spill.as_mut().expect("created above").append(&routed)?;
-            s.spilled_total += 1;
-            s.spilled_bytes_total += written;
+            None => Some(None),
+            Some(sp) => {
+                sp.writing = true;
+                Some(Some((Arc::clone(&sp.file), sp.write_at)))
+            }
         }
+    };
+    if let Some(at) = to_file {
+        let routed = routed.expect("not queued in memory");
+        // Only this task writes, so the file and its end stay as read above.
+        let (file, at, new) = match at {
+            Some((file, at)) => (file, at, false),
+            None => (SpillFile::create(&shared.options.spill_dir, &queue.name).await?, 0, true),
+        };
+        let relation = match &routed {
+            Routed::Batch(b) => Some(Arc::clone(&b.relation)),
+            Routed::Truncate { relation, .. } => Some(Arc::clone(relation)),
+            Routed::Message(_) => None,
+        };
+        let writer = Arc::clone(&file);
+        let written = blocking(move || {
+            let rec = encode_record(&routed).map_err(|e| {
+                spill_error(&writer.path, "cannot encode a batch for", std::io::Error::other(e))
+            })?;
+            write_all_at(&writer.file, &rec, at)
+                .map_err(|e| spill_error(&writer.path, "cannot write to", e))?;
+            Ok(rec.len() as u64)
+        })
+        .await;
+        let mut s = queue.state.lock().expect("queue lock");
+        let sp = s.spill.get_or_insert_with(|| Spill {
+            file,
+            read_at: 0,
+            write_at: 0,
+            records: VecDeque::new(),
+            writing: false,
+        });
+        debug_assert!(new || sp.writing, "a spill being written stays");
+        sp.writing = false;
+        let written = written?;
+        sp.write_at += written;
+        sp.records.push_back((written, relation));
+        s.spilled_total += 1;
+        s.spilled_bytes_total += written;
     }
     queue.ready.notify_waiters();
     queue.ready.notify_one();
@@ -1044,10 +1108,11 @@ fn enqueue(
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
 
     fn tracker() -> (Tracker, AckHandle) {
-        let acks = crate::stream::AckHandle::default();
+        let acks = AckHandle::default();
         (
             Tracker {
                 txns: BTreeMap::new(),
@@ -1091,7 +1156,7 @@ mod tests {
     }
 
     fn commit(commit: u64, end: u64) -> Event {
-        Event::Commit(crate::stream::TxnCommit {
+        Event::Commit(wal2arrow_client::TxnCommit {
             xid: 1,
             commit_lsn: Lsn(commit),
             end_lsn: Lsn(end),
@@ -1115,21 +1180,21 @@ mod tests {
         assert_eq!(acks.acknowledged(), Lsn(131), "both done: past the last one");
     }
 
-    #[test]
-    fn after_a_stop_no_commit_counts_so_dropped_deliveries_are_never_acknowledged() {
+    #[tokio::test]
+    async fn after_a_stop_no_commit_counts_so_dropped_deliveries_are_never_acknowledged() {
         let (shared, acks) = shared();
         let keys = KeyHashers::default();
-        dispatch(&shared, &keys, commit(100, 110)).unwrap();
+        dispatch(&shared, &keys, commit(100, 110)).await.unwrap();
         assert_eq!(acks.acknowledged(), Lsn(110), "an empty transaction is done at once");
         shared.end(None);
         // A transaction whose batches arrived after the stop (dropped): its commit must not
         // make it done.
-        dispatch(&shared, &keys, commit(200, 210)).unwrap();
+        dispatch(&shared, &keys, commit(200, 210)).await.unwrap();
         assert_eq!(acks.acknowledged(), Lsn(110));
     }
 
-    #[test]
-    fn a_transactional_message_counts_once_and_its_ack_completes_the_transaction() {
+    #[tokio::test]
+    async fn a_transactional_message_counts_once_and_its_ack_completes_the_transaction() {
         let (shared, acks) = shared();
         let keys = KeyHashers::default();
         let mut reader = Reader {
@@ -1143,15 +1208,10 @@ mod tests {
             content: arrow_buffer::Buffer::from_vec(Vec::<u8>::new()),
             txn: Some((1, Lsn(200), 0)),
         });
-        dispatch(&shared, &keys, message).unwrap();
-        dispatch(&shared, &keys, commit(200, 210)).unwrap();
+        dispatch(&shared, &keys, message).await.unwrap();
+        dispatch(&shared, &keys, commit(200, 210)).await.unwrap();
         assert_eq!(acks.acknowledged(), Lsn(0), "the message is not handled yet");
-        let delivery = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(reader.next())
-            .unwrap()
-            .unwrap();
+        let delivery = reader.next().await.unwrap().unwrap();
         delivery.ack.ack();
         assert_eq!(acks.acknowledged(), Lsn(210), "one ack completes the transaction");
     }
@@ -1169,5 +1229,77 @@ mod tests {
         // Past the message, which comes before the open transaction's commit (that
         // transaction is sent again after a restart, since it commits later).
         assert_eq!(acks.acknowledged(), Lsn(151), "still before the open transaction's commit");
+    }
+
+    fn message(lsn: u64, content: &str) -> Event {
+        Event::Message(LogicalMessage {
+            transactional: false,
+            lsn: Lsn(lsn),
+            prefix: "p".into(),
+            content: arrow_buffer::Buffer::from_slice_ref(content.as_bytes()),
+            txn: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn spilled_deliveries_come_back_in_order_and_a_cancelled_read_loses_nothing() {
+        let dir = std::env::temp_dir().join(format!("wal2arrow-spill-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (t, acks) = tracker();
+        let shared = Arc::new(Shared {
+            options: RouterOptions {
+                memory_per_queue: 1,
+                spill_dir: dir.clone(),
+                ..RouterOptions::default()
+            },
+            queues: Mutex::new(HashMap::with_hasher(hasher())),
+            tracker: Arc::new(Mutex::new(t)),
+            ended: Mutex::new(None),
+            stop: Notify::new(),
+        });
+        let keys = KeyHashers::default();
+        let mut reader = Reader {
+            queue: shared.queue(&QueueKey::Messages),
+            tracker: Arc::clone(&shared.tracker),
+        };
+        // The first fits in memory (an empty queue takes anything); the rest spill.
+        for i in 1..=5u64 {
+            dispatch(&shared, &keys, message(100 * i, &format!("m{i}"))).await.unwrap();
+        }
+        let q = shared.queue(&QueueKey::Messages);
+        assert_eq!(q.state.lock().unwrap().spill.as_ref().unwrap().records.len(), 4);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "one spill file");
+
+        let content = |d: &Delivery| match &d.routed {
+            Routed::Message(m) => String::from_utf8(m.content.as_slice().to_vec()).unwrap(),
+            other => panic!("not a message: {other:?}"),
+        };
+        let first = reader.next().await.unwrap().unwrap();
+        assert_eq!(content(&first), "m1");
+        // A read of the file abandoned half-way (the first poll starts it, then the future is
+        // dropped): the record is still there for the next call.
+        {
+            let mut abandoned = std::pin::pin!(reader.next());
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(abandoned.as_mut().poll(&mut cx).is_pending(), "the file read is under way");
+        }
+        let mut got = vec![content(&first)];
+        let mut deliveries = vec![first];
+        for _ in 2..=5 {
+            let d = reader.next().await.unwrap().unwrap();
+            got.push(content(&d));
+            deliveries.push(d);
+        }
+        assert_eq!(got, ["m1", "m2", "m3", "m4", "m5"]);
+        assert!(q.state.lock().unwrap().spill.is_none(), "drained");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "the drained file is removed");
+        for d in deliveries {
+            d.ack.ack();
+        }
+        assert_eq!(acks.acknowledged(), Lsn(501), "past the last message once all are handled");
+        // New deliveries use memory again.
+        dispatch(&shared, &keys, message(600, "m6")).await.unwrap();
+        assert_eq!(q.state.lock().unwrap().memory.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

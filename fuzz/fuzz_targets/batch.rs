@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 fn schema() -> &'static [u8] {
     static SCHEMA: OnceLock<Vec<u8>> = OnceLock::new();
-    SCHEMA.get_or_init(wal2arrow_consumer::fuzzing::every_kind_schema)
+    SCHEMA.get_or_init(wal2arrow_client::fuzzing::every_kind_schema)
 }
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| wal2arrow_consumer::fuzzing::batch(schema(), data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| wal2arrow_client::fuzzing::batch(schema(), data));

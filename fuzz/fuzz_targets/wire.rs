@@ -2,4 +2,4 @@
 //! session's decoder.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| wal2arrow_consumer::fuzzing::wire(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| wal2arrow_client::fuzzing::wire(data));

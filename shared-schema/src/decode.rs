@@ -141,8 +141,7 @@ impl Relation {
         for (i, set) in [has_missing, has_unrepresentable].into_iter().enumerate() {
             columns.push(self.name_lists(wire_batch.column(next + i), set)?);
         }
-        RecordBatch::try_new(Arc::clone(&self.schema), columns)
-            .map_err(|e| WireError::Ipc(e.to_string()))
+        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
     }
 
     /// A wire bitmap column as per-row lists of column names (NULL where no bit is set; every
@@ -354,8 +353,7 @@ impl Decoder {
             }
             Header::Schema { relid } => {
                 let meta = ipc_metadata(payload.as_slice(), MessageKind::Schema)?;
-                let wire_schema = try_schema_from_flatbuffer_bytes(meta)
-                    .map_err(|e| WireError::Ipc(e.to_string()))?;
+                let wire_schema = try_schema_from_flatbuffer_bytes(meta)?;
                 let relation = Arc::new(relation_from_schema(relid, wire_schema)?);
                 self.relations.insert(relid, Arc::clone(&relation));
                 Ok(Message::Schema(relation))
@@ -605,7 +603,6 @@ fn check_layout(dt: &DataType, lengths: &mut impl Iterator<Item = usize>) -> Res
 }
 
 fn decode_batch(payload: &Buffer, wire_schema: &SchemaRef) -> Result<RecordBatch, WireError> {
-    let ipc_err = |e: arrow_schema::ArrowError| WireError::Ipc(e.to_string());
     let meta = ipc_metadata(payload.as_slice(), MessageKind::Batch)?;
     let message = arrow_ipc::root_as_message(meta).map_err(|e| WireError::Ipc(e.to_string()))?;
     let fb_batch = message
@@ -625,11 +622,10 @@ fn decode_batch(payload: &Buffer, wire_schema: &SchemaRef) -> Result<RecordBatch
     let body = payload.slice_with_length(body_start, body_len);
     let dictionaries = HashMap::new();
     let version = message.version();
-    RecordBatchDecoder::try_new(&body, fb_batch, Arc::clone(wire_schema), &dictionaries, &version)
-        .map_err(ipc_err)?
+    RecordBatchDecoder::try_new(&body, fb_batch, Arc::clone(wire_schema), &dictionaries, &version)?
         .with_require_alignment(true)
         .read_record_batch()
-        .map_err(ipc_err)
+        .map_err(WireError::from)
 }
 
 #[cfg(test)]

@@ -155,7 +155,15 @@ impl std::fmt::Display for EncodeError {
     }
 }
 
-impl std::error::Error for EncodeError {}
+impl std::error::Error for EncodeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            EncodeError::Arrow(e) => Some(e),
+            EncodeError::Io(e) => Some(e),
+            EncodeError::LsnOutOfRange { .. } => None,
+        }
+    }
+}
 
 impl From<ArrowError> for EncodeError {
     fn from(e: ArrowError) -> Self {

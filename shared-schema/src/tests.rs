@@ -595,3 +595,18 @@ fn random_rows_of_every_type_round_trip_through_both_encodings() {
         }
     }
 }
+
+#[test]
+fn encode_and_wire_errors_keep_their_source() {
+    use std::error::Error as _;
+    let arrow =
+        || arrow_schema::ArrowError::InvalidArgumentError("columns of unequal length".into());
+    let wire = WireError::from(arrow());
+    let source = wire.source().expect("a WireError from Arrow keeps it");
+    assert!(source.to_string().contains("columns of unequal length"), "{source}");
+    assert_eq!(wire.clone(), wire, "still Clone and Eq");
+    let encode = crate::EncodeError::Arrow(arrow());
+    assert!(encode.source().is_some_and(|s| s.to_string().contains("unequal")));
+    let io = crate::EncodeError::Io(std::io::Error::other("disk full"));
+    assert!(io.source().is_some_and(|s| s.to_string() == "disk full"));
+}

@@ -255,6 +255,10 @@ pub enum WireError {
     TrailingBytes(MessageKind),
     /// The embedded Arrow IPC message is malformed or does not match the table's schema.
     Ipc(String),
+    /// Arrow rejected the embedded IPC message (its error is the [`source`]).
+    ///
+    /// [`source`]: std::error::Error::source
+    Arrow(ArrowSource),
     /// A batch for a relation whose schema message was never received.
     UnknownRelation(u32),
     /// A schema message without the metadata wal2arrow requires.
@@ -287,6 +291,7 @@ impl fmt::Display for WireError {
             }
             WireError::TrailingBytes(k) => write!(f, "wal2arrow {k:?} message has trailing bytes"),
             WireError::Ipc(e) => write!(f, "malformed Arrow IPC in wal2arrow message: {e}"),
+            WireError::Arrow(e) => write!(f, "malformed Arrow IPC in wal2arrow message: {}", e.0),
             WireError::UnknownRelation(relid) => write!(
                 f,
                 "wal2arrow batch for relation {relid} arrived before that relation's schema"
@@ -297,7 +302,33 @@ impl fmt::Display for WireError {
     }
 }
 
-impl std::error::Error for WireError {}
+impl std::error::Error for WireError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            WireError::Arrow(e) => Some(e.0.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+/// An Arrow error inside a [`WireError`]: shared, so the error stays `Clone`, and compared by
+/// its message.
+#[derive(Clone, Debug)]
+pub struct ArrowSource(pub std::sync::Arc<arrow_schema::ArrowError>);
+
+impl PartialEq for ArrowSource {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for ArrowSource {}
+
+impl From<arrow_schema::ArrowError> for WireError {
+    fn from(e: arrow_schema::ArrowError) -> Self {
+        WireError::Arrow(ArrowSource(std::sync::Arc::new(e)))
+    }
+}
 
 fn prefix(kind: MessageKind) -> [u8; 4] {
     prefix_with(kind, 0)

@@ -2,5 +2,5 @@
 //! kill it): the same code as the real binary.
 
 fn main() -> std::process::ExitCode {
-    wal2arrow_consumer::cli::main()
+    wal2arrow_cli::main()
 }

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use arrow_array::RecordBatch;
-use wal2arrow_consumer::{Error, Event, StreamOptions};
+use wal2arrow_client::Error;
+use wal2arrow_consumer::{Event, StreamOptions};
 use wal2arrow_harness::Cluster;
 use wal2arrow_schema::Message;
 

@@ -12,10 +12,10 @@ use arrow_array::RecordBatch;
 use arrow_select::concat::concat_batches;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
-use wal2arrow_consumer::sink::ipc::read_segments;
-use wal2arrow_consumer::sink::parquet::restore;
 use wal2arrow_consumer::{Event, Lsn, PluginOptions, ReplicationClient};
 use wal2arrow_harness::{Cluster, TestDb};
+use wal2arrow_sinks::ipc::read_segments;
+use wal2arrow_sinks::parquet::restore;
 
 use crate::common::{config, read_events, rows, sql};
 use crate::types::all_types_sql;

@@ -89,7 +89,7 @@ pub(crate) async fn start_retrying(
     config: &wal2arrow_consumer::Config,
     slot: &str,
     options: &[(&str, Option<&str>)],
-) -> wal2arrow_consumer::Result<ChangeStream> {
+) -> wal2arrow_client::Result<ChangeStream> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let client = wal2arrow_consumer::ReplicationClient::connect(config).await?;

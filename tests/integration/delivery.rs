@@ -12,11 +12,10 @@ use std::time::Duration;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{UInt8Type, UInt64Type};
 use tokio::io::AsyncWriteExt;
-use wal2arrow_consumer::sink::ipc::read_segments;
-use wal2arrow_consumer::{
-    Consumer, Error, Event, Lsn, PluginChoice, PluginOptions, ReplicationClient,
-};
+use wal2arrow_client::Error as ClientError;
+use wal2arrow_consumer::{Consumer, Event, Lsn, PluginChoice, PluginOptions, ReplicationClient};
 use wal2arrow_harness::{Cluster, TestDb};
+use wal2arrow_sinks::ipc::read_segments;
 
 use crate::cli::{cli, current_lsn, run, scratch_dir, send_signal, wait_for};
 use crate::common::{config, read_events, read_txns, sql};
@@ -235,7 +234,7 @@ async fn until_lsn_past_the_last_commit_ends_as_soon_as_the_server_passes_it() {
          WHERE slot_name = 'until_message'"
     ));
     assert_eq!(confirmed, "t", "acknowledged up to --until-lsn");
-    let rows: usize = wal2arrow_consumer::sink::parquet::read_dir(&dir.join("public.u"))
+    let rows: usize = wal2arrow_sinks::parquet::read_dir(&dir.join("public.u"))
         .unwrap()
         .iter()
         .map(|b| b.num_rows())
@@ -377,7 +376,10 @@ async fn a_message_over_the_maximum_size_is_a_definite_error() {
             None => panic!("the stream ended without an error"),
         }
     };
-    assert!(matches!(error, Error::MessageTooLarge { max, .. } if max == 1 << 20), "{error}");
+    assert!(
+        matches!(error.client_error(), Some(ClientError::MessageTooLarge { max, .. }) if *max == 1 << 20),
+        "{error}"
+    );
     assert!(!error.is_transient());
     assert!(error.to_string().contains("max_message_size"), "{error}");
     assert!(stream.next().await.is_none(), "the stream ended");

@@ -504,7 +504,8 @@ async fn an_explicit_wal2json_stream_applies_every_filter_and_its_slot_keeps_its
         .await
         .unwrap_err();
     assert!(
-        matches!(e, wal2arrow_consumer::Error::Slot(_)) && e.to_string().contains("wal2json"),
+        matches!(e.client_error(), Some(wal2arrow_client::Error::Slot(_)))
+            && e.to_string().contains("wal2json"),
         "{e}"
     );
     let report = Consumer::builder()

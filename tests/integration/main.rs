@@ -8,6 +8,7 @@ mod delivery;
 mod errors;
 mod fallback;
 mod golden;
+mod layers;
 mod preflight;
 mod random_dml;
 mod resume;

@@ -12,11 +12,11 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{UInt8Type, UInt32Type, UInt64Type};
 use arrow_array::{Array, RecordBatch};
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
-use wal2arrow_consumer::sink::parquet::{ParquetOptions, ParquetSink, read_dir};
-use wal2arrow_consumer::sink::{RunOptions, Stopped};
 use wal2arrow_consumer::{Consumer, Event, Lsn, PluginChoice};
 use wal2arrow_harness::{Cluster, TestDb};
 use wal2arrow_schema::samples::Rng;
+use wal2arrow_sinks::parquet::{ParquetOptions, ParquetSink, read_dir};
+use wal2arrow_sinks::{RunOptions, Stopped};
 
 use crate::cli::scratch_dir;
 use crate::common::config;
@@ -272,15 +272,15 @@ async fn random_transactions_replayed_from_parquet_equal_the_source_with_both_pl
             .build()
             .unwrap();
         let mut stream = consumer.start().await.unwrap();
-        let mut sink = ParquetSink::open(
+        let sink = ParquetSink::open(
             &dir,
             &format!("{}/{slot}", db.name()),
             ParquetOptions { roll_rows: 100, ..ParquetOptions::default() },
         )
         .unwrap();
-        let report = wal2arrow_consumer::sink::run(
+        let report = wal2arrow_sinks::run(
             &mut stream,
-            &mut sink,
+            sink,
             &RunOptions { until_lsn: Some(until), ..RunOptions::default() },
             std::future::pending(),
             &mut |_| {},
@@ -289,7 +289,6 @@ async fn random_transactions_replayed_from_parquet_equal_the_source_with_both_pl
         .unwrap();
         stream.close().await;
         assert_eq!(report.stopped, Stopped::UntilLsn);
-        drop(sink);
         let replayed = replay(&dir, &keys);
         let expected = final_rows(&db, plugin, &keys).await;
         for table in ["acct", "item"] {

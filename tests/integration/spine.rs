@@ -14,7 +14,8 @@ use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use tokio_postgres::types::{Date, Timestamp};
-use wal2arrow_consumer::{Error, Event, Lsn, PluginOptions, ReplicationClient, StreamOptions};
+use wal2arrow_client::Error;
+use wal2arrow_consumer::{Event, Lsn, PluginOptions, ReplicationClient, StreamOptions};
 use wal2arrow_harness::Cluster;
 
 use crate::common::{concat, config, read_txns, sql, start_retrying};
@@ -411,7 +412,7 @@ async fn password_md5_and_scram_logins_work_and_bad_ones_say_why() {
         let info = client.identify_system().await.unwrap();
         assert_eq!(info.dbname.as_deref(), Some(db.name()));
         let wrong = ReplicationClient::connect(&with(user, Some("wrong"))).await.unwrap_err();
-        assert!(matches!(wrong, Error::Auth(_)), "{user}: {wrong}");
+        assert!(matches!(wrong, Error::Auth { .. }), "{user}: {wrong}");
         assert!(wrong.to_string().contains("password authentication failed"), "{wrong}");
         let missing = ReplicationClient::connect(&with(user, None)).await.unwrap_err();
         assert!(missing.to_string().contains("requires a password"), "{missing}");

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use wal2arrow_consumer::{Config, Error, ReplicationClient, RootCerts, SslMode, StreamOptions};
+use wal2arrow_client::Error;
+use wal2arrow_consumer::{Config, ReplicationClient, RootCerts, SslMode, StreamOptions};
 use wal2arrow_harness::{Cluster, ClusterOptions};
 
 use crate::common::read_txns;

@@ -15,6 +15,8 @@
 //! Tests share one cluster per test process ([`Cluster::shared`]) and each gets its own
 //! database ([`Cluster::database`]), dropped with the [`TestDb`].
 
+#![warn(missing_docs)]
+
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
@@ -564,8 +566,28 @@ pub fn plugin_library() -> Result<PathBuf> {
     BUILT.get_or_init(|| build_plugin().map_err(|e| e.0)).clone().map_err(HarnessError)
 }
 
-fn build_plugin() -> Result<PathBuf> {
+/// The wal2arrow source tree this harness was built from, if it is still there (it is not
+/// for a harness built from crates.io).
+pub fn source_tree() -> Option<PathBuf> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    workspace.join("wal2arrow/Cargo.toml").is_file().then_some(workspace)
+}
+
+/// The wal2arrow plugin installed into the server in `bin` (`cargo pgrx install` puts it in
+/// `pg_config --pkglibdir`), if it is there.
+pub fn installed_plugin(bin: &Path) -> Option<PathBuf> {
+    let pg_config = bin.join("pg_config");
+    let pg_config = if pg_config.exists() { pg_config } else { PathBuf::from("pg_config") };
+    let out = Command::new(pg_config).arg("--pkglibdir").output().ok()?;
+    let lib = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("wal2arrow.so");
+    (out.status.success() && lib.is_file()).then_some(lib)
+}
+
+fn build_plugin() -> Result<PathBuf> {
+    let workspace = source_tree().ok_or_else(|| {
+        err("the wal2arrow source tree is not here to build the plugin from: set \
+             WAL2ARROW_PLUGIN to a built wal2arrow.so")
+    })?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut child = Command::new(cargo)
         .current_dir(&workspace)

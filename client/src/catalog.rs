@@ -6,10 +6,10 @@
 
 use wal2arrow_schema::ReplicaIdentity;
 
-use super::{CatalogCache, CatalogColumn, Lookup, TableInfo, TypeInfo};
 use crate::config::Config;
 use crate::error::Result;
-use crate::stream::sql_client;
+use crate::sql::sql_client;
+use wal2arrow_wal2json::{CatalogCache, CatalogColumn, Lookup, TableInfo, TypeInfo};
 
 /// Answers a decoder's catalog questions, connecting on first use and again after a failure.
 #[derive(Debug)]
@@ -29,21 +29,27 @@ impl Catalog {
         }
         Ok(self.client.as_ref().expect("connected above"))
     }
+}
 
-    /// Answers `lookup` into `cache`.
+impl wal2arrow_wal2json::Catalog for Catalog {
+    type Error = crate::error::Error;
+
+    /// Answers `lookup` into `cache`, over SQL.
     ///
     /// # Errors
     ///
     /// Connection and SQL errors.
-    pub(crate) async fn answer(&mut self, lookup: Lookup, cache: &mut CatalogCache) -> Result<()> {
-        let result = self.answer_once(&lookup, cache).await;
+    async fn answer(&mut self, lookup: &Lookup, cache: &mut CatalogCache) -> Result<()> {
+        let result = self.answer_once(lookup, cache).await;
         if result.is_err() {
             // A broken connection is reopened on the next question.
             self.client = None;
         }
         result
     }
+}
 
+impl Catalog {
     async fn answer_once(&mut self, lookup: &Lookup, cache: &mut CatalogCache) -> Result<()> {
         let client = self.client().await?;
         match lookup {

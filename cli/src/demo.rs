@@ -13,15 +13,14 @@ use clap::Args;
 use wal2arrow_harness::{Cluster, ClusterOptions};
 
 use super::{CmdResult, Failure};
-use crate::config::Config;
-use crate::consumer::Consumer;
-use crate::error::Error;
-use crate::sink::parquet::{CHECKPOINT_FILE, ParquetOptions, ParquetSink, read_dir};
-use crate::sink::{RunOptions, Stopped};
+use wal2arrow_consumer::{Config, Consumer, Lsn};
+use wal2arrow_sinks::parquet::{CHECKPOINT_FILE, ParquetOptions, ParquetSink, read_dir};
+use wal2arrow_sinks::{Error, Progress, RunOptions, Stopped};
 
 #[derive(Args)]
 pub(super) struct DemoArgs {
-    /// The plugin library (wal2arrow.so). Default: built from this source tree.
+    /// The plugin library (wal2arrow.so). Default: built from the source tree this binary
+    /// was built from, else the one installed into PostgreSQL (`cargo pgrx install`).
     #[arg(long, env = "WAL2ARROW_PLUGIN")]
     plugin: Option<PathBuf>,
     /// Where the Parquet files go (replaced if it holds an earlier demo's output).
@@ -60,13 +59,7 @@ const WORKLOAD: [&str; 6] = [
 
 pub(super) async fn run(args: DemoArgs) -> CmdResult {
     prepare_output(&args.out)?;
-    let plugin = match args.plugin {
-        Some(p) => p,
-        None => {
-            eprintln!("building the wal2arrow plugin (cargo build -p wal2arrow --release)…");
-            wal2arrow_harness::plugin_library().map_err(|e| e.to_string())?
-        }
-    };
+    let plugin = find_plugin(args.plugin)?;
     eprintln!("starting a scratch PostgreSQL with the plugin {}…", plugin.display());
     let cluster =
         Cluster::start(&ClusterOptions { plugin: Some(plugin), ..ClusterOptions::default() })
@@ -75,6 +68,34 @@ pub(super) async fn run(args: DemoArgs) -> CmdResult {
     drop(cluster); // stops the server and removes its files, whatever happened
     eprintln!("scratch PostgreSQL stopped and removed");
     result
+}
+
+/// The plugin to load: the one asked for; else built from the source tree (a checkout);
+/// else the one installed into the PostgreSQL the demo runs.
+fn find_plugin(asked: Option<PathBuf>) -> Result<PathBuf, Failure> {
+    if let Some(p) = asked {
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(Failure {
+                code: 2,
+                message: format!("--plugin {} is not a file (a built wal2arrow.so)", p.display()),
+            })
+        };
+    }
+    if wal2arrow_harness::source_tree().is_some() {
+        eprintln!("building the wal2arrow plugin (cargo build -p wal2arrow --release)…");
+        return wal2arrow_harness::plugin_library().map_err(|e| Failure::from(e.to_string()));
+    }
+    let bin = wal2arrow_harness::pg_bin_dir().map_err(|e| Failure::from(e.to_string()))?;
+    wal2arrow_harness::installed_plugin(&bin).ok_or_else(|| Failure {
+        code: 2,
+        message: format!(
+            "no wal2arrow plugin found in {}'s library directory: install it \
+             (cd wal2arrow && cargo pgrx install --release) or pass --plugin PATH/TO/wal2arrow.so",
+            bin.display()
+        ),
+    })
 }
 
 /// The output directory must be new, empty, or an earlier demo's.
@@ -120,13 +141,13 @@ async fn demo(cluster: &Cluster, out: &std::path::Path) -> CmdResult {
     for sql in WORKLOAD {
         cluster.psql("postgres", sql).map_err(|e| e.to_string())?;
     }
-    let until: crate::Lsn = cluster
+    let until: Lsn = cluster
         .psql("postgres", "SELECT pg_current_wal_lsn()")
         .map_err(|e| e.to_string())?
         .trim()
         .parse()
         .map_err(|e| format!("{e}"))?;
-    let mut sink = ParquetSink::open(
+    let sink = ParquetSink::open(
         out,
         &format!("{}/demo", config.dbname()),
         ParquetOptions { roll_interval: Duration::from_secs(1), ..ParquetOptions::default() },
@@ -136,12 +157,12 @@ async fn demo(cluster: &Cluster, out: &std::path::Path) -> CmdResult {
         idle_timeout: Some(Duration::from_secs(60)),
         ..RunOptions::default()
     };
-    let report = crate::sink::run(
+    let report = wal2arrow_sinks::run(
         &mut stream,
-        &mut sink,
+        sink,
         &options,
         std::future::pending(),
-        &mut |_: &crate::sink::Progress| {},
+        &mut |_: &Progress| {},
     )
     .await?;
     stream.close().await;

@@ -5,11 +5,10 @@
 use arrow_buffer::Buffer;
 use wal2arrow_schema::encode::write_schema_message;
 use wal2arrow_schema::samples::every_kind;
-use wal2arrow_schema::types::oid;
-use wal2arrow_schema::{Decoder, Lsn, PluginOptions, ReplicaIdentity};
+use wal2arrow_schema::{Decoder, Lsn};
 
 use crate::protocol::frame::{Frame, FrameReader};
-use crate::wal2json::{CatalogColumn, JsonDecoder, Output, TableInfo, TypeInfo};
+use wal2arrow_wal2json::{JsonDecoder, Output};
 
 /// The largest message the frame target accepts: small, so that the fuzzer explores
 /// framing rather than allocation.
@@ -108,60 +107,13 @@ pub fn wal2json(data: &[u8]) {
 /// A wal2json decoder whose catalog knows `public.t (id int4, note text, amount
 /// numeric(12,2), at timestamptz, tags int4[])`.
 pub fn sample_json_decoder() -> JsonDecoder {
-    let mut d =
-        JsonDecoder::new(PluginOptions { batch_rows: 100, ..PluginOptions::default() }, false);
-    let ty = |name: &str, typlen: i16, elem: u32| {
-        Some(TypeInfo {
-            name: name.into(),
-            typtype: b'b',
-            base: 0,
-            typtypmod: -1,
-            elem,
-            typlen,
-            delim: b',',
-        })
-    };
-    for (oid, info) in [
-        (oid::INT4, ty("int4", 4, 0)),
-        (oid::TEXT, ty("text", -1, 0)),
-        (oid::NUMERIC, ty("numeric", -1, 0)),
-        (oid::TIMESTAMPTZ, ty("timestamptz", 8, 0)),
-        (1007, ty("_int4", -1, oid::INT4)),
-    ] {
-        d.catalog.put_type(oid, info);
-    }
-    let col = |name: &str, type_oid: u32, typmod: i32, format: &str| CatalogColumn {
-        name: name.into(),
-        type_oid,
-        typmod,
-        ndims: i32::from(type_oid == 1007),
-        not_null: name == "id",
-        format: format.into(),
-    };
-    d.catalog.put_table(
-        "public".into(),
-        "t".into(),
-        Some(TableInfo {
-            relid: 4242,
-            replica_identity: ReplicaIdentity::Default,
-            primary_key: vec!["id".into()],
-            identity_key: vec!["id".into()],
-            columns: vec![
-                col("id", oid::INT4, -1, "integer"),
-                col("note", oid::TEXT, -1, "text"),
-                col("amount", oid::NUMERIC, (12 << 16) + 2 + 4, "numeric(12,2)"),
-                col("at", oid::TIMESTAMPTZ, -1, "timestamp with time zone"),
-                col("tags", 1007, -1, "integer[]"),
-            ],
-        }),
-    );
-    d
+    wal2arrow_wal2json::sample_decoder()
 }
 
 #[cfg(test)]
 mod tests {
     //! The committed seed corpus (`fuzz/corpus/<target>/`): every file runs through its target
-    //! in the ordinary test suite, and `cargo test -p wal2arrow-consumer write_seed_corpus --
+    //! in the ordinary test suite, and `cargo test -p wal2arrow-client write_seed_corpus --
     //! --ignored` writes the seeds anew.
     use std::path::PathBuf;
 
@@ -290,7 +242,7 @@ mod tests {
             let seed = [&[m[2]][..], &m[wire::IPC_OFFSET..]].concat();
             out.push(("batch", ["one-row", "seven-rows", "delete"][i - 2], seed));
         }
-        let json = include_str!("wal2json/fuzz_seed.jsonl");
+        let json = include_str!("fuzz_seed.jsonl");
         out.push(("wal2json", "transaction", json.as_bytes().to_vec()));
         out
     }

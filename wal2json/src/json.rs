@@ -3,6 +3,8 @@
 //! into Arrow builders — no tree, no `String` per value. Only strings with escapes are copied
 //! (into a caller's scratch buffer) when their bytes are needed.
 //!
+//! The Parquet sink reads its checkpoint files with it too.
+//!
 //! Every read is bounds-checked: malformed or truncated input is a [`JsonError`] with the
 //! offset where it went wrong, never a panic.
 
@@ -11,11 +13,11 @@ use std::ops::Range;
 
 /// Malformed JSON: what was expected, and where.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct JsonError {
+pub struct JsonError {
     /// Byte offset in the message.
-    pub(crate) offset: usize,
+    pub offset: usize,
     /// What went wrong.
-    pub(crate) what: &'static str,
+    pub what: &'static str,
 }
 
 impl fmt::Display for JsonError {
@@ -26,46 +28,57 @@ impl fmt::Display for JsonError {
 
 impl std::error::Error for JsonError {}
 
-pub(crate) type Result<T> = std::result::Result<T, JsonError>;
+/// The scanner's result type.
+pub type Result<T> = std::result::Result<T, JsonError>;
 
 /// A string in the message: the bytes between its quotes, and whether they hold escapes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Str {
-    pub(crate) raw: Range<usize>,
-    pub(crate) escaped: bool,
+pub struct Str {
+    /// The bytes between the quotes.
+    pub raw: Range<usize>,
+    /// Whether they hold escapes (then [`str_bytes`] unescapes them).
+    pub escaped: bool,
 }
 
 /// A scalar value in the message.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Scalar {
+pub enum Scalar {
+    /// `null`.
     Null,
+    /// `true` or `false`.
     Bool(bool),
     /// A number's text.
     Number(Range<usize>),
+    /// A string.
     Str(Str),
 }
 
 /// What the next value is, before reading it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Next {
+pub enum Next {
+    /// `{`.
     Object,
+    /// `[`.
     Array,
+    /// Anything else.
     Scalar,
 }
 
 /// Walks one JSON text.
 #[derive(Debug)]
-pub(crate) struct Scanner<'a> {
+pub struct Scanner<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Scanner<'a> {
-    pub(crate) fn new(buf: &'a [u8]) -> Scanner<'a> {
+    /// A scanner at the start of `buf`.
+    pub fn new(buf: &'a [u8]) -> Scanner<'a> {
         Scanner { buf, pos: 0 }
     }
 
-    pub(crate) fn buf(&self) -> &'a [u8] {
+    /// The text being scanned.
+    pub fn buf(&self) -> &'a [u8] {
         self.buf
     }
 
@@ -85,7 +98,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// The next non-blank byte, not consumed.
-    pub(crate) fn peek_byte(&mut self) -> Option<u8> {
+    pub fn peek_byte(&mut self) -> Option<u8> {
         self.peek()
     }
 
@@ -99,7 +112,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Checks that only whitespace follows.
-    pub(crate) fn end(&mut self) -> Result<()> {
+    pub fn end(&mut self) -> Result<()> {
         match self.peek() {
             None => Ok(()),
             Some(_) => self.err("text after the JSON value"),
@@ -107,7 +120,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// What the next value is.
-    pub(crate) fn next_is(&mut self) -> Result<Next> {
+    pub fn next_is(&mut self) -> Result<Next> {
         match self.peek() {
             Some(b'{') => Ok(Next::Object),
             Some(b'[') => Ok(Next::Array),
@@ -117,13 +130,13 @@ impl<'a> Scanner<'a> {
     }
 
     /// Enters an object: call [`next_key`](Self::next_key) until it returns `None`.
-    pub(crate) fn begin_object(&mut self) -> Result<()> {
+    pub fn begin_object(&mut self) -> Result<()> {
         self.expect(b'{', "expected an object")
     }
 
     /// The next key of the current object (after its value was read), or `None` at its end.
     /// `first` says whether no key was read yet.
-    pub(crate) fn next_key(&mut self, first: bool) -> Result<Option<Str>> {
+    pub fn next_key(&mut self, first: bool) -> Result<Option<Str>> {
         match self.peek() {
             Some(b'}') => {
                 self.pos += 1;
@@ -140,13 +153,13 @@ impl<'a> Scanner<'a> {
     }
 
     /// Enters an array: call [`next_item`](Self::next_item) before each item.
-    pub(crate) fn begin_array(&mut self) -> Result<()> {
+    pub fn begin_array(&mut self) -> Result<()> {
         self.expect(b'[', "expected an array")
     }
 
     /// Whether another item follows in the current array (consuming the separator), `first`
     /// saying whether none was read yet.
-    pub(crate) fn next_item(&mut self, first: bool) -> Result<bool> {
+    pub fn next_item(&mut self, first: bool) -> Result<bool> {
         match self.peek() {
             Some(b']') => {
                 self.pos += 1;
@@ -163,7 +176,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Reads a string.
-    pub(crate) fn string(&mut self) -> Result<Str> {
+    pub fn string(&mut self) -> Result<Str> {
         self.expect(b'"', "expected a string")?;
         let start = self.pos;
         let mut escaped = false;
@@ -189,7 +202,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Reads a scalar value (string, number, `true`, `false`, `null`).
-    pub(crate) fn scalar(&mut self) -> Result<Scalar> {
+    pub fn scalar(&mut self) -> Result<Scalar> {
         match self.peek() {
             Some(b'"') => Ok(Scalar::Str(self.string()?)),
             Some(b'n') => self.literal(b"null", Scalar::Null),
@@ -245,7 +258,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// A number as `u32` (type OIDs, transaction IDs, origin IDs).
-    pub(crate) fn u32(&mut self) -> Result<u32> {
+    pub fn u32(&mut self) -> Result<u32> {
         let at = self.pos;
         let range = self.number()?;
         std::str::from_utf8(&self.buf[range])
@@ -255,7 +268,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// A boolean.
-    pub(crate) fn bool(&mut self) -> Result<bool> {
+    pub fn bool(&mut self) -> Result<bool> {
         match self.scalar()? {
             Scalar::Bool(b) => Ok(b),
             _ => self.err("expected true or false"),
@@ -263,7 +276,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Skips any value.
-    pub(crate) fn skip(&mut self) -> Result<()> {
+    pub fn skip(&mut self) -> Result<()> {
         match self.next_is()? {
             Next::Scalar => self.scalar().map(drop),
             Next::Object => {
@@ -290,7 +303,7 @@ impl<'a> Scanner<'a> {
 
 /// The bytes of a string: borrowed from the message when it has no escapes, otherwise
 /// unescaped into `scratch`.
-pub(crate) fn str_bytes<'s>(buf: &'s [u8], s: &Str, scratch: &'s mut Vec<u8>) -> Result<&'s [u8]> {
+pub fn str_bytes<'s>(buf: &'s [u8], s: &Str, scratch: &'s mut Vec<u8>) -> Result<&'s [u8]> {
     let raw = buf.get(s.raw.clone()).ok_or(JsonError { offset: s.raw.start, what: "bad span" })?;
     if !s.escaped {
         return Ok(raw);
@@ -301,7 +314,7 @@ pub(crate) fn str_bytes<'s>(buf: &'s [u8], s: &Str, scratch: &'s mut Vec<u8>) ->
 }
 
 /// Whether string `s` equals `text`, without copying when it has no escapes.
-pub(crate) fn str_eq(buf: &[u8], s: &Str, text: &str, scratch: &mut Vec<u8>) -> bool {
+pub fn str_eq(buf: &[u8], s: &Str, text: &str, scratch: &mut Vec<u8>) -> bool {
     if !s.escaped {
         return buf.get(s.raw.clone()) == Some(text.as_bytes());
     }
@@ -309,7 +322,7 @@ pub(crate) fn str_eq(buf: &[u8], s: &Str, text: &str, scratch: &mut Vec<u8>) -> 
 }
 
 /// A string as an owned `String` (invalid UTF-8 replaced).
-pub(crate) fn str_owned(buf: &[u8], s: &Str, scratch: &mut Vec<u8>) -> Result<String> {
+pub fn str_owned(buf: &[u8], s: &Str, scratch: &mut Vec<u8>) -> Result<String> {
     Ok(String::from_utf8_lossy(str_bytes(buf, s, scratch)?).into_owned())
 }
 

@@ -22,9 +22,9 @@ use arrow_ipc::writer::StreamWriter;
 use arrow_schema::SchemaRef;
 use tokio::time::Instant;
 
-use super::{Output, Sink, message_batch, truncate_batch, with_position};
 use crate::error::{Error, Result};
-use crate::stream::Event;
+use crate::{Output, Sink, message_batch, truncate_batch, with_position};
+use wal2arrow_consumer::Event;
 
 /// Flush at least this often while there is data.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);

@@ -1,6 +1,7 @@
-//! The `wal2arrow` command (the `cli` feature): `check`, `stream`, `slots` and `demo`.
+//! The `wal2arrow` command: `check`, `stream`, `slots` and (with the `demo` feature, on by
+//! default) `demo`.
 //!
-//! The binary is `fn main() -> ExitCode { wal2arrow_consumer::cli::main() }`; the code lives
+//! The binary is `fn main() -> ExitCode { wal2arrow_cli::main() }`; the code lives
 //! in the library so that tests run exactly what users run.
 //!
 //! Exit codes: 0 done (stopped by Ctrl-C/SIGTERM, `--until-lsn`, `--idle-timeout` or
@@ -8,6 +9,9 @@
 //! not ready (a failed check: the report says what to change), 4 cannot connect or log in,
 //! 130 interrupted twice (stopped at once, nothing flushed).
 
+#![warn(missing_docs)]
+
+#[cfg(feature = "demo")]
 mod demo;
 mod print;
 
@@ -19,14 +23,12 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use wal2arrow_schema::{Lsn, TableFilter};
 
-use crate::config::{Config, RootCerts};
-use crate::consumer::{Consumer, PluginChoice};
-use crate::error::Error;
-use crate::sink::ipc::IpcSink;
-use crate::sink::jsonl::JsonLinesSink;
-use crate::sink::parquet::{ParquetOptions, ParquetSink};
-use crate::sink::{Progress, RunOptions, Sink, Stopped};
-use crate::stream::OutputPlugin;
+use wal2arrow_consumer::client::{self, Config, OutputPlugin, RootCerts};
+use wal2arrow_consumer::{Consumer, ConsumerBuilder, ErrorClass, PluginChoice};
+use wal2arrow_sinks::ipc::IpcSink;
+use wal2arrow_sinks::jsonl::JsonLinesSink;
+use wal2arrow_sinks::parquet::{ParquetOptions, ParquetSink};
+use wal2arrow_sinks::{Error, Progress, RunOptions, Sink, Stopped};
 
 #[derive(Parser)]
 #[command(
@@ -55,6 +57,7 @@ enum Command {
     Slots(SlotsArgs),
     /// The demo: a scratch PostgreSQL with the plugin, a short workload streamed to Parquet,
     /// read back and summarised; everything it started is stopped.
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
 }
 
@@ -294,15 +297,32 @@ struct Failure {
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
-        let code = match &e {
-            Error::Config(_) => 2,
-            Error::Preflight(_) => 3,
-            Error::Connect { .. } | Error::Timeout { .. } => 4,
-            // Bad password, no such role or database, no TLS where sslmode requires it.
-            e if e.is_login_failure() => 4,
+        let stream = e.stream_error();
+        let unreachable =
+            stream.and_then(wal2arrow_consumer::Error::client_error).is_some_and(|c| {
+                matches!(c, client::Error::Connect { .. } | client::Error::Timeout { .. })
+            });
+        let code = match stream {
+            Some(wal2arrow_consumer::Error::Preflight(_)) => 3,
+            // Cannot reach the server; or it refuses us: bad password, no such role or
+            // database, no TLS where sslmode requires it.
+            Some(s) if unreachable || s.is_login_failure() => 4,
+            _ if e.class() == ErrorClass::Configuration => 2,
             _ => 1,
         };
         Failure { code, message: e.to_string() }
+    }
+}
+
+impl From<wal2arrow_consumer::Error> for Failure {
+    fn from(e: wal2arrow_consumer::Error) -> Failure {
+        Error::from(e).into()
+    }
+}
+
+impl From<client::Error> for Failure {
+    fn from(e: client::Error) -> Failure {
+        Error::from(e).into()
     }
 }
 
@@ -339,6 +359,7 @@ pub fn main() -> ExitCode {
             Command::Check(args) => check(args).await,
             Command::Stream(args) => stream(*args).await,
             Command::Slots(args) => slots(args).await,
+            #[cfg(feature = "demo")]
             Command::Demo(args) => demo::run(args).await,
         }
     });
@@ -351,10 +372,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn consumer_builder(
-    conn: &ConnArgs,
-    select: &SelectArgs,
-) -> Result<crate::consumer::ConsumerBuilder, Error> {
+fn consumer_builder(conn: &ConnArgs, select: &SelectArgs) -> Result<ConsumerBuilder, Error> {
     Ok(Consumer::builder()
         .config(conn.config()?)
         .slot(&select.slot)
@@ -377,7 +395,7 @@ async fn check(args: CheckArgs) -> CmdResult {
 async fn slots(args: SlotsArgs) -> CmdResult {
     match args.action {
         SlotsAction::List { conn } => {
-            let slots = crate::slots::list_slots(&conn.config()?).await?;
+            let slots = client::list_slots(&conn.config()?).await?;
             println!(
                 "{:<24} {:<10} {:<10} {:<8} {:>14} {:>14} {:>10}  status",
                 "slot", "plugin", "database", "active", "lag", "retained", "lag time"
@@ -405,12 +423,12 @@ async fn slots(args: SlotsArgs) -> CmdResult {
                 PluginArg::Wal2json => OutputPlugin::Wal2Json,
                 _ => OutputPlugin::Wal2Arrow,
             };
-            let created = crate::slots::create_slot_with(&conn.config()?, &name, plugin).await?;
+            let created = client::create_slot_with(&conn.config()?, &name, plugin).await?;
             println!("created slot {} ({plugin}) at {}", created.name, created.consistent_point);
             Ok(())
         }
         SlotsAction::Drop { name, force, conn } => {
-            crate::slots::drop_slot(&conn.config()?, &name, force).await?;
+            client::drop_slot(&conn.config()?, &name, force).await?;
             println!("dropped slot {name}");
             Ok(())
         }
@@ -447,11 +465,11 @@ async fn stream(args: StreamArgs) -> CmdResult {
     if let Some(out) = &args.out
         && args.sink != SinkArg::Print
     {
-        crate::sink::check_writable(out, args.sink == SinkArg::Parquet)
+        wal2arrow_sinks::check_writable(out, args.sink == SinkArg::Parquet)
             .map_err(|e| Failure { code: 2, message: format!("--out: {e}") })?;
     }
     let out_path = args.out.clone().unwrap_or_else(|| PathBuf::from("-"));
-    let mut sink: Box<dyn Sink> = match args.sink {
+    let sink: Box<dyn Sink> = match args.sink {
         SinkArg::Print => Box::new(print::PrintSink),
         SinkArg::Jsonl => Box::new(JsonLinesSink::open(&out_path)?),
         SinkArg::Ipc => Box::new(IpcSink::open(&out_path)?),
@@ -490,16 +508,15 @@ async fn stream(args: StreamArgs) -> CmdResult {
         ProgressArg::Auto => Some(std::io::stderr().is_terminal()),
     };
     let mut line = ProgressLine::new(live);
-    let result = crate::sink::run(
+    let result = wal2arrow_sinks::run(
         &mut stream,
-        sink.as_mut(),
+        sink,
         &run_options,
         shutdown_signal(),
         &mut |p: &Progress| line.show(p),
     )
     .await;
     line.clear();
-    drop(sink); // ends IPC segments, flushes buffers
     stream.close().await;
     let report = result?;
     eprintln!("{}", summary(&report.progress, report.stopped));

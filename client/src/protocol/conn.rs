@@ -125,7 +125,7 @@ impl Connection {
                         )));
                     }
                     other => {
-                        return Err(Error::Protocol(format!(
+                        return Err(Error::protocol(format!(
                             "unexpected answer {other:#04x} to SSLRequest"
                         )));
                     }
@@ -157,11 +157,12 @@ impl Connection {
                         scram |= m == SCRAM_SHA_256;
                     }
                     if !scram {
-                        return Err(Error::Auth(
-                            "the server offers no SASL mechanism this client supports \
-                             (SCRAM-SHA-256 without channel binding)"
+                        return Err(Error::Auth {
+                            message: "the server offers no SASL mechanism this client supports \
+                                      (SCRAM-SHA-256 without channel binding)"
                                 .into(),
-                        ));
+                            source: None,
+                        });
                     }
                     let mut client =
                         ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
@@ -182,10 +183,11 @@ impl Connection {
                     self.flush().await?;
                     match self.next_message().await? {
                         Message::AuthenticationSaslFinal(b) => {
-                            client.finish(b.data()).map_err(|e| {
-                                Error::Auth(format!(
+                            client.finish(b.data()).map_err(|e| Error::Auth {
+                                message: format!(
                                     "the server's SCRAM signature does not verify: {e}"
-                                ))
+                                ),
+                                source: None,
                             })?
                         }
                         Message::ErrorResponse(e) => {
@@ -199,12 +201,13 @@ impl Connection {
                 | Message::AuthenticationKerberosV5
                 | Message::AuthenticationSspi
                 | Message::AuthenticationScmCredential => {
-                    return Err(Error::Auth(
-                        "the server asks for GSSAPI/Kerberos/SSPI authentication, which this \
-                         client does not support; use password, md5 or scram-sha-256 in \
-                         pg_hba.conf"
+                    return Err(Error::Auth {
+                        message: "the server asks for GSSAPI/Kerberos/SSPI authentication, \
+                                  which this client does not support; use password, md5 or \
+                                  scram-sha-256 in pg_hba.conf"
                             .into(),
-                    ));
+                        source: None,
+                    });
                 }
                 m => return Err(unexpected("during authentication", &m)),
             }
@@ -235,11 +238,12 @@ impl Connection {
     /// The next message, parsed by postgres-protocol. Only for the non-streaming phases.
     pub(crate) async fn next_message(&mut self) -> Result<Message> {
         match self.reader.read(&mut self.stream).await.map_err(Error::from)? {
-            Frame::Other(mut bytes) => Message::parse(&mut bytes)?
-                .ok_or_else(|| Error::Protocol("incomplete message".into())),
-            Frame::CopyBoth => Err(Error::Protocol("unexpected CopyBothResponse".into())),
+            Frame::Other(mut bytes) => Message::parse(&mut bytes)
+                .map_err(malformed)?
+                .ok_or_else(|| Error::protocol("incomplete message")),
+            Frame::CopyBoth => Err(Error::protocol("unexpected CopyBothResponse")),
             Frame::XLogData { .. } | Frame::Keepalive { .. } => {
-                Err(Error::Protocol("replication data outside of START_REPLICATION".into()))
+                Err(Error::protocol("replication data outside of START_REPLICATION"))
             }
         }
     }
@@ -268,7 +272,7 @@ impl Connection {
                 Message::ErrorResponse(e) => error = Some(db_error(e.fields())),
                 Message::ReadyForQuery(_) => {
                     return match error {
-                        Some(e) => Err(Error::Server(e)),
+                        Some(e) => Err(Error::Server(Box::new(e))),
                         None => Ok(rows),
                     };
                 }
@@ -295,22 +299,22 @@ impl Connection {
             loop {
                 match self.reader.read(&mut self.stream).await.map_err(Error::from)? {
                     Frame::CopyBoth => return Ok(()),
-                    Frame::Other(mut bytes) => match Message::parse(&mut bytes)? {
+                    Frame::Other(mut bytes) => match Message::parse(&mut bytes)
+                        .map_err(malformed)?
+                    {
                         Some(Message::ErrorResponse(e)) => {
                             let e = db_error(e.fields());
                             // Drain to ReadyForQuery so the connection could be reused.
                             while !matches!(self.next_message().await?, Message::ReadyForQuery(_)) {
                             }
-                            return Err(Error::Server(e));
+                            return Err(Error::Server(Box::new(e)));
                         }
                         Some(Message::NoticeResponse(_) | Message::ParameterStatus(_)) => {}
                         Some(m) => return Err(unexpected("starting replication", &m)),
-                        None => return Err(Error::Protocol("incomplete message".into())),
+                        None => return Err(Error::protocol("incomplete message")),
                     },
                     _ => {
-                        return Err(Error::Protocol(
-                            "replication data before CopyBothResponse".into(),
-                        ));
+                        return Err(Error::protocol("replication data before CopyBothResponse"));
                     }
                 }
             }
@@ -353,22 +357,27 @@ pub(crate) fn login_error(e: DbError) -> Error {
     match e.code.as_str() {
         // invalid_password, invalid_authorization_specification
         "28P01" | "28000" => {
-            let server = Error::Server(e.clone());
-            let advice = server.advice().unwrap_or_default();
-            Error::Auth(format!("{} (SQLSTATE {}): {advice}", e.message, e.code))
+            let advice = crate::error::advice(&e.code).unwrap_or_default();
+            Error::Auth {
+                message: format!("{} (SQLSTATE {}): {advice}", e.message, e.code),
+                source: Some(Box::new(e)),
+            }
         }
-        _ => Error::Server(e),
+        _ => Error::Server(Box::new(e)),
     }
 }
 
 /// The error for a server that asks for a password none of the sources gave.
 pub(crate) fn no_password(config: &Config) -> Error {
-    Error::Auth(format!(
-        "the server requires a password for user {:?} and none was given: put it in the \
-         connection string (password=…), in PGPASSWORD, or in the password file (~/.pgpass, \
-         or the file PGPASSFILE names, mode 0600)",
-        config.user
-    ))
+    Error::Auth {
+        message: format!(
+            "the server requires a password for user {:?} and none was given: put it in the \
+             connection string (password=…), in PGPASSWORD, or in the password file (~/.pgpass, \
+             or the file PGPASSFILE names, mode 0600)",
+            config.user
+        ),
+        source: None,
+    }
 }
 
 /// Sends `out`, removing bytes from it as the socket accepts them (cancel safe: see
@@ -395,10 +404,16 @@ impl From<FrameError> for Error {
     fn from(e: FrameError) -> Error {
         match e {
             FrameError::Io(e) => Error::Io(e),
-            FrameError::Malformed(m) => Error::Protocol(m),
+            FrameError::Malformed(m) => Error::protocol(m),
             FrameError::TooLarge { size, max } => Error::MessageTooLarge { size, max },
         }
     }
+}
+
+/// A backend message that does not parse: the server (or something between us) sent bytes
+/// the protocol does not allow — a definite error, not a lost connection.
+pub(crate) fn malformed(e: std::io::Error) -> Error {
+    Error::protocol(format!("malformed message from the server: {e}"))
 }
 
 fn unexpected(when: &str, m: &Message) -> Error {
@@ -413,7 +428,7 @@ fn unexpected(when: &str, m: &Message) -> Error {
         Message::RowDescription(_) => "RowDescription",
         _ => "a message",
     };
-    Error::Protocol(format!("unexpected {name} {when}"))
+    Error::protocol(format!("unexpected {name} {when}"))
 }
 
 /// Quotes an identifier for SQL and replication commands (`"my ""slot"""`).

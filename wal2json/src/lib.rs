@@ -1,7 +1,7 @@
-//! The wal2json fallback: turns wal2json's format-version 2 output into the very messages the
-//! wal2arrow plugin sends — the same Schema, Batch, Truncate, Message, Begin and Commit, with
-//! the same Arrow schemas, batching and values — so that code reading a
-//! [`ChangeStream`](crate::ChangeStream) does not notice which plugin the server ran.
+//! The wal2json fallback's decoder: turns wal2json's format-version 2 output into the very
+//! messages the wal2arrow plugin sends — the same Schema, Batch, Truncate, Message, Begin and
+//! Commit, with the same Arrow schemas, batching and values — so that code reading a
+//! `wal2arrow-client` change stream does not notice which plugin the server ran.
 //!
 //! wal2json sends one JSON object per change, with every value in PostgreSQL's text output
 //! and the column's type name and OID beside it. The decoder keeps one
@@ -11,18 +11,35 @@
 //! transactional message, at commit, and when a table's description changes. What the JSON
 //! does not carry — the type catalog (domains, enums, arrays), the table's OID, primary key
 //! order and replica identity, replication origin names — comes from the catalog over an
-//! ordinary SQL connection ([`catalog`]), asked only when a table or type is first seen or
-//! its description changes.
+//! ordinary SQL connection, asked only when a table or type is first seen or its description
+//! changes.
 //!
-//! The decoder does no I/O: when it needs the catalog it returns [`Step::Need`] without
-//! having changed anything, and the caller answers and feeds the same message again.
+//! The decoder does no I/O (this crate has no async runtime): when it needs the catalog,
+//! [`JsonDecoder::decode_at`] returns the [`Lookup`] without having changed anything, the
+//! caller answers it into [`JsonDecoder::catalog`] — `wal2arrow-client` does so over SQL, as
+//! a [`Catalog`] — and feeds the same message again.
+//!
+//! ```
+//! use wal2arrow_schema::{Lsn, PluginOptions};
+//! use wal2arrow_wal2json::{CatalogCache, JsonDecoder, Lookup};
+//!
+//! let mut decoder = JsonDecoder::new(PluginOptions::default(), false);
+//! let mut out = Vec::new();
+//! let begin = br#"{"action":"B","xid":731,"timestamp":"2024-05-06 07:08:09.123456+00","origin":0,"lsn":"0/16B3F48","nextlsn":"0/16B3F78"}"#;
+//! assert_eq!(decoder.decode_at(begin, Lsn(0x16B3F48), &mut out).unwrap(), None);
+//! // A change of a table the decoder has not seen asks the catalog first.
+//! let insert = br#"{"action":"I","lsn":"0/16B3E00","schema":"public","table":"t","columns":[{"name":"id","type":"integer","typeoid":23,"value":1}]}"#;
+//! let question = decoder.decode_at(insert, Lsn(0x16B3E00), &mut out).unwrap();
+//! assert_eq!(question, Some(Lookup::Table { schema: "public".into(), table: "t".into() }));
+//! ```
 //!
 //! What wal2json cannot express, and what the fallback therefore reports differently, is
 //! listed in the README ("The wal2json fallback").
 
-pub(crate) mod catalog;
-pub(crate) mod json;
-pub(crate) mod text;
+#![warn(missing_docs)]
+
+pub mod json;
+pub mod text;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +52,38 @@ use wal2arrow_schema::{
 };
 
 use self::json::{JsonError, Next, Scalar, Scanner, Str, str_bytes, str_eq, str_owned};
+
+/// A wal2json message that cannot be decoded: the LSN of the XLogData that carried it, and
+/// what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodeError {
+    /// WAL position of the XLogData that carried the message.
+    pub lsn: Lsn,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot decode the wal2json message at LSN {}: {}", self.lsn, self.message)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Answers the decoder's catalog questions: `wal2arrow-client` implements it over an ordinary
+/// SQL connection; tests and fuzz targets answer from fixed data.
+pub trait Catalog {
+    /// Why a question could not be answered.
+    type Error;
+
+    /// Answers `lookup` into `cache` (an unknown table, type or origin is answered `None`).
+    fn answer(
+        &mut self,
+        lookup: &Lookup,
+        cache: &mut CatalogCache,
+    ) -> impl std::future::Future<Output = std::result::Result<(), Self::Error>> + Send;
+}
 
 /// What one call to [`JsonDecoder::decode`] could not finish.
 #[derive(Debug)]
@@ -61,7 +110,12 @@ fn bad<T>(what: impl Into<String>) -> Result<T> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lookup {
     /// A table's OID, keys, replica identity and columns.
-    Table { schema: String, table: String },
+    Table {
+        /// The table's schema.
+        schema: String,
+        /// The table's name.
+        table: String,
+    },
     /// These types, and the types they refer to (domain bases, array elements).
     Types(Vec<u32>),
     /// A replication origin's name.
@@ -71,22 +125,30 @@ pub enum Lookup {
 /// A table's description in the catalog (as it is now, which may be after the change).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableInfo {
+    /// `pg_class.oid`.
     pub relid: u32,
+    /// `pg_class.relreplident`.
     pub replica_identity: ReplicaIdentity,
     /// In key order.
     pub primary_key: Vec<String>,
     /// The columns old images carry with DEFAULT or USING INDEX, in column order.
     pub identity_key: Vec<String>,
+    /// The live columns, in attribute order.
     pub columns: Vec<CatalogColumn>,
 }
 
 /// A column in the catalog.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CatalogColumn {
+    /// `attname`.
     pub name: String,
+    /// `atttypid`.
     pub type_oid: u32,
+    /// `atttypmod`.
     pub typmod: i32,
+    /// `attndims`: an array column's declared dimensions.
     pub ndims: i32,
+    /// `attnotnull`.
     pub not_null: bool,
     /// `format_type(atttypid, atttypmod)`: what wal2json prints as the type.
     pub format: String,
@@ -95,6 +157,7 @@ pub struct CatalogColumn {
 /// A type in the catalog.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TypeInfo {
+    /// `typname`.
     pub name: String,
     /// `typtype`: `b`ase, `d`omain, `e`num, `c`omposite, …
     pub typtype: u8,
@@ -133,15 +196,18 @@ impl CatalogCache {
         }
     }
 
+    /// Records the answer about a table (`None`: no such table now).
     pub fn put_table(&mut self, schema: String, table: String, info: Option<TableInfo>) {
         self.fetches += 1;
         self.tables.insert((schema, table), (info.map(Arc::new), self.fetches));
     }
 
+    /// Records the answer about a type (`None`: no such type).
     pub fn put_type(&mut self, oid: u32, info: Option<TypeInfo>) {
         self.types.insert(oid, info);
     }
 
+    /// Records a replication origin's name (`None`: no such origin).
     pub fn put_origin(&mut self, id: u32, name: Option<String>) {
         self.origins.insert(id, name);
     }
@@ -209,7 +275,9 @@ const FIRST_NORMAL_OID: u32 = 16384;
 /// One decoded message and the JSON bytes it was made from.
 #[derive(Debug)]
 pub struct Output {
+    /// The message, as the plugin would have sent it.
     pub message: Message,
+    /// The JSON bytes it was decoded from.
     pub source_bytes: usize,
 }
 
@@ -354,6 +422,7 @@ pub struct JsonDecoder {
     /// wal2json sends numbers as strings (`numeric-data-types-as-string`, wal2json 2.6+), so
     /// NaN and ±Infinity arrive as text rather than as `null`.
     numbers_as_strings: bool,
+    /// What the catalog told so far; answers to [`Lookup`]s go here.
     pub catalog: CatalogCache,
     tables: Vec<TableState>,
     by_name: HashMap<(String, String), usize>,
@@ -367,11 +436,11 @@ pub struct JsonDecoder {
     scratch: Vec<u8>,
 }
 
-/// The options the consumer gives wal2json (format version 2, everything the Arrow output
+/// The options to give wal2json (format version 2, everything the Arrow output
 /// needs), plus `add-tables` when every table pattern has a form wal2json understands. The
 /// decoder filters tables, message prefixes and origins again, so wal2json's filters are only
 /// an optimisation.
-pub(crate) fn wal2json_options(
+pub fn wal2json_options(
     options: &PluginOptions,
     numbers_as_strings: bool,
 ) -> Vec<(&'static str, String)> {
@@ -443,6 +512,9 @@ fn add_tables(options: &PluginOptions) -> Option<String> {
 }
 
 impl JsonDecoder {
+    /// A decoder for a session with these plugin options (applied as the plugin would:
+    /// batching, tables, message prefixes, origins, the include flags); `numbers_as_strings`
+    /// when wal2json was asked for `numeric-data-types-as-string`.
     pub fn new(options: PluginOptions, numbers_as_strings: bool) -> JsonDecoder {
         JsonDecoder {
             options,
@@ -462,22 +534,21 @@ impl JsonDecoder {
 
     /// [`decode`](Self::decode) for the message carried by the XLogData at `lsn`: `Ok(None)`
     /// when done, `Ok(Some(question))` when the catalog must answer before the message is fed
-    /// again, and for malformed input an [`Error::Wal2Json`](crate::Error::Wal2Json) naming
-    /// the LSN.
+    /// again.
     ///
     /// # Errors
     ///
-    /// [`Error::Wal2Json`](crate::Error::Wal2Json).
+    /// A [`DecodeError`] naming the LSN, for malformed input.
     pub fn decode_at(
         &mut self,
         msg: &[u8],
         lsn: Lsn,
         out: &mut Vec<Output>,
-    ) -> crate::Result<Option<Lookup>> {
+    ) -> std::result::Result<Option<Lookup>, DecodeError> {
         match self.decode(msg, out) {
             Ok(()) => Ok(None),
             Err(Step::Need(lookup)) => Ok(Some(lookup)),
-            Err(Step::Bad(message)) => Err(crate::Error::Wal2Json { lsn, message }),
+            Err(Step::Bad(message)) => Err(DecodeError { lsn, message }),
         }
     }
 
@@ -1609,15 +1680,13 @@ fn parse_float<F: std::str::FromStr>(t: &str) -> Option<F> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use arrow_array::Array;
-    use arrow_array::cast::AsArray;
-    use arrow_array::types::{Decimal128Type, Int32Type, TimestampMicrosecondType};
-
-    use super::*;
-
-    fn ty(name: &str, typlen: i16, elem: u32) -> Option<TypeInfo> {
+/// A decoder whose catalog already knows `public.t (id int4 NOT NULL, note text, amount
+/// numeric(12,2), at timestamptz, tags int4[])`: for tests, benchmarks and fuzz targets.
+#[doc(hidden)]
+pub fn sample_decoder() -> JsonDecoder {
+    let mut d =
+        JsonDecoder::new(PluginOptions { batch_rows: 100, ..PluginOptions::default() }, false);
+    let ty = |name: &str, typlen: i16, elem: u32| {
         Some(TypeInfo {
             name: name.into(),
             typtype: b'b',
@@ -1627,47 +1696,54 @@ mod tests {
             typlen,
             delim: b',',
         })
+    };
+    for (oid, info) in [
+        (oid::INT4, ty("int4", 4, 0)),
+        (oid::TEXT, ty("text", -1, 0)),
+        (oid::NUMERIC, ty("numeric", -1, 0)),
+        (oid::TIMESTAMPTZ, ty("timestamptz", 8, 0)),
+        (1007, ty("_int4", -1, oid::INT4)),
+    ] {
+        d.catalog.put_type(oid, info);
     }
+    let col = |name: &str, type_oid: u32, typmod: i32, format: &str| CatalogColumn {
+        name: name.into(),
+        type_oid,
+        typmod,
+        ndims: i32::from(type_oid == 1007),
+        not_null: name == "id",
+        format: format.into(),
+    };
+    d.catalog.put_table(
+        "public".into(),
+        "t".into(),
+        Some(TableInfo {
+            relid: 4242,
+            replica_identity: ReplicaIdentity::Default,
+            primary_key: vec!["id".into()],
+            identity_key: vec!["id".into()],
+            columns: vec![
+                col("id", oid::INT4, -1, "integer"),
+                col("note", oid::TEXT, -1, "text"),
+                col("amount", oid::NUMERIC, (12 << 16) + 2 + 4, "numeric(12,2)"),
+                col("at", oid::TIMESTAMPTZ, -1, "timestamp with time zone"),
+                col("tags", 1007, -1, "integer[]"),
+            ],
+        }),
+    );
+    d
+}
 
-    /// A decoder whose catalog already knows table `public.t` and its types.
+#[cfg(test)]
+mod tests {
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Decimal128Type, Int32Type, TimestampMicrosecondType};
+
+    use super::*;
+
     fn decoder() -> JsonDecoder {
-        let mut d =
-            JsonDecoder::new(PluginOptions { batch_rows: 100, ..PluginOptions::default() }, false);
-        for (oid, info) in [
-            (oid::INT4, ty("int4", 4, 0)),
-            (oid::TEXT, ty("text", -1, 0)),
-            (oid::NUMERIC, ty("numeric", -1, 0)),
-            (oid::TIMESTAMPTZ, ty("timestamptz", 8, 0)),
-            (1007, ty("_int4", -1, oid::INT4)),
-        ] {
-            d.catalog.put_type(oid, info);
-        }
-        let col = |name: &str, type_oid: u32, typmod: i32, format: &str| CatalogColumn {
-            name: name.into(),
-            type_oid,
-            typmod,
-            ndims: i32::from(type_oid == 1007),
-            not_null: name == "id",
-            format: format.into(),
-        };
-        d.catalog.put_table(
-            "public".into(),
-            "t".into(),
-            Some(TableInfo {
-                relid: 4242,
-                replica_identity: ReplicaIdentity::Default,
-                primary_key: vec!["id".into()],
-                identity_key: vec!["id".into()],
-                columns: vec![
-                    col("id", oid::INT4, -1, "integer"),
-                    col("note", oid::TEXT, -1, "text"),
-                    col("amount", oid::NUMERIC, (12 << 16) + 2 + 4, "numeric(12,2)"),
-                    col("at", oid::TIMESTAMPTZ, -1, "timestamp with time zone"),
-                    col("tags", 1007, -1, "integer[]"),
-                ],
-            }),
-        );
-        d
+        sample_decoder()
     }
 
     const BEGIN: &str = r#"{"action":"B","xid":731,"timestamp":"2024-05-06 07:08:09.123456+00","origin":0,"lsn":"0/16B3F48","nextlsn":"0/16B3F78"}"#;
@@ -1679,7 +1755,7 @@ mod tests {
     const COMMIT: &str = r#"{"action":"C","xid":731,"timestamp":"2024-05-06 07:08:09.123456+00","origin":0,"lsn":"0/16B3F48","nextlsn":"0/16B3F78"}"#;
     const ALL: [&str; 7] = [BEGIN, INSERT, UPDATE, DELETE, TRUNCATE, MESSAGE, COMMIT];
 
-    fn feed(d: &mut JsonDecoder, msgs: &[&str]) -> crate::Result<Vec<Output>> {
+    fn feed(d: &mut JsonDecoder, msgs: &[&str]) -> std::result::Result<Vec<Output>, DecodeError> {
         let mut out = Vec::new();
         for m in msgs {
             if let Some(q) = d.decode_at(m.as_bytes(), Lsn(0x16B3E00), &mut out)? {
@@ -1801,7 +1877,7 @@ mod tests {
             r#"{"action":"B","lsn":"zz","nextlsn":"0/2"}"#,
         ] {
             let e = feed(&mut decoder(), &[bad]).unwrap_err();
-            assert!(matches!(e, crate::Error::Wal2Json { .. }), "{bad}: {e}");
+            assert!(e.lsn.0 > 0 && !e.message.is_empty(), "{bad}: {e}");
         }
     }
 

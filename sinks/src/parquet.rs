@@ -64,9 +64,9 @@ use tokio::time::Instant;
 use wal2arrow_schema::Lsn;
 use wal2arrow_schema::types::json_string;
 
-use super::{Durable, MESSAGES, Sink, TRUNCATES, message_batch, truncate_batch, with_position};
 use crate::error::{Error, Result};
-use crate::stream::Event;
+use crate::{Durable, MESSAGES, Sink, TRUNCATES, message_batch, truncate_batch, with_position};
+use wal2arrow_consumer::Event;
 
 /// The checkpoint's file name in the output directory.
 pub const CHECKPOINT_FILE: &str = "_wal2arrow_checkpoint.json";
@@ -161,7 +161,7 @@ impl Checkpoint {
     }
 
     fn parse(text: &str) -> Option<Checkpoint> {
-        use crate::wal2json::json::{Scalar, Scanner, str_owned};
+        use wal2arrow_wal2json::json::{Scalar, Scanner, str_owned};
         let bytes = text.as_bytes();
         let mut s = Scanner::new(bytes);
         let mut c = Checkpoint::default();

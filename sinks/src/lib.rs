@@ -16,9 +16,16 @@
 //!   by a crash or a reconnection is written again, whole; every row carries its
 //!   `(commit LSN, ordinal)` so a reader can drop the first, partial copy.
 
+#![warn(missing_docs)]
+
+pub mod error;
+#[cfg(feature = "ipc")]
 pub mod ipc;
+#[cfg(feature = "jsonl")]
 pub mod jsonl;
+#[cfg(feature = "parquet")]
 pub mod parquet;
+mod worker;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -32,9 +39,9 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use tokio::time::Instant;
 use wal2arrow_schema::Lsn;
 
-use crate::consumer::CdcStream;
-use crate::error::{Error, Result};
-use crate::stream::{ChangeBatch, Event, LogicalMessage, TruncateEvent};
+pub use crate::error::{Error, ErrorClass, Result};
+use crate::worker::Worker;
+use wal2arrow_consumer::{CdcStream, ChangeBatch, Event, LogicalMessage, TruncateEvent};
 
 /// What an earlier run made durable: the last transaction whose changes the sink holds, and
 /// the position acknowledged with it.
@@ -48,6 +55,9 @@ pub struct Durable {
 }
 
 /// A destination for change events.
+///
+/// [`run`] calls these methods on a thread of its own: they may block (write, encode, fsync)
+/// without holding up the async runtime.
 pub trait Sink: Send {
     /// What an earlier run made durable; the runner skips the transactions at or before it
     /// when the slot delivers them again. Default: nothing (the sink keeps no such record).
@@ -81,6 +91,28 @@ pub trait Sink: Send {
     ///
     /// I/O errors.
     fn rollback(&mut self) -> Result<bool>;
+}
+
+impl<S: Sink + ?Sized> Sink for Box<S> {
+    fn durable(&self) -> Durable {
+        (**self).durable()
+    }
+
+    fn write(&mut self, event: &Event) -> Result<()> {
+        (**self).write(event)
+    }
+
+    fn wants_flush(&self) -> bool {
+        (**self).wants_flush()
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        (**self).flush()
+    }
+
+    fn rollback(&mut self) -> Result<bool> {
+        (**self).rollback()
+    }
 }
 
 /// When [`run`] stops on its own.
@@ -155,6 +187,11 @@ pub struct RunReport {
 /// reached, flushing as the sink asks and acknowledging each flushed position. `progress` is
 /// called once a second.
 ///
+/// The sink runs on a thread of its own, so its writes, encoding and fsyncs never hold up the
+/// async runtime (or the replication connection's keepalives); at most a few events wait for
+/// it, so memory stays bounded when it is slower than the stream. `run` returns after that
+/// thread has dropped the sink (its files are closed).
+///
 /// A stop asked for in the middle of a transaction waits for its commit (up to
 /// [`RunOptions::finish_timeout`]), then flushes, acknowledges and tells the server before
 /// returning. A reconnection in the middle of a transaction rolls the sink back to its last
@@ -162,21 +199,38 @@ pub struct RunReport {
 ///
 /// # Errors
 ///
-/// The stream's errors and the sink's; the sink is rolled back (or flushed, between
-/// transactions) first, so nothing unflushed is acknowledged.
-pub async fn run(
+/// [`Error::Stream`] when the stream fails: the sink is rolled back (or flushed, between
+/// transactions) first, so nothing unflushed is acknowledged. [`Error::Sink`] (with the path)
+/// when the sink fails: nothing more is flushed or acknowledged, the sink is rolled back if it
+/// can be, and what it had not made durable comes again next time.
+pub async fn run<S: Sink + 'static>(
     stream: &mut CdcStream,
-    sink: &mut dyn Sink,
+    sink: S,
+    options: &RunOptions,
+    shutdown: impl Future<Output = ()>,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<RunReport> {
+    let durable = sink.durable();
+    let mut worker = Worker::start(sink)?;
+    let result = drive(stream, &mut worker, durable, options, shutdown, progress).await;
+    worker.finish().await;
+    result
+}
+
+async fn drive(
+    stream: &mut CdcStream,
+    worker: &mut Worker,
+    durable: Durable,
     options: &RunOptions,
     shutdown: impl Future<Output = ()>,
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<RunReport> {
     let mut r = Runner {
-        durable: sink.durable(),
+        durable,
         in_txn: false,
         skip_txn: false,
-        written_commit: sink.durable().commit_lsn,
-        flushed_commit: sink.durable().commit_lsn,
+        written_commit: durable.commit_lsn,
+        flushed_commit: durable.commit_lsn,
         written_message: Lsn::INVALID,
         flushed_message: Lsn::INVALID,
         pending_ack: None,
@@ -194,83 +248,55 @@ pub async fn run(
     let mut stopping: Option<Instant> = None;
     let finish = options.finish_timeout.unwrap_or(Duration::from_secs(30));
     let stopped = loop {
-        tokio::select! {
+        let step: Result<Option<Stopped>> = tokio::select! {
+            e = worker.failure() => Err(e),
             () = &mut shutdown, if stopping.is_none() => {
                 if !r.in_txn {
                     break Stopped::Shutdown;
                 }
                 tracing::info!("stopping after the transaction in progress (at most {finish:?})");
                 stopping = Some(Instant::now() + finish);
+                Ok(None)
             }
-            _ = tick.tick() => {
-                r.update(stream);
-                progress(&r.progress);
-                if !r.in_txn && r.pending_ack.is_some() && sink.wants_flush() {
-                    r.flush(stream, sink)?;
-                }
-                if let Some(until) = options.until_lsn
-                    && !r.in_txn
-                    && r.pending_ack.is_none()
-                    && stream.ack_handle().acknowledged() >= until
-                {
-                    break Stopped::UntilLsn;
-                }
-                if options.idle_timeout.is_some_and(|t| last_event.elapsed() >= t) && !r.in_txn {
-                    break Stopped::Idle;
-                }
-                if stopping.is_some_and(|d| Instant::now() >= d) {
-                    tracing::warn!("the transaction in progress did not commit in time: it is delivered again next time");
-                    sink.rollback()?;
-                    r.in_txn = false;
-                    break Stopped::Shutdown;
-                }
-            }
+            _ = tick.tick() => r.tick(stream, worker, options, last_event, stopping, progress).await,
             _ = until_tick.tick(), if options.until_lsn.is_some() => {
-                if let Some(until) = options.until_lsn
-                    && !r.in_txn
-                    && stream.has_delivered_through(until)
-                {
-                    if r.pending_ack.is_some() {
-                        r.flush(stream, sink)?;
-                    }
-                    // Everything before `until` is written and durable.
-                    stream.ack(until);
-                    break Stopped::UntilLsn;
-                }
+                r.until_reached(stream, worker, options).await
             }
-            event = stream.next() => {
-                let event = match event {
-                    None => break Stopped::StreamEnded,
-                    Some(Ok(event)) => event,
-                    Some(Err(e)) => {
-                        r.abandon(stream, sink);
-                        return Err(e);
-                    }
-                };
-                last_event = Instant::now();
-                if let Err(e) = r.handle(&event, sink) {
-                    r.abandon(stream, sink);
-                    return Err(e);
+            event = stream.next() => match event {
+                None => Ok(Some(Stopped::StreamEnded)),
+                Some(Err(e)) => {
+                    r.abandon(stream, worker).await;
+                    return Err(e.into());
                 }
-                if let Event::Commit(c) = &event {
-                    if stopping.is_some() {
-                        break Stopped::Shutdown;
-                    }
-                    if options.max_transactions.is_some_and(|m| r.progress.transactions >= m) {
-                        break Stopped::MaxTransactions;
-                    }
-                    if options.until_lsn.is_some_and(|u| c.end_lsn >= u) {
-                        break Stopped::UntilLsn;
-                    }
+                Some(Ok(event)) => {
+                    last_event = Instant::now();
+                    r.event(event, worker, options, stopping.is_some()).await
                 }
+            },
+        };
+        match step {
+            Ok(None) => {}
+            Ok(Some(stopped)) => break stopped,
+            Err(e) => {
+                // The sink failed: flush nothing more, take back what it can.
+                if let Err(e) = worker.rollback().await {
+                    tracing::warn!(error = %e, "could not take back what was written since the last flush");
+                }
+                return Err(e);
             }
         }
     };
-    if r.in_txn {
+    let ended = if r.in_txn {
         // Ended in a transaction (the stream ended): keep nothing of it.
-        sink.rollback()?;
+        worker.rollback().await.map(drop)
     } else if r.pending_ack.is_some() {
-        r.flush(stream, sink)?;
+        r.flush(stream, worker).await
+    } else {
+        Ok(())
+    };
+    if let Err(e) = ended {
+        let _ = worker.rollback().await;
+        return Err(e);
     }
     if stopped != Stopped::StreamEnded {
         // Tell the server now rather than at the next status update.
@@ -310,8 +336,94 @@ impl Runner {
         self.progress.lag_bytes = stats.server_wal_end.0.saturating_sub(acked.0);
     }
 
-    fn flush(&mut self, stream: &CdcStream, sink: &mut dyn Sink) -> Result<()> {
-        sink.flush()?;
+    /// Once a second: progress, a flush when the sink wants one, the time limits.
+    async fn tick(
+        &mut self,
+        stream: &CdcStream,
+        worker: &mut Worker,
+        options: &RunOptions,
+        last_event: Instant,
+        stopping: Option<Instant>,
+        progress: &mut (dyn FnMut(&Progress) + Send),
+    ) -> Result<Option<Stopped>> {
+        self.update(stream);
+        progress(&self.progress);
+        if !self.in_txn && self.pending_ack.is_some() && worker.wants_flush().await? {
+            self.flush(stream, worker).await?;
+        }
+        if let Some(until) = options.until_lsn
+            && !self.in_txn
+            && self.pending_ack.is_none()
+            && stream.ack_handle().acknowledged() >= until
+        {
+            return Ok(Some(Stopped::UntilLsn));
+        }
+        if options.idle_timeout.is_some_and(|t| last_event.elapsed() >= t) && !self.in_txn {
+            return Ok(Some(Stopped::Idle));
+        }
+        if stopping.is_some_and(|d| Instant::now() >= d) {
+            tracing::warn!(
+                "the transaction in progress did not commit in time: it is delivered again next time"
+            );
+            worker.rollback().await?;
+            self.in_txn = false;
+            return Ok(Some(Stopped::Shutdown));
+        }
+        Ok(None)
+    }
+
+    /// Whether `--until-lsn` is reached with nothing left to deliver before it.
+    async fn until_reached(
+        &mut self,
+        stream: &CdcStream,
+        worker: &mut Worker,
+        options: &RunOptions,
+    ) -> Result<Option<Stopped>> {
+        if let Some(until) = options.until_lsn
+            && !self.in_txn
+            && stream.has_delivered_through(until)
+        {
+            if self.pending_ack.is_some() {
+                self.flush(stream, worker).await?;
+            }
+            // Everything before `until` is written and durable.
+            stream.ack(until);
+            return Ok(Some(Stopped::UntilLsn));
+        }
+        Ok(None)
+    }
+
+    /// Hands one event to the sink; whether a limit is reached with it.
+    async fn event(
+        &mut self,
+        event: Event,
+        worker: &mut Worker,
+        options: &RunOptions,
+        stopping: bool,
+    ) -> Result<Option<Stopped>> {
+        let commit_end = match &event {
+            Event::Commit(c) => Some(c.end_lsn),
+            _ => None,
+        };
+        if self.handle(&event, worker).await? {
+            worker.write(event).await?;
+        }
+        if let Some(end) = commit_end {
+            if stopping {
+                return Ok(Some(Stopped::Shutdown));
+            }
+            if options.max_transactions.is_some_and(|m| self.progress.transactions >= m) {
+                return Ok(Some(Stopped::MaxTransactions));
+            }
+            if options.until_lsn.is_some_and(|u| end >= u) {
+                return Ok(Some(Stopped::UntilLsn));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn flush(&mut self, stream: &CdcStream, worker: &mut Worker) -> Result<()> {
+        worker.flush().await?;
         self.progress.flushes += 1;
         self.flushed_commit = self.written_commit;
         self.flushed_message = self.written_message;
@@ -321,12 +433,12 @@ impl Runner {
         Ok(())
     }
 
-    /// After an error: flush what is complete, or take back a partial transaction.
-    fn abandon(&mut self, stream: &CdcStream, sink: &mut dyn Sink) {
+    /// After a stream error: flush what is complete, or take back a partial transaction.
+    async fn abandon(&mut self, stream: &CdcStream, worker: &mut Worker) {
         let result = if self.in_txn {
-            sink.rollback().map(drop)
+            worker.rollback().await.map(drop)
         } else if self.pending_ack.is_some() {
-            self.flush(stream, sink)
+            self.flush(stream, worker).await
         } else {
             Ok(())
         };
@@ -335,7 +447,8 @@ impl Runner {
         }
     }
 
-    fn handle(&mut self, event: &Event, sink: &mut dyn Sink) -> Result<()> {
+    /// Updates the bookkeeping for `event`; whether the sink gets it.
+    async fn handle(&mut self, event: &Event, worker: &mut Worker) -> Result<bool> {
         match event {
             Event::Begin(b) => {
                 self.in_txn = true;
@@ -343,7 +456,7 @@ impl Runner {
                     !self.written_commit.is_invalid() && b.commit_lsn <= self.written_commit;
                 if self.skip_txn {
                     self.progress.skipped_transactions += 1;
-                    return Ok(());
+                    return Ok(false);
                 }
             }
             Event::Commit(c) => {
@@ -351,7 +464,7 @@ impl Runner {
                 if std::mem::take(&mut self.skip_txn) {
                     // Nothing to write; its position may still be acknowledged.
                     self.pending_ack = Some(self.pending_ack.unwrap_or(c.end_lsn).max(c.end_lsn));
-                    return Ok(());
+                    return Ok(false);
                 }
                 self.written_commit = c.commit_lsn;
                 self.progress.transactions += 1;
@@ -363,7 +476,7 @@ impl Runner {
                 // since the flush, which then is written again — or, by sinks that cannot,
                 // written again whole.
                 if self.in_txn {
-                    if sink.rollback()? {
+                    if worker.rollback().await? {
                         self.written_commit = self.flushed_commit;
                         self.written_message = self.flushed_message;
                         self.pending_ack = None;
@@ -378,19 +491,19 @@ impl Runner {
                 }
                 self.in_txn = false;
                 self.skip_txn = false;
-                return Ok(());
+                return Ok(false);
             }
-            Event::Relation(_) => return Ok(()),
+            Event::Relation(_) => return Ok(false),
             Event::Message(m) if !m.transactional => {
                 if m.lsn < self.durable.ack_lsn
                     || (!self.written_message.is_invalid() && m.lsn <= self.written_message)
                 {
-                    return Ok(());
+                    return Ok(false);
                 }
                 self.written_message = m.lsn;
                 self.pending_ack = Some(self.pending_ack.unwrap_or(m.ack_lsn()).max(m.ack_lsn()));
             }
-            _ if self.skip_txn => return Ok(()),
+            _ if self.skip_txn => return Ok(false),
             Event::Change(c) => {
                 *self.progress.rows.entry(c.table().to_owned()).or_default() += c.num_rows() as u64;
                 self.progress.bytes += c.source_bytes() as u64;
@@ -398,7 +511,7 @@ impl Runner {
             _ => {}
         }
         self.progress.events += 1;
-        sink.write(event)
+        Ok(true)
     }
 }
 
@@ -594,6 +707,7 @@ impl Output {
     }
 
     /// The file, for repairing what an earlier run left (`None` for standard output).
+    #[cfg(any(feature = "ipc", feature = "jsonl"))]
     fn file(&mut self) -> Option<&mut std::fs::File> {
         match self {
             Output::File { file, .. } => Some(file),
@@ -602,6 +716,7 @@ impl Output {
     }
 
     /// Makes what was written durable (fsync for a file).
+    #[cfg(any(feature = "ipc", feature = "jsonl"))]
     fn sync(&mut self) -> std::io::Result<()> {
         match self {
             Output::File { file, .. } => file.sync_data(),

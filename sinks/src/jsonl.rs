@@ -37,9 +37,9 @@ use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use arrow_schema::DataType;
 use tokio::time::Instant;
 
-use super::{Output, Sink};
 use crate::error::{Error, Result};
-use crate::stream::{ChangeBatch, Event};
+use crate::{Output, Sink};
+use wal2arrow_consumer::{ChangeBatch, Event};
 
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -642,7 +642,8 @@ mod tests {
             batch(&rel, &[(ChangeOp::Insert, 1, Some(10)), (ChangeOp::UpdateBefore, 1, None)]);
         let second = batch(&rel, &[(ChangeOp::Update, 2, Some(11)), (ChangeOp::Delete, 3, None)]);
         for (i, b) in [first, second].into_iter().enumerate() {
-            let c = crate::stream::ChangeBatch::for_tests(Arc::clone(&rel), b, Lsn(500), i as u32);
+            let c =
+                wal2arrow_consumer::ChangeBatch::for_tests(Arc::clone(&rel), b, Lsn(500), i as u32);
             sink.write(&Event::Change(c)).unwrap();
         }
         sink.flush().unwrap();
@@ -667,7 +668,7 @@ mod tests {
         let path = dir.join("out.jsonl");
         let rel = relation();
         let mut sink = JsonLinesSink::open(&path).unwrap();
-        let c = crate::stream::ChangeBatch::for_tests(
+        let c = wal2arrow_consumer::ChangeBatch::for_tests(
             Arc::clone(&rel),
             batch(&rel, &[(ChangeOp::Insert, 1, Some(10))]),
             Lsn(500),

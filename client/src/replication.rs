@@ -1,0 +1,228 @@
+//! A connection in replication mode: `IDENTIFY_SYSTEM`, `CREATE_REPLICATION_SLOT`,
+//! `DROP_REPLICATION_SLOT` and `START_REPLICATION`, which turns it into a [`ChangeStream`].
+//! See [the protocol docs](https://www.postgresql.org/docs/15/protocol-replication.html).
+
+use wal2arrow_schema::{Lsn, PluginOptions};
+use wal2arrow_wal2json::{JsonDecoder, wal2json_options};
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::plugin::WAL2JSON_SESSION;
+use crate::protocol::conn::{Connection, quote_ident, quote_literal};
+use crate::stream::ChangeStream;
+
+/// What `IDENTIFY_SYSTEM` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SystemInfo {
+    /// The cluster's system identifier.
+    pub system_id: String,
+    /// Current timeline.
+    pub timeline: u32,
+    /// Current WAL flush position.
+    pub xlogpos: Lsn,
+    /// The database connected to.
+    pub dbname: Option<String>,
+}
+
+/// A slot created by [`ReplicationClient::create_slot`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreatedSlot {
+    /// Slot name.
+    pub name: String,
+    /// The first position the slot can stream from: changes committed after it.
+    pub consistent_point: Lsn,
+}
+
+/// A connection in replication mode, before streaming starts.
+#[derive(Debug)]
+pub struct ReplicationClient {
+    conn: Connection,
+    config: Config,
+}
+
+impl ReplicationClient {
+    /// Connects with `replication=database` and authenticates.
+    ///
+    /// # Errors
+    ///
+    /// Connection, timeout, authentication and server errors; see [`Error`].
+    pub async fn connect(config: &Config) -> Result<ReplicationClient> {
+        let conn = Connection::connect(config).await?;
+        Ok(ReplicationClient { conn, config: config.clone() })
+    }
+
+    /// Whether the connection is encrypted with TLS.
+    pub fn is_tls(&self) -> bool {
+        self.conn.is_tls()
+    }
+
+    /// The server's version string (`server_version`), as it reported it at startup.
+    pub fn server_version(&self) -> Option<&str> {
+        self.conn.parameters.get("server_version").map(String::as_str)
+    }
+
+    /// `IDENTIFY_SYSTEM`.
+    ///
+    /// # Errors
+    ///
+    /// Server and connection errors.
+    pub async fn identify_system(&mut self) -> Result<SystemInfo> {
+        let rows = self.conn.simple_query("IDENTIFY_SYSTEM").await?;
+        let row = rows.first().ok_or_else(|| Error::protocol("IDENTIFY_SYSTEM returned no row"))?;
+        let field = |i: usize| row.get(i).cloned().flatten();
+        Ok(SystemInfo {
+            system_id: field(0).unwrap_or_default(),
+            timeline: field(1).and_then(|t| t.parse().ok()).unwrap_or(0),
+            xlogpos: parse_lsn(field(2))?,
+            dbname: field(3),
+        })
+    }
+
+    /// `CREATE_REPLICATION_SLOT name [TEMPORARY] LOGICAL plugin (SNAPSHOT 'nothing')`.
+    ///
+    /// A temporary slot disappears when this connection ends, so it must be created on the
+    /// connection that then streams from it.
+    ///
+    /// # Errors
+    ///
+    /// The server's error: the slot exists (SQLSTATE 42710), the plugin cannot be loaded or
+    /// is not in `output_plugin_libraries`, no free slots, no REPLICATION privilege.
+    pub async fn create_slot(
+        &mut self,
+        name: &str,
+        plugin: &str,
+        temporary: bool,
+    ) -> Result<CreatedSlot> {
+        let sql = format!(
+            "CREATE_REPLICATION_SLOT {}{} LOGICAL {} (SNAPSHOT 'nothing')",
+            quote_ident(name),
+            if temporary { " TEMPORARY" } else { "" },
+            quote_ident(plugin),
+        );
+        let rows = self.conn.simple_query(&sql).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| Error::protocol("CREATE_REPLICATION_SLOT returned no row"))?;
+        Ok(CreatedSlot {
+            name: row.first().cloned().flatten().unwrap_or_else(|| name.to_owned()),
+            consistent_point: parse_lsn(row.get(1).cloned().flatten())?,
+        })
+    }
+
+    /// `DROP_REPLICATION_SLOT name`: drops a slot (a temporary one of this connection, or an
+    /// unused persistent one).
+    ///
+    /// # Errors
+    ///
+    /// The server's error (no such slot, in use by another session).
+    pub async fn drop_slot(&mut self, name: &str) -> Result<()> {
+        self.conn
+            .simple_query(&format!("DROP_REPLICATION_SLOT {}", quote_ident(name)))
+            .await
+            .map(drop)
+    }
+
+    /// Starts streaming `slot` from `start` (`Lsn::INVALID`: from the slot's
+    /// `confirmed_flush_lsn`) with the given plugin options.
+    ///
+    /// # Errors
+    ///
+    /// The server's error — a missing slot, a slot in use, or a plugin option the plugin
+    /// refuses (the error's hint lists the valid ones).
+    pub async fn start(
+        self,
+        slot: &str,
+        start: Lsn,
+        options: &PluginOptions,
+    ) -> Result<ChangeStream> {
+        let pairs = options.to_pairs();
+        let pairs: Vec<(&str, Option<&str>)> =
+            pairs.iter().map(|(k, v)| (*k, Some(v.as_str()))).collect();
+        self.start_with_pairs(slot, start, &pairs).await
+    }
+
+    /// [`start`](Self::start) with raw option pairs (a `None` value sends the option without
+    /// one): for plugins other than wal2arrow, and for testing how the plugin answers options
+    /// it does not know.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start).
+    pub async fn start_with_pairs(
+        mut self,
+        slot: &str,
+        start: Lsn,
+        options: &[(&str, Option<&str>)],
+    ) -> Result<ChangeStream> {
+        let opts: Vec<String> = options
+            .iter()
+            .map(|(k, v)| match v {
+                Some(v) => format!("{} {}", quote_ident(k), quote_literal(v)),
+                None => quote_ident(k),
+            })
+            .collect();
+        let mut sql = format!("START_REPLICATION SLOT {} LOGICAL {start}", quote_ident(slot));
+        if !opts.is_empty() {
+            sql.push_str(&format!(" ({})", opts.join(", ")));
+        }
+        self.conn.start_copy_both(&sql, self.config.connect_timeout).await?;
+        Ok(ChangeStream::new(self.conn, start))
+    }
+}
+
+impl ReplicationClient {
+    /// Starts streaming a **wal2json** slot, decoded into the same events a wal2arrow stream
+    /// yields (see [`OutputPlugin::Wal2Json`]). `options` are applied as the plugin would:
+    /// batching, tables, message prefixes, origins, the include flags. Catalog lookups the
+    /// JSON needs go over a separate SQL connection with the same settings.
+    ///
+    /// `numbers_as_strings` asks wal2json 2.6+ for numbers as strings
+    /// (`numeric-data-types-as-string`), which keeps NaN and ±Infinity apart from NULL;
+    /// wal2json 2.5 refuses the option.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start); the server refuses an option this wal2json lacks.
+    pub async fn start_wal2json(
+        mut self,
+        slot: &str,
+        start: Lsn,
+        options: &PluginOptions,
+        numbers_as_strings: bool,
+    ) -> Result<ChangeStream> {
+        self.conn.simple_query(WAL2JSON_SESSION).await?;
+        let mut pairs = wal2json_options(options, numbers_as_strings);
+        // wal2json filters origins by ID: those that exist now are dropped in the server too
+        // (the decoder filters by name either way, so origins created later are caught).
+        if !options.filter_origins.is_empty() && !options.filter_origins.iter().any(|o| o == "*") {
+            let names: Vec<String> =
+                options.filter_origins.iter().map(|o| quote_literal(o)).collect();
+            let rows = self
+                .conn
+                .simple_query(&format!(
+                    "SELECT string_agg(roident::text, ',') FROM pg_replication_origin \
+                     WHERE roname IN ({})",
+                    names.join(", ")
+                ))
+                .await?;
+            if let Some(ids) = rows.first().and_then(|r| r.first().cloned().flatten()) {
+                pairs.push(("filter-origins", ids));
+            }
+        }
+        let pairs: Vec<(&str, Option<&str>)> =
+            pairs.iter().map(|(k, v)| (*k, Some(v.as_str()))).collect();
+        let config = self.config.clone();
+        let mut stream = self.start_with_pairs(slot, start, &pairs).await?;
+        stream.read_wal2json(
+            JsonDecoder::new(options.clone(), numbers_as_strings),
+            Catalog::new(config),
+        );
+        Ok(stream)
+    }
+}
+
+pub(crate) fn parse_lsn(text: Option<String>) -> Result<Lsn> {
+    let text = text.ok_or_else(|| Error::protocol("missing LSN"))?;
+    text.parse().map_err(|e| Error::protocol(format!("{e}")))
+}
