@@ -140,7 +140,9 @@ impl Error {
     pub fn class(&self) -> ErrorClass {
         match self {
             Error::Config(_) => ErrorClass::Configuration,
-            Error::Connect { .. } | Error::Timeout { .. } | Error::Io(_) => ErrorClass::Transient,
+            Error::Connect { .. } | Error::Timeout { .. } => ErrorClass::Transient,
+            // Lost, reset, timed out: try again. Bytes that do not parse would come again.
+            Error::Io(e) if io_is_transient(e) => ErrorClass::Transient,
             // 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now, 55006
             // object_in_use (slot still held by a dying walsender), 53300 too many connections,
             // 08xxx connection exceptions.
@@ -158,7 +160,9 @@ impl Error {
             // statement, which would fail again.
             Error::Sql(e)
                 if e.is_closed()
-                    || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()) =>
+                    || std::error::Error::source(e)
+                        .and_then(|s| s.downcast_ref::<std::io::Error>())
+                        .is_some_and(io_is_transient) =>
             {
                 ErrorClass::Transient
             }
@@ -202,6 +206,13 @@ impl Error {
         matches!(self, Error::Auth { .. } | Error::Tls(_))
             || matches!(self.code(), Some("28P01" | "28000" | "3D000"))
     }
+}
+
+/// Whether an I/O error is the connection failing (transient) rather than bytes that do not
+/// parse: tokio-postgres and postgres-protocol report malformed messages as `InvalidData` or
+/// `InvalidInput`, which reconnecting would only receive again.
+pub(crate) fn io_is_transient(e: &std::io::Error) -> bool {
+    !matches!(e.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput)
 }
 
 /// What to check for a SQLSTATE, when it says.
@@ -340,5 +351,11 @@ mod tests {
         let malformed = Error::Protocol { message: "bad frame".into(), after: Some(Lsn(42)) };
         assert_eq!(malformed.class(), ErrorClass::Definite, "never a reconnect loop");
         assert!(malformed.to_string().contains("after LSN 0/2A"), "{malformed}");
+        // A connection that drops is retried; bytes that do not parse are not.
+        let io = |kind| Error::Io(std::io::Error::new(kind, "x"));
+        assert_eq!(io(std::io::ErrorKind::ConnectionReset).class(), ErrorClass::Transient);
+        assert_eq!(io(std::io::ErrorKind::UnexpectedEof).class(), ErrorClass::Transient);
+        assert_eq!(io(std::io::ErrorKind::InvalidData).class(), ErrorClass::Definite);
+        assert_eq!(io(std::io::ErrorKind::InvalidInput).class(), ErrorClass::Definite);
     }
 }

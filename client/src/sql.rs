@@ -73,6 +73,12 @@ fn connect_error(config: &Config, e: tokio_postgres::Error) -> Error {
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if !crate::error::io_is_transient(io) {
+                return Error::protocol(format!(
+                    "malformed message from the server at {}: {io}",
+                    config.address()
+                ));
+            }
             return Error::Connect {
                 addr: config.address(),
                 source: std::io::Error::new(io.kind(), io.to_string()),

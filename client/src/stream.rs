@@ -268,6 +268,25 @@ impl ChangeStream {
     /// keepalive's position only after everything before it). Cancel safe, as
     /// [`next_event`](Self::next_event).
     pub async fn next_step(&mut self) -> Result<Option<Step>> {
+        let step = self.next_step_inner().await;
+        self.locate(step)
+    }
+
+    /// A protocol error, with the last WAL position received before it; the stream ends
+    /// there (reconnecting would receive the same bytes again).
+    fn locate<T>(&mut self, result: Result<T>) -> Result<T> {
+        match result {
+            Err(Error::Protocol { message, after: None }) => {
+                self.done = true;
+                self.pending.clear();
+                self.bundled.clear();
+                Err(Error::Protocol { message, after: Some(self.server_wal_end) })
+            }
+            other => other,
+        }
+    }
+
+    async fn next_step_inner(&mut self) -> Result<Option<Step>> {
         if self.done && self.pending.is_empty() && self.bundled.is_empty() {
             return Ok(None);
         }
@@ -361,13 +380,8 @@ impl ChangeStream {
     /// [`Error::Protocol`] naming the last WAL position received before them: reconnecting
     /// would only receive them again.
     async fn read_frame(&mut self) -> Result<Option<Frame>> {
-        match self.read_frame_inner().await {
-            Err(Error::Protocol { message, after: None }) => {
-                self.done = true;
-                Err(Error::Protocol { message, after: Some(self.server_wal_end) })
-            }
-            other => other,
-        }
+        let frame = self.read_frame_inner().await;
+        self.locate(frame)
     }
 
     async fn read_frame_inner(&mut self) -> Result<Option<Frame>> {

@@ -39,6 +39,8 @@ pub enum Error {
     Upstream(Arc<Error>),
     /// The stream has ended: nothing more can be asked of it.
     Ended,
+    /// A task of the consumer panicked (a bug; the panic message was printed): what it was.
+    Panicked(String),
 }
 
 impl Error {
@@ -48,9 +50,11 @@ impl Error {
         match self {
             Error::Client(e) => e.class(),
             Error::Config(_) => ErrorClass::Configuration,
-            Error::Preflight(_) | Error::Spill { .. } | Error::Arrow(_) | Error::Ended => {
-                ErrorClass::Definite
-            }
+            Error::Preflight(_)
+            | Error::Spill { .. }
+            | Error::Arrow(_)
+            | Error::Ended
+            | Error::Panicked(_) => ErrorClass::Definite,
             Error::Upstream(e) => e.class(),
         }
     }
@@ -102,6 +106,9 @@ impl fmt::Display for Error {
             Error::Upstream(e) => write!(f, "{e}"),
             Error::Ended => write!(f, "the stream has ended"),
             Error::Arrow(e) => write!(f, "Arrow: {e}"),
+            Error::Panicked(what) => {
+                write!(f, "{what} panicked (see the message above); please report it as a bug")
+            }
             Error::Spill { path, action, source } => write!(
                 f,
                 "router spill file: {action} {}: {source} (check spill_dir: its free space and \

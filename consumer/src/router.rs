@@ -309,11 +309,8 @@ async fn blocking<T: Send + 'static>(
     match tokio::task::spawn_blocking(work).await {
         Ok(result) => result,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => Err(Error::Spill {
-            path: PathBuf::new(),
-            action: "cannot finish the work on".into(),
-            source: std::io::Error::other(e),
-        }),
+        // Cancelled: the runtime is shutting down.
+        Err(_) => Err(Error::Ended),
     }
 }
 
@@ -751,7 +748,9 @@ impl Reader {
                     if sp.records.is_empty() && !sp.writing { s.spill.take() } else { None }
                 };
                 if let Some(spill) = drained {
-                    discard(spill).await;
+                    // Not waited for: the delivery is taken, and a cancelled call must not
+                    // lose it (the removal finishes on its own).
+                    drop(tokio::task::spawn_blocking(move || drop(spill)));
                 }
                 let target = match &routed {
                     Routed::Batch(b) => AckTarget::Txn(b.position.commit_lsn),
@@ -784,6 +783,17 @@ impl Reader {
 
 /// The routing task.
 async fn route(mut stream: CdcStream, shared: Arc<Shared>) {
+    /// Ends the readers' queues even if routing panics (otherwise they would wait forever);
+    /// a normal ending comes first and wins.
+    struct EndGuard(Arc<Shared>);
+    impl Drop for EndGuard {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                self.0.end(Some(Arc::new(Error::Panicked("the router's routing task".into()))));
+            }
+        }
+    }
+    let _guard = EndGuard(Arc::clone(&shared));
     let keys = KeyHashers::default();
     let ended = loop {
         let next = tokio::select! {
@@ -1292,7 +1302,12 @@ mod tests {
         }
         assert_eq!(got, ["m1", "m2", "m3", "m4", "m5"]);
         assert!(q.state.lock().unwrap().spill.is_none(), "drained");
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "the drained file is removed");
+        // The drained file is removed (on a blocking thread, not waited for).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read_dir(&dir).unwrap().count() > 0 {
+            assert!(std::time::Instant::now() < deadline, "the drained file is removed");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         for d in deliveries {
             d.ack.ack();
         }

@@ -28,6 +28,8 @@ pub enum Error {
     Config(String),
     /// Arrow could not build a batch (never for a batch the stream produced).
     Arrow(arrow_schema::ArrowError),
+    /// The sink panicked (a bug; the panic message was printed): which.
+    Panicked(String),
 }
 
 impl Error {
@@ -46,7 +48,7 @@ impl Error {
         match self {
             Error::Stream(e) => e.class(),
             Error::Config(_) => ErrorClass::Configuration,
-            Error::Sink { .. } | Error::Arrow(_) => ErrorClass::Definite,
+            Error::Sink { .. } | Error::Arrow(_) | Error::Panicked(_) => ErrorClass::Definite,
         }
     }
 
@@ -81,6 +83,10 @@ impl fmt::Display for Error {
             }
             Error::Config(m) => write!(f, "{m}"),
             Error::Arrow(e) => write!(f, "sink error: Arrow: {e}"),
+            Error::Panicked(what) => write!(
+                f,
+                "sink error: {what} panicked (see the message above); please report it as a bug"
+            ),
         }
     }
 }
@@ -91,7 +97,7 @@ impl std::error::Error for Error {
             Error::Stream(e) => Some(e),
             Error::Sink { source, .. } => Some(source),
             Error::Arrow(e) => Some(e),
-            Error::Config(_) => None,
+            Error::Config(_) | Error::Panicked(_) => None,
         }
     }
 }

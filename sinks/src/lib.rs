@@ -213,8 +213,16 @@ pub async fn run<S: Sink + 'static>(
     let durable = sink.durable();
     let mut worker = Worker::start(sink)?;
     let result = drive(stream, &mut worker, durable, options, shutdown, progress).await;
-    worker.finish().await;
-    result
+    // A write that failed without the loop hearing of it (it ended first) still fails the
+    // run: its error names the file, and is what to fix.
+    match (worker.finish().await, result) {
+        (None, result) => result,
+        (Some(failed), Ok(_)) => Err(failed),
+        (Some(failed), Err(e)) => {
+            tracing::warn!(error = %e, "the stream failed too");
+            Err(failed)
+        }
+    }
 }
 
 async fn drive(

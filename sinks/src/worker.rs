@@ -32,12 +32,7 @@ pub(crate) struct Worker {
 
 /// The sink's thread ended without answering: it panicked (the panic message was printed).
 fn gone() -> Error {
-    Error::sink(
-        "-",
-        "the sink's thread stopped unexpectedly (it panicked; see the message above) while \
-         writing to",
-        std::io::Error::other("sink thread ended"),
-    )
+    Error::Panicked("the sink".into())
 }
 
 impl Worker {
@@ -135,18 +130,17 @@ impl Worker {
     async fn failure_now(&mut self) -> Error {
         match self.failed.take() {
             Some(failed) => failed.await.unwrap_or_else(|_| gone()),
-            None => Error::sink(
-                "-",
-                "an earlier failure stopped",
-                std::io::Error::other("the sink failed earlier"),
-            ),
+            // Taken already: the caller has returned that error.
+            None => Error::Config("the sink failed earlier: nothing more is written".into()),
         }
     }
 
-    /// Lets the thread finish the queued work and drop the sink, and waits for it.
-    pub(crate) async fn finish(mut self) {
+    /// Lets the thread finish the queued work and drop the sink, and waits for it; the first
+    /// write that failed, if nobody took its error yet.
+    pub(crate) async fn finish(mut self) -> Option<Error> {
         self.jobs = None;
         let _ = (&mut self.done).await;
+        self.failed.and_then(|mut failed| failed.try_recv().ok())
     }
 }
 
@@ -194,7 +188,7 @@ mod tests {
         assert_eq!(flushes.load(std::sync::atomic::Ordering::SeqCst), 0);
         assert!(!worker.wants_flush().await.unwrap());
         assert!(worker.rollback().await.unwrap(), "a failed sink may still roll back");
-        worker.finish().await;
+        assert!(worker.finish().await.is_none());
     }
 
     #[tokio::test]
@@ -205,6 +199,14 @@ mod tests {
             .await
             .expect("reported");
         assert!(e.to_string().contains("disk full"), "{e}");
-        worker.finish().await;
+        assert!(worker.finish().await.is_none(), "reported once");
+    }
+
+    #[tokio::test]
+    async fn a_failure_nobody_heard_of_comes_back_when_the_thread_finishes() {
+        let worker = Worker::start(Failing { flushes: std::sync::Arc::default() }).unwrap();
+        worker.write(event()).await.unwrap();
+        let e = worker.finish().await.expect("the failed write");
+        assert!(matches!(&e, Error::Sink { path, .. } if path.ends_with("part-1")), "{e}");
     }
 }

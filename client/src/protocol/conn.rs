@@ -173,7 +173,12 @@ impl Connection {
                     )?;
                     self.flush().await?;
                     match self.next_message().await? {
-                        Message::AuthenticationSaslContinue(b) => client.update(b.data())?,
+                        Message::AuthenticationSaslContinue(b) => {
+                            client.update(b.data()).map_err(|e| Error::Auth {
+                                message: format!("the server's SCRAM message is invalid: {e}"),
+                                source: None,
+                            })?
+                        }
                         Message::ErrorResponse(e) => {
                             return Err(login_error(db_error(e.fields())));
                         }
@@ -264,7 +269,7 @@ impl Connection {
                     let buf = row.buffer();
                     let mut ranges = row.ranges();
                     let mut values = Vec::new();
-                    while let Some(r) = ranges.next()? {
+                    while let Some(r) = ranges.next().map_err(malformed)? {
                         values.push(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned()));
                     }
                     rows.push(values);
