@@ -23,6 +23,9 @@ async fn main() -> Result<(), wal2arrow_client::Error> {
     while let Some(event) = stream.next_event().await? {
         match event {
             Event::Begin(b) => println!("BEGIN xid {}", b.xid),
+            Event::Relation(r) => {
+                println!("  schema of {}: {} columns", r.qualified_name, r.table_columns())
+            }
             Event::Change(c) => println!("  {}: {} rows", c.table(), c.num_rows()),
             Event::Commit(c) => {
                 println!("COMMIT at {}", c.commit_lsn);

@@ -272,8 +272,9 @@ impl ChangeStream {
         self.locate(step)
     }
 
-    /// A protocol error, with the last WAL position received before it; the stream ends
-    /// there (reconnecting would receive the same bytes again).
+    /// A protocol error, with the last WAL position received before it: bytes the protocol
+    /// does not allow end the stream with a definite [`Error::Protocol`] naming that position
+    /// (reconnecting would only receive them again).
     fn locate<T>(&mut self, result: Result<T>) -> Result<T> {
         match result {
             Err(Error::Protocol { message, after: None }) => {
@@ -352,7 +353,8 @@ impl ChangeStream {
     ///
     /// The server's errors and connection failures.
     pub async fn next_raw(&mut self) -> Result<Option<RawFrame>> {
-        Ok(match self.read_frame().await? {
+        let frame = self.read_frame().await;
+        Ok(match self.locate(frame)? {
             Some(Frame::XLogData { wal_start, wal_end, payload }) => {
                 Some(RawFrame::Data { wal_start, wal_end, payload })
             }
@@ -375,16 +377,7 @@ impl ChangeStream {
     /// Reads the next XLogData or keepalive frame (the caller answers a keepalive's reply
     /// request), handling everything else: status updates on the timer, notices, the end of
     /// the stream (`None`), errors.
-    ///
-    /// Bytes the protocol does not allow end the stream with a definite
-    /// [`Error::Protocol`] naming the last WAL position received before them: reconnecting
-    /// would only receive them again.
     async fn read_frame(&mut self) -> Result<Option<Frame>> {
-        let frame = self.read_frame_inner().await;
-        self.locate(frame)
-    }
-
-    async fn read_frame_inner(&mut self) -> Result<Option<Frame>> {
         loop {
             if self.done {
                 return Ok(None);

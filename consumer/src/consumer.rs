@@ -855,9 +855,18 @@ impl Driver {
                 return;
             }
             // Reconnect with backoff, resuming after what was acknowledged.
+            // Why the connection was lost (for `Restarted`), and why the last attempt failed.
             let reason = error.to_string();
+            let mut latest = None;
             loop {
-                tracing::warn!(error = %reason, retry_in = ?delay, "replication connection lost; reconnecting");
+                match &latest {
+                    None => {
+                        tracing::warn!(error = %reason, retry_in = ?delay, "replication connection lost; reconnecting")
+                    }
+                    Some(e) => {
+                        tracing::warn!(error = %e, retry_in = ?delay, "reconnecting failed; retrying")
+                    }
+                }
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     _ = &mut close => return,
@@ -888,7 +897,7 @@ impl Driver {
                         session = Some(s);
                         break;
                     }
-                    Err(e) if e.is_transient() => continue,
+                    Err(e) if e.is_transient() => latest = Some(e),
                     Err(e) => {
                         let _ = self.tx.send(Item::Event(Err(e))).await;
                         return;

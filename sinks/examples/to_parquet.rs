@@ -24,8 +24,12 @@ async fn main() -> Result<(), wal2arrow_sinks::Error> {
     let mut stream = consumer.start().await?;
     let options =
         RunOptions { idle_timeout: Some(Duration::from_secs(10)), ..RunOptions::default() };
+    let mut shown = None;
     let report = run(&mut stream, sink, &options, std::future::pending(), &mut |p| {
-        eprintln!("{} transactions, {} rows", p.transactions, p.total_rows())
+        if shown != Some(p.transactions) {
+            shown = Some(p.transactions);
+            eprintln!("{} transactions, {} rows", p.transactions, p.total_rows());
+        }
     })
     .await?;
     stream.close().await;

@@ -17,7 +17,7 @@ use wal2arrow_harness::{Cluster, TestDb};
 use wal2arrow_sinks::ipc::read_segments;
 use wal2arrow_sinks::parquet::restore;
 
-use crate::common::{config, read_events, rows, sql};
+use crate::common::{config, confirmed_flush, read_events, rows, sql, wait_for};
 use crate::types::all_types_sql;
 
 /// The command, with no connection settings from this process's environment.
@@ -387,14 +387,6 @@ pub(crate) fn capture_stderr(child: &mut Child) -> Arc<Mutex<String>> {
     text
 }
 
-pub(crate) async fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !ready() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_flushes_acknowledges_and_exits_0() {
     let db = Cluster::shared().database("cli_term");
@@ -451,10 +443,8 @@ async fn sigterm_flushes_acknowledges_and_exits_0() {
     let rows: usize =
         read_parquet_dir(&dir.join("public.t")).iter().map(RecordBatch::num_rows).sum();
     assert_eq!(rows, 160, "every row flushed");
-    let confirmed = db.psql(&format!(
-        "SELECT confirmed_flush_lsn >= '{written}' FROM pg_replication_slots WHERE slot_name = 'cli_term'"
-    ));
-    assert_eq!(confirmed.trim(), "t", "acknowledged before exiting");
+    let written: wal2arrow_consumer::Lsn = written.parse().unwrap();
+    assert!(confirmed_flush(&db, "cli_term") >= written, "acknowledged before exiting");
     assert!(stderr.lock().unwrap().contains("stopped on request"));
     let _ = std::fs::remove_dir_all(&dir);
     sql(&db).await.execute("SELECT pg_drop_replication_slot('cli_term')", &[]).await.unwrap();

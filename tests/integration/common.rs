@@ -17,6 +17,23 @@ pub(crate) async fn sql(db: &TestDb<'_>) -> tokio_postgres::Client {
     wal2arrow_consumer::sql_client(&config(db)).await.expect("SQL connection")
 }
 
+/// The slot's `confirmed_flush_lsn`: how far the server knows changes were acknowledged.
+pub(crate) fn confirmed_flush(db: &TestDb<'_>, slot: &str) -> wal2arrow_consumer::Lsn {
+    let lsn = db.psql(&format!(
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
+    ));
+    lsn.trim().parse().unwrap_or_else(|e| panic!("slot {slot}: {lsn:?}: {e}"))
+}
+
+/// Waits until `ready` holds, checking every 50 ms; fails the test after `timeout`.
+pub(crate) async fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !ready() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// One transaction as the stream delivered it.
 #[derive(Debug)]
 pub(crate) struct Txn {

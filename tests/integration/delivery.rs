@@ -17,8 +17,8 @@ use wal2arrow_consumer::{Consumer, Event, Lsn, PluginChoice, PluginOptions, Repl
 use wal2arrow_harness::{Cluster, TestDb};
 use wal2arrow_sinks::ipc::read_segments;
 
-use crate::cli::{cli, current_lsn, run, scratch_dir, send_signal, wait_for};
-use crate::common::{config, read_events, read_txns, sql};
+use crate::cli::{cli, current_lsn, run, scratch_dir, send_signal};
+use crate::common::{config, confirmed_flush, read_events, read_txns, sql, wait_for};
 
 /// A change as a file sink identifies it: (commit LSN, change LSN, event type) — an update's
 /// old and new image are one `update`.
@@ -150,18 +150,14 @@ async fn file_sinks_restarted_on_the_same_out_keep_what_earlier_runs_wrote() {
         });
         let argv = args(None);
         let mut child = cli(&argv.iter().map(String::as_str).collect::<Vec<_>>()).spawn().unwrap();
-        let slot_position = || {
-            db.psql(&format!(
-                "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
-            ))
-        };
+        let slot_position = || confirmed_flush(&db, &slot);
         let start = slot_position();
         wait_for("an acknowledgement", Duration::from_secs(30), || slot_position() != start).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(!workload.is_finished(), "killed in the middle of the workload");
         assert_eq!(send_signal(child.id().unwrap(), "KILL"), 0);
         child.wait().await.unwrap();
-        let acked: Lsn = slot_position().trim().parse().unwrap();
+        let acked = slot_position();
         let first_run = std::fs::read(&out).unwrap();
         assert!(!first_run.is_empty(), "{sink}: the first run wrote");
 
@@ -229,11 +225,8 @@ async fn until_lsn_past_the_last_commit_ends_as_soon_as_the_server_passes_it() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(err.contains("reached --until-lsn"), "{err}");
     assert!(took < Duration::from_secs(20), "ended after {took:?}, not after the roll interval");
-    let confirmed = db.psql(&format!(
-        "SELECT confirmed_flush_lsn >= '{until}' FROM pg_replication_slots \
-         WHERE slot_name = 'until_message'"
-    ));
-    assert_eq!(confirmed, "t", "acknowledged up to --until-lsn");
+    let until: Lsn = until.parse().unwrap();
+    assert!(confirmed_flush(&db, "until_message") >= until, "acknowledged up to --until-lsn");
     let rows: usize = wal2arrow_sinks::parquet::read_dir(&dir.join("public.u"))
         .unwrap()
         .iter()

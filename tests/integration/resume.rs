@@ -3,14 +3,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use wal2arrow_consumer::{Consumer, Event, Lsn, Position};
 use wal2arrow_harness::{Cluster, ClusterOptions, TestDb};
 
-use crate::common::sql;
+use crate::common::{confirmed_flush, sql, wait_for};
 
 const TXNS: i64 = 120;
 const ROWS: i64 = 25;
@@ -55,14 +55,6 @@ fn read_sink(out: &std::path::Path) -> (Vec<(Position, i64)>, Vec<Lsn>) {
         }
     }
     (rows, acks)
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Every id once after dropping replays by position; replays only after `last_ack`.
@@ -125,10 +117,7 @@ async fn a_sink_killed_with_sigkill_and_restarted_loses_nothing() {
     sink.kill().unwrap(); // SIGKILL
     sink.wait().unwrap();
     // What the server knows was acknowledged: the sink told it of every commit it recorded.
-    let last_ack: Lsn = db
-        .psql("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'sink_slot'")
-        .parse()
-        .unwrap();
+    let last_ack = confirmed_flush(&db, "sink_slot");
     let recorded = *read_sink(&out).1.last().unwrap();
     assert!(
         last_ack >= recorded,
@@ -244,11 +233,7 @@ async fn the_idle_heartbeat_advances_confirmed_flush_lsn() {
         .build()
         .unwrap();
     let stream = consumer.start().await.unwrap();
-    let confirmed = || -> Lsn {
-        db.psql("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'heartbeat_slot'")
-            .parse()
-            .unwrap()
-    };
+    let confirmed = || confirmed_flush(&db, "heartbeat_slot");
     let before = confirmed();
     // Nothing happens in the database; nobody reads the stream or acknowledges anything.
     tokio::time::sleep(Duration::from_secs(3)).await;

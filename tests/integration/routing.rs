@@ -9,7 +9,7 @@ use arrow_array::types::{Int32Type, Int64Type};
 use wal2arrow_consumer::{Consumer, Partitioning, Reader, Routed, Router, RouterOptions};
 use wal2arrow_harness::{Cluster, TestDb};
 
-use crate::common::{config, sql};
+use crate::common::{config, confirmed_flush, sql, wait_for};
 
 fn consumer(db: &TestDb<'_>, slot: &str) -> Consumer {
     Consumer::builder()
@@ -96,35 +96,22 @@ async fn a_stalled_reader_spills_within_its_budget_while_another_table_keeps_flo
     assert!(std::fs::read_dir(&dir).unwrap().count() == 1, "one spill file");
     // The slot is held back by the unread wide rows: it must not pass their transactions.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let confirmed: wal2arrow_consumer::Lsn = db
-        .psql("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'spill_slot'")
-        .parse()
-        .unwrap();
+    let confirmed = confirmed_flush(&db, "spill_slot");
     assert!(confirmed < last_end, "the slot waits for the wide reader: {confirmed}");
 
     // The wide reader catches up, in order, from memory and then from disk.
     let ids = read_ids(&mut wide, 20_000).await;
     assert_eq!(ids, (1..=20_000).collect::<Vec<_>>());
     // The drained spill file is removed (on a blocking thread, not waited for by the reader).
-    let removed_by = std::time::Instant::now() + Duration::from_secs(5);
-    while std::fs::read_dir(&dir).unwrap().count() > 0 {
-        assert!(std::time::Instant::now() < removed_by, "the drained spill file is removed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for("the drained spill file to be removed", Duration::from_secs(5), || {
+        std::fs::read_dir(&dir).unwrap().count() == 0
+    })
+    .await;
     // Everything acknowledged: the slot reaches the end.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let confirmed: wal2arrow_consumer::Lsn =
-            db.psql("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'spill_slot'").parse().unwrap();
-        if confirmed >= last_end {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the slot stopped at {confirmed}, before {last_end}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(&format!("the slot to reach {last_end}"), Duration::from_secs(10), || {
+        confirmed_flush(&db, "spill_slot") >= last_end
+    })
+    .await;
     router.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -416,21 +403,10 @@ async fn a_stalled_messages_queue_spills_and_reads_back_in_order() {
         d.ack.ack();
     }
     // Every message acknowledged, transactional ones included: the slot passes them all.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let confirmed: wal2arrow_consumer::Lsn = db
-            .psql("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'spill_messages'")
-            .parse()
-            .unwrap();
-        if confirmed > last {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the slot stopped at {confirmed}, before {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(&format!("the slot to pass {last}"), Duration::from_secs(10), || {
+        confirmed_flush(&db, "spill_messages") > last
+    })
+    .await;
     router.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }

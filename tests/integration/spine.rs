@@ -18,7 +18,7 @@ use wal2arrow_client::Error;
 use wal2arrow_consumer::{Event, Lsn, PluginOptions, ReplicationClient, StreamOptions};
 use wal2arrow_harness::Cluster;
 
-use crate::common::{concat, config, read_txns, sql, start_retrying};
+use crate::common::{concat, config, confirmed_flush, read_txns, sql, start_retrying};
 
 /// Every type of the spine, every column nullable.
 const EVERY_TYPE_TABLE: &str = "
@@ -467,17 +467,13 @@ async fn a_stream_sends_status_updates_that_advance_the_slot_only_to_the_ack() {
     db.psql("INSERT INTO a VALUES (1)");
     db.psql("INSERT INTO a VALUES (2)");
     let txns = read_txns(&mut stream, 2, Duration::from_secs(30)).await;
-    let confirmed = || {
-        db.psql(
-            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'acks_slot'",
-        )
-    };
-    let before: Lsn = confirmed().parse().unwrap();
+    let confirmed = || confirmed_flush(&db, "acks_slot");
+    let before = confirmed();
     assert!(before < txns[0].commit.end_lsn, "nothing acknowledged yet");
     stream.ack(txns[0].commit.end_lsn);
     // The timer sends the update while we wait for more events.
     let _ = tokio::time::timeout(Duration::from_millis(800), stream.next_event()).await;
-    let after: Lsn = confirmed().parse().unwrap();
+    let after = confirmed();
     assert_eq!(after, txns[0].commit.end_lsn, "the slot advanced exactly to the acknowledged LSN");
 }
 
