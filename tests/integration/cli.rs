@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow_array::RecordBatch;
+use arrow_array::cast::AsArray;
 use arrow_select::concat::concat_batches;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
@@ -423,7 +424,6 @@ async fn sigterm_flushes_acknowledges_and_exits_0() {
          INSERT INTO t SELECT g, 'v' || g FROM generate_series(101, 150) g;
          UPDATE t SET v = 'changed' WHERE id <= 10;",
     );
-    let written = current_lsn(&db);
     wait_for("the rows to arrive", Duration::from_secs(30), || {
         stderr.lock().unwrap().contains(" 160 rows")
     })
@@ -440,11 +440,21 @@ async fn sigterm_flushes_acknowledges_and_exits_0() {
     let status =
         tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(0), "{}", stderr.lock().unwrap());
-    let rows: usize =
-        read_parquet_dir(&dir.join("public.t")).iter().map(RecordBatch::num_rows).sum();
+    let batches = read_parquet_dir(&dir.join("public.t"));
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     assert_eq!(rows, 160, "every row flushed");
-    let written: wal2arrow_consumer::Lsn = written.parse().unwrap();
-    assert!(confirmed_flush(&db, "cli_term") >= written, "acknowledged before exiting");
+    // Acknowledged past the last transaction written (to its end LSN, after its commit LSN).
+    // Not compared with pg_current_wal_lsn(): other tests' databases write WAL past it.
+    let last_commit = batches
+        .iter()
+        .flat_map(|b| {
+            let c = b.column_by_name("_commit_lsn").unwrap();
+            c.as_primitive::<arrow_array::types::UInt64Type>().values().to_vec()
+        })
+        .max()
+        .unwrap();
+    let confirmed = confirmed_flush(&db, "cli_term");
+    assert!(confirmed > Lsn(last_commit), "acknowledged before exiting: {confirmed}");
     assert!(stderr.lock().unwrap().contains("stopped on request"));
     let _ = std::fs::remove_dir_all(&dir);
     sql(&db).await.execute("SELECT pg_drop_replication_slot('cli_term')", &[]).await.unwrap();
