@@ -24,7 +24,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use wal2arrow_schema::{Lsn, TableFilter};
 
 use wal2arrow_consumer::client::{self, Config, OutputPlugin, RootCerts};
-use wal2arrow_consumer::{Consumer, ConsumerBuilder, ErrorClass, PluginChoice};
+use wal2arrow_consumer::{Consumer, ConsumerBuilder, ErrorClass, PluginChoice, SnapshotMode};
 use wal2arrow_sinks::ipc::IpcSink;
 use wal2arrow_sinks::jsonl::JsonLinesSink;
 use wal2arrow_sinks::parquet::{ParquetOptions, ParquetSink};
@@ -203,6 +203,17 @@ enum ProgressArg {
     Never,
 }
 
+/// `--snapshot`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SnapshotArg {
+    /// Copy the tables' existing rows first; the slot must be new (created by this run).
+    Initial,
+    /// Only changes committed after the slot was created.
+    Never,
+    /// Copy the tables' rows and stop (through a temporary slot; no slot is left).
+    Only,
+}
+
 #[derive(Args)]
 struct StreamArgs {
     #[command(flatten)]
@@ -243,6 +254,13 @@ struct StreamArgs {
     /// Use a temporary slot (gone when the stream ends: nothing resumes).
     #[arg(long)]
     temporary_slot: bool,
+    /// Start with the tables' existing rows (`_op` = read): default `initial` when this run
+    /// creates the slot, `never` when it exists.
+    #[arg(long, value_enum)]
+    snapshot: Option<SnapshotArg>,
+    /// Connections the snapshot copies with (default: the number of CPUs, 2 to 4).
+    #[arg(long, value_name = "N")]
+    snapshot_workers: Option<usize>,
     /// Send a heartbeat after this many idle seconds, so the slot advances (0: never).
     #[arg(long, default_value_t = 10)]
     heartbeat_seconds: u64,
@@ -459,6 +477,16 @@ async fn stream(args: StreamArgs) -> CmdResult {
     if let Some(lsn) = args.start_lsn {
         builder = builder.start_lsn(lsn);
     }
+    if let Some(mode) = args.snapshot {
+        builder = builder.snapshot(match mode {
+            SnapshotArg::Initial => SnapshotMode::Initial,
+            SnapshotArg::Never => SnapshotMode::Never,
+            SnapshotArg::Only => SnapshotMode::Only,
+        });
+    }
+    if let Some(workers) = args.snapshot_workers {
+        builder = builder.snapshot_workers(workers);
+    }
     let consumer = builder.build()?;
     let source = format!("{}/{}", config.dbname(), args.select.slot);
     // An output that cannot be written is bad usage, found before anything streams.
@@ -569,6 +597,28 @@ fn summary(p: &Progress, stopped: Stopped) -> String {
     s
 }
 
+/// The progress line of an initial snapshot: tables done, rows, bytes, rate, and what remains
+/// (by heap pages read, the one measure known in advance).
+fn snapshot_line(elapsed: Duration, s: &wal2arrow_consumer::SnapshotStats) -> String {
+    let secs = elapsed.as_secs_f64().max(0.001);
+    let rate = s.rows as f64 / secs;
+    let left = if s.pages_done > 0 && s.pages > s.pages_done {
+        let remaining = secs * (s.pages - s.pages_done) as f64 / s.pages_done as f64;
+        format!("~{remaining:.0} s left")
+    } else {
+        "estimating".to_owned()
+    };
+    format!(
+        "{:>6.0} s | snapshot {}/{} tables | {} rows ({rate:.0}/s) | {} | {:.0}% of pages | {left}",
+        secs,
+        s.tables_done,
+        s.tables,
+        s.rows,
+        bytes(s.bytes as i64),
+        if s.pages == 0 { 100.0 } else { 100.0 * s.pages_done as f64 / s.pages as f64 },
+    )
+}
+
 /// The progress line: rewritten in place on a terminal, a plain line every 10 s otherwise.
 struct ProgressLine {
     /// `None`: off; `Some(true)`: live; `Some(false)`: periodic.
@@ -595,6 +645,16 @@ impl ProgressLine {
             p.rows.iter().take(3).map(|(t, r)| format!("{t} {r}")).collect();
         if p.rows.len() > 3 {
             tables.push(format!("+{} tables", p.rows.len() - 3));
+        }
+        if let Some(snap) = p.snapshot.filter(|s| !s.complete) {
+            let text = snapshot_line(p.elapsed, &snap);
+            if live {
+                eprint!("\r\x1b[K{text}");
+                self.shown = true;
+            } else {
+                eprintln!("{text}");
+            }
+            return;
         }
         let text = format!(
             "{:>6.0} s | {} events ({rate:.0}/s) | {} rows{} | {} | lag {} | acked {}",

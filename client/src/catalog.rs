@@ -77,7 +77,7 @@ impl Catalog {
     }
 }
 
-async fn table_info(
+pub(crate) async fn table_info(
     client: &tokio_postgres::Client,
     schema: &str,
     table: &str,
@@ -132,7 +132,7 @@ async fn table_info(
 
 /// `oids` and every type they lead to (domain bases, array elements); `None` for those that
 /// no longer exist.
-async fn types(
+pub(crate) async fn types(
     client: &tokio_postgres::Client,
     oids: &[u32],
 ) -> Result<Vec<(u32, Option<TypeInfo>)>> {

@@ -120,6 +120,9 @@ pub enum Error {
     Wal2Json(wal2arrow_wal2json::DecodeError),
     /// The replication slot cannot be used as asked.
     Slot(String),
+    /// A snapshot cannot be taken as asked (no `SELECT` on a table, the exported snapshot
+    /// gone); the message says what to do.
+    Snapshot(String),
     /// The server sent a message larger than `max_message_size` allows: the stream stops
     /// before allocating it.
     MessageTooLarge {
@@ -272,6 +275,7 @@ impl fmt::Display for Error {
             }
             Error::Wal2Json(e) => write!(f, "{e}"),
             Error::Slot(m) => write!(f, "replication slot: {m}"),
+            Error::Snapshot(m) => write!(f, "snapshot: {m}"),
             Error::MessageTooLarge { size, max } => write!(
                 f,
                 "the server sent a message of {size} bytes, more than max_message_size ({max} \

@@ -220,6 +220,9 @@ pub enum Event {
     Message(LogicalMessage),
     /// The transaction committed.
     Commit(TxnCommit),
+    /// Progress of an initial snapshot (see [`crate::snapshot`]): a table begins or ends, or
+    /// the whole snapshot does.
+    Snapshot(crate::snapshot::SnapshotEvent),
     /// The connection was lost and re-established (by [`crate::CdcStream`]): everything after
     /// the acknowledged position `from` is delivered again, starting with a Begin. Drop any
     /// transaction received only in part.

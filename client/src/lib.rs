@@ -37,6 +37,7 @@ pub mod plugin;
 mod protocol;
 pub mod replication;
 pub mod slots;
+pub mod snapshot;
 pub mod sql;
 pub mod stream;
 mod tls;
@@ -52,6 +53,7 @@ pub use slots::{
     SlotInfo, SlotProblem, SlotResolution, SlotState, create_slot, create_slot_with,
     describe_plugins, drop_slot, find_slot, list_slots, resolve_slot,
 };
+pub use snapshot::{Snapshot, SnapshotEvent, SnapshotProgress};
 pub use sql::sql_client;
 pub use stream::{AckHandle, ChangeStream, Step, StreamOptions, open};
 pub use wal2arrow_schema::{Lsn, PluginOptions, Relation};

@@ -32,6 +32,9 @@ pub struct CreatedSlot {
     pub name: String,
     /// The first position the slot can stream from: changes committed after it.
     pub consistent_point: Lsn,
+    /// The exported snapshot's name ([`ReplicationClient::create_slot_exporting`]): it sees
+    /// exactly what committed before the consistent point, while this connection stays idle.
+    pub snapshot: Option<String>,
 }
 
 /// A connection in replication mode, before streaming starts.
@@ -94,8 +97,36 @@ impl ReplicationClient {
         plugin: &str,
         temporary: bool,
     ) -> Result<CreatedSlot> {
+        self.create_slot_as(name, plugin, temporary, "nothing").await
+    }
+
+    /// `CREATE_REPLICATION_SLOT name [TEMPORARY] LOGICAL plugin (SNAPSHOT 'export')`: the slot,
+    /// and a snapshot ([`CreatedSlot::snapshot`]) other connections can import with
+    /// `SET TRANSACTION SNAPSHOT` to read the tables as of the slot's consistent point — see
+    /// [`crate::snapshot`]. The snapshot is destroyed by the next command on this connection,
+    /// or its end: keep it idle until every importer has imported it.
+    ///
+    /// # Errors
+    ///
+    /// As [`create_slot`](Self::create_slot).
+    pub async fn create_slot_exporting(
+        &mut self,
+        name: &str,
+        plugin: &str,
+        temporary: bool,
+    ) -> Result<CreatedSlot> {
+        self.create_slot_as(name, plugin, temporary, "export").await
+    }
+
+    async fn create_slot_as(
+        &mut self,
+        name: &str,
+        plugin: &str,
+        temporary: bool,
+        snapshot: &str,
+    ) -> Result<CreatedSlot> {
         let sql = format!(
-            "CREATE_REPLICATION_SLOT {}{} LOGICAL {} (SNAPSHOT 'nothing')",
+            "CREATE_REPLICATION_SLOT {}{} LOGICAL {} (SNAPSHOT '{snapshot}')",
             quote_ident(name),
             if temporary { " TEMPORARY" } else { "" },
             quote_ident(plugin),
@@ -107,6 +138,7 @@ impl ReplicationClient {
         Ok(CreatedSlot {
             name: row.first().cloned().flatten().unwrap_or_else(|| name.to_owned()),
             consistent_point: parse_lsn(row.get(1).cloned().flatten())?,
+            snapshot: row.get(2).cloned().flatten().filter(|s| !s.is_empty()),
         })
     }
 

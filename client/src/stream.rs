@@ -70,6 +70,12 @@ pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 pub struct AckHandle(Arc<AtomicU64>);
 
 impl AckHandle {
+    /// A handle whose acknowledged position is `start`, for a stream that is not open yet
+    /// (see [`ChangeStream::set_ack_handle`]).
+    pub fn new(start: Lsn) -> AckHandle {
+        AckHandle(Arc::new(AtomicU64::new(start.0)))
+    }
+
     /// Acknowledges everything up to `lsn`. Positions never move back.
     pub fn ack(&self, lsn: Lsn) {
         self.0.fetch_max(lsn.0, Ordering::SeqCst);

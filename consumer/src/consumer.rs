@@ -28,8 +28,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use wal2arrow_client::sql::quote_ident;
 use wal2arrow_client::{
-    AckHandle, ChangeStream, Config, Error as ClientError, Event, OutputPlugin, ReplicationClient,
-    RootCerts, SlotProblem, SlotResolution, SslMode, Step, resolve_slot, sql_client,
+    AckHandle, ChangeStream, Config, CreatedSlot, Error as ClientError, Event, OutputPlugin,
+    ReplicationClient, RootCerts, SlotProblem, SlotResolution, Snapshot, SnapshotProgress, SslMode,
+    Step, resolve_slot, sql_client,
 };
 use wal2arrow_schema::patterns::TablePattern;
 use wal2arrow_schema::{Lsn, PluginOptions, TableFilter};
@@ -37,7 +38,7 @@ use wal2arrow_schema::{Lsn, PluginOptions, TableFilter};
 use crate::error::{Error, Result};
 use crate::preflight::{AllowList, Preflight, refused_report};
 use crate::report::PreflightReport;
-use crate::settings::{Backoff, PluginChoice, SlotMode};
+use crate::settings::{Backoff, PluginChoice, SlotMode, SnapshotMode};
 
 /// The prefix of the heartbeat messages the consumer emits.
 pub const HEARTBEAT_PREFIX: &str = "wal2arrow.heartbeat";
@@ -57,6 +58,9 @@ pub struct ConsumerBuilder {
     preflight: bool,
     publication: Option<String>,
     output_plugin: PluginChoice,
+    snapshot: SnapshotMode,
+    snapshot_workers: Option<usize>,
+    snapshot_chunk_pages: u32,
 }
 
 impl Default for ConsumerBuilder {
@@ -74,6 +78,9 @@ impl Default for ConsumerBuilder {
             preflight: true,
             publication: None,
             output_plugin: PluginChoice::Auto,
+            snapshot: SnapshotMode::Auto,
+            snapshot_workers: None,
+            snapshot_chunk_pages: wal2arrow_client::snapshot::DEFAULT_CHUNK_PAGES,
         }
     }
 }
@@ -249,6 +256,29 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Whether to start with a snapshot of the tables' existing rows (default
+    /// [`SnapshotMode::Auto`]: when this stream creates its slot). Snapshot rows arrive as one
+    /// pseudo-transaction (xid 0, commit LSN the slot's consistent point) of batches whose
+    /// `_op` is `read`, with [`Event::Snapshot`] progress events; acknowledge its commit's
+    /// `end_lsn` once the rows are durable — a new persistent slot is made permanent only
+    /// then, so a snapshot cut short is taken again, whole, by the next run.
+    pub fn snapshot(mut self, mode: SnapshotMode) -> Self {
+        self.snapshot = mode;
+        self
+    }
+
+    /// Connections the snapshot copies with (default: the number of CPUs, 2 to 4).
+    pub fn snapshot_workers(mut self, workers: usize) -> Self {
+        self.snapshot_workers = Some(workers);
+        self
+    }
+
+    /// Heap pages per range a snapshot worker copies at a time (default 4096, 32 MiB).
+    pub fn snapshot_chunk_pages(mut self, pages: u32) -> Self {
+        self.snapshot_chunk_pages = pages;
+        self
+    }
+
     /// Checks the settings and makes the consumer.
     ///
     /// # Errors
@@ -277,6 +307,12 @@ impl ConsumerBuilder {
             return Err(Error::Config(
                 "heartbeat_interval must be positive (None turns it off)".into(),
             ));
+        }
+        if self.snapshot_workers.is_some_and(|w| !(1..=64).contains(&w)) {
+            return Err(Error::Config("snapshot_workers must be 1 to 64".into()));
+        }
+        if self.snapshot_chunk_pages == 0 {
+            return Err(Error::Config("snapshot_chunk_pages must be at least 1".into()));
         }
         if self.buffer_events == 0 {
             return Err(Error::Config("buffer_events must be at least 1".into()));
@@ -366,28 +402,33 @@ impl Consumer {
             }
         }
         let plugin_state = Arc::new(PluginState::default());
-        let mut session = Session::connect(s, s.start_lsn, &plugin_state).await?;
-        let acks = session.stream.ack_handle();
-        acks.ack(s.start_lsn);
+        let acks = AckHandle::new(s.start_lsn);
         let (tx, rx) = mpsc::channel(s.buffer_events);
         let (close_tx, close_rx) = oneshot::channel();
         let (commands_tx, commands_rx) = mpsc::channel(4);
         let stats = Arc::new(StreamStats::default());
-        session.stream.set_position_out(Arc::clone(&stats.server_wal_end));
-        session
-            .stream
-            .set_heartbeat_prefix(s.heartbeat_interval.map(|_| HEARTBEAT_PREFIX.to_owned()));
-        let output_plugin = session.stream.output_plugin();
-        let fallback_reason = plugin_state.fallback_reason();
         let driver = Driver {
-            plugin_state,
+            plugin_state: Arc::clone(&plugin_state),
             settings: Arc::clone(s),
             tx,
             acks: acks.clone(),
             stats: Arc::clone(&stats),
             commands: commands_rx,
         };
-        let task = tokio::spawn(driver.run(session, close_rx));
+        let (first, output_plugin) = match prepare_snapshot(s, &plugin_state).await? {
+            Some(pending) => {
+                let plugin = pending.plugin;
+                (First::Snapshot(pending), plugin)
+            }
+            None => {
+                let mut session = Session::connect(s, s.start_lsn, &plugin_state).await?;
+                driver.attach(&mut session);
+                let plugin = session.stream.output_plugin();
+                (First::Session(session), plugin)
+            }
+        };
+        let fallback_reason = plugin_state.fallback_reason();
+        let task = tokio::spawn(driver.run(first, close_rx));
         Ok(CdcStream {
             rx,
             delivered: Lsn::INVALID,
@@ -469,13 +510,15 @@ impl Session {
     async fn connect(s: &ConsumerBuilder, from: Lsn, state: &PluginState) -> Result<Session> {
         let mut repl = ReplicationClient::connect(&s.config).await?;
         let plugin = match &s.slot {
-            SlotMode::Temporary { name } => create_slot(&mut repl, name, true, s, state).await?,
+            SlotMode::Temporary { name } => {
+                create_slot(&mut repl, name, true, false, s, state).await?.0
+            }
             SlotMode::Persistent { name, create_if_missing } => {
                 let sql = sql_client(&s.config).await?;
                 let allowed = s.output_plugin.allowed();
                 match resolve_slot(&sql, name, s.config.dbname(), allowed).await? {
                     SlotResolution::Missing if *create_if_missing => {
-                        create_slot(&mut repl, name, false, s, state).await?
+                        create_slot(&mut repl, name, false, false, s, state).await?.0
                     }
                     SlotResolution::Missing => {
                         let plugin = s.output_plugin.first();
@@ -497,6 +540,17 @@ impl Session {
                 }
             }
         };
+        Session::start_on(repl, s, plugin, from, state).await
+    }
+
+    /// Starts streaming the stream's slot on `repl`, with `plugin`.
+    async fn start_on(
+        repl: ReplicationClient,
+        s: &ConsumerBuilder,
+        plugin: OutputPlugin,
+        from: Lsn,
+        state: &PluginState,
+    ) -> Result<Session> {
         let started = match plugin {
             OutputPlugin::Wal2Arrow => repl.start(s.slot.name(), from, &s.plugin).await,
             OutputPlugin::Wal2Json => start_wal2json(repl, s, from, state).await,
@@ -515,30 +569,39 @@ impl Session {
 }
 
 /// Creates the slot with the plugin the choice allows, falling back to wal2json when the
-/// server refuses wal2arrow and the choice is [`PluginChoice::Auto`].
+/// server refuses wal2arrow and the choice is [`PluginChoice::Auto`]; with `export`, the slot
+/// exports a snapshot ([`CreatedSlot::snapshot`]).
 async fn create_slot(
     repl: &mut ReplicationClient,
     name: &str,
     temporary: bool,
+    export: bool,
     s: &ConsumerBuilder,
     state: &PluginState,
-) -> Result<OutputPlugin> {
+) -> Result<(OutputPlugin, CreatedSlot)> {
     let first = match s.output_plugin {
         PluginChoice::Wal2Json => OutputPlugin::Wal2Json,
         _ => OutputPlugin::Wal2Arrow,
     };
-    match repl.create_slot(name, first.name(), temporary).await {
+    let create = async |repl: &mut ReplicationClient, plugin: OutputPlugin| {
+        if export {
+            repl.create_slot_exporting(name, plugin.name(), temporary).await
+        } else {
+            repl.create_slot(name, plugin.name(), temporary).await
+        }
+    };
+    match create(repl, first).await {
         Ok(created) => {
             tracing::info!(slot = %name, plugin = %first, lsn = %created.consistent_point, "created replication slot");
-            Ok(first)
+            Ok((first, created))
         }
         Err(e) if s.output_plugin == PluginChoice::Auto && plugin_unavailable(&e) => {
             let reason = e.db_error().map_or_else(|| e.to_string(), |d| d.message.clone());
-            match repl.create_slot(name, OutputPlugin::Wal2Json.name(), temporary).await {
+            match create(repl, OutputPlugin::Wal2Json).await {
                 Ok(created) => {
                     state.fell_back(name, reason);
                     tracing::info!(slot = %name, plugin = "wal2json", lsn = %created.consistent_point, "created replication slot");
-                    Ok(OutputPlugin::Wal2Json)
+                    Ok((OutputPlugin::Wal2Json, created))
                 }
                 Err(e2) if plugin_unavailable(&e2) => {
                     let mut report = refused(&s.config, OutputPlugin::Wal2Arrow, &e).await;
@@ -555,6 +618,75 @@ async fn create_slot(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// A slot created with an exported snapshot whose rows are still to be copied: its
+/// replication connection must stay idle until they are.
+struct PendingSnapshot {
+    repl: ReplicationClient,
+    created: CreatedSlot,
+    plugin: OutputPlugin,
+    /// The persistent slot to make of the temporary one once the snapshot is acknowledged.
+    persist_as: Option<String>,
+    /// Stream changes after the snapshot (not with [`SnapshotMode::Only`]).
+    then_stream: bool,
+}
+
+/// How the driver begins.
+enum First {
+    Session(Session),
+    Snapshot(PendingSnapshot),
+}
+
+/// Creates the slot with an exported snapshot when the stream starts with one.
+///
+/// A new persistent slot is first created as a temporary one, and made persistent (copied,
+/// `pg_copy_logical_replication_slot`) only once the snapshot's rows are acknowledged: a run
+/// that dies during the snapshot leaves no slot behind, so the next run takes the snapshot
+/// again instead of streaming changes to tables it never copied.
+async fn prepare_snapshot(
+    s: &ConsumerBuilder,
+    state: &PluginState,
+) -> Result<Option<PendingSnapshot>> {
+    let temporary = |persist_as: Option<String>, then_stream: bool| async move {
+        let name = match &persist_as {
+            Some(name) => snapshot_slot_name(name),
+            None if then_stream => s.slot.name().to_owned(),
+            None => snapshot_slot_name(s.slot.name()),
+        };
+        let mut repl = ReplicationClient::connect(&s.config).await?;
+        let (plugin, created) = create_slot(&mut repl, &name, true, true, s, state).await?;
+        Ok::<_, Error>(Some(PendingSnapshot { repl, created, plugin, persist_as, then_stream }))
+    };
+    match (&s.slot, s.snapshot) {
+        (_, SnapshotMode::Never) => Ok(None),
+        (_, SnapshotMode::Only) => temporary(None, false).await,
+        (SlotMode::Temporary { .. }, _) => temporary(None, true).await,
+        (SlotMode::Persistent { name, create_if_missing }, mode) => {
+            let sql = sql_client(&s.config).await?;
+            match resolve_slot(&sql, name, s.config.dbname(), s.output_plugin.allowed()).await? {
+                SlotResolution::Missing if *create_if_missing => {
+                    temporary(Some(name.clone()), true).await
+                }
+                SlotResolution::Usable(..) if mode == SnapshotMode::Initial => {
+                    Err(Error::Client(ClientError::Snapshot(format!(
+                        "slot {name:?} already exists: an initial snapshot is taken only by the                          run that creates the slot (the snapshot must end exactly where the slot                          starts). Stream without one (--snapshot never / SnapshotMode::Never),                          take the snapshot on its own (--snapshot only), or drop the slot to                          start over (wal2arrow slots drop {name})"
+                    ))))
+                }
+                // Missing and not to be created, or unusable: the session says why.
+                _ => Ok(None),
+            }
+        }
+    }
+}
+
+/// A unique name for the temporary slot a snapshot is taken through.
+fn snapshot_slot_name(base: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let base: String = base.chars().take(40).collect();
+    format!("{base}_snap_{}_{}", std::process::id(), nanos % 1_000_000)
 }
 
 /// The preflight report for a server that refused `plugin`, naming the fix (the allow-list,
@@ -624,6 +756,8 @@ pub struct StreamStats {
     heartbeats: AtomicU64,
     /// Shared with each session's stream, which moves it on every frame.
     server_wal_end: Arc<AtomicU64>,
+    /// The initial snapshot's counters, once one runs.
+    snapshot: std::sync::OnceLock<Arc<SnapshotProgress>>,
 }
 
 /// A snapshot of [`StreamStats`].
@@ -645,6 +779,27 @@ pub struct StatsSnapshot {
     pub heartbeats: u64,
     /// The server's WAL end as last reported: minus the acknowledged position, the backlog.
     pub server_wal_end: Lsn,
+    /// The initial snapshot's progress, when the stream took one.
+    pub snapshot: Option<SnapshotStats>,
+}
+
+/// How far an initial snapshot has come ([`StatsSnapshot::snapshot`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// Tables to copy.
+    pub tables: u64,
+    /// Tables whose rows were all delivered.
+    pub tables_done: u64,
+    /// Heap pages to read (the tables' size when the copy began).
+    pub pages: u64,
+    /// Heap pages read.
+    pub pages_done: u64,
+    /// Rows delivered.
+    pub rows: u64,
+    /// `COPY` text bytes delivered.
+    pub bytes: u64,
+    /// Every row was delivered ([`wal2arrow_client::SnapshotEvent::Complete`]).
+    pub complete: bool,
 }
 
 /// The event stream of a started [`Consumer`].
@@ -763,6 +918,15 @@ impl CdcStream {
             reconnects: get(&s.reconnects),
             heartbeats: get(&s.heartbeats),
             server_wal_end: Lsn(s.server_wal_end.load(Ordering::SeqCst)),
+            snapshot: s.snapshot.get().map(|p| SnapshotStats {
+                tables: get(&p.tables),
+                tables_done: get(&p.tables_done),
+                pages: get(&p.pages),
+                pages_done: get(&p.pages_done),
+                rows: get(&p.rows),
+                bytes: get(&p.bytes),
+                complete: p.complete.load(Ordering::Relaxed),
+            }),
         }
     }
 
@@ -829,8 +993,19 @@ enum Ended {
 }
 
 impl Driver {
-    async fn run(mut self, first: Session, mut close: oneshot::Receiver<()>) {
-        let mut session = Some(first);
+    async fn run(mut self, first: First, mut close: oneshot::Receiver<()>) {
+        let mut session = match first {
+            First::Session(s) => Some(s),
+            First::Snapshot(pending) => match self.snapshot(pending, &mut close).await {
+                Ok(Some(s)) => Some(s),
+                // Closed, or the snapshot was all that was asked.
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = self.tx.send(Item::Event(Err(e))).await;
+                    return;
+                }
+            },
+        };
         let mut delay = self.settings.backoff.initial;
         loop {
             let result = match session.take() {
@@ -875,12 +1050,8 @@ impl Driver {
                 let from = self.acks.acknowledged();
                 match Session::connect(&self.settings, from, &self.plugin_state).await {
                     Ok(mut s) => {
-                        s.stream.set_ack_handle(self.acks.clone());
-                        s.stream.set_position_out(Arc::clone(&self.stats.server_wal_end));
-                        s.stream.set_heartbeat_prefix(
-                            self.settings.heartbeat_interval.map(|_| HEARTBEAT_PREFIX.to_owned()),
-                        );
                         // The new stream's acknowledgements flow into the same handle.
+                        self.attach(&mut s);
                         self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                         if self
                             .tx
@@ -905,6 +1076,87 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Makes a new session report into this stream: its acknowledgements, server position and
+    /// heartbeats.
+    fn attach(&self, session: &mut Session) {
+        session.stream.set_ack_handle(self.acks.clone());
+        session.stream.set_position_out(Arc::clone(&self.stats.server_wal_end));
+        session.stream.set_heartbeat_prefix(
+            self.settings.heartbeat_interval.map(|_| HEARTBEAT_PREFIX.to_owned()),
+        );
+    }
+
+    /// Copies the snapshot, then — once its rows are acknowledged — makes the slot persistent
+    /// and starts streaming on the connection that exported it. `None`: the stream ends
+    /// (closed, or [`SnapshotMode::Only`]).
+    async fn snapshot(
+        &mut self,
+        pending: PendingSnapshot,
+        close: &mut oneshot::Receiver<()>,
+    ) -> Result<Option<Session>> {
+        let s = Arc::clone(&self.settings);
+        let PendingSnapshot { repl, created, plugin, persist_as, then_stream } = pending;
+        let Some(name) = created.snapshot.clone() else {
+            return Err(Error::Client(ClientError::Snapshot(
+                "the server created the slot without exporting a snapshot".into(),
+            )));
+        };
+        let lsn = created.consistent_point;
+        let mut snapshot =
+            Snapshot::new(&s.config, &name, lsn, &s.plugin).chunk_pages(s.snapshot_chunk_pages);
+        if let Some(workers) = s.snapshot_workers {
+            snapshot = snapshot.workers(workers);
+        }
+        let _ = self.stats.snapshot.set(snapshot.progress());
+        let (tx, stats) = (self.tx.clone(), Arc::clone(&self.stats));
+        let emit = async move |event: Event| {
+            count(&stats, &event);
+            tx.send(Item::Event(Ok(event))).await.is_ok()
+        };
+        let rows = tokio::select! {
+            rows = snapshot.run(emit) => rows?,
+            _ = &mut *close => return Ok(None),
+        };
+        if self.tx.is_closed() {
+            return Ok(None);
+        }
+        tracing::info!(rows, lsn = %lsn, slot = %created.name, "snapshot copied");
+        if !then_stream {
+            return Ok(None);
+        }
+        if let Some(persistent) = persist_as {
+            // The slot becomes persistent only once the snapshot is durable wherever it went
+            // (a snapshot without rows has nothing to make durable).
+            let mut said = false;
+            let waiting = Instant::now();
+            while rows > 0 && self.acks.acknowledged() < lsn {
+                if !said && waiting.elapsed() > Duration::from_secs(10) {
+                    said = true;
+                    tracing::info!(
+                        lsn = %lsn,
+                        "waiting for the snapshot to be acknowledged (ack its commit's end_lsn) \
+                         before creating slot {persistent:?} and streaming changes"
+                    );
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    _ = &mut *close => return Ok(None),
+                }
+            }
+            let sql = sql_client(&s.config).await?;
+            sql.execute(
+                "SELECT pg_copy_logical_replication_slot($1, $2, false)",
+                &[&created.name, &persistent],
+            )
+            .await?;
+            tracing::info!(slot = %persistent, lsn = %lsn, "created replication slot from the snapshot's");
+        }
+        let mut session =
+            Session::start_on(repl, &s, plugin, Lsn::INVALID, &self.plugin_state).await?;
+        self.attach(&mut session);
+        Ok(Some(session))
     }
 
     /// Streams one session until it ends.
@@ -964,7 +1216,7 @@ impl Driver {
                 position = None;
             }
             heartbeat.activity();
-            self.count(&event);
+            count(&self.stats, &event);
             let permit = match self.tx.try_reserve() {
                 Ok(permit) => permit,
                 Err(mpsc::error::TrySendError::Closed(())) => return Ok(Ended::Closed),
@@ -988,21 +1240,21 @@ impl Driver {
             permit.send(Item::Event(Ok(event)));
         }
     }
+}
 
-    fn count(&self, event: &Event) {
-        let s = &self.stats;
-        s.events.fetch_add(1, Ordering::Relaxed);
-        match event {
-            Event::Change(c) => {
-                s.batches.fetch_add(1, Ordering::Relaxed);
-                s.rows.fetch_add(c.num_rows() as u64, Ordering::Relaxed);
-                s.bytes.fetch_add(c.source_bytes() as u64, Ordering::Relaxed);
-            }
-            Event::Commit(_) => {
-                s.transactions.fetch_add(1, Ordering::Relaxed);
-            }
-            _ => {}
+/// Counts an event delivered.
+fn count(s: &StreamStats, event: &Event) {
+    s.events.fetch_add(1, Ordering::Relaxed);
+    match event {
+        Event::Change(c) => {
+            s.batches.fetch_add(1, Ordering::Relaxed);
+            s.rows.fetch_add(c.num_rows() as u64, Ordering::Relaxed);
+            s.bytes.fetch_add(c.source_bytes() as u64, Ordering::Relaxed);
         }
+        Event::Commit(_) => {
+            s.transactions.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
     }
 }
 

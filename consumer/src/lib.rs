@@ -50,7 +50,8 @@ pub mod router;
 pub mod settings;
 
 pub use consumer::{
-    CdcStream, Consumer, ConsumerBuilder, HEARTBEAT_PREFIX, StatsSnapshot, StreamStats,
+    CdcStream, Consumer, ConsumerBuilder, HEARTBEAT_PREFIX, SnapshotStats, StatsSnapshot,
+    StreamStats,
 };
 pub use error::{Error, Result};
 pub use preflight::Preflight;
@@ -60,14 +61,14 @@ pub use router::{
     AckToken, Delivery, KeyPartitioner, Partitioning, QueueStats, Reader, Routed, RoutedBatch,
     Router, RouterOptions,
 };
-pub use settings::{Backoff, PluginChoice, SlotMode};
+pub use settings::{Backoff, PluginChoice, SlotMode, SnapshotMode};
 pub use wal2arrow_client as client;
 pub use wal2arrow_client::{
     AckHandle, ChangeBatch, ChangeStream, Config, CreatedSlot, DbError, ErrorClass, Event,
     LogicalMessage, Lsn, OutputPlugin, PLUGIN_NAME, PluginOptions, Position, RawFrame, Relation,
-    ReplicationClient, RootCerts, SlotInfo, SlotState, SslMode, StreamOptions, SystemInfo,
-    TruncateEvent, TxnBegin, TxnCommit, create_slot, create_slot_with, drop_slot, find_slot,
-    list_slots, open, sql_client,
+    ReplicationClient, RootCerts, SlotInfo, SlotState, SnapshotEvent, SslMode, StreamOptions,
+    SystemInfo, TruncateEvent, TxnBegin, TxnCommit, create_slot, create_slot_with, drop_slot,
+    find_slot, list_slots, open, sql_client,
 };
 
 /// The README's examples, compiled as doctests so they stay true to the API.

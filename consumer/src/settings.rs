@@ -77,3 +77,21 @@ impl Default for Backoff {
         Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(30) }
     }
 }
+
+/// Whether a stream starts with a snapshot of the tables' existing rows (see
+/// [`wal2arrow_client::snapshot`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SnapshotMode {
+    /// An initial snapshot when this stream creates its slot (a new persistent slot, or a
+    /// temporary one); none when the slot exists — the earlier run that created it took it.
+    #[default]
+    Auto,
+    /// An initial snapshot, which needs a slot this stream creates: an existing slot is an
+    /// error (`client::Error::Snapshot`, saying what to do instead).
+    Initial,
+    /// No snapshot: only changes committed after the slot's consistent point.
+    Never,
+    /// The snapshot alone, read through a temporary slot: the stream ends after
+    /// [`wal2arrow_client::SnapshotEvent::Complete`] and leaves no slot behind.
+    Only,
+}

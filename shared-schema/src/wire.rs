@@ -167,10 +167,14 @@ pub enum ChangeOp {
     /// The old image of an updated row: its key, or the whole old row with
     /// `REPLICA IDENTITY FULL`.
     UpdateBefore = 3,
+    /// A row read by a snapshot (an initial snapshot or a backfill), not a change: the table
+    /// held it at the snapshot's LSN. Never on the wire: the consumer makes these batches from
+    /// `COPY` (Debezium calls the same thing `r`, read).
+    Read = 4,
 }
 
 /// The values of the `_op` dictionary, indexed by [`ChangeOp`] code.
-pub const OP_NAMES: [&str; 4] = ["insert", "update", "delete", "update_before"];
+pub const OP_NAMES: [&str; 5] = ["insert", "update", "delete", "update_before", "read"];
 
 impl ChangeOp {
     /// The op for a wire code.
@@ -180,6 +184,7 @@ impl ChangeOp {
             1 => ChangeOp::Update,
             2 => ChangeOp::Delete,
             3 => ChangeOp::UpdateBefore,
+            4 => ChangeOp::Read,
             _ => return None,
         })
     }

@@ -41,7 +41,9 @@ use wal2arrow_schema::Lsn;
 
 pub use crate::error::{Error, ErrorClass, Result};
 use crate::worker::Worker;
-use wal2arrow_consumer::{CdcStream, ChangeBatch, Event, LogicalMessage, TruncateEvent};
+use wal2arrow_consumer::{
+    CdcStream, ChangeBatch, Event, LogicalMessage, SnapshotEvent, TruncateEvent,
+};
 
 /// What an earlier run made durable: the last transaction whose changes the sink holds, and
 /// the position acknowledged with it.
@@ -165,6 +167,8 @@ pub struct Progress {
     pub lag_bytes: u64,
     /// Flushes done.
     pub flushes: u64,
+    /// The initial snapshot's progress, when the stream takes one.
+    pub snapshot: Option<wal2arrow_consumer::SnapshotStats>,
 }
 
 impl Progress {
@@ -278,7 +282,7 @@ async fn drive(
                 }
                 Some(Ok(event)) => {
                     last_event = Instant::now();
-                    r.event(event, worker, options, stopping.is_some()).await
+                    r.event(event, stream, worker, options, stopping.is_some()).await
                 }
             },
         };
@@ -342,6 +346,7 @@ impl Runner {
         self.progress.elapsed = self.started.elapsed();
         self.progress.acknowledged = acked;
         self.progress.lag_bytes = stats.server_wal_end.0.saturating_sub(acked.0);
+        self.progress.snapshot = stats.snapshot;
     }
 
     /// Once a second: progress, a flush when the sink wants one, the time limits.
@@ -405,6 +410,7 @@ impl Runner {
     async fn event(
         &mut self,
         event: Event,
+        stream: &CdcStream,
         worker: &mut Worker,
         options: &RunOptions,
         stopping: bool,
@@ -413,8 +419,14 @@ impl Runner {
             Event::Commit(c) => Some(c.end_lsn),
             _ => None,
         };
+        let snapshot_done = matches!(event, Event::Snapshot(SnapshotEvent::Complete { .. }));
         if self.handle(&event, worker).await? {
             worker.write(event).await?;
+        }
+        if snapshot_done && !self.in_txn && self.pending_ack.is_some() {
+            // A new slot waits for this acknowledgement before it streams: make the snapshot
+            // durable now rather than at the next roll.
+            self.flush(stream, worker).await?;
         }
         if let Some(end) = commit_end {
             if stopping {

@@ -13,7 +13,9 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{UInt8Type, UInt64Type};
 use tokio::io::AsyncWriteExt;
 use wal2arrow_client::Error as ClientError;
-use wal2arrow_consumer::{Consumer, Event, Lsn, PluginChoice, PluginOptions, ReplicationClient};
+use wal2arrow_consumer::{
+    Consumer, Event, Lsn, PluginChoice, PluginOptions, ReplicationClient, SnapshotMode,
+};
 use wal2arrow_harness::{Cluster, TestDb};
 use wal2arrow_sinks::ipc::read_segments;
 
@@ -430,6 +432,7 @@ async fn a_hanging_heartbeat_never_delays_status_updates() {
     let consumer = Consumer::builder()
         .config(c)
         .slot("heartbeat_hang")
+        .snapshot(SnapshotMode::Never)
         .max_poll_interval(Duration::from_millis(200))
         .heartbeat_interval(Some(Duration::from_millis(300)))
         .build()

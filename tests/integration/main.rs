@@ -13,6 +13,7 @@ mod preflight;
 mod random_dml;
 mod resume;
 mod routing;
+mod snapshot;
 mod spine;
 mod standard_arrow;
 mod tls;

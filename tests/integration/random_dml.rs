@@ -12,7 +12,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{UInt8Type, UInt32Type, UInt64Type};
 use arrow_array::{Array, RecordBatch};
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
-use wal2arrow_consumer::{Consumer, Event, Lsn, PluginChoice};
+use wal2arrow_consumer::{Consumer, Event, Lsn, PluginChoice, SnapshotMode};
 use wal2arrow_harness::{Cluster, TestDb};
 use wal2arrow_schema::samples::Rng;
 use wal2arrow_sinks::parquet::{ParquetOptions, ParquetSink, read_dir};
@@ -22,7 +22,7 @@ use crate::cli::scratch_dir;
 use crate::common::config;
 
 /// A table's rows by key: column → rendered value (`None` for NULL).
-type State = BTreeMap<String, BTreeMap<String, Option<String>>>;
+pub(crate) type State = BTreeMap<String, BTreeMap<String, Option<String>>>;
 
 const UNREPRESENTABLE: &str = "<unrepresentable>";
 
@@ -77,7 +77,7 @@ fn transaction(rng: &mut Rng, t: usize, added_column: bool) -> String {
 }
 
 /// Renders every cell of `batch`'s table columns (the fields before `_op`).
-fn render_rows(batch: &RecordBatch) -> Vec<BTreeMap<String, Option<String>>> {
+pub(crate) fn render_rows(batch: &RecordBatch) -> Vec<BTreeMap<String, Option<String>>> {
     let schema = batch.schema();
     let n = schema.index_of("_op").unwrap();
     let options = FormatOptions::default();
@@ -117,10 +117,11 @@ fn names(list: &arrow_array::ListArray, r: usize) -> Vec<String> {
 
 /// Rebuilds the tables from a Parquet sink's directory: rows in (commit LSN, ordinal) order,
 /// values not sent (`_missing`) kept from the row's previous version.
-fn replay(dir: &std::path::Path, keys: &HashMap<&str, &str>) -> HashMap<String, State> {
+pub(crate) fn replay(dir: &std::path::Path, keys: &HashMap<&str, &str>) -> HashMap<String, State> {
     // (commit LSN, ordinal, row) → (table, op, key, values, missing)
     type Step = (String, String, Option<String>, BTreeMap<String, Option<String>>, Vec<String>);
-    let mut steps: BTreeMap<(u64, u32, usize), Step> = BTreeMap::new();
+    let mut steps: BTreeMap<(u64, u32, usize, usize), Step> = BTreeMap::new();
+    let mut seq = 0;
     for (table, key) in keys {
         let batches = read_dir(&dir.join(format!("public.{table}"))).unwrap_or_default();
         for b in &batches {
@@ -136,8 +137,10 @@ fn replay(dir: &std::path::Path, keys: &HashMap<&str, &str>) -> HashMap<String, 
                 // Rows of one batch keep their order through the row's LSN rank.
                 let at = (lsns.value(r) - lsns.value(0)) as usize * 2
                     + usize::from(op != "update_before");
+                // Snapshot rows share one LSN: their order in the files decides.
+                seq += 1;
                 steps.insert(
-                    (commits.value(r), ordinals.value(r), at),
+                    (commits.value(r), ordinals.value(r), at, seq),
                     ((*table).to_owned(), op, k, values, names(missing, r)),
                 );
             }
@@ -151,7 +154,7 @@ fn replay(dir: &std::path::Path, keys: &HashMap<&str, &str>) -> HashMap<String, 
         for r in 0..b.num_rows() {
             let table = tables.value(r).trim_start_matches("public.").to_owned();
             steps.insert(
-                (commits.value(r), ordinals.value(r), 0),
+                (commits.value(r), ordinals.value(r), 0, r),
                 (table, "truncate".into(), None, BTreeMap::new(), Vec::new()),
             );
         }
@@ -162,7 +165,7 @@ fn replay(dir: &std::path::Path, keys: &HashMap<&str, &str>) -> HashMap<String, 
         let rows = state.entry(table).or_default();
         match op.as_str() {
             "truncate" => rows.clear(),
-            "insert" => {
+            "insert" | "read" => {
                 rows.insert(key.expect("a key"), values);
             }
             "update_before" => moved = rows.remove(&key.expect("an old key")),
@@ -183,9 +186,9 @@ fn replay(dir: &std::path::Path, keys: &HashMap<&str, &str>) -> HashMap<String, 
     state
 }
 
-/// The source's final rows, streamed as inserts into copies of the tables through `plugin`
-/// (so both sides use the plugin's type mapping).
-async fn final_rows(
+/// The source's final rows, streamed as inserts into copies of the tables (`snap_<table>`,
+/// created if missing) through `plugin` (so both sides use the plugin's type mapping).
+pub(crate) async fn final_rows(
     db: &TestDb<'_>,
     plugin: PluginChoice,
     keys: &HashMap<&str, &str>,
@@ -196,14 +199,24 @@ async fn final_rows(
         .slot(&slot)
         .output_plugin(plugin)
         .tables(["public.snap_*"])
+        .snapshot(SnapshotMode::Never)
         .heartbeat_interval(None)
         .build()
         .unwrap();
+    for table in keys.keys() {
+        db.psql(&format!(
+            "CREATE TABLE IF NOT EXISTS snap_{table} (LIKE {table} INCLUDING INDEXES)"
+        ));
+    }
     let mut stream = consumer.start().await.unwrap();
+    let copies: Vec<String> = keys
+        .keys()
+        .map(|t| format!("INSERT INTO snap_{t} SELECT * FROM {t}; DELETE FROM snap_{t};"))
+        .collect();
     db.psql(&format!(
-        "BEGIN; INSERT INTO snap_acct SELECT * FROM acct; INSERT INTO snap_item SELECT * FROM item;
-         DELETE FROM snap_acct; DELETE FROM snap_item; COMMIT;
-         SELECT pg_logical_emit_message(true, 'done-{slot}', '');"
+        "BEGIN; {} COMMIT;
+         SELECT pg_logical_emit_message(true, 'done-{slot}', '');",
+        copies.join(" ")
     ));
     let mut state: HashMap<String, State> = HashMap::new();
     loop {

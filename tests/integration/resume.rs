@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
-use wal2arrow_consumer::{Consumer, Event, Lsn, Position};
+use wal2arrow_consumer::{Consumer, Event, Lsn, Position, SnapshotMode};
 use wal2arrow_harness::{Cluster, ClusterOptions, TestDb};
 
 use crate::common::{confirmed_flush, sql, wait_for};
@@ -227,6 +227,7 @@ async fn the_idle_heartbeat_advances_confirmed_flush_lsn() {
         .dsn(&db.dsn())
         .unwrap()
         .slot("heartbeat_slot")
+        .snapshot(SnapshotMode::Never)
         .tables(["public.quiet"])
         .heartbeat_interval(Some(Duration::from_millis(200)))
         .max_poll_interval(Duration::from_millis(100))

@@ -494,7 +494,7 @@ pub(crate) fn all_types_sql() -> String {
 /// The values the UPDATE gives each row: rotated, so every column changes.
 const UPDATE_FROM: &str = "SELECT s.* FROM seed s";
 
-async fn select_all(
+pub(crate) async fn select_all(
     client: &tokio_postgres::Client,
     cols: &[(&str, &str, DataType, Expect)],
 ) -> Vec<Row> {
@@ -506,7 +506,7 @@ async fn select_all(
 }
 
 /// Rows of `batches` with `_op` = `op`, ordered by `id`.
-fn rows_with_op(batches: &[ChangeBatch], op: &str) -> RecordBatch {
+pub(crate) fn rows_with_op(batches: &[ChangeBatch], op: &str) -> RecordBatch {
     let schema = batches[0].batch.schema();
     let all =
         arrow_select::concat::concat_batches(&schema, batches.iter().map(|b| &b.batch)).unwrap();
@@ -521,7 +521,7 @@ fn rows_with_op(batches: &[ChangeBatch], op: &str) -> RecordBatch {
     arrow_select::take::take_record_batch(&all, &idx).unwrap()
 }
 
-fn assert_matches(
+pub(crate) fn assert_matches(
     streamed: &RecordBatch,
     rows: &[Row],
     cols: &[(&str, &str, DataType, Expect)],

@@ -38,6 +38,7 @@
 
 #![warn(missing_docs)]
 
+pub mod copy;
 pub mod json;
 pub mod text;
 
@@ -1519,25 +1520,32 @@ fn append_value(
             Err(_) => Appended::Unparsed,
         };
     }
-    if let ColumnBuilder::List(list) = builder {
-        let PgKind::Array { element, dims, .. } = kind else { return Appended::Unparsed };
+    if let ColumnBuilder::List(_) = builder {
         let Some(literal) = scalar_text(msg, v, scratch).map(str::to_owned) else {
             return Appended::Unparsed;
         };
-        let mut elements: Vec<Option<String>> = Vec::new();
-        let Some(shape_dims) = text::parse_array(&literal, delim, &mut |e: Option<&str>| {
-            elements.push(e.map(str::to_owned));
-            true
-        }) else {
-            return Appended::Unparsed;
-        };
-        let shape = wal2arrow_schema::types::array_shape(&shape_dims, usize::from(*dims));
-        let mut whole = true;
-        append_level(list, element, &shape, &elements, &mut whole);
-        return if whole { Appended::Value } else { Appended::Unrepresentable };
+        return append_text_value(kind, delim, builder, &literal);
     }
     let Some(t) = scalar_text(msg, v, scratch) else { return Appended::Unparsed };
     append_text(kind, builder, t)
+}
+
+/// Appends one non-NULL value of `kind` from PostgreSQL's text form: an array from its
+/// literal (elements separated by `delim`), anything else as [`append_text`] does.
+fn append_text_value(kind: &PgKind, delim: u8, builder: &mut ColumnBuilder, t: &str) -> Appended {
+    let ColumnBuilder::List(list) = builder else { return append_text(kind, builder, t) };
+    let PgKind::Array { element, dims, .. } = kind else { return Appended::Unparsed };
+    let mut elements: Vec<Option<String>> = Vec::new();
+    let Some(shape_dims) = text::parse_array(t, delim, &mut |e: Option<&str>| {
+        elements.push(e.map(str::to_owned));
+        true
+    }) else {
+        return Appended::Unparsed;
+    };
+    let shape = wal2arrow_schema::types::array_shape(&shape_dims, usize::from(*dims));
+    let mut whole = true;
+    append_level(list, element, &shape, &elements, &mut whole);
+    if whole { Appended::Value } else { Appended::Unrepresentable }
 }
 
 /// Appends array elements as nested lists of `shape`, as the plugin does. An element that

@@ -1,0 +1,537 @@
+//! Initial snapshots: every row the tables held at a slot's consistent point, as the same
+//! Arrow batches the stream carries, read in parallel.
+//!
+//! ## Why it is consistent
+//!
+//! `CREATE_REPLICATION_SLOT … LOGICAL … (SNAPSHOT 'export')` returns the slot's *consistent
+//! point* and the name of a snapshot that sees exactly the transactions committed before it:
+//! the slot streams every transaction that commits after it. Rows read in that snapshot and
+//! changes streamed from that point are therefore each change once — no row missing, none
+//! twice. The exported snapshot lives only while the replication connection that created it
+//! stays idle (any command on it, or its end, destroys the snapshot), so the caller keeps that
+//! connection untouched until [`Snapshot::run`] returns, and only then starts streaming on it.
+//!
+//! ## How the copy is cut
+//!
+//! A coordinator connection imports the snapshot
+//! (`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT …`), lists the
+//! tables the filter captures (ordinary, permanent tables: what logical decoding decodes),
+//! checks `SELECT` on each, describes them from the catalog *as the snapshot sees it*, and cuts
+//! each into ranges of `chunk_pages` heap blocks by its current size (a table only grows past
+//! what the snapshot can see, so the last range is open-ended and rows on pages added since are
+//! invisible anyway). `workers` connections import the same snapshot and take ranges from one
+//! queue, table after table, each running
+//! `COPY (SELECT columns FROM ONLY table WHERE ctid >= '(a,0)' AND ctid < '(b,0)') TO STDOUT`
+//! — a TID range scan from PostgreSQL 14 — and decoding the text rows into batches with
+//! [`wal2arrow_wal2json::copy`], the mapping of the stream's own values. No lock is taken:
+//! MVCC keeps the snapshot's rows readable while writers go on. A worker holds at most one
+//! batch (`batch-rows` rows, or about 8 MB) and the queue to the caller is bounded, so memory
+//! is bounded by workers × batch size whatever the table's size.
+//!
+//! ## What the caller sees
+//!
+//! One pseudo-transaction: a [`Event::Begin`] whose commit LSN is the consistent point and
+//! whose xid is 0, [`SnapshotEvent::Started`], then per table [`Event::Relation`],
+//! [`SnapshotEvent::TableStarted`], its rows as [`Event::Change`] batches whose `_op` is
+//! `read`, and [`SnapshotEvent::TableDone`]; then [`Event::Commit`] (end LSN: the consistent
+//! point) and [`SnapshotEvent::Complete`] — from there on the replica is whole. A sink that
+//! takes back partial transactions (Parquet) therefore never publishes half a snapshot.
+//!
+//! If anything fails — a worker's connection, the server — the snapshot is abandoned (its
+//! exported snapshot cannot be imported again once the workers are gone): the caller starts
+//! over with a new slot.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arrow_buffer::Buffer;
+use futures_core::Stream;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use wal2arrow_schema::{Lsn, PluginOptions, Relation};
+use wal2arrow_wal2json::copy::{CopyEncoder, CopyTable};
+use wal2arrow_wal2json::{CatalogCache, Lookup};
+
+use crate::catalog::{table_info, types};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::event::{ChangeBatch, Event, TxnBegin, TxnCommit};
+use crate::plugin::WAL2JSON_SESSION;
+use crate::protocol::conn::{quote_ident, quote_literal};
+use crate::sql::sql_client;
+
+/// Default heap pages per copied range (32 MiB with 8 kB pages).
+pub const DEFAULT_CHUNK_PAGES: u32 = 4096;
+
+/// What a snapshot reports besides its rows.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum SnapshotEvent {
+    /// The snapshot begins: what it will copy.
+    Started {
+        /// The consistent point: the snapshot holds what committed before it, the stream
+        /// what commits after.
+        lsn: Lsn,
+        /// The tables it copies.
+        tables: usize,
+        /// Their heap pages.
+        pages: u64,
+    },
+    /// A table's first rows follow.
+    TableStarted {
+        /// The table.
+        relation: Arc<Relation>,
+        /// Its heap pages when the copy began.
+        pages: u64,
+    },
+    /// All of a table's rows were delivered.
+    TableDone {
+        /// The table.
+        relation: Arc<Relation>,
+        /// Rows copied.
+        rows: u64,
+        /// `COPY` text bytes they came from.
+        bytes: u64,
+    },
+    /// Every table's rows were delivered (the [`Event::Commit`] before this one closes the
+    /// snapshot's pseudo-transaction): from here on, the tables are whole.
+    Complete {
+        /// The consistent point.
+        lsn: Lsn,
+        /// Tables copied.
+        tables: usize,
+        /// Rows copied.
+        rows: u64,
+        /// `COPY` text bytes.
+        bytes: u64,
+    },
+}
+
+/// Counters of a running snapshot, for progress lines (shared; read them any time).
+#[derive(Debug, Default)]
+pub struct SnapshotProgress {
+    /// Tables to copy.
+    pub tables: AtomicU64,
+    /// Tables whose rows were all delivered.
+    pub tables_done: AtomicU64,
+    /// Heap pages to read.
+    pub pages: AtomicU64,
+    /// Heap pages read.
+    pub pages_done: AtomicU64,
+    /// Rows delivered.
+    pub rows: AtomicU64,
+    /// `COPY` bytes delivered.
+    pub bytes: AtomicU64,
+    /// [`SnapshotEvent::Complete`] was delivered.
+    pub complete: std::sync::atomic::AtomicBool,
+}
+
+/// An initial snapshot of the tables `options.tables` captures, read in an exported snapshot.
+#[derive(Debug)]
+pub struct Snapshot {
+    config: Config,
+    name: String,
+    lsn: Lsn,
+    options: PluginOptions,
+    workers: usize,
+    chunk_pages: u32,
+    progress: Arc<SnapshotProgress>,
+}
+
+/// One table of the plan.
+#[derive(Debug)]
+struct PlannedTable {
+    table: Arc<CopyTable>,
+    /// `COPY (SELECT columns FROM ONLY table WHERE ` — the ctid condition follows.
+    select: String,
+    pages: u64,
+    chunks: usize,
+}
+
+/// One range of one table.
+#[derive(Clone, Copy, Debug)]
+struct Chunk {
+    table: usize,
+    first: u64,
+    /// Exclusive; `None`: to the end.
+    end: Option<u64>,
+}
+
+/// What workers tell the coordinator.
+enum Report {
+    Batch { table: usize, batch: arrow_array::RecordBatch, bytes: usize },
+    ChunkDone { table: usize, pages: u64 },
+    Failed(Error),
+}
+
+impl Snapshot {
+    /// A snapshot of the tables `options.tables` captures, as exported by the replication
+    /// connection that created the slot (`name`, with its consistent point `lsn`); batches as
+    /// `options` shape them (`batch-rows`, `include-lsn`, `numeric-as-string`).
+    pub fn new(config: &Config, name: &str, lsn: Lsn, options: &PluginOptions) -> Snapshot {
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4);
+        Snapshot {
+            config: config.clone(),
+            name: name.to_owned(),
+            lsn,
+            options: options.clone(),
+            workers,
+            chunk_pages: DEFAULT_CHUNK_PAGES,
+            progress: Arc::default(),
+        }
+    }
+
+    /// How many connections copy at once (default: the number of CPUs, at least 2, at most 4).
+    #[must_use]
+    pub fn workers(mut self, workers: usize) -> Snapshot {
+        self.workers = workers.max(1);
+        self
+    }
+
+    /// Heap pages per copied range (default [`DEFAULT_CHUNK_PAGES`]).
+    #[must_use]
+    pub fn chunk_pages(mut self, pages: u32) -> Snapshot {
+        self.chunk_pages = pages.max(1);
+        self
+    }
+
+    /// The counters, updated as the copy goes.
+    pub fn progress(&self) -> Arc<SnapshotProgress> {
+        Arc::clone(&self.progress)
+    }
+
+    /// Copies every table, handing each event to `emit` in order (it returns `false` when
+    /// nobody listens any more: the copy stops). Returns how many rows were copied and
+    /// delivered, [`SnapshotEvent::Complete`] included (0 when the copy stopped early).
+    ///
+    /// # Errors
+    ///
+    /// Connection and server errors; a table without `SELECT` privilege
+    /// ([`Error::Snapshot`], naming the table and the `GRANT`); an exported snapshot that is
+    /// gone (its connection was used or closed).
+    pub async fn run(self, mut emit: impl AsyncFnMut(Event) -> bool) -> Result<u64> {
+        let coordinator = self.import().await?;
+        let (plan, commit_time_us) = self.plan(&coordinator).await?;
+        let chunks: VecDeque<Chunk> = plan
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| {
+                let step = u64::from(self.chunk_pages);
+                (0..t.chunks as u64).map(move |c| Chunk {
+                    table: i,
+                    first: c * step,
+                    end: (c + 1 < t.chunks as u64).then_some((c + 1) * step),
+                })
+            })
+            .collect();
+        let pages: u64 = plan.iter().map(|t| t.pages).sum();
+        self.progress.tables.store(plan.len() as u64, Ordering::Relaxed);
+        self.progress.pages.store(pages, Ordering::Relaxed);
+        let plan = Arc::new(plan);
+        let queue = Arc::new(Mutex::new(chunks));
+        let (reports, mut inbox) = mpsc::channel::<Report>(self.workers * 2);
+        let mut workers = JoinSet::new();
+        // Every worker imports the snapshot before any copying starts; the coordinator's own
+        // transaction stays open until then, so the snapshot is held throughout.
+        let mut clients = Vec::with_capacity(self.workers);
+        for _ in 0..self.workers.min(queue.lock().map_or(1, |q| q.len()).max(1)) {
+            clients.push(self.import().await?);
+        }
+        drop(coordinator);
+        for client in clients {
+            let (plan, queue, reports) = (Arc::clone(&plan), Arc::clone(&queue), reports.clone());
+            let lsn = self.lsn;
+            workers.spawn(async move {
+                if let Err(e) = copy_chunks(&client, &plan, &queue, lsn, &reports).await {
+                    let _ = reports.send(Report::Failed(e)).await;
+                }
+            });
+        }
+        drop(reports);
+
+        let started = SnapshotEvent::Started { lsn: self.lsn, tables: plan.len(), pages };
+        if !emit(Event::Snapshot(started)).await {
+            return Ok(0);
+        }
+        // The pseudo-transaction begins with the first row: a snapshot of empty tables has
+        // none, and nothing to acknowledge.
+        let mut begun = false;
+        let mut ordinal = 0u32;
+        let mut per_table: Vec<(bool, usize, u64, u64)> = vec![(false, 0, 0, 0); plan.len()];
+        let (mut rows, mut bytes, mut done) = (0u64, 0u64, 0usize);
+        while done < plan.len() {
+            let Some(report) = inbox.recv().await else {
+                return Err(Error::Snapshot(
+                    "the snapshot's workers stopped before copying every table".into(),
+                ));
+            };
+            let (table, batch) = match report {
+                Report::Failed(e) => return Err(e),
+                Report::Batch { table, batch, bytes } => (table, Some((batch, bytes))),
+                Report::ChunkDone { table, pages } => {
+                    self.progress.pages_done.fetch_add(pages, Ordering::Relaxed);
+                    (table, None)
+                }
+            };
+            let t = &plan[table];
+            let relation = Arc::clone(t.table.relation());
+            let state = &mut per_table[table];
+            if !state.0 {
+                state.0 = true;
+                let started =
+                    SnapshotEvent::TableStarted { relation: Arc::clone(&relation), pages: t.pages };
+                if !emit(Event::Relation(Arc::clone(&relation))).await
+                    || !emit(Event::Snapshot(started)).await
+                {
+                    return Ok(rows);
+                }
+            }
+            match batch {
+                Some((batch, n)) => {
+                    let state = &mut per_table[table];
+                    state.2 += batch.num_rows() as u64;
+                    state.3 += n as u64;
+                    rows += batch.num_rows() as u64;
+                    bytes += n as u64;
+                    self.progress.rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                    self.progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    let change = ChangeBatch {
+                        relation,
+                        xid: 0,
+                        commit_lsn: self.lsn,
+                        commit_time_us,
+                        origin: None,
+                        ordinal,
+                        batch,
+                        payload: Buffer::from_vec(Vec::<u8>::new()),
+                        source_bytes: n,
+                    };
+                    ordinal += 1;
+                    if !begun {
+                        begun = true;
+                        let begin =
+                            TxnBegin { xid: 0, commit_lsn: self.lsn, commit_time_us, origin: None };
+                        if !emit(Event::Begin(begin)).await {
+                            return Ok(rows);
+                        }
+                    }
+                    if !emit(Event::Change(change)).await {
+                        return Ok(rows);
+                    }
+                }
+                None => {
+                    let state = &mut per_table[table];
+                    state.1 += 1;
+                    if state.1 == t.chunks {
+                        done += 1;
+                        self.progress.tables_done.fetch_add(1, Ordering::Relaxed);
+                        let (r, b) = (state.2, state.3);
+                        let event = SnapshotEvent::TableDone { relation, rows: r, bytes: b };
+                        if !emit(Event::Snapshot(event)).await {
+                            return Ok(rows);
+                        }
+                    }
+                }
+            }
+        }
+        workers.join_all().await;
+        let commit = TxnCommit {
+            xid: 0,
+            commit_lsn: self.lsn,
+            end_lsn: self.lsn,
+            commit_time_us,
+            batches: ordinal,
+        };
+        let complete = SnapshotEvent::Complete { lsn: self.lsn, tables: plan.len(), rows, bytes };
+        if (!begun || emit(Event::Commit(commit)).await) && emit(Event::Snapshot(complete)).await {
+            self.progress.complete.store(true, Ordering::Relaxed);
+            Ok(rows)
+        } else {
+            Ok(0)
+        }
+    }
+
+    /// A connection in a transaction that sees the exported snapshot, with the session
+    /// settings the text parsers expect.
+    async fn import(&self) -> Result<tokio_postgres::Client> {
+        let client = sql_client(&self.config).await?;
+        client.batch_execute(WAL2JSON_SESSION).await?;
+        let sql = format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote_literal(&self.name)
+        );
+        match client.batch_execute(&sql).await {
+            Ok(()) => Ok(client),
+            // invalid_parameter_value / undefined_object: no such snapshot (any more).
+            Err(e) if matches!(e.code().map(|c| c.code()), Some("22023" | "42704")) => {
+                Err(Error::Snapshot(format!(
+                    "the exported snapshot {:?} is gone ({}): the replication connection that \
+                     created the slot was used or closed before the copy began; start over \
+                     (a new slot exports a new snapshot)",
+                    self.name,
+                    e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned())
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The tables to copy, described and sized in the snapshot; the snapshot's time.
+    async fn plan(&self, client: &tokio_postgres::Client) -> Result<(Vec<PlannedTable>, i64)> {
+        let rows = client
+            .query(
+                "SELECT n.nspname::text, c.relname::text, \
+                   has_table_privilege(c.oid, 'SELECT'), \
+                   (pg_relation_size(c.oid) / current_setting('block_size')::int8)::int8, \
+                   (extract(epoch FROM now()) * 1000000)::int8 \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind = 'r' AND c.relpersistence = 'p' \
+                   AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' \
+                 ORDER BY 1, 2",
+                &[],
+            )
+            .await?;
+        let mut commit_time_us = 0;
+        let mut catalog = CatalogCache::default();
+        let mut plan = Vec::new();
+        let mut denied = Vec::new();
+        for row in rows {
+            let (schema, name): (String, String) = (row.get(0), row.get(1));
+            commit_time_us = row.get(4);
+            if !self.options.tables.includes(&schema, &name) {
+                continue;
+            }
+            if !row.get::<_, bool>(2) {
+                denied.push(format!("{}.{}", sql_name(&schema), sql_name(&name)));
+                continue;
+            }
+            let pages = u64::try_from(row.get::<_, i64>(3)).unwrap_or(0);
+            let Some(info) = table_info(client, &schema, &name).await? else { continue };
+            let table = loop {
+                match CopyTable::from_catalog(&catalog, &info, &schema, &name, &self.options) {
+                    Ok(t) => break t,
+                    Err(Ok(Lookup::Types(oids))) => {
+                        for (oid, ty) in types(client, &oids).await? {
+                            catalog.put_type(oid, ty);
+                        }
+                    }
+                    Err(Ok(other)) => {
+                        return Err(Error::Snapshot(format!(
+                            "unexpected catalog question {other:?}"
+                        )));
+                    }
+                    Err(Err(e)) => {
+                        return Err(Error::Snapshot(format!("{schema}.{name}: {e}")));
+                    }
+                }
+            };
+            let columns: Vec<String> = table.column_names().map(quote_ident).collect();
+            let select = format!(
+                "COPY (SELECT {} FROM ONLY {}.{} WHERE ",
+                columns.join(", "),
+                quote_ident(&schema),
+                quote_ident(&name)
+            );
+            let chunks = pages.div_ceil(u64::from(self.chunk_pages)).max(1) as usize;
+            plan.push(PlannedTable { table: Arc::new(table), select, pages, chunks });
+        }
+        if !denied.is_empty() {
+            return Err(Error::Snapshot(format!(
+                "the snapshot cannot read {}: the role has no SELECT privilege on {}; grant it \
+                 (GRANT SELECT ON {} TO {}) or leave the table out with --tables",
+                denied.join(", "),
+                if denied.len() == 1 { "it" } else { "them" },
+                denied.join(", "),
+                sql_name(&self.config.user)
+            )));
+        }
+        Ok((plan, commit_time_us))
+    }
+}
+
+/// An identifier as SQL needs it written: quoted only when it must be.
+fn sql_name(name: &str) -> String {
+    let plain = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if plain { name.to_owned() } else { quote_ident(name) }
+}
+
+/// A worker: takes ranges off the queue until it is empty, copying each.
+async fn copy_chunks(
+    client: &tokio_postgres::Client,
+    plan: &[PlannedTable],
+    queue: &Mutex<VecDeque<Chunk>>,
+    lsn: Lsn,
+    reports: &mpsc::Sender<Report>,
+) -> Result<()> {
+    loop {
+        let Some(chunk) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+            return Ok(());
+        };
+        let t = &plan[chunk.table];
+        let range = match chunk.end {
+            Some(end) => {
+                format!("ctid >= '({},0)'::tid AND ctid < '({end},0)'::tid) TO STDOUT", chunk.first)
+            }
+            None => format!("ctid >= '({},0)'::tid) TO STDOUT", chunk.first),
+        };
+        let sql = format!("{}{range}", t.select);
+        let stream = client.copy_out(sql.as_str()).await?;
+        let mut stream = std::pin::pin!(stream);
+        let mut encoder = CopyEncoder::new(Arc::clone(&t.table), lsn);
+        // COPY sends one row per message; a row split across messages is put back together.
+        let mut partial: Vec<u8> = Vec::new();
+        let failed = |e: wal2arrow_wal2json::copy::CopyError| {
+            Error::Snapshot(format!("{}: {e}", t.table.relation().qualified_name))
+        };
+        while let Some(data) = poll_fn(|cx| Pin::as_mut(&mut stream).poll_next(cx)).await {
+            let data = data?;
+            for piece in data.split_inclusive(|b| *b == b'\n') {
+                if !piece.ends_with(b"\n") {
+                    partial.extend_from_slice(piece);
+                    continue;
+                }
+                if partial.is_empty() {
+                    encoder.push_row(piece).map_err(failed)?;
+                } else {
+                    partial.extend_from_slice(piece);
+                    encoder.push_row(&partial).map_err(failed)?;
+                    partial.clear();
+                }
+                if encoder.is_full() {
+                    send_batch(&mut encoder, chunk.table, reports, t).await?;
+                }
+            }
+        }
+        if !partial.is_empty() {
+            encoder.push_row(&partial).map_err(failed)?;
+        }
+        send_batch(&mut encoder, chunk.table, reports, t).await?;
+        let pages = match chunk.end {
+            Some(end) => end - chunk.first,
+            None => t.pages.saturating_sub(chunk.first),
+        };
+        if reports.send(Report::ChunkDone { table: chunk.table, pages }).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+async fn send_batch(
+    encoder: &mut CopyEncoder,
+    table: usize,
+    reports: &mpsc::Sender<Report>,
+    t: &PlannedTable,
+) -> Result<()> {
+    let finished = encoder
+        .finish_batch()
+        .map_err(|e| Error::Snapshot(format!("{}: {e}", t.table.relation().qualified_name)))?;
+    if let Some((batch, bytes)) = finished {
+        // A closed channel: the coordinator stopped; the worker ends with the next range.
+        let _ = reports.send(Report::Batch { table, batch, bytes }).await;
+    }
+    Ok(())
+}
