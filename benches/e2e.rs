@@ -25,7 +25,8 @@
 //! d timestamptz, e bool)` in 1,000-row transactions; W2 300,000 inserts into a 21-column
 //! table of mixed types with ~10% NULLs; W3 500,000 updates of W1's rows; W4 100,000
 //! single-row transactions. Then commit-to-batch latency under steady load (1,000 and 10,000
-//! transactions per second), and the consumer's peak memory while streaming W1.
+//! transactions per second), the consumer's peak memory while streaming W1, and (SNAPSHOT)
+//! snapshot throughput on W1's and W2's tables against binary `COPY` and ADBC.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -295,7 +296,7 @@ fn usage(problem: &str) -> ! {
         eprintln!("e2e: {problem}");
     }
     eprintln!(
-        "usage: e2e [--scale F] [--workloads W1,W2,W3,W4,LATENCY] \
+        "usage: e2e [--scale F] [--workloads W1,W2,W3,W4,LATENCY,SNAPSHOT] \
          [--contenders wal2arrow,wal2json,pgoutput,test_decoding,floor] [--latency-seconds S] \
          [--repeat N] [--out FILE.md]"
     );
@@ -420,8 +421,153 @@ async fn run(args: &Args) -> String {
         }
         report.push_str(&latency_table(&latencies));
     }
+    if wanted("SNAPSHOT") {
+        // The tables W1 and W2 leave behind (generated here when those did not run).
+        for w in workloads(args.scale).iter().filter(|w| w.name == "W1" || w.name == "W2") {
+            let left_behind = wanted(w.name) || (w.name == "W1" && wanted("W3"));
+            if !left_behind {
+                psql(&db, &w.generate);
+            }
+        }
+        psql(&db, "VACUUM ANALYZE w1; VACUUM ANALYZE w2");
+        report.push_str(&snapshot_bench(&db, &config, args.repeat).await);
+    }
     report.push_str(&targets(&results, &latencies, peak_rss));
     report
+}
+
+/// Snapshot throughput: each of W1's and W2's tables read whole, side by side in one run —
+/// `COPY … TO STDOUT (FORMAT binary)` into nothing (the physical limit of copying), the
+/// wal2arrow snapshot (exported snapshot, ctid ranges, text `COPY` decoded into Arrow) with 1
+/// and 2 workers, and Apache Arrow's ADBC PostgreSQL driver (binary `COPY` into Arrow, through
+/// `benches/adbc_copy.py`). Median of `repeat` rounds, interleaved.
+async fn snapshot_bench(db: &TestDb<'_>, config: &Config, repeat: usize) -> String {
+    use std::future::poll_fn;
+    use std::pin::Pin;
+    let mut out = String::from(
+        "\n## Snapshot: reading a table whole\n\n\
+         Rows per second, median of the rounds; ratios against binary `COPY` into nothing.\n\n\
+         | table | binary COPY, discarded | wal2arrow snapshot, 1 worker | wal2arrow snapshot, 2 workers | ADBC PostgreSQL → Arrow |\n\
+         |---|---:|---:|---:|---:|\n",
+    );
+    let adbc = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("adbc_copy.py");
+    for table in ["w1", "w2"] {
+        let rows: u64 = psql(db, &format!("SELECT count(*) FROM {table}")).trim().parse().unwrap();
+        let mut times: [Vec<f64>; 4] = Default::default();
+        for round in 0..repeat {
+            // Each round starts with a different contender, so that no one always follows
+            // the same other (a cache the previous one warmed, a CPU it left hot).
+            for k in 0..4 {
+                let contender = (k + round) % 4;
+                match contender {
+                    0 => {
+                        let client = wal2arrow_consumer::sql_client(config).await.expect("SQL");
+                        let started = Instant::now();
+                        let stream = client
+                            .copy_out(format!("COPY {table} TO STDOUT (FORMAT binary)").as_str())
+                            .await
+                            .expect("COPY");
+                        let mut stream = std::pin::pin!(stream);
+                        let mut bytes = 0usize;
+                        while let Some(chunk) = poll_fn(|cx| {
+                            futures_core::Stream::poll_next(Pin::as_mut(&mut stream), cx)
+                        })
+                        .await
+                        {
+                            bytes += chunk.expect("COPY data").len();
+                        }
+                        times[0].push(started.elapsed().as_secs_f64());
+                        std::hint::black_box(bytes);
+                    }
+                    1 | 2 => {
+                        let (i, workers) = (contender, contender);
+                        let mut repl =
+                            ReplicationClient::connect(config).await.expect("replication");
+                        let slot = format!("snap_bench_{round}_{workers}");
+                        let created = repl
+                            .create_slot_exporting(&slot, "wal2arrow", true)
+                            .await
+                            .expect("a slot");
+                        let options = PluginOptions {
+                            tables: wal2arrow_schema_filter(table),
+                            ..PluginOptions::default()
+                        };
+                        let snapshot = wal2arrow_client::Snapshot::new(
+                            config,
+                            created.snapshot.as_deref().expect("exported"),
+                            created.consistent_point,
+                            &options,
+                        )
+                        .workers(workers);
+                        let started = Instant::now();
+                        let mut got = 0u64;
+                        snapshot
+                            .run(async |e: Event| {
+                                if let Event::Change(c) = e {
+                                    got += c.num_rows() as u64;
+                                }
+                                true
+                            })
+                            .await
+                            .expect("the snapshot");
+                        times[i].push(started.elapsed().as_secs_f64());
+                        assert_eq!(got, rows, "{table}: rows copied");
+                        drop(repl);
+                    }
+                    _ => {
+                        match std::process::Command::new("python3")
+                            .arg(&adbc)
+                            .arg(db.dsn())
+                            .arg(table)
+                            .output()
+                        {
+                            Ok(o) if o.status.success() => {
+                                let text = String::from_utf8_lossy(&o.stdout);
+                                let mut it = text.split_whitespace();
+                                let n: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                                let secs: f64 =
+                                    it.next().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+                                assert_eq!(n, rows, "{table}: rows ADBC read");
+                                times[3].push(secs);
+                            }
+                            Ok(o) => eprintln!(
+                                "ADBC not measured (pip install adbc-driver-postgresql pyarrow): {}",
+                                String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
+                            ),
+                            Err(e) => eprintln!("ADBC not measured: {e}"),
+                        }
+                    }
+                }
+            }
+        }
+        let rate = |t: &mut Vec<f64>| {
+            t.sort_by(f64::total_cmp);
+            t.get(t.len() / 2).map(|s| rows as f64 / s)
+        };
+        let rates: Vec<Option<f64>> = times.iter_mut().map(rate).collect();
+        let base = rates[0];
+        let cell = |r: Option<f64>| match (r, base) {
+            (Some(r), Some(b)) => format!("{} ({:.2}×)", thousands(r), r / b),
+            (Some(r), None) => thousands(r),
+            _ => "n/a".to_owned(),
+        };
+        eprintln!("snapshot {table}: seconds per round {times:?}");
+        let _ = writeln!(
+            out,
+            "| {table} ({} rows) | {} | {} | {} | {} |",
+            thousands(rows as f64),
+            cell(rates[0]),
+            cell(rates[1]),
+            cell(rates[2]),
+            cell(rates[3])
+        );
+    }
+    out
+}
+
+/// A table filter of exactly `public.<table>`.
+fn wal2arrow_schema_filter(table: &str) -> wal2arrow_schema::TableFilter {
+    wal2arrow_schema::TableFilter::parse_list(&format!("public.{table}")).expect("a table name")
 }
 
 fn header(cluster: &Cluster, args: &Args) -> String {

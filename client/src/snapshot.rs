@@ -482,13 +482,23 @@ async fn copy_chunks(
         let stream = client.copy_out(sql.as_str()).await?;
         let mut stream = std::pin::pin!(stream);
         let mut encoder = CopyEncoder::new(Arc::clone(&t.table), lsn);
-        // COPY sends one row per message; a row split across messages is put back together.
+        // The server sends one row per message (a row never holds a raw newline: the text
+        // format escapes it); anything else — several rows in one message, a row split across
+        // messages — is split and put back together.
         let mut partial: Vec<u8> = Vec::new();
         let failed = |e: wal2arrow_wal2json::copy::CopyError| {
             Error::Snapshot(format!("{}: {e}", t.table.relation().qualified_name))
         };
         while let Some(data) = poll_fn(|cx| Pin::as_mut(&mut stream).poll_next(cx)).await {
             let data = data?;
+            let body = data.strip_suffix(b"\n");
+            if let Some(row) = body.filter(|row| partial.is_empty() && !row.contains(&b'\n')) {
+                encoder.push_row(row).map_err(failed)?;
+                if encoder.is_full() {
+                    send_batch(&mut encoder, chunk.table, reports, t).await?;
+                }
+                continue;
+            }
             for piece in data.split_inclusive(|b| *b == b'\n') {
                 if !piece.ends_with(b"\n") {
                     partial.extend_from_slice(piece);

@@ -149,6 +149,8 @@ pub struct CopyEncoder {
     field: Vec<u8>,
     /// `COPY` bytes in the batch being built.
     bytes: usize,
+    /// The fields of the row being appended (byte ranges of its line).
+    spans: Vec<(usize, usize)>,
     /// Per column: whether an unparsable value was already logged.
     warned: Vec<bool>,
 }
@@ -158,7 +160,7 @@ impl CopyEncoder {
     pub fn new(table: Arc<CopyTable>, lsn: Lsn) -> CopyEncoder {
         let encoder = BatchEncoder::new(&table.desc);
         let warned = vec![false; table.desc.columns.len()];
-        CopyEncoder { table, encoder, lsn, field: Vec::new(), bytes: 0, warned }
+        CopyEncoder { table, encoder, lsn, field: Vec::new(), spans: Vec::new(), bytes: 0, warned }
     }
 
     /// Rows in the batch being built.
@@ -174,59 +176,106 @@ impl CopyEncoder {
     pub fn push_row(&mut self, line: &[u8]) -> Result<(), CopyError> {
         let line = line.strip_suffix(b"\n").unwrap_or(line);
         let width = self.table.plans.len();
-        let fields = match (width, line.is_empty()) {
-            (0, true) => 0,
-            _ => line.split(|b| *b == b'\t').count(),
-        };
-        if fields != width {
+        // Every byte is looked at twice: once by the UTF-8 check, once by the split.
+        let text = std::str::from_utf8(line);
+        self.spans.clear();
+        if width > 0 || !line.is_empty() {
+            let mut start = 0;
+            for (i, b) in line.iter().enumerate() {
+                if *b == b'\t' {
+                    self.spans.push((start, i));
+                    start = i + 1;
+                }
+            }
+            self.spans.push((start, line.len()));
+        }
+        if self.spans.len() != width {
             return Err(CopyError(format!(
-                "a COPY row of {}.{} has {fields} fields, the table {width} columns",
-                self.table.desc.namespace, self.table.desc.name
+                "a COPY row of {}.{} has {} fields, the table {width} columns",
+                self.table.desc.namespace,
+                self.table.desc.name,
+                self.spans.len()
             )));
         }
         self.bytes += line.len() + 1;
         self.encoder.start_row(ChangeOp::Read, self.lsn).map_err(|e| CopyError(e.to_string()))?;
-        if width == 0 {
-            return Ok(());
-        }
-        for (c, raw) in line.split(|b| *b == b'\t').enumerate() {
-            if raw == b"\\N" {
-                self.encoder.column(c).append_null();
-                continue;
+        let spans = std::mem::take(&mut self.spans);
+        match text {
+            // The session's client_encoding is UTF8, so the whole line is valid UTF-8 and one
+            // check covers every field without an escape (most of them).
+            Ok(text) => {
+                for (c, &(start, end)) in spans.iter().enumerate() {
+                    let raw = &text[start..end];
+                    if raw.contains('\\') {
+                        self.append_escaped(c, raw.as_bytes());
+                    } else {
+                        self.append_field(c, Field::Text(raw));
+                    }
+                }
             }
-            let text = unescape(raw, &mut self.field);
-            let (kind, delim) = &self.table.plans[c];
-            let appended = match std::str::from_utf8(text) {
-                Ok(t) => append_text_value(kind, *delim, self.encoder.column(c), t),
-                Err(_) => match self.encoder.column(c) {
-                    wal2arrow_schema::ColumnBuilder::Utf8(b) => {
-                        b.append_value(String::from_utf8_lossy(text));
-                        Appended::Value
-                    }
-                    _ => Appended::Unparsed,
-                },
-            };
-            match appended {
-                Appended::Value => {}
-                Appended::Unrepresentable => self.encoder.mark_unrepresentable(c),
-                Appended::Missing | Appended::Unparsed => {
-                    if !self.warned[c] {
-                        self.warned[c] = true;
-                        let d = &self.table.desc;
-                        tracing::warn!(
-                            table = %format!("{}.{}", d.namespace, d.name),
-                            column = %d.columns[c].name,
-                            "snapshot: a value of type {} could not be parsed; it is reported \
-                             in _unrepresentable",
-                            d.columns[c].type_name
-                        );
-                    }
-                    self.encoder.column(c).append_null();
-                    self.encoder.mark_unrepresentable(c);
+            Err(_) => {
+                for (c, &(start, end)) in spans.iter().enumerate() {
+                    self.append_escaped(c, &line[start..end]);
                 }
             }
         }
+        self.spans = spans;
         Ok(())
+    }
+
+    /// Appends a field that may hold escapes (or be `\N`).
+    fn append_escaped(&mut self, c: usize, raw: &[u8]) {
+        if raw == b"\\N" {
+            self.append_field(c, Field::Null);
+            return;
+        }
+        let mut buffer = std::mem::take(&mut self.field);
+        let text = unescape(raw, &mut buffer);
+        // Octal and hex escapes may spell bytes that are not UTF-8.
+        match std::str::from_utf8(text) {
+            Ok(t) => self.append_field(c, Field::Text(t)),
+            Err(_) => self.append_field(c, Field::Bytes(text)),
+        }
+        self.field = buffer;
+    }
+
+    fn append_field(&mut self, c: usize, field: Field<'_>) {
+        let appended = match field {
+            Field::Null => {
+                self.encoder.column(c).append_null();
+                return;
+            }
+            Field::Text(t) => {
+                let (kind, delim) = &self.table.plans[c];
+                append_text_value(kind, *delim, self.encoder.column(c), t)
+            }
+            Field::Bytes(b) => match self.encoder.column(c) {
+                wal2arrow_schema::ColumnBuilder::Utf8(builder) => {
+                    builder.append_value(String::from_utf8_lossy(b));
+                    Appended::Value
+                }
+                _ => Appended::Unparsed,
+            },
+        };
+        match appended {
+            Appended::Value => {}
+            Appended::Unrepresentable => self.encoder.mark_unrepresentable(c),
+            Appended::Missing | Appended::Unparsed => {
+                if !self.warned[c] {
+                    self.warned[c] = true;
+                    let d = &self.table.desc;
+                    tracing::warn!(
+                        table = %format!("{}.{}", d.namespace, d.name),
+                        column = %d.columns[c].name,
+                        "snapshot: a value of type {} could not be parsed; it is reported \
+                         in _unrepresentable",
+                        d.columns[c].type_name
+                    );
+                }
+                self.encoder.column(c).append_null();
+                self.encoder.mark_unrepresentable(c);
+            }
+        }
     }
 
     /// Whether the batch being built is full (the same policy as the plugin's:
@@ -257,6 +306,14 @@ impl CopyEncoder {
 }
 
 /// A `COPY` text field with its backslash escapes resolved (into `out`, unless it has none).
+/// One field of a `COPY` row.
+enum Field<'a> {
+    Null,
+    Text(&'a str),
+    /// Text whose escapes spell bytes that are not UTF-8 (kept, lossily, only by text columns).
+    Bytes(&'a [u8]),
+}
+
 fn unescape<'a>(raw: &'a [u8], out: &'a mut Vec<u8>) -> &'a [u8] {
     if !raw.contains(&b'\\') {
         return raw;
