@@ -120,9 +120,13 @@ pub enum Error {
     Wal2Json(wal2arrow_wal2json::DecodeError),
     /// The replication slot cannot be used as asked.
     Slot(String),
-    /// A snapshot cannot be taken as asked (no `SELECT` on a table, the exported snapshot
-    /// gone); the message says what to do.
+    /// A snapshot cannot be taken as asked (no `SELECT` on a table); the message says what
+    /// to do.
     Snapshot(String),
+    /// The exported snapshot a copy was reading is gone: the replication connection that
+    /// exported it was closed or used. Transient: a new slot exports a new snapshot, and
+    /// the copy starts over (rows already read belong to the lost one).
+    SnapshotGone(String),
     /// The server sent a message larger than `max_message_size` allows: the stream stops
     /// before allocating it.
     MessageTooLarge {
@@ -143,7 +147,9 @@ impl Error {
     pub fn class(&self) -> ErrorClass {
         match self {
             Error::Config(_) => ErrorClass::Configuration,
-            Error::Connect { .. } | Error::Timeout { .. } => ErrorClass::Transient,
+            Error::Connect { .. } | Error::Timeout { .. } | Error::SnapshotGone(_) => {
+                ErrorClass::Transient
+            }
             // Lost, reset, timed out: try again. Bytes that do not parse would come again.
             Error::Io(e) if io_is_transient(e) => ErrorClass::Transient,
             // 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now, 55006
@@ -276,6 +282,7 @@ impl fmt::Display for Error {
             Error::Wal2Json(e) => write!(f, "{e}"),
             Error::Slot(m) => write!(f, "replication slot: {m}"),
             Error::Snapshot(m) => write!(f, "snapshot: {m}"),
+            Error::SnapshotGone(m) => write!(f, "snapshot lost: {m}"),
             Error::MessageTooLarge { size, max } => write!(
                 f,
                 "the server sent a message of {size} bytes, more than max_message_size ({max} \
@@ -352,6 +359,9 @@ mod tests {
         assert!(server("3D000").is_login_failure());
         assert!(server("3D000").to_string().contains("check the database name"));
         assert_eq!(Error::Config("x".into()).class(), ErrorClass::Configuration);
+        // A lost snapshot is taken again from a new slot; one the role cannot read is not.
+        assert!(Error::SnapshotGone("x".into()).is_transient());
+        assert_eq!(Error::Snapshot("x".into()).class(), ErrorClass::Definite);
         let malformed = Error::Protocol { message: "bad frame".into(), after: Some(Lsn(42)) };
         assert_eq!(malformed.class(), ErrorClass::Definite, "never a reconnect loop");
         assert!(malformed.to_string().contains("after LSN 0/2A"), "{malformed}");

@@ -225,7 +225,9 @@ pub enum Event {
     Snapshot(crate::snapshot::SnapshotEvent),
     /// The connection was lost and re-established (by [`crate::CdcStream`]): everything after
     /// the acknowledged position `from` is delivered again, starting with a Begin. Drop any
-    /// transaction received only in part.
+    /// transaction received only in part. During an initial snapshot (`from` is
+    /// [`Lsn::INVALID`]): the snapshot was lost before its commit, and a new one follows,
+    /// whole — drop the rows of the lost one.
     Restarted {
         /// The position the stream resumed from.
         from: Lsn,

@@ -211,7 +211,8 @@ impl Snapshot {
     ///
     /// Connection and server errors; a table without `SELECT` privilege
     /// ([`Error::Snapshot`], naming the table and the `GRANT`); an exported snapshot that is
-    /// gone (its connection was used or closed).
+    /// gone ([`Error::SnapshotGone`], transient: its connection was used or closed, and a new
+    /// slot's snapshot must be copied from the start).
     pub async fn run(self, mut emit: impl AsyncFnMut(Event) -> bool) -> Result<u64> {
         let coordinator = self.import().await?;
         let (plan, commit_time_us) = self.plan(&coordinator).await?;
@@ -367,10 +368,10 @@ impl Snapshot {
             Ok(()) => Ok(client),
             // invalid_parameter_value / undefined_object: no such snapshot (any more).
             Err(e) if matches!(e.code().map(|c| c.code()), Some("22023" | "42704")) => {
-                Err(Error::Snapshot(format!(
+                Err(Error::SnapshotGone(format!(
                     "the exported snapshot {:?} is gone ({}): the replication connection that \
-                     created the slot was used or closed before the copy began; start over \
-                     (a new slot exports a new snapshot)",
+                     created the slot was closed or used before every worker had imported it; \
+                     take it again from a new slot (the consumer does so by itself)",
                     self.name,
                     e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned())
                 )))

@@ -632,6 +632,19 @@ struct PendingSnapshot {
     then_stream: bool,
 }
 
+/// A snapshot that failed, and whether taking a new one can help (it was lost before its
+/// commit was delivered).
+struct SnapshotFailed {
+    error: Error,
+    retry: bool,
+}
+
+impl SnapshotFailed {
+    fn fatal(error: Error) -> SnapshotFailed {
+        SnapshotFailed { error, retry: false }
+    }
+}
+
 /// How the driver begins.
 enum First {
     Session(Session),
@@ -670,7 +683,11 @@ async fn prepare_snapshot(
                 }
                 SlotResolution::Usable(..) if mode == SnapshotMode::Initial => {
                     Err(Error::Client(ClientError::Snapshot(format!(
-                        "slot {name:?} already exists: an initial snapshot is taken only by the                          run that creates the slot (the snapshot must end exactly where the slot                          starts). Stream without one (--snapshot never / SnapshotMode::Never),                          take the snapshot on its own (--snapshot only), or drop the slot to                          start over (wal2arrow slots drop {name})"
+                        "slot {name:?} already exists: an initial snapshot is taken only by the \
+                         run that creates the slot (the snapshot must end exactly where the slot \
+                         starts). Stream without one (--snapshot never / SnapshotMode::Never), \
+                         take the snapshot on its own (--snapshot only), or drop the slot to \
+                         start over (wal2arrow slots drop {name})"
                     ))))
                 }
                 // Missing and not to be created, or unusable: the session says why.
@@ -678,6 +695,14 @@ async fn prepare_snapshot(
             }
         }
     }
+}
+
+/// Whether replication slot `name` exists (false too when that cannot be found out).
+async fn slot_exists(config: &Config, name: &str) -> bool {
+    let Ok(sql) = sql_client(config).await else { return false };
+    sql.query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&name])
+        .await
+        .is_ok_and(|row| row.is_some())
 }
 
 /// A unique name for the temporary slot a snapshot is taken through.
@@ -757,7 +782,7 @@ pub struct StreamStats {
     /// Shared with each session's stream, which moves it on every frame.
     server_wal_end: Arc<AtomicU64>,
     /// The initial snapshot's counters, once one runs.
-    snapshot: std::sync::OnceLock<Arc<SnapshotProgress>>,
+    snapshot: std::sync::Mutex<Option<Arc<SnapshotProgress>>>,
 }
 
 /// A snapshot of [`StreamStats`].
@@ -918,7 +943,7 @@ impl CdcStream {
             reconnects: get(&s.reconnects),
             heartbeats: get(&s.heartbeats),
             server_wal_end: Lsn(s.server_wal_end.load(Ordering::SeqCst)),
-            snapshot: s.snapshot.get().map(|p| SnapshotStats {
+            snapshot: s.snapshot.lock().ok().and_then(|p| p.clone()).map(|p| SnapshotStats {
                 tables: get(&p.tables),
                 tables_done: get(&p.tables_done),
                 pages: get(&p.pages),
@@ -996,7 +1021,8 @@ impl Driver {
     async fn run(mut self, first: First, mut close: oneshot::Receiver<()>) {
         let mut session = match first {
             First::Session(s) => Some(s),
-            First::Snapshot(pending) => match self.snapshot(pending, &mut close).await {
+            First::Snapshot(pending) => match self.snapshot_until_copied(pending, &mut close).await
+            {
                 Ok(Some(s)) => Some(s),
                 // Closed, or the snapshot was all that was asked.
                 Ok(None) => return,
@@ -1088,6 +1114,58 @@ impl Driver {
         );
     }
 
+    /// Takes the snapshot ([`snapshot`](Self::snapshot)); when it is lost before its rows were
+    /// all delivered — the connection that exported it, or a worker's, dropped — announces
+    /// [`Event::Restarted`] (sinks take back the rows of the lost one) and takes a new one
+    /// from a new slot, with backoff.
+    async fn snapshot_until_copied(
+        &mut self,
+        mut pending: PendingSnapshot,
+        close: &mut oneshot::Receiver<()>,
+    ) -> Result<Option<Session>> {
+        let backoff = self.settings.backoff;
+        let mut delay = backoff.initial;
+        loop {
+            let error = match self.snapshot(pending, close).await {
+                Ok(session) => return Ok(session),
+                Err(SnapshotFailed { error, retry: false }) => return Err(error),
+                Err(SnapshotFailed { error, retry: true }) => error,
+            };
+            let reason = error.to_string();
+            let mut attempt = 0;
+            pending = loop {
+                tracing::warn!(error = %reason, retry_in = ?delay, "the snapshot was lost; taking a new one");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = &mut *close => return Ok(None),
+                }
+                delay = (delay * 2).min(backoff.max);
+                attempt += 1;
+                match prepare_snapshot(&self.settings, &self.plugin_state).await {
+                    Ok(Some(p)) => break p,
+                    Ok(None) => {
+                        return Err(Error::Client(ClientError::Snapshot(format!(
+                            "the snapshot was lost ({reason}) and, while a new one was being \
+                             set up, slot {:?} was created by someone else: its changes do not \
+                             line up with a snapshot; drop it and start again",
+                            self.settings.slot.name()
+                        ))));
+                    }
+                    Err(e) if e.is_transient() => {}
+                    // A temporary slot of the lost connection is dropped when its walsender
+                    // exits, which may be a moment after the connection closed.
+                    Err(e) if e.code() == Some("42710") && attempt < 10 => {}
+                    Err(e) => return Err(e),
+                }
+            };
+            self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            let restarted = Event::Restarted { from: Lsn::INVALID, reason };
+            if self.tx.send(Item::Event(Ok(restarted))).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
     /// Copies the snapshot, then — once its rows are acknowledged — makes the slot persistent
     /// and starts streaming on the connection that exported it. `None`: the stream ends
     /// (closed, or [`SnapshotMode::Only`]).
@@ -1095,13 +1173,13 @@ impl Driver {
         &mut self,
         pending: PendingSnapshot,
         close: &mut oneshot::Receiver<()>,
-    ) -> Result<Option<Session>> {
+    ) -> std::result::Result<Option<Session>, SnapshotFailed> {
         let s = Arc::clone(&self.settings);
-        let PendingSnapshot { repl, created, plugin, persist_as, then_stream } = pending;
+        let PendingSnapshot { mut repl, created, plugin, persist_as, then_stream } = pending;
         let Some(name) = created.snapshot.clone() else {
-            return Err(Error::Client(ClientError::Snapshot(
+            return Err(SnapshotFailed::fatal(Error::Client(ClientError::Snapshot(
                 "the server created the slot without exporting a snapshot".into(),
-            )));
+            ))));
         };
         let lsn = created.consistent_point;
         let mut snapshot =
@@ -1109,15 +1187,56 @@ impl Driver {
         if let Some(workers) = s.snapshot_workers {
             snapshot = snapshot.workers(workers);
         }
-        let _ = self.stats.snapshot.set(snapshot.progress());
+        if let Ok(mut progress) = self.stats.snapshot.lock() {
+            *progress = Some(snapshot.progress());
+        }
         let (tx, stats) = (self.tx.clone(), Arc::clone(&self.stats));
+        // Once the snapshot's commit is out, sinks may have made it durable: a snapshot lost
+        // after that is not taken again (two would be mixed).
+        let committed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen, lost_seen) = (Arc::clone(&committed), Arc::clone(&lost));
+        let (config, slot) = (s.config.clone(), created.name.clone());
         let emit = async move |event: Event| {
+            if matches!(event, Event::Commit(_)) {
+                // Workers that had imported the snapshot finish their copy even when the
+                // connection that exported it is gone; but its temporary slot went with it, so
+                // the changes after the snapshot are lost: before the commit goes out (while a
+                // new snapshot can still replace this one), make sure the slot is there.
+                if !slot_exists(&config, &slot).await {
+                    lost_seen.store(true, Ordering::SeqCst);
+                    return false;
+                }
+                seen.store(true, Ordering::SeqCst);
+            }
             count(&stats, &event);
             tx.send(Item::Event(Ok(event))).await.is_ok()
         };
-        let rows = tokio::select! {
-            rows = snapshot.run(emit) => rows?,
+        let copied = tokio::select! {
+            rows = snapshot.run(emit) => rows,
             _ = &mut *close => return Ok(None),
+        };
+        let copied = match copied {
+            Ok(_) if lost.load(Ordering::SeqCst) => Err(ClientError::SnapshotGone(format!(
+                "the replication connection that exported the snapshot closed during the copy, \
+                 and its temporary slot {:?} with it",
+                created.name
+            ))),
+            other => other,
+        };
+        let rows = match copied {
+            Ok(rows) => rows,
+            Err(e) => {
+                let retry = e.is_transient() && !committed.load(Ordering::SeqCst);
+                if retry {
+                    // The temporary slot goes with its connection; dropped here when that
+                    // is still open, so a new one of the same name can be made.
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), repl.drop_slot(&created.name))
+                            .await;
+                }
+                return Err(SnapshotFailed { error: e.into(), retry });
+            }
         };
         if self.tx.is_closed() {
             return Ok(None);
@@ -1145,16 +1264,27 @@ impl Driver {
                     _ = &mut *close => return Ok(None),
                 }
             }
-            let sql = sql_client(&s.config).await?;
+            let sql = sql_client(&s.config).await.map_err(|e| SnapshotFailed::fatal(e.into()))?;
             sql.execute(
                 "SELECT pg_copy_logical_replication_slot($1, $2, false)",
                 &[&created.name, &persistent],
             )
-            .await?;
+            .await
+            .map_err(|e| {
+                SnapshotFailed::fatal(Error::Client(ClientError::Snapshot(format!(
+                    "the snapshot was copied and acknowledged, but slot {persistent:?} could not \
+                     be made from its temporary slot {:?} ({}): changes after the snapshot \
+                     cannot be streamed; take the snapshot again (a new run does) after removing \
+                     what this one wrote",
+                    created.name,
+                    e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned())
+                ))))
+            })?;
             tracing::info!(slot = %persistent, lsn = %lsn, "created replication slot from the snapshot's");
         }
-        let mut session =
-            Session::start_on(repl, &s, plugin, Lsn::INVALID, &self.plugin_state).await?;
+        let mut session = Session::start_on(repl, &s, plugin, Lsn::INVALID, &self.plugin_state)
+            .await
+            .map_err(SnapshotFailed::fatal)?;
         self.attach(&mut session);
         Ok(Some(session))
     }

@@ -1,7 +1,8 @@
 //! Initial snapshots (issue 13): every existing row, then every change, none twice — with a
 //! writer changing the tables while they are copied, with both plugins; snapshot rows equal
 //! to the same rows streamed as INSERTs; a run killed during its snapshot and started again;
-//! the errors that say what to do.
+//! a snapshot lost during its copy (a worker's or the exporting connection killed) and taken
+//! again by the stream itself; the errors that say what to do.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -484,4 +485,75 @@ async fn snapshot_errors_say_what_to_do() {
     assert!(!message.contains("open_t"), "{message}");
     stream.close().await;
     sql(&db).await.execute("SELECT pg_drop_replication_slot('exists')", &[]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_lost_during_its_copy_is_taken_again_whole_from_a_new_slot() {
+    let db = Cluster::shared().database("snapshot_lost");
+    db.psql(
+        "CREATE TABLE big (id int8 PRIMARY KEY, v text);
+         INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series(1, 200000) g;",
+    );
+    // A worker's backend dies (its COPY fails), or the walsender that exported the snapshot
+    // does (the workers, which imported it, finish; the slot is gone).
+    let kills = [
+        (
+            "a worker",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'COPY (SELECT%' \
+             AND pid <> pg_backend_pid()",
+        ),
+        (
+            "the exporting connection",
+            "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots \
+             WHERE slot_name LIKE 'lost_snap_%' AND active_pid IS NOT NULL",
+        ),
+    ];
+    for (victim, kill) in kills {
+        let consumer = Consumer::builder()
+            .config(config(&db))
+            .slot("lost")
+            .snapshot(SnapshotMode::Only)
+            .snapshot_workers(1)
+            .snapshot_chunk_pages(64)
+            .batch_rows(1000)
+            .buffer_events(1)
+            .build()
+            .unwrap();
+        let mut stream = consumer.start().await.unwrap();
+        let (mut killed, mut restarted, mut rows_after, mut started_after) = (false, 0, 0, false);
+        let mut complete = false;
+        let read = async {
+            while let Some(e) = stream.next().await {
+                match e.unwrap_or_else(|e| panic!("{victim}: no error reaches the user: {e}")) {
+                    Event::Change(c) if restarted > 0 => rows_after += c.num_rows() as u64,
+                    Event::Change(_) if !killed => {
+                        killed = true;
+                        let n: i64 = sql(&db).await.query_one(kill, &[]).await.unwrap().get(0);
+                        assert_eq!(n, 1, "{victim}: one backend terminated");
+                    }
+                    Event::Restarted { from, reason } => {
+                        assert!(killed, "{victim}: restarted only after the kill");
+                        assert_eq!(from, Lsn::INVALID, "{victim}: from the start");
+                        assert!(!reason.is_empty());
+                        restarted += 1;
+                    }
+                    Event::Snapshot(SnapshotEvent::Started { .. }) if restarted > 0 => {
+                        started_after = true;
+                    }
+                    Event::Snapshot(SnapshotEvent::Complete { .. }) => complete = true,
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(120), read).await.expect("the snapshot ends");
+        assert_eq!(restarted, 1, "{victim}: one Restarted");
+        assert!(started_after && complete, "{victim}: a new snapshot, copied to its end");
+        assert_eq!(rows_after, 200_000, "{victim}: every row, once, after the restart");
+        assert_eq!(stream.stats().reconnects, 1, "{victim}");
+        stream.close().await;
+        let left =
+            || db.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'lost%'");
+        wait_for("no slot left", Duration::from_secs(10), || left().trim() == "0").await;
+    }
 }
