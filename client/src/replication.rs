@@ -125,8 +125,17 @@ impl ReplicationClient {
         temporary: bool,
         snapshot: &str,
     ) -> Result<CreatedSlot> {
+        // The options list is PostgreSQL 15's syntax; 14 knows only the keywords.
+        let major: Option<u32> = self.server_version().and_then(|v| {
+            v.split(|c: char| !c.is_ascii_digit()).next().and_then(|m| m.parse().ok())
+        });
+        let options = match (major, snapshot) {
+            (Some(m), "export") if m < 15 => "EXPORT_SNAPSHOT".to_owned(),
+            (Some(m), _) if m < 15 => "NOEXPORT_SNAPSHOT".to_owned(),
+            _ => format!("(SNAPSHOT '{snapshot}')"),
+        };
         let sql = format!(
-            "CREATE_REPLICATION_SLOT {}{} LOGICAL {} (SNAPSHOT '{snapshot}')",
+            "CREATE_REPLICATION_SLOT {}{} LOGICAL {} {options}",
             quote_ident(name),
             if temporary { " TEMPORARY" } else { "" },
             quote_ident(plugin),

@@ -203,6 +203,9 @@ fn as_wal2json_25_sends(batch: &RecordBatch) -> RecordBatch {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_plugins_give_the_same_events_and_arrow_batches() {
+    if !wal2arrow_harness::wal2json_installed() {
+        return;
+    }
     let db = Cluster::shared().database("differential");
     db.psql(&setup_sql());
     // Two slots at exactly the same position: the second is a copy of the first, with the
@@ -336,6 +339,9 @@ impl std::io::Write for Captured {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_server_without_wal2arrow_gets_the_wal2json_fallback_and_a_log_line() {
+    if !wal2arrow_harness::wal2json_installed() {
+        return;
+    }
     // wal2arrow is neither installed nor listed in output_plugin_libraries (on servers that
     // have the setting): the server refuses it either way.
     let cluster = Cluster::start(&ClusterOptions {
@@ -431,6 +437,9 @@ async fn a_server_without_wal2arrow_gets_the_wal2json_fallback_and_a_log_line() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_explicit_wal2json_stream_applies_every_filter_and_its_slot_keeps_its_plugin() {
+    if !wal2arrow_harness::wal2json_installed() {
+        return;
+    }
     let db = Cluster::shared().database("explicit_json");
     db.psql(
         "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);

@@ -93,6 +93,10 @@ async fn errors(cluster: &Cluster) -> Vec<(&'static str, Understood, String)> {
 /// advice; the command's exit codes, preflight verdicts and fixes the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_answering_in_german_is_understood_as_in_english() {
+    if !wal2arrow_harness::server_has_translations("de") {
+        eprintln!("this server build has no German messages (built without NLS): skipped");
+        return;
+    }
     let english = cluster("C");
     let german = cluster("de_DE.UTF-8");
     let (en, de) = (errors(&english).await, errors(&german).await);

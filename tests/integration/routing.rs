@@ -291,6 +291,9 @@ async fn messages_reach_a_message_reader_and_do_not_hold_the_slot_without_one() 
 /// bound by their arrays' size, and a stalled queue of them spills like any other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fallback_batches_count_against_the_memory_bound_and_spill() {
+    if !wal2arrow_harness::wal2json_installed() {
+        return;
+    }
     let db = Cluster::shared().database("spill_json");
     db.psql("CREATE TABLE wide (id int8 PRIMARY KEY, pad text)");
     let budget = 128 << 10;

@@ -19,6 +19,7 @@
 use pgrx::prelude::*;
 
 mod callbacks;
+mod compat;
 mod datum;
 mod output;
 mod relation;

@@ -69,8 +69,8 @@ impl RelEntry {
         let namespace = unsafe { cstr_or(pg_sys::get_namespace_name(class.relnamespace), "?") };
         let name = name_str(&class.relname);
         let natts = usize::try_from(tupdesc.natts).unwrap_or(0);
-        // SAFETY: a TupleDesc holds `natts` attributes inline.
-        let attrs = unsafe { tupdesc.attrs.as_slice(natts) };
+        // SAFETY: the open relation's tuple descriptor, which outlives this call.
+        let attrs = unsafe { crate::compat::attributes(tupdesc) };
         let identity = ReplicaIdentity::from_char(class.relreplident as u8);
         // SAFETY: relcache lookups on the open relation.
         let (identity_attnums, pk_attnums) =
@@ -172,7 +172,7 @@ unsafe fn column_kind(
                 type_class(elem_base),
                 numeric_as_string,
             );
-            let kind = PgKind::array(elem_kind, type_name(elem), att.attndims);
+            let kind = PgKind::array(elem_kind, type_name(elem), crate::compat::attndims(att));
             let reader = ColumnReader::new(&kind, base, elem_base, mcxt);
             (kind, reader)
         } else {
@@ -233,7 +233,7 @@ unsafe fn primary_key(relation: pg_sys::Relation) -> Vec<i16> {
     // SAFETY: relcache lookups; the index relation is opened and closed here, and its
     // pg_index row holds `indnkeyatts` key attribute numbers.
     unsafe {
-        let index = pg_sys::RelationGetPrimaryKeyIndex(relation);
+        let index = crate::compat::primary_key_index(relation);
         if index == pg_sys::Oid::INVALID {
             return Vec::new();
         }

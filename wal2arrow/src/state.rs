@@ -139,9 +139,7 @@ impl State {
         let begin = Begin {
             xid: if self.options.include_xids { txn.xid.into_inner() } else { 0 },
             final_lsn: Lsn(txn.final_lsn),
-            // SAFETY: for a committed transaction (the only kind decoded without two-phase
-            // support) xact_time holds the commit time.
-            commit_time_us: self.time(unsafe { txn.xact_time.commit_time }),
+            commit_time_us: self.time(crate::compat::commit_time(txn)),
         };
         let origin = if self.options.include_origin && txn.origin_id != 0 {
             // SAFETY: catalog lookup inside the decoding transaction.
@@ -197,10 +195,8 @@ impl State {
         // tuple arm of its union is the live one.
         let (action, tp, lsn) =
             unsafe { ((*change).action, (*change).data.tp, Lsn((*change).lsn)) };
-        let tuple = |t: *mut pg_sys::ReorderBufferTupleBuf| {
-            // SAFETY: a non-NULL tuple buffer of the change.
-            (!t.is_null()).then(|| unsafe { &raw mut (*t).tuple })
-        };
+        // SAFETY: the change's own tuple slots, valid for the callback.
+        let tuple = |t: crate::compat::ChangeTuple| unsafe { crate::compat::change_tuple(t) };
         type Row = (ChangeOp, Option<*mut pg_sys::HeapTupleData>, Image);
         let (new, old) = (tuple(tp.newtuple), tuple(tp.oldtuple));
         let (first, second): (Option<Row>, Option<Row>) = match action {
@@ -333,7 +329,7 @@ impl State {
             unsafe {
                 let ended = self.out.end_transaction(ctx);
                 ended.unwrap_or_else(|e| report::encode_error("(commit)", &e.into()));
-                pg_sys::OutputPluginUpdateProgress(ctx, true);
+                crate::compat::update_progress(ctx, true);
             }
             return;
         }
@@ -344,8 +340,7 @@ impl State {
         let msg = Commit {
             commit_lsn: Lsn(commit_lsn),
             end_lsn: Lsn(txn.end_lsn),
-            // SAFETY: a committed transaction's xact_time is its commit time.
-            commit_time_us: self.time(unsafe { txn.xact_time.commit_time }),
+            commit_time_us: self.time(crate::compat::commit_time(txn)),
         };
         // SAFETY: inside commit_cb with its context.
         let written = unsafe {

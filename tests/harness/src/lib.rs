@@ -547,6 +547,47 @@ pub fn server_has_output_plugin_libraries(bin: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// `pg_config --<what>` of the installation in `bin`.
+fn pg_config(bin: &Path, what: &str) -> Option<PathBuf> {
+    let out = Command::new(bin.join("pg_config")).arg(format!("--{what}")).output().ok()?;
+    out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// Whether the server under test ([`pg_bin_dir`]) has wal2json installed, so that the
+/// fallback's tests can run. Debian's 15 has it (`scripts/setup.sh` installs it); the servers
+/// `scripts/postgres.sh` installs for the other majors do not (there is no wal2json build for
+/// them here), and the tests of the fallback say so and skip it.
+///
+/// # Panics
+///
+/// When `WAL2ARROW_REQUIRE_WAL2JSON` is set and wal2json is missing: the suite run against
+/// the default server must never skip the fallback.
+pub fn wal2json_installed() -> bool {
+    let installed = pg_bin_dir()
+        .ok()
+        .and_then(|bin| pg_config(&bin, "pkglibdir"))
+        .is_some_and(|lib| lib.join("wal2json.so").is_file());
+    if !installed && std::env::var_os("WAL2ARROW_REQUIRE_WAL2JSON").is_some() {
+        panic!(
+            "wal2json is not installed in the server under test (apt-get install postgresql-15-wal2json)"
+        );
+    }
+    if !installed {
+        eprintln!("wal2json is not installed in this server: its part of the test is skipped");
+    }
+    installed
+}
+
+/// Whether the server under test has message translations for `lang` (`de`, …): builds
+/// without NLS answer in English whatever `lc_messages` says.
+pub fn server_has_translations(lang: &str) -> bool {
+    let Some(bin) = pg_bin_dir().ok() else { return false };
+    let Some(dir) = pg_config(&bin, "localedir") else { return false };
+    std::fs::read_dir(dir.join(lang).join("LC_MESSAGES")).into_iter().flatten().flatten().any(|e| {
+        e.file_name().to_str().is_some_and(|n| n.starts_with("postgres") && n.ends_with(".mo"))
+    })
+}
+
 /// The wal2arrow plugin library: `$WAL2ARROW_PLUGIN` if set, else built from this workspace
 /// (`cargo build -p wal2arrow --release`) once per process.
 ///
