@@ -1202,8 +1202,9 @@ impl Driver {
                 // Workers that had imported the snapshot finish their copy even when the
                 // connection that exported it is gone; but its temporary slot went with it, so
                 // the changes after the snapshot are lost: before the commit goes out (while a
-                // new snapshot can still replace this one), make sure the slot is there.
-                if !slot_exists(&config, &slot).await {
+                // new snapshot can still replace this one), make sure the slot is there. A
+                // snapshot that is all that was asked (`Only`) needs no slot after it.
+                if then_stream && !slot_exists(&config, &slot).await {
                     lost_seen.store(true, Ordering::SeqCst);
                     return false;
                 }

@@ -498,26 +498,29 @@ async fn a_snapshot_lost_during_its_copy_is_taken_again_whole_from_a_new_slot() 
         "CREATE TABLE big (id int8 PRIMARY KEY, v text);
          INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series(1, 200000) g;",
     );
-    // A worker's backend dies (its COPY fails), or the walsender that exported the snapshot
-    // does (the workers, which imported it, finish; the slot is gone).
+    // A worker's backend dies (its COPY fails), with a snapshot taken on its own; or the
+    // walsender that exported the snapshot of a stream (a temporary slot) does: the workers,
+    // which imported it, finish, but the slot the changes would come from is gone.
     let kills = [
         (
             "a worker",
+            SnapshotMode::Only,
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
              WHERE datname = current_database() AND query LIKE 'COPY (SELECT%' \
              AND pid <> pg_backend_pid()",
         ),
         (
             "the exporting connection",
+            SnapshotMode::Initial,
             "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots \
-             WHERE slot_name LIKE 'lost_snap_%' AND active_pid IS NOT NULL",
+             WHERE slot_name = 'lost' AND active_pid IS NOT NULL",
         ),
     ];
-    for (victim, kill) in kills {
+    for (victim, mode, kill) in kills {
         let consumer = Consumer::builder()
             .config(config(&db))
-            .slot("lost")
-            .snapshot(SnapshotMode::Only)
+            .temporary_slot("lost")
+            .snapshot(mode)
             .snapshot_workers(1)
             .snapshot_chunk_pages(64)
             .batch_rows(1000)
@@ -545,7 +548,11 @@ async fn a_snapshot_lost_during_its_copy_is_taken_again_whole_from_a_new_slot() 
                     Event::Snapshot(SnapshotEvent::Started { .. }) if restarted > 0 => {
                         started_after = true;
                     }
-                    Event::Snapshot(SnapshotEvent::Complete { .. }) => complete = true,
+                    Event::Snapshot(SnapshotEvent::Complete { .. }) => {
+                        // The stream streams changes after it (Initial) or ends (Only).
+                        complete = true;
+                        break;
+                    }
                     _ => {}
                 }
             }
