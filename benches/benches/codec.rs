@@ -30,6 +30,7 @@ fn table(columns: &[(&str, u32, &str, PgKind)]) -> RelationDesc {
                 typmod: -1,
                 type_name: (*type_name).into(),
                 not_null: false,
+                generated: false,
                 kind: kind.clone(),
             })
             .collect(),

@@ -40,6 +40,7 @@ fn decoder() -> JsonDecoder {
         typmod: -1,
         ndims: 0,
         not_null: name == "id",
+        generated: false,
         format: format.into(),
     };
     d.catalog.put_table(

@@ -264,6 +264,13 @@ struct StreamArgs {
     /// Send a heartbeat after this many idle seconds, so the slot advances (0: never).
     #[arg(long, default_value_t = 10)]
     heartbeat_seconds: u64,
+    /// Report each partition's rows under the partition's own name instead of its partition
+    /// root's.
+    #[arg(long)]
+    no_publish_via_root: bool,
+    /// Make the slot a failover slot, kept on standbys across a failover (PostgreSQL 17+).
+    #[arg(long)]
+    failover: bool,
     /// Skip the checks before streaming.
     #[arg(long)]
     no_preflight: bool,
@@ -292,6 +299,9 @@ enum SlotsAction {
         /// Output plugin of the slot.
         #[arg(long, value_enum, default_value = "wal2arrow")]
         plugin: PluginArg,
+        /// A failover slot, kept on standbys across a failover (PostgreSQL 17+).
+        #[arg(long)]
+        failover: bool,
         #[command(flatten)]
         conn: ConnArgs,
     },
@@ -436,13 +446,22 @@ async fn slots(args: SlotsArgs) -> CmdResult {
             }
             Ok(())
         }
-        SlotsAction::Create { name, plugin, conn } => {
+        SlotsAction::Create { name, plugin, failover, conn } => {
             let plugin = match plugin {
                 PluginArg::Wal2json => OutputPlugin::Wal2Json,
                 _ => OutputPlugin::Wal2Arrow,
             };
-            let created = client::create_slot_with(&conn.config()?, &name, plugin).await?;
-            println!("created slot {} ({plugin}) at {}", created.name, created.consistent_point);
+            let config = conn.config()?;
+            let created = if failover {
+                client::create_failover_slot(&config, &name, plugin).await?
+            } else {
+                client::create_slot_with(&config, &name, plugin).await?
+            };
+            let kind = if failover { ", failover" } else { "" };
+            println!(
+                "created slot {} ({plugin}{kind}) at {}",
+                created.name, created.consistent_point
+            );
             Ok(())
         }
         SlotsAction::Drop { name, force, conn } => {
@@ -468,6 +487,8 @@ async fn stream(args: StreamArgs) -> CmdResult {
     let mut builder = consumer_builder(&args.conn, &args.select)?
         .batch_rows(args.batch_rows)
         .preflight(!args.no_preflight)
+        .publish_via_root(!args.no_publish_via_root)
+        .failover_slot(args.failover)
         .heartbeat_interval(
             (args.heartbeat_seconds > 0).then(|| Duration::from_secs(args.heartbeat_seconds)),
         );

@@ -104,9 +104,11 @@ pub(crate) async fn table_info(
     let replident: String = row.get(1);
     let columns = client
         .query(
+            // Virtual generated columns (18) are not stored, so no change carries them.
             "SELECT attname::text, atttypid::int8, atttypmod, attndims::int4, attnotnull, \
-               format_type(atttypid, atttypmod) \
+               format_type(atttypid, atttypmod), attgenerated = 's' \
              FROM pg_attribute WHERE attrelid = $1::int8::oid AND attnum > 0 AND NOT attisdropped \
+               AND attgenerated <> 'v' \
              ORDER BY attnum",
             &[&relid],
         )
@@ -119,6 +121,7 @@ pub(crate) async fn table_info(
             ndims: r.get(3),
             not_null: r.get(4),
             format: r.get(5),
+            generated: r.get(6),
         })
         .collect();
     Ok(Some(TableInfo {

@@ -50,8 +50,8 @@ pub use event::{
 pub use plugin::{OutputPlugin, PLUGIN_NAME};
 pub use replication::{CreatedSlot, ReplicationClient, SystemInfo};
 pub use slots::{
-    SlotInfo, SlotProblem, SlotResolution, SlotState, create_slot, create_slot_with,
-    describe_plugins, drop_slot, find_slot, list_slots, resolve_slot,
+    SlotInfo, SlotProblem, SlotResolution, SlotState, create_failover_slot, create_slot,
+    create_slot_with, describe_plugins, drop_slot, find_slot, list_slots, resolve_slot,
 };
 pub use snapshot::{Snapshot, SnapshotEvent, SnapshotProgress};
 pub use sql::sql_client;

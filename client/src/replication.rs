@@ -65,6 +65,13 @@ impl ReplicationClient {
         self.conn.parameters.get("server_version").map(String::as_str)
     }
 
+    /// The server's major version (`14`, `17`, …), from [`server_version`](Self::server_version).
+    pub fn server_major(&self) -> Option<u32> {
+        self.server_version().and_then(|v| {
+            v.split(|c: char| !c.is_ascii_digit()).next().and_then(|m| m.parse().ok())
+        })
+    }
+
     /// `IDENTIFY_SYSTEM`.
     ///
     /// # Errors
@@ -97,7 +104,57 @@ impl ReplicationClient {
         plugin: &str,
         temporary: bool,
     ) -> Result<CreatedSlot> {
-        self.create_slot_as(name, plugin, temporary, "nothing").await
+        self.create_slot_as(name, plugin, temporary, "nothing", false).await
+    }
+
+    /// `CREATE_REPLICATION_SLOT name LOGICAL plugin (SNAPSHOT 'nothing', FAILOVER)`: a
+    /// persistent slot that PostgreSQL 17 and later synchronizes to physical standbys (with
+    /// `sync_replication_slots` on the standby), so that streaming can go on from the new
+    /// primary after a failover.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Slot`] on a server older than 17, which has no failover slots; otherwise as
+    /// [`create_slot`](Self::create_slot).
+    pub async fn create_failover_slot(&mut self, name: &str, plugin: &str) -> Result<CreatedSlot> {
+        self.check_failover(name)?;
+        self.create_slot_as(name, plugin, false, "nothing", true).await
+    }
+
+    /// `ALTER_REPLICATION_SLOT name (FAILOVER true|false)`: makes an existing slot a failover
+    /// slot, or no longer one (PostgreSQL 17 and later). A slot copied with
+    /// `pg_copy_logical_replication_slot` never is one: this is how it becomes one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Slot`] on a server older than 17; the server's error otherwise (no such slot,
+    /// a temporary slot, a slot in use).
+    pub async fn set_failover(&mut self, name: &str, failover: bool) -> Result<()> {
+        self.check_failover(name)?;
+        self.conn
+            .simple_query(&format!(
+                "ALTER_REPLICATION_SLOT {} (FAILOVER {failover})",
+                quote_ident(name)
+            ))
+            .await
+            .map(drop)
+    }
+
+    /// Whether the server can make `name` a failover slot (PostgreSQL 17 and later).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Slot`] on an older server, saying what to do instead.
+    pub fn check_failover(&self, name: &str) -> Result<()> {
+        match self.server_major() {
+            Some(m) if m < 17 => Err(Error::Slot(format!(
+                "slot {name:?} cannot be a failover slot: failover slots need PostgreSQL 17 or \
+                 later, and this server is {}; create it without failover (the README's \
+                 \"Failover and standbys\" says what each major offers instead)",
+                self.server_version().unwrap_or("older")
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// `CREATE_REPLICATION_SLOT name [TEMPORARY] LOGICAL plugin (SNAPSHOT 'export')`: the slot,
@@ -115,7 +172,7 @@ impl ReplicationClient {
         plugin: &str,
         temporary: bool,
     ) -> Result<CreatedSlot> {
-        self.create_slot_as(name, plugin, temporary, "export").await
+        self.create_slot_as(name, plugin, temporary, "export", false).await
     }
 
     async fn create_slot_as(
@@ -124,14 +181,14 @@ impl ReplicationClient {
         plugin: &str,
         temporary: bool,
         snapshot: &str,
+        failover: bool,
     ) -> Result<CreatedSlot> {
-        // The options list is PostgreSQL 15's syntax; 14 knows only the keywords.
-        let major: Option<u32> = self.server_version().and_then(|v| {
-            v.split(|c: char| !c.is_ascii_digit()).next().and_then(|m| m.parse().ok())
-        });
-        let options = match (major, snapshot) {
+        // The options list is PostgreSQL 15's syntax; 14 knows only the keywords; FAILOVER
+        // is 17's (checked by the caller).
+        let options = match (self.server_major(), snapshot) {
             (Some(m), "export") if m < 15 => "EXPORT_SNAPSHOT".to_owned(),
             (Some(m), _) if m < 15 => "NOEXPORT_SNAPSHOT".to_owned(),
+            _ if failover => format!("(SNAPSHOT '{snapshot}', FAILOVER)"),
             _ => format!("(SNAPSHOT '{snapshot}')"),
         };
         let sql = format!(

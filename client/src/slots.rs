@@ -112,6 +112,20 @@ pub async fn create_slot_with(
     ReplicationClient::connect(config).await?.create_slot(name, plugin.name(), false).await
 }
 
+/// Creates a persistent failover slot for `plugin` (PostgreSQL 17 and later): see
+/// [`ReplicationClient::create_failover_slot`].
+///
+/// # Errors
+///
+/// [`Error::Slot`] on a server older than 17; otherwise as [`create_slot`].
+pub async fn create_failover_slot(
+    config: &Config,
+    name: &str,
+    plugin: OutputPlugin,
+) -> Result<CreatedSlot> {
+    ReplicationClient::connect(config).await?.create_failover_slot(name, plugin.name()).await
+}
+
 /// Drops a slot. A slot in use is an error unless `force`, which ends the session using it
 /// first.
 ///

@@ -145,6 +145,16 @@ pub struct Snapshot {
 #[derive(Debug)]
 struct PlannedTable {
     table: Arc<CopyTable>,
+    /// What holds its rows: the table itself, or (reported as their partition root) its leaf
+    /// partitions.
+    sources: Vec<Source>,
+    pages: u64,
+    chunks: usize,
+}
+
+/// A table whose heap is copied.
+#[derive(Debug)]
+struct Source {
     /// `COPY (SELECT columns FROM ONLY table WHERE ` — the ctid condition follows.
     select: String,
     pages: u64,
@@ -155,6 +165,7 @@ struct PlannedTable {
 #[derive(Clone, Copy, Debug)]
 struct Chunk {
     table: usize,
+    source: usize,
     first: u64,
     /// Exclusive; `None`: to the end.
     end: Option<u64>,
@@ -221,10 +232,14 @@ impl Snapshot {
             .enumerate()
             .flat_map(|(i, t)| {
                 let step = u64::from(self.chunk_pages);
-                (0..t.chunks as u64).map(move |c| Chunk {
-                    table: i,
-                    first: c * step,
-                    end: (c + 1 < t.chunks as u64).then_some((c + 1) * step),
+                t.sources.iter().enumerate().flat_map(move |(s, source)| {
+                    let n = source.chunks as u64;
+                    (0..n).map(move |c| Chunk {
+                        table: i,
+                        source: s,
+                        first: c * step,
+                        end: (c + 1 < n).then_some((c + 1) * step),
+                    })
                 })
             })
             .collect();
@@ -382,34 +397,65 @@ impl Snapshot {
 
     /// The tables to copy, described and sized in the snapshot; the snapshot's time.
     async fn plan(&self, client: &tokio_postgres::Client) -> Result<(Vec<PlannedTable>, i64)> {
+        // Every table with a heap; a partition with its partition root's schema and name,
+        // which its rows are reported as with publish-via-root (as the stream reports them).
         let rows = client
             .query(
                 "SELECT n.nspname::text, c.relname::text, \
                    has_table_privilege(c.oid, 'SELECT'), \
                    (pg_relation_size(c.oid) / current_setting('block_size')::int8)::int8, \
-                   (extract(epoch FROM now()) * 1000000)::int8 \
+                   (extract(epoch FROM now()) * 1000000)::int8, \
+                   rn.nspname::text, r.relname::text \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                   LEFT JOIN pg_class r ON c.relispartition AND r.oid = pg_partition_root(c.oid) \
+                   LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace \
                  WHERE c.relkind = 'r' AND c.relpersistence = 'p' \
                    AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' \
-                 ORDER BY 1, 2",
+                 ORDER BY coalesce(rn.nspname, n.nspname), coalesce(r.relname, c.relname), 1, 2",
                 &[],
             )
             .await?;
         let mut commit_time_us = 0;
         let mut catalog = CatalogCache::default();
-        let mut plan = Vec::new();
+        let mut plan: Vec<PlannedTable> = Vec::new();
         let mut denied = Vec::new();
+        // The reported table of the last plan entry.
+        let mut last: Option<(String, String)> = None;
         for row in rows {
-            let (schema, name): (String, String) = (row.get(0), row.get(1));
+            let (own_schema, own_name): (String, String) = (row.get(0), row.get(1));
             commit_time_us = row.get(4);
+            let root: Option<(String, String)> = match (row.get(5), row.get(6)) {
+                (Some(s), Some(n)) if self.options.publish_via_root => Some((s, n)),
+                _ => None,
+            };
+            let (schema, name) = root.unwrap_or_else(|| (own_schema.clone(), own_name.clone()));
             if !self.options.tables.includes(&schema, &name) {
                 continue;
             }
             if !row.get::<_, bool>(2) {
-                denied.push(format!("{}.{}", sql_name(&schema), sql_name(&name)));
+                denied.push(format!("{}.{}", sql_name(&own_schema), sql_name(&own_name)));
                 continue;
             }
             let pages = u64::try_from(row.get::<_, i64>(3)).unwrap_or(0);
+            let from = |t: &PlannedTable| {
+                let columns: Vec<String> = t.table.column_names().map(quote_ident).collect();
+                format!(
+                    "COPY (SELECT {} FROM ONLY {}.{} WHERE ",
+                    columns.join(", "),
+                    quote_ident(&own_schema),
+                    quote_ident(&own_name)
+                )
+            };
+            let chunks = pages.div_ceil(u64::from(self.chunk_pages)).max(1) as usize;
+            if last.as_ref() == Some(&(schema.clone(), name.clone())) {
+                // Another partition of the same root.
+                let t = plan.last_mut().expect("last is set with a plan entry");
+                let select = from(t);
+                t.sources.push(Source { select, pages, chunks });
+                t.pages += pages;
+                t.chunks += chunks;
+                continue;
+            }
             let Some(info) = table_info(client, &schema, &name).await? else { continue };
             let table = loop {
                 match CopyTable::from_catalog(&catalog, &info, &schema, &name, &self.options) {
@@ -429,15 +475,10 @@ impl Snapshot {
                     }
                 }
             };
-            let columns: Vec<String> = table.column_names().map(quote_ident).collect();
-            let select = format!(
-                "COPY (SELECT {} FROM ONLY {}.{} WHERE ",
-                columns.join(", "),
-                quote_ident(&schema),
-                quote_ident(&name)
-            );
-            let chunks = pages.div_ceil(u64::from(self.chunk_pages)).max(1) as usize;
-            plan.push(PlannedTable { table: Arc::new(table), select, pages, chunks });
+            let mut t = PlannedTable { table: Arc::new(table), sources: Vec::new(), pages, chunks };
+            t.sources.push(Source { select: from(&t), pages, chunks });
+            plan.push(t);
+            last = Some((schema, name));
         }
         if !denied.is_empty() {
             return Err(Error::Snapshot(format!(
@@ -473,13 +514,14 @@ async fn copy_chunks(
             return Ok(());
         };
         let t = &plan[chunk.table];
+        let source = &t.sources[chunk.source];
         let range = match chunk.end {
             Some(end) => {
                 format!("ctid >= '({},0)'::tid AND ctid < '({end},0)'::tid) TO STDOUT", chunk.first)
             }
             None => format!("ctid >= '({},0)'::tid) TO STDOUT", chunk.first),
         };
-        let sql = format!("{}{range}", t.select);
+        let sql = format!("{}{range}", source.select);
         let stream = client.copy_out(sql.as_str()).await?;
         let mut stream = std::pin::pin!(stream);
         let mut encoder = CopyEncoder::new(Arc::clone(&t.table), lsn);
@@ -523,7 +565,7 @@ async fn copy_chunks(
         send_batch(&mut encoder, chunk.table, reports, t).await?;
         let pages = match chunk.end {
             Some(end) => end - chunk.first,
-            None => t.pages.saturating_sub(chunk.first),
+            None => source.pages.saturating_sub(chunk.first),
         };
         if reports.send(Report::ChunkDone { table: chunk.table, pages }).await.is_err() {
             return Ok(());

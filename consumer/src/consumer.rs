@@ -61,6 +61,7 @@ pub struct ConsumerBuilder {
     snapshot: SnapshotMode,
     snapshot_workers: Option<usize>,
     snapshot_chunk_pages: u32,
+    failover: bool,
 }
 
 impl Default for ConsumerBuilder {
@@ -81,6 +82,7 @@ impl Default for ConsumerBuilder {
             snapshot: SnapshotMode::Auto,
             snapshot_workers: None,
             snapshot_chunk_pages: wal2arrow_client::snapshot::DEFAULT_CHUNK_PAGES,
+            failover: false,
         }
     }
 }
@@ -279,6 +281,24 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Report a partition's rows as its partition root's (default true; the plugin option
+    /// `publish-via-root`): see the README's "Partitioned tables". The wal2json fallback
+    /// always reports partitions under their own names.
+    pub fn publish_via_root(mut self, on: bool) -> Self {
+        self.plugin.publish_via_root = on;
+        self
+    }
+
+    /// Make the slot a failover slot (PostgreSQL 17 and later; default false): PostgreSQL
+    /// synchronizes it to physical standbys that have `sync_replication_slots` on, so the
+    /// stream can go on from a promoted standby. A slot this stream creates is created so
+    /// (one made after a snapshot is altered so), and an existing slot is altered so. On an
+    /// older server, starting fails with [`Error::Client`] ([`ClientError::Slot`]) saying so.
+    pub fn failover_slot(mut self, failover: bool) -> Self {
+        self.failover = failover;
+        self
+    }
+
     /// Checks the settings and makes the consumer.
     ///
     /// # Errors
@@ -310,6 +330,13 @@ impl ConsumerBuilder {
         }
         if self.snapshot_workers.is_some_and(|w| !(1..=64).contains(&w)) {
             return Err(Error::Config("snapshot_workers must be 1 to 64".into()));
+        }
+        if self.failover && matches!(self.slot, SlotMode::Temporary { .. }) {
+            return Err(Error::Config(
+                "failover_slot: a temporary slot cannot be a failover slot (PostgreSQL keeps \
+                 it only for its session); use a persistent slot"
+                    .into(),
+            ));
         }
         if self.snapshot_chunk_pages == 0 {
             return Err(Error::Config("snapshot_chunk_pages must be at least 1".into()));
@@ -530,6 +557,10 @@ impl Session {
                         return Err(Error::Client(problem.into()));
                     }
                     SlotResolution::Usable(_, plugin) => {
+                        if s.failover {
+                            // Idempotent; refused with a clear error before 17.
+                            repl.set_failover(name, true).await?;
+                        }
                         if plugin == OutputPlugin::Wal2Json && s.output_plugin == PluginChoice::Auto
                         {
                             state
@@ -586,6 +617,8 @@ async fn create_slot(
     let create = async |repl: &mut ReplicationClient, plugin: OutputPlugin| {
         if export {
             repl.create_slot_exporting(name, plugin.name(), temporary).await
+        } else if s.failover && !temporary {
+            repl.create_failover_slot(name, plugin.name()).await
         } else {
             repl.create_slot(name, plugin.name(), temporary).await
         }
@@ -668,6 +701,10 @@ async fn prepare_snapshot(
             None => snapshot_slot_name(s.slot.name()),
         };
         let mut repl = ReplicationClient::connect(&s.config).await?;
+        if let Some(persistent) = persist_as.as_ref().filter(|_| s.failover) {
+            // Before the copy, not after it.
+            repl.check_failover(persistent)?;
+        }
         let (plugin, created) = create_slot(&mut repl, &name, true, true, s, state).await?;
         Ok::<_, Error>(Some(PendingSnapshot { repl, created, plugin, persist_as, then_stream }))
     };
@@ -1182,8 +1219,14 @@ impl Driver {
             ))));
         };
         let lsn = created.consistent_point;
+        // wal2json reports a partition's rows under the partition's own name: so does the
+        // snapshot then, or a replica would hold each row under two names.
+        let options = PluginOptions {
+            publish_via_root: s.plugin.publish_via_root && plugin == OutputPlugin::Wal2Arrow,
+            ..s.plugin.clone()
+        };
         let mut snapshot =
-            Snapshot::new(&s.config, &name, lsn, &s.plugin).chunk_pages(s.snapshot_chunk_pages);
+            Snapshot::new(&s.config, &name, lsn, &options).chunk_pages(s.snapshot_chunk_pages);
         if let Some(workers) = s.snapshot_workers {
             snapshot = snapshot.workers(workers);
         }
@@ -1281,6 +1324,14 @@ impl Driver {
                     e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned())
                 ))))
             })?;
+            if s.failover {
+                // A copied slot is never a failover slot: make it one.
+                let altered = async {
+                    let mut alter = ReplicationClient::connect(&s.config).await?;
+                    alter.set_failover(&persistent, true).await
+                };
+                altered.await.map_err(|e| SnapshotFailed::fatal(e.into()))?;
+            }
             tracing::info!(slot = %persistent, lsn = %lsn, "created replication slot from the snapshot's");
         }
         let mut session = Session::start_on(repl, &s, plugin, Lsn::INVALID, &self.plugin_state)

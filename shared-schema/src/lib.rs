@@ -29,6 +29,7 @@
 //!     typmod: -1,
 //!     type_name: type_name.into(),
 //!     not_null: false,
+//!     generated: false,
 //!     kind: PgKind::from_type_oid(type_oid),
 //! };
 //! let table = RelationDesc {

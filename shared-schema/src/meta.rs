@@ -16,6 +16,9 @@ pub const PG_TYPOID: &str = "wal2arrow:typoid";
 pub const PG_TYPMOD: &str = "wal2arrow:typmod";
 /// Field metadata: `"true"` when the column is declared `NOT NULL`.
 pub const PG_NOT_NULL: &str = "wal2arrow:not_null";
+/// Field metadata: `"stored"` on a stored generated column (`GENERATED ALWAYS AS (…) STORED`),
+/// whose value the server computes: capture it, but do not write it when applying changes.
+pub const PG_GENERATED: &str = "wal2arrow:generated";
 /// Field metadata: `"true"` on the system columns wal2arrow adds after the table's columns.
 pub const SYSTEM_COLUMN: &str = "wal2arrow:system";
 

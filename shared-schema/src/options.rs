@@ -34,6 +34,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "include-xids",
     "numeric-as-string",
     "proto-version",
+    "publish-via-root",
     "skip-empty-xacts",
     "tables",
 ];
@@ -67,6 +68,10 @@ pub struct PluginOptions {
     pub numeric_as_string: bool,
     /// `skip-empty-xacts`: no Begin/Commit for transactions with nothing to send.
     pub skip_empty_xacts: bool,
+    /// `publish-via-root`: a partition's rows are reported as its partition root's (the root's
+    /// schema, name and OID; `tables` patterns match the root), like pgoutput's
+    /// `publish_via_partition_root` (default true).
+    pub publish_via_root: bool,
 }
 
 impl Default for PluginOptions {
@@ -84,6 +89,7 @@ impl Default for PluginOptions {
             filter_origins: Vec::new(),
             numeric_as_string: false,
             skip_empty_xacts: false,
+            publish_via_root: true,
         }
     }
 }
@@ -222,6 +228,7 @@ impl PluginOptions {
                 "include-origin" => out.include_origin = flag()?,
                 "numeric-as-string" => out.numeric_as_string = flag()?,
                 "skip-empty-xacts" => out.skip_empty_xacts = flag()?,
+                "publish-via-root" => out.publish_via_root = flag()?,
                 "tables" => {
                     let v = need()?;
                     out.tables = TableFilter::parse_list(v).map_err(|e| {
@@ -255,6 +262,7 @@ impl PluginOptions {
             ("include-origin", self.include_origin, d.include_origin),
             ("numeric-as-string", self.numeric_as_string, d.numeric_as_string),
             ("skip-empty-xacts", self.skip_empty_xacts, d.skip_empty_xacts),
+            ("publish-via-root", self.publish_via_root, d.publish_via_root),
         ] {
             if value != default {
                 out.push((name, value.to_string()));
@@ -341,6 +349,7 @@ mod tests {
             ("include-origin", Some("false")),
             ("numeric-as-string", None),
             ("skip-empty-xacts", Some("yes")),
+            ("publish-via-root", Some("off")),
             ("tables", Some("public.users, *.orders,public.user_[0-9]+")),
             ("add-msg-prefixes", Some("audit,heart\\,beat")),
             ("filter-msg-prefixes", Some("noise")),
@@ -354,7 +363,7 @@ mod tests {
                 && !opts.include_lsn
                 && !opts.include_origin
         );
-        assert!(opts.numeric_as_string && opts.skip_empty_xacts);
+        assert!(opts.numeric_as_string && opts.skip_empty_xacts && !opts.publish_via_root);
         assert_eq!(opts.tables.patterns().len(), 3);
         assert_eq!(opts.add_msg_prefixes, ["audit", "heart,beat"]);
         assert_eq!(opts.filter_origins, ["replica_a", "replica_b"]);
@@ -388,7 +397,7 @@ mod tests {
             e.hint(),
             "Valid wal2arrow options are: add-msg-prefixes, batch-rows, filter-msg-prefixes, \
              filter-origins, include-lsn, include-origin, include-timestamps, include-xids, \
-             numeric-as-string, proto-version, skip-empty-xacts, tables."
+             numeric-as-string, proto-version, publish-via-root, skip-empty-xacts, tables."
         );
     }
 

@@ -12,6 +12,7 @@ pub fn col(name: &str, kind: PgKind, type_name: &str) -> ColumnDesc {
         typmod: -1,
         type_name: type_name.into(),
         not_null: false,
+        generated: false,
         kind,
     }
 }

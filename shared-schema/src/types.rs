@@ -341,6 +341,9 @@ pub struct ColumnDesc {
     pub type_name: String,
     /// Declared `NOT NULL`.
     pub not_null: bool,
+    /// A stored generated column (`GENERATED ALWAYS AS (…) STORED`): its value is computed by
+    /// the server, and a replica that applies changes must not write it.
+    pub generated: bool,
     /// How values are represented.
     pub kind: PgKind,
 }
@@ -358,6 +361,9 @@ impl ColumnDesc {
         ]);
         if self.not_null {
             md.insert(meta::PG_NOT_NULL.to_owned(), "true".to_owned());
+        }
+        if self.generated {
+            md.insert(meta::PG_GENERATED.to_owned(), "stored".to_owned());
         }
         md.extend(self.kind.extension(&self.type_name));
         Field::new(&self.name, self.kind.arrow_type(), true).with_metadata(md)
@@ -542,6 +548,7 @@ mod tests {
             typmod: -1,
             type_name: name.into(),
             not_null: true,
+            generated: false,
             kind,
         };
         let f = col(PgKind::Opaque, "po\"int").arrow_field();

@@ -587,6 +587,7 @@ mod tests {
             type_oid: oid::INT8,
             typmod: -1,
             not_null: false,
+            generated: false,
         };
         RelationDesc {
             relid: 1,

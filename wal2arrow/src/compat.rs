@@ -12,6 +12,27 @@
 
 use pgrx::pg_sys;
 
+mod raw {
+    use pgrx::pg_sys;
+    // Declared by `catalog/partition.h` in every major; pgrx's bindings leave it out.
+    unsafe extern "C-unwind" {
+        pub(super) fn get_partition_ancestors(relid: pg_sys::Oid) -> *mut pg_sys::List;
+    }
+}
+
+/// The OIDs of a partition's ancestors, nearest first, the partition root last (a palloc'd
+/// `List`; NIL for a table that is not a partition).
+///
+/// # Safety
+///
+/// Inside a transaction, on the backend's thread.
+pub(crate) unsafe fn get_partition_ancestors(relid: pg_sys::Oid) -> *mut pg_sys::List {
+    // SAFETY: a catalog lookup (caller's contract); the boundary turns an ERROR raised inside
+    // into a Rust panic that the callback's guard reports, instead of a longjmp over Rust
+    // frames.
+    unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| raw::get_partition_ancestors(relid)) }
+}
+
 /// A change's tuple slot (`ReorderBufferChange.data.tp.newtuple` / `oldtuple`).
 #[cfg(any(feature = "pg14", feature = "pg15", feature = "pg16"))]
 pub(crate) type ChangeTuple = *mut pg_sys::ReorderBufferTupleBuf;

@@ -31,12 +31,27 @@ pub(crate) struct ColumnPlan {
     pub(crate) in_identity: bool,
 }
 
+/// Where a partition's rows go with `publish-via-root`.
+pub(crate) struct PartitionRoute {
+    /// The partition root (the top of the partition tree).
+    pub(crate) root: pg_sys::Oid,
+    /// Every ancestor up to the root, nearest first.
+    pub(crate) ancestors: Vec<pg_sys::Oid>,
+    /// Turns the partition's tuples into the root's layout (column order, dropped columns);
+    /// NULL when both have the same. Built over copies of both tuple descriptors, in the
+    /// session's memory context, so a relcache rebuild cannot pull them away.
+    pub(crate) map: *mut pg_sys::TupleConversionMap,
+}
+
 /// One table's cached description, readers and batch in progress.
 pub(crate) struct RelEntry {
     pub(crate) desc: RelationDesc,
     pub(crate) qualified_name: String,
-    /// The `tables` option includes this table.
+    /// The `tables` option includes this table (for a partition reported as its root: the
+    /// root is included).
     pub(crate) included: bool,
+    /// A partition whose rows are reported as its root's (`publish-via-root`).
+    pub(crate) route: Option<PartitionRoute>,
     pub(crate) encoder: BatchEncoder,
     pub(crate) columns: Vec<ColumnPlan>,
     /// Deform buffers, one slot per attribute of the tuple descriptor (dropped ones included).
@@ -79,7 +94,8 @@ impl RelEntry {
         let mut columns = Vec::with_capacity(natts);
         let mut descs = Vec::with_capacity(natts);
         for (i, att) in attrs.iter().enumerate() {
-            if att.attisdropped {
+            // A virtual generated column (18) is computed when read: no change carries it.
+            if att.attisdropped || att.attgenerated as u8 == b'v' {
                 continue;
             }
             // SAFETY: catalog lookups of the column's type, inside the decoding transaction;
@@ -99,6 +115,7 @@ impl RelEntry {
                 // SAFETY: catalog lookup, as above.
                 type_name: unsafe { type_name(att.atttypid) },
                 not_null: att.attnotnull,
+                generated: att.attgenerated as u8 == b's',
                 kind,
             });
         }
@@ -123,9 +140,23 @@ impl RelEntry {
             identity_key,
             with_lsn: options.include_lsn,
         };
+        let route = if options.publish_via_root && class.relispartition {
+            // SAFETY: the open relation of the change, in the decoding transaction; `mcxt`
+            // outlives the entry (caller's contract).
+            unsafe { partition_route(relation, mcxt) }
+        } else {
+            None
+        };
+        let included = match &route {
+            Some((_, root_namespace, root_name)) => {
+                options.tables.includes(root_namespace, root_name)
+            }
+            None => options.tables.includes(&desc.namespace, &desc.name),
+        };
         RelEntry {
             qualified_name: format!("{}.{}", desc.namespace, desc.name),
-            included: options.tables.includes(&desc.namespace, &desc.name),
+            included,
+            route: route.map(|(r, _, _)| r),
             encoder: BatchEncoder::new(&desc),
             desc,
             columns,
@@ -143,8 +174,48 @@ impl RelEntry {
     pub(crate) fn same_shape(&self, other: &RelEntry) -> bool {
         self.desc == other.desc
             && self.included == other.included
+            && self.route.as_ref().map(|r| r.root) == other.route.as_ref().map(|r| r.root)
             && self.values.len() == other.values.len()
             && self.columns.iter().map(|c| c.att).eq(other.columns.iter().map(|c| c.att))
+    }
+}
+
+/// The route of a partition's rows to its partition root, with the root's schema and name.
+/// `None` if the root cannot be opened (it always can under the change's historic snapshot).
+///
+/// # Safety
+///
+/// `relation` is an open partition, inside the decoding transaction; `mcxt` outlives the
+/// route.
+unsafe fn partition_route(
+    relation: pg_sys::Relation,
+    mcxt: pg_sys::MemoryContext,
+) -> Option<(PartitionRoute, String, String)> {
+    // SAFETY: catalog lookups inside the decoding transaction (caller's contract). The root
+    // is opened and closed here; the tuple descriptors the map refers to are copies made in
+    // `mcxt`, which outlives the route.
+    unsafe {
+        let ancestors_list = crate::compat::get_partition_ancestors((*relation).rd_id);
+        let n = pg_sys::list_length(ancestors_list);
+        let ancestors: Vec<pg_sys::Oid> =
+            (0..n).map(|i| pg_sys::list_nth_oid(ancestors_list, i)).collect();
+        let root = *ancestors.last()?;
+        let root_rel = pg_sys::RelationIdGetRelation(root);
+        if root_rel.is_null() {
+            return None;
+        }
+        let root_class = &*(*root_rel).rd_rel;
+        let name = name_str(&root_class.relname);
+        let namespace = cstr_or(pg_sys::get_namespace_name(root_class.relnamespace), "?");
+        let old_cx = pg_sys::MemoryContextSwitchTo(mcxt);
+        // With constraints: a partition tuple written before a column with a default was
+        // added reads that default from the descriptor's "missing" values.
+        let indesc = pg_sys::CreateTupleDescCopyConstr((*relation).rd_att);
+        let outdesc = pg_sys::CreateTupleDescCopy((*root_rel).rd_att);
+        let map = pg_sys::convert_tuples_by_name(indesc, outdesc);
+        pg_sys::MemoryContextSwitchTo(old_cx);
+        pg_sys::RelationClose(root_rel);
+        Some((PartitionRoute { root, ancestors, map }, namespace, name))
     }
 }
 

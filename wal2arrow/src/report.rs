@@ -28,3 +28,20 @@ fn raise(code: PgSqlErrorCode, message: String, hint: Option<String>) -> ! {
     report.report(PgLogLevel::ERROR);
     unreachable!("an ERROR report does not return")
 }
+
+/// Raises an `ERROR` for a partition whose partition root cannot be opened (its catalog entry
+/// is gone under the change's historic snapshot, which a consistent catalog rules out).
+pub(crate) fn partition_root_missing(partition: &str, root: pgrx::pg_sys::Oid) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+        format!(
+            "wal2arrow could not open the partition root (OID {}) of partition {partition}",
+            root.to_u32()
+        ),
+        Some(
+            "Stream with the plugin option publish-via-root off to report the partition under \
+             its own name, and report this with the server log."
+                .into(),
+        ),
+    )
+}

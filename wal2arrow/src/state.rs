@@ -214,13 +214,28 @@ impl State {
             }
             _ => return,
         };
-        // SAFETY: everything below runs inside change_cb with its context and relation.
+        // SAFETY: everything below runs inside change_cb with its context and relation; a
+        // partition root is opened for the call and closed at its end.
         unsafe {
-            let relid = (*relation).rd_id;
             self.cache_entry(ctx, relation);
-            if !self.relations.get_mut(relid).expect("cached above").included {
+            let entry = self.relations.get_mut((*relation).rd_id).expect("cached above");
+            if !entry.included {
                 return;
             }
+            // A partition's rows are the root's (publish-via-root): they go into the root's
+            // batch, in the root's layout, so rows moving between partitions stay in order.
+            let (relation, map, root) = match entry.route.as_ref().map(|r| (r.root, r.map)) {
+                None => (relation, std::ptr::null_mut(), None),
+                Some((root_oid, map)) => {
+                    let root = pg_sys::RelationIdGetRelation(root_oid);
+                    if root.is_null() {
+                        report::partition_root_missing(&entry.qualified_name, root_oid);
+                    }
+                    self.cache_entry(ctx, root);
+                    (root, map, Some(root))
+                }
+            };
+            let relid = (*relation).rd_id;
             self.ensure_begin(ctx, false);
             self.ensure_schema(ctx, relid);
             let images = usize::from(first.is_some()) + usize::from(second.is_some());
@@ -236,6 +251,11 @@ impl State {
             }
             for (op, tuple, image) in first.into_iter().chain(second) {
                 let old_cx = pg_sys::MemoryContextSwitchTo(self.change_cx);
+                // In the change context, reset below.
+                let tuple = match tuple {
+                    Some(t) if !map.is_null() => Some(pg_sys::execute_attr_map_tuple(t, map)),
+                    t => t,
+                };
                 append_row(entry, relation, tuple, op, lsn, image, self.utf8_db);
                 pg_sys::MemoryContextSwitchTo(old_cx);
                 // Most rows allocate nothing (values read in place): skip the reset then.
@@ -245,6 +265,9 @@ impl State {
             }
             if entry.encoder.batch_full(batch_rows) {
                 flush(ctx, &mut self.out, entry, true);
+            }
+            if let Some(root) = root {
+                pg_sys::RelationClose(root);
             }
         }
     }
@@ -263,10 +286,19 @@ impl State {
         let mut relids = Vec::new();
         // SAFETY: inside truncate_cb with its context and open relations.
         unsafe {
+            let truncated: Vec<pg_sys::Oid> = relations.iter().map(|r| (**r).rd_id).collect();
             for &relation in relations {
                 let relid = (*relation).rd_id;
                 self.cache_entry(ctx, relation);
-                if self.relations.get_mut(relid).expect("cached above").included {
+                let entry = self.relations.get_mut(relid).expect("cached above");
+                // With publish-via-root, a partition truncated with an ancestor (a TRUNCATE of
+                // the partitioned table) is covered by the ancestor's entry; one truncated on
+                // its own is reported under its own name: its root lost only its rows.
+                let covered = entry
+                    .route
+                    .as_ref()
+                    .is_some_and(|r| r.ancestors.iter().any(|a| truncated.contains(a)));
+                if entry.included && !covered {
                     self.ensure_begin(ctx, false);
                     self.ensure_schema(ctx, relid);
                     relids.push(relid.to_u32());
@@ -408,11 +440,14 @@ impl State {
             None => false,
         };
         // SAFETY: caller's contract; session_cx outlives every entry.
-        let fresh = unsafe { RelEntry::build(relation, self.session_cx, &self.options) };
+        let mut fresh = unsafe { RelEntry::build(relation, self.session_cx, &self.options) };
         if stale {
             let old = self.relations.get_mut(relid).expect("checked above");
             if old.same_shape(&fresh) {
                 old.stale = false;
+                // The root may have changed in ways the partition's description does not
+                // show: take the fresh conversion map.
+                old.route = fresh.route.take();
                 return;
             }
             // SAFETY: caller's contract.

@@ -97,6 +97,7 @@ impl CopyTable {
                 typmod: c.typmod,
                 type_name: ty.map_or_else(|| c.format.clone(), |t| t.name.clone()),
                 not_null: c.not_null,
+                generated: c.generated,
                 kind,
             });
         }

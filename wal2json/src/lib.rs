@@ -151,6 +151,8 @@ pub struct CatalogColumn {
     pub ndims: i32,
     /// `attnotnull`.
     pub not_null: bool,
+    /// `attgenerated = 's'`: a stored generated column.
+    pub generated: bool,
     /// `format_type(atttypid, atttypmod)`: what wal2json prints as the type.
     pub format: String,
 }
@@ -1083,6 +1085,7 @@ impl JsonDecoder {
                 typmod,
                 type_name: ty.map_or_else(|| s.type_text.clone(), |t| t.name.clone()),
                 not_null: s.not_null.or(known.map(|c| c.not_null)).unwrap_or(false),
+                generated: known.is_some_and(|c| c.generated),
                 kind,
             });
         }
@@ -1720,6 +1723,7 @@ pub fn sample_decoder() -> JsonDecoder {
         typmod,
         ndims: i32::from(type_oid == 1007),
         not_null: name == "id",
+        generated: false,
         format: format.into(),
     };
     d.catalog.put_table(
