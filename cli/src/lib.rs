@@ -55,6 +55,9 @@ enum Command {
     Stream(Box<StreamArgs>),
     /// List, create or drop replication slots.
     Slots(SlotsArgs),
+    /// Configure the server and a role for streams (as a superuser): wal_level, slots and
+    /// WAL senders, output_plugin_libraries, REPLICATION, USAGE and SELECT grants.
+    Setup(SetupArgs),
     /// The demo: a scratch PostgreSQL with the plugin, a short workload streamed to Parquet,
     /// read back and summarised; everything it started is stopped.
     #[cfg(feature = "demo")]
@@ -179,6 +182,22 @@ struct CheckArgs {
     conn: ConnArgs,
     #[command(flatten)]
     select: SelectArgs,
+}
+
+#[derive(Args)]
+struct SetupArgs {
+    /// How to connect: as a superuser.
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// The role streams will connect as (created, with LOGIN and REPLICATION, if missing).
+    #[arg(long)]
+    role: String,
+    /// Tables the role will stream (patterns as for `stream`). Default: every table.
+    #[arg(long = "tables", value_name = "PATTERNS")]
+    tables: Vec<String>,
+    /// Print the SQL and change nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -387,6 +406,7 @@ pub fn main() -> ExitCode {
             Command::Check(args) => check(args).await,
             Command::Stream(args) => stream(*args).await,
             Command::Slots(args) => slots(args).await,
+            Command::Setup(args) => setup(args).await,
             #[cfg(feature = "demo")]
             Command::Demo(args) => demo::run(args).await,
         }
@@ -418,6 +438,46 @@ async fn check(args: CheckArgs) -> CmdResult {
     } else {
         Err(Failure { code: 3, message: "the server is not ready: fix the failures above".into() })
     }
+}
+
+async fn setup(args: SetupArgs) -> CmdResult {
+    let config = args.conn.config()?;
+    let mut patterns = Vec::new();
+    for list in &args.tables {
+        let filter =
+            TableFilter::parse_list(list).map_err(|e| Error::Config(format!("--tables: {e}")))?;
+        patterns.extend(filter.patterns().iter().cloned());
+    }
+    let tables = TableFilter::new(patterns);
+    let plan = wal2arrow_consumer::setup::plan(&config, &args.role, &tables).await?;
+    let pending = |plan: &wal2arrow_consumer::setup::SetupPlan| {
+        if !plan.pending_restart.is_empty() {
+            println!(
+                "-- already configured, in effect after PostgreSQL restarts: {}",
+                plan.pending_restart.join(", ")
+            );
+        }
+    };
+    if plan.is_empty() {
+        pending(&plan);
+        println!("-- nothing to change for role {:?}", args.role);
+        return Ok(());
+    }
+    print!("{plan}");
+    pending(&plan);
+    if args.dry_run {
+        println!("-- dry run: nothing was changed");
+        return Ok(());
+    }
+    wal2arrow_consumer::setup::apply(&config, &plan).await?;
+    println!("-- done: {} change(s) made", plan.steps.len());
+    if plan.needs_restart() {
+        println!(
+            "-- restart PostgreSQL for the settings marked above, then `wal2arrow check` as {:?}",
+            args.role
+        );
+    }
+    Ok(())
 }
 
 async fn slots(args: SlotsArgs) -> CmdResult {

@@ -402,6 +402,7 @@ impl Consumer {
         let s = &self.settings;
         Preflight::full(&s.config, &s.slot, &s.plugin.tables)
             .with_plugin(s.output_plugin)
+            .with_failover(s.failover)
             .run()
             .await
     }
@@ -419,6 +420,7 @@ impl Consumer {
         if s.preflight || s.publication.is_some() {
             let report = Preflight::new(&s.config, &s.slot, &s.plugin.tables)
                 .with_plugin(s.output_plugin)
+                .with_failover(s.failover)
                 .run()
                 .await?;
             if s.preflight && !report.is_ok() {

@@ -48,6 +48,7 @@ pub mod report;
 #[cfg(feature = "router")]
 pub mod router;
 pub mod settings;
+pub mod setup;
 
 pub use consumer::{
     CdcStream, Consumer, ConsumerBuilder, HEARTBEAT_PREFIX, SnapshotStats, StatsSnapshot,

@@ -3,11 +3,13 @@
 //!
 //! | check | passes when |
 //! |---|---|
+//! | `server version` | PostgreSQL 14 to 18 (older: fails; newer: a warning); names what the major offers |
 //! | `wal_level` | it is `logical` |
 //! | `replication privilege` | the role has `REPLICATION` (or is a superuser) |
 //! | `max_replication_slots` | a slot is free, unless ours exists |
 //! | `max_wal_senders` | a WAL sender is free |
 //! | `output_plugin_libraries` | absent (older servers), or it lists `wal2arrow` (a warning when only `wal2json` is listed and the consumer may fall back to it); a role that may not read the setting learns it from `plugin loadable` |
+//! | `failover` | (only when asked for) the server is PostgreSQL 17 or later |
 //! | `slot` | missing (it will be created) or an idle slot of this database with a plugin the consumer may use; a slot another session streams from fails, naming that session |
 //! | `plugin loadable` | a temporary wal2arrow slot can be created, or (falling back) a wal2json one (only [`Preflight::full`]) |
 //! | `tables` | the patterns match at least one table |
@@ -40,12 +42,20 @@ pub struct Preflight<'a> {
     tables: &'a TableFilter,
     try_plugin: bool,
     plugin: PluginChoice,
+    failover: bool,
 }
 
 impl<'a> Preflight<'a> {
     /// The checks `Consumer::start` runs (all but `plugin loadable`: creating the slot tells).
     pub fn new(config: &'a Config, slot: &'a SlotMode, tables: &'a TableFilter) -> Preflight<'a> {
-        Preflight { config, slot, tables, try_plugin: false, plugin: PluginChoice::Auto }
+        Preflight {
+            config,
+            slot,
+            tables,
+            try_plugin: false,
+            plugin: PluginChoice::Auto,
+            failover: false,
+        }
     }
 
     /// Checks for this plugin choice (default [`PluginChoice::Auto`]: wal2arrow, or the
@@ -55,10 +65,23 @@ impl<'a> Preflight<'a> {
         self
     }
 
+    /// Also check that the slot can be a failover slot (PostgreSQL 17 and later).
+    pub fn with_failover(mut self, failover: bool) -> Preflight<'a> {
+        self.failover = failover;
+        self
+    }
+
     /// Every check, including creating (and dropping) a temporary slot to see that the plugin
     /// loads: what `wal2arrow check` runs.
     pub fn full(config: &'a Config, slot: &'a SlotMode, tables: &'a TableFilter) -> Preflight<'a> {
-        Preflight { config, slot, tables, try_plugin: true, plugin: PluginChoice::Auto }
+        Preflight {
+            config,
+            slot,
+            tables,
+            try_plugin: true,
+            plugin: PluginChoice::Auto,
+            failover: false,
+        }
     }
 
     /// Runs the checks.
@@ -81,6 +104,12 @@ impl<'a> Preflight<'a> {
                 Ok::<_, Error>(row.map(|r| r.get::<_, String>(0)))
             }
         };
+
+        let version_num: i64 =
+            setting("server_version_num").await?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        let version = setting("server_version").await?.unwrap_or_default();
+        let major = version_num / 10000;
+        r.push("server version", version_outcome(major, &version));
 
         let wal_level = setting("wal_level").await?.unwrap_or_default();
         let logical = wal_level == "logical";
@@ -159,14 +188,33 @@ impl<'a> Preflight<'a> {
             },
         );
 
+        if self.failover {
+            r.push(
+                "failover",
+                if major >= 17 {
+                    Outcome::Pass("PostgreSQL 17 or later: the slot can be a failover slot".into())
+                } else {
+                    fail(
+                        format!(
+                            "failover slots need PostgreSQL 17 or later, and this server is \
+                             {version}"
+                        ),
+                        "stream without a failover slot (see the README's \"Failover and \
+                         standbys\" for what this major offers), or upgrade to 17",
+                    )
+                },
+            );
+        }
+
         let allow_list = AllowList::read(&sql).await?;
         let plugin_listed = match &allow_list {
             AllowList::Absent => {
                 r.push(
                     "output_plugin_libraries",
-                    Outcome::Pass(
-                        "this server has no output_plugin_libraries: every plugin may load".into(),
-                    ),
+                    Outcome::Pass(format!(
+                        "this server ({version}) has no output_plugin_libraries (it came with \
+                         15.19, 16.15, 17.11 and 18.6): every plugin may load"
+                    )),
                 );
                 true
             }
@@ -449,6 +497,28 @@ impl<'a> Preflight<'a> {
             all.iter().filter(|t| self.tables.includes(&t.schema, &t.table)).cloned().collect();
         r.push("tables", outcome_for(matched.len()));
         Ok(matched)
+    }
+}
+
+/// The `server version` check: the supported majors, and what this one offers.
+fn version_outcome(major: i64, version: &str) -> Outcome {
+    let offers = match major {
+        ..=15 => "no failover slots, no decoding on standbys",
+        16 => "decoding on standbys; no failover slots",
+        _ => "failover slots, decoding on standbys",
+    };
+    match major {
+        ..=13 => fail(
+            format!("PostgreSQL {version}: wal2arrow supports 14 to 18"),
+            "upgrade the server to PostgreSQL 14 or later (or stream through another tool)",
+        ),
+        14..=18 => Outcome::Pass(format!("PostgreSQL {version} ({offers})")),
+        _ => Outcome::Warn {
+            problem: format!("PostgreSQL {version} is newer than wal2arrow knows (14 to 18)"),
+            fix: "build the plugin for this major (cargo pgrx install) and run the test suite \
+                  against it (scripts/test.sh --pg N) before relying on it"
+                .into(),
+        },
     }
 }
 

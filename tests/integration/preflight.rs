@@ -48,6 +48,7 @@ async fn a_ready_server_passes_every_check() {
     let report = consumer(&db, None, &["public.*"]).check().await.unwrap();
     assert!(report.is_ok(), "{report}");
     for name in [
+        "server version",
         "wal_level",
         "replication privilege",
         "max_replication_slots",
@@ -274,4 +275,103 @@ async fn a_publication_is_created_only_on_request() {
         .unwrap();
     with.start().await.unwrap().close().await;
     assert_eq!(db.psql("SELECT string_agg(tablename, ',') FROM pg_publication_tables WHERE pubname = 'wal2arrow_pub'"), "pub_a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_prints_its_sql_on_a_dry_run_then_makes_check_pass_and_is_idempotent() {
+    use crate::cli::{cli, run};
+    let opts = ClusterOptions {
+        // The allow-list (on servers that have it) without wal2arrow, and no logical decoding.
+        output_plugins: Some(vec!["pgoutput".into()]),
+        settings: vec![("wal_level".into(), "replica".into())],
+        ..ClusterOptions::with_plugin().unwrap()
+    };
+    let cluster = Cluster::start(&opts).unwrap();
+    let db = cluster.database("setup");
+    db.psql(
+        "CREATE SCHEMA sales; CREATE TABLE sales.orders (id int PRIMARY KEY);
+         CREATE TABLE sales.items (id int PRIMARY KEY); CREATE TABLE public.other (id int);
+         REVOKE ALL ON SCHEMA sales FROM PUBLIC; CREATE ROLE cdc LOGIN",
+    );
+    let setup = |extra: &[&str]| {
+        let dsn = db.dsn();
+        let mut args = vec!["setup", "--dsn", &dsn, "--role", "cdc", "--tables", "sales.*"];
+        args.extend_from_slice(extra);
+        run(cli(&args))
+    };
+    // What the server and the role are like.
+    let state = || {
+        db.psql(
+            "SELECT (SELECT count(*) FROM pg_file_settings WHERE sourcefile LIKE '%auto.conf'),
+                    (SELECT rolreplication FROM pg_roles WHERE rolname = 'cdc'),
+                    has_schema_privilege('cdc', 'sales', 'USAGE'),
+                    has_table_privilege('cdc', 'sales.orders', 'SELECT')",
+        )
+    };
+    let before = state();
+    assert_eq!(before, "0|f|f|f");
+
+    let (code, dry, stderr) = setup(&["--dry-run"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let mut expected = vec![
+        "ALTER SYSTEM SET wal_level = 'logical';",
+        "ALTER ROLE \"cdc\" WITH REPLICATION;",
+        "GRANT USAGE ON SCHEMA \"sales\" TO \"cdc\";",
+        "GRANT SELECT ON \"sales\".\"items\", \"sales\".\"orders\" TO \"cdc\";",
+        "SELECT pg_reload_conf();",
+        "-- dry run: nothing was changed",
+    ];
+    if cluster.has_output_plugin_libraries() {
+        expected.insert(1, "ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'wal2arrow';");
+    }
+    let statements: Vec<&str> =
+        dry.lines().filter(|l| !l.starts_with("-- ") || l.contains("dry run")).collect();
+    assert_eq!(statements, expected, "{dry}");
+    assert!(
+        dry.contains(
+            "-- wal_level is replica: logical decoding needs logical (takes effect after a restart)"
+        ),
+        "{dry}"
+    );
+    assert_eq!(state(), before, "a dry run changes nothing");
+
+    // The script as printed is what setup runs.
+    let (code, out, stderr) = setup(&[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out.contains("-- restart PostgreSQL"), "{out}");
+    assert_ne!(state(), before);
+    // Run again before the restart: nothing to change, the restart still due.
+    let (code, again, _) = setup(&[]).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        again.lines().collect::<Vec<_>>(),
+        [
+            "-- already configured, in effect after PostgreSQL restarts: wal_level",
+            "-- nothing to change for role \"cdc\"",
+        ]
+    );
+
+    cluster.restart().unwrap();
+    let cdc_dsn = db.dsn().replace(&format!("user={}", cluster.superuser()), "user=cdc");
+    let (code, out, stderr) =
+        run(cli(&["check", "--dsn", &cdc_dsn, "--tables", "sales.*", "--slot", "setup_slot"]))
+            .await;
+    assert_eq!(code, 0, "check passes as the role:\n{out}{stderr}");
+    assert!(out.contains("ready to stream"), "{out}");
+    let (code, last, _) = setup(&[]).await;
+    assert_eq!(code, 0);
+    assert_eq!(last.trim(), "-- nothing to change for role \"cdc\"");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_needs_a_superuser() {
+    use crate::cli::{cli, run};
+    let db = Cluster::shared().database("setup_plain");
+    db.psql("CREATE ROLE setup_plain LOGIN");
+    let dsn =
+        db.dsn().replace(&format!("user={}", Cluster::shared().superuser()), "user=setup_plain");
+    let (code, _, stderr) = run(cli(&["setup", "--dsn", &dsn, "--role", "x", "--dry-run"])).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("setup needs a superuser connection"), "{stderr}");
+    db.psql("DROP ROLE setup_plain");
 }
