@@ -55,6 +55,9 @@ enum Command {
     Stream(Box<StreamArgs>),
     /// List, create or drop replication slots.
     Slots(SlotsArgs),
+    /// Backfill tables while a stream runs: ask the stream on --slot (running now or started
+    /// later) to read the tables' existing rows again, in chunks between its changes.
+    Snapshot(BackfillArgs),
     /// Configure the server and a role for streams (as a superuser): wal_level, slots and
     /// WAL senders, output_plugin_libraries, REPLICATION, USAGE and SELECT grants.
     Setup(SetupArgs),
@@ -182,6 +185,18 @@ struct CheckArgs {
     conn: ConnArgs,
     #[command(flatten)]
     select: SelectArgs,
+}
+
+#[derive(Args)]
+struct BackfillArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// The slot of the stream that copies the rows.
+    #[arg(long, default_value = "wal2arrow")]
+    slot: String,
+    /// Tables to backfill (patterns as for `stream`; each needs a primary key).
+    #[arg(long = "tables", value_name = "PATTERNS", required = true)]
+    tables: Vec<String>,
 }
 
 #[derive(Args)]
@@ -407,6 +422,7 @@ pub fn main() -> ExitCode {
             Command::Stream(args) => stream(*args).await,
             Command::Slots(args) => slots(args).await,
             Command::Setup(args) => setup(args).await,
+            Command::Snapshot(args) => backfill(args).await,
             #[cfg(feature = "demo")]
             Command::Demo(args) => demo::run(args).await,
         }
@@ -438,6 +454,24 @@ async fn check(args: CheckArgs) -> CmdResult {
     } else {
         Err(Failure { code: 3, message: "the server is not ready: fix the failures above".into() })
     }
+}
+
+async fn backfill(args: BackfillArgs) -> CmdResult {
+    let config = args.conn.config()?;
+    let mut patterns = Vec::new();
+    for list in &args.tables {
+        let filter =
+            TableFilter::parse_list(list).map_err(|e| Error::Config(format!("--tables: {e}")))?;
+        patterns.extend(filter.patterns().iter().map(|p| p.as_str().to_owned()));
+    }
+    let tables = wal2arrow_consumer::backfill::request(&config, &args.slot, &patterns).await?;
+    println!(
+        "asked the stream on slot {:?} to backfill {}: it copies their rows in chunks between \
+         its changes (a stream started later does it when it gets there)",
+        args.slot,
+        tables.join(", ")
+    );
+    Ok(())
 }
 
 async fn setup(args: SetupArgs) -> CmdResult {

@@ -99,6 +99,29 @@ impl ChangeBatch {
         }
     }
 
+    /// A batch of rows built by the consumer rather than decoded from the stream (a
+    /// backfill's `read` rows, delivered inside a transaction of the stream).
+    pub fn new(
+        relation: Arc<Relation>,
+        batch: RecordBatch,
+        xid: u32,
+        commit_lsn: Lsn,
+        commit_time_us: i64,
+        ordinal: u32,
+    ) -> ChangeBatch {
+        ChangeBatch {
+            relation,
+            xid,
+            commit_lsn,
+            commit_time_us,
+            origin: None,
+            ordinal,
+            batch,
+            payload: Buffer::from_vec(Vec::<u8>::new()),
+            source_bytes: 0,
+        }
+    }
+
     /// `schema.table`.
     pub fn table(&self) -> &str {
         &self.relation.qualified_name

@@ -52,8 +52,10 @@ use futures_core::Stream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use wal2arrow_schema::{Lsn, PluginOptions, Relation};
-use wal2arrow_wal2json::copy::{CopyEncoder, CopyTable};
-use wal2arrow_wal2json::{CatalogCache, Lookup};
+pub use wal2arrow_wal2json::CatalogCache;
+use wal2arrow_wal2json::Lookup;
+use wal2arrow_wal2json::copy::CopyEncoder;
+pub use wal2arrow_wal2json::copy::{CopyTable, fields as copy_fields};
 
 use crate::catalog::{table_info, types};
 use crate::config::Config;
@@ -95,6 +97,20 @@ pub enum SnapshotEvent {
         rows: u64,
         /// `COPY` text bytes they came from.
         bytes: u64,
+    },
+    /// A backfill of a table begins while streaming (see the consumer's `backfill` module):
+    /// its rows arrive in chunks, as `read` rows inside the transactions of the chunks' high
+    /// watermarks, between other changes.
+    BackfillStarted {
+        /// The table.
+        relation: Arc<Relation>,
+    },
+    /// Every row of a backfilled table was delivered (in this transaction and earlier ones).
+    BackfillDone {
+        /// The table.
+        relation: Arc<Relation>,
+        /// Rows delivered (rows changed while their chunk was read are left to the stream).
+        rows: u64,
     },
     /// Every table's rows were delivered (the [`Event::Commit`] before this one closes the
     /// snapshot's pseudo-transaction): from here on, the tables are whole.
@@ -456,24 +472,10 @@ impl Snapshot {
                 t.chunks += chunks;
                 continue;
             }
-            let Some(info) = table_info(client, &schema, &name).await? else { continue };
-            let table = loop {
-                match CopyTable::from_catalog(&catalog, &info, &schema, &name, &self.options) {
-                    Ok(t) => break t,
-                    Err(Ok(Lookup::Types(oids))) => {
-                        for (oid, ty) in types(client, &oids).await? {
-                            catalog.put_type(oid, ty);
-                        }
-                    }
-                    Err(Ok(other)) => {
-                        return Err(Error::Snapshot(format!(
-                            "unexpected catalog question {other:?}"
-                        )));
-                    }
-                    Err(Err(e)) => {
-                        return Err(Error::Snapshot(format!("{schema}.{name}: {e}")));
-                    }
-                }
+            let Some(table) =
+                describe_table(client, &mut catalog, &schema, &name, &self.options).await?
+            else {
+                continue;
             };
             let mut t = PlannedTable { table: Arc::new(table), sources: Vec::new(), pages, chunks };
             t.sources.push(Source { select: from(&t), pages, chunks });
@@ -492,6 +494,86 @@ impl Snapshot {
         }
         Ok((plan, commit_time_us))
     }
+}
+
+/// `schema.name` described from the catalog for copying its rows into `read` batches: the
+/// same schema, field metadata and type mapping as its streamed changes (`catalog` keeps the
+/// types learnt, for the next table). `None` when there is no such table.
+///
+/// # Errors
+///
+/// SQL errors; [`Error::Snapshot`] when the table cannot be described as Arrow.
+pub async fn describe_table(
+    client: &tokio_postgres::Client,
+    catalog: &mut CatalogCache,
+    schema: &str,
+    name: &str,
+    options: &PluginOptions,
+) -> Result<Option<CopyTable>> {
+    let Some(info) = table_info(client, schema, name).await? else { return Ok(None) };
+    loop {
+        match CopyTable::from_catalog(catalog, &info, schema, name, options) {
+            Ok(t) => return Ok(Some(t)),
+            Err(Ok(Lookup::Types(oids))) => {
+                for (oid, ty) in types(client, &oids).await? {
+                    catalog.put_type(oid, ty);
+                }
+            }
+            Err(Ok(other)) => {
+                return Err(Error::Snapshot(format!("unexpected catalog question {other:?}")));
+            }
+            Err(Err(e)) => return Err(Error::Snapshot(format!("{schema}.{name}: {e}"))),
+        }
+    }
+}
+
+/// Runs `copy` (a `COPY (SELECT …) TO STDOUT` of `table`'s columns, in order) and encodes its
+/// rows as `read` batches with `_lsn` = `lsn`. Returns the batches, the `COPY` bytes, and the
+/// last row's line (to continue from its key).
+///
+/// # Errors
+///
+/// SQL errors; [`Error::Snapshot`] for a row that does not fit the table.
+pub async fn copy_rows(
+    client: &tokio_postgres::Client,
+    table: &Arc<CopyTable>,
+    copy: &str,
+    lsn: Lsn,
+) -> Result<(Vec<arrow_array::RecordBatch>, u64, Option<Vec<u8>>)> {
+    let stream = client.copy_out(copy).await?;
+    let mut stream = std::pin::pin!(stream);
+    let mut encoder = CopyEncoder::new(Arc::clone(table), lsn);
+    let failed = |e: wal2arrow_wal2json::copy::CopyError| {
+        Error::Snapshot(format!("{}: {e}", table.relation().qualified_name))
+    };
+    let (mut batches, mut bytes, mut partial) = (Vec::new(), 0u64, Vec::<u8>::new());
+    let mut last: Option<Vec<u8>> = None;
+    while let Some(data) = poll_fn(|cx| Pin::as_mut(&mut stream).poll_next(cx)).await {
+        let data = data?;
+        for piece in data.split_inclusive(|b| *b == b'\n') {
+            partial.extend_from_slice(piece);
+            if !piece.ends_with(b"\n") {
+                continue;
+            }
+            encoder.push_row(&partial).map_err(failed)?;
+            last = Some(std::mem::take(&mut partial));
+            if encoder.is_full()
+                && let Some((batch, n)) = encoder.finish_batch().map_err(failed)?
+            {
+                bytes += n as u64;
+                batches.push(batch);
+            }
+        }
+    }
+    if !partial.is_empty() {
+        encoder.push_row(&partial).map_err(failed)?;
+        last = Some(partial);
+    }
+    if let Some((batch, n)) = encoder.finish_batch().map_err(failed)? {
+        bytes += n as u64;
+        batches.push(batch);
+    }
+    Ok((batches, bytes, last))
 }
 
 /// An identifier as SQL needs it written: quoted only when it must be.

@@ -62,6 +62,8 @@ pub struct ConsumerBuilder {
     snapshot_workers: Option<usize>,
     snapshot_chunk_pages: u32,
     failover: bool,
+    backfill: Vec<String>,
+    backfill_chunk_rows: u32,
 }
 
 impl Default for ConsumerBuilder {
@@ -83,6 +85,8 @@ impl Default for ConsumerBuilder {
             snapshot_workers: None,
             snapshot_chunk_pages: wal2arrow_client::snapshot::DEFAULT_CHUNK_PAGES,
             failover: false,
+            backfill: Vec::new(),
+            backfill_chunk_rows: crate::backfill::DEFAULT_CHUNK_ROWS,
         }
     }
 }
@@ -281,6 +285,24 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Backfill these tables (patterns) once the stream runs: their existing rows arrive again,
+    /// in chunks in key order, as `read` rows between the stream's changes (see
+    /// [`crate::backfill`]); [`CdcStream::backfill`] asks later. Each needs a primary key.
+    pub fn backfill<I, S>(mut self, tables: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.backfill = tables.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Rows per backfill chunk (default 10,000): memory holds one chunk.
+    pub fn backfill_chunk_rows(mut self, rows: u32) -> Self {
+        self.backfill_chunk_rows = rows;
+        self
+    }
+
     /// Report a partition's rows as its partition root's (default true; the plugin option
     /// `publish-via-root`): see the README's "Partitioned tables". The wal2json fallback
     /// always reports partitions under their own names.
@@ -338,6 +360,19 @@ impl ConsumerBuilder {
                     .into(),
             ));
         }
+        if self.backfill_chunk_rows == 0 {
+            return Err(Error::Config("backfill_chunk_rows must be at least 1".into()));
+        }
+        // The backfill's messages must reach the stream whatever the prefix filters say.
+        let ours = [crate::backfill::WATERMARK_PREFIX, crate::backfill::SIGNAL_PREFIX];
+        if !self.plugin.add_msg_prefixes.is_empty() {
+            for p in ours {
+                if !self.plugin.add_msg_prefixes.iter().any(|a| a == p) {
+                    self.plugin.add_msg_prefixes.push(p.to_owned());
+                }
+            }
+        }
+        self.plugin.filter_msg_prefixes.retain(|p| !ours.contains(&p.as_str()));
         if self.snapshot_chunk_pages == 0 {
             return Err(Error::Config("snapshot_chunk_pages must be at least 1".into()));
         }
@@ -443,6 +478,12 @@ impl Consumer {
             acks: acks.clone(),
             stats: Arc::clone(&stats),
             commands: commands_rx,
+            backfill: crate::backfill::Backfill::new(
+                &s.config,
+                &s.plugin,
+                s.slot.name(),
+                s.backfill_chunk_rows,
+            ),
         };
         let (first, output_plugin) = match prepare_snapshot(s, &plugin_state).await? {
             Some(pending) => {
@@ -457,6 +498,9 @@ impl Consumer {
             }
         };
         let fallback_reason = plugin_state.fallback_reason();
+        if !s.backfill.is_empty() {
+            crate::backfill::request(&s.config, s.slot.name(), &s.backfill).await?;
+        }
         let task = tokio::spawn(driver.run(first, close_rx));
         Ok(CdcStream {
             rx,
@@ -468,6 +512,8 @@ impl Consumer {
             stats,
             output_plugin,
             fallback_reason,
+            config: s.config.clone(),
+            slot: s.slot.name().to_owned(),
         })
     }
 }
@@ -889,9 +935,23 @@ pub struct CdcStream {
     stats: Arc<StreamStats>,
     output_plugin: OutputPlugin,
     fallback_reason: Option<String>,
+    config: Config,
+    slot: String,
 }
 
 impl CdcStream {
+    /// Asks this stream to backfill the tables matching `patterns` (see [`crate::backfill`]):
+    /// their existing rows arrive in chunks, as `read` rows between the changes, with
+    /// [`SnapshotEvent`](wal2arrow_client::SnapshotEvent)`::BackfillStarted` and
+    /// `BackfillDone`. Returns the tables asked for.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for patterns that match no table or a table without a primary key.
+    pub async fn backfill(&self, patterns: &[String]) -> Result<Vec<String>> {
+        crate::backfill::request(&self.config, &self.slot, patterns).await
+    }
+
     /// The plugin the stream reads.
     pub fn output_plugin(&self) -> OutputPlugin {
         self.output_plugin
@@ -1048,6 +1108,7 @@ struct Driver {
     acks: AckHandle,
     stats: Arc<StreamStats>,
     commands: mpsc::Receiver<Command>,
+    backfill: crate::backfill::Backfill,
 }
 
 /// How a session ended.
@@ -1115,6 +1176,7 @@ impl Driver {
                 let from = self.acks.acknowledged();
                 match Session::connect(&self.settings, from, &self.plugin_state).await {
                     Ok(mut s) => {
+                        self.backfill.rewind(from);
                         // The new stream's acknowledgements flow into the same handle.
                         self.attach(&mut s);
                         self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -1373,6 +1435,7 @@ impl Driver {
                     let _ = stream.send_status(false).await;
                     return Ok(Ended::Closed);
                 }
+                () = self.backfill.join(), if self.backfill.reading() => continue,
             };
             let event = match step {
                 Some(Step::Event(event)) => event,
@@ -1400,28 +1463,39 @@ impl Driver {
                 position = None;
             }
             heartbeat.activity();
-            count(&self.stats, &event);
-            let permit = match self.tx.try_reserve() {
-                Ok(permit) => permit,
-                Err(mpsc::error::TrySendError::Closed(())) => return Ok(Ended::Closed),
-                Err(mpsc::error::TrySendError::Full(())) => {
-                    // The reader is slow: wait for room, keeping the server informed so it
-                    // does not drop us for wal_sender_timeout.
-                    let period = self.settings.max_poll_interval;
-                    let mut status = tokio::time::interval_at(Instant::now() + period, period);
-                    loop {
-                        tokio::select! {
-                            permit = self.tx.reserve() => match permit {
-                                Ok(permit) => break permit,
-                                Err(_) => return Ok(Ended::Closed),
-                            },
-                            _ = status.tick() => stream.send_status(false).await?,
-                            _ = &mut *close => return Ok(Ended::Closed),
+            // Backfills take their watermarks and signals out, and put chunks in.
+            let events = if matches!(event, Event::Message(_)) || self.backfill.busy() {
+                self.backfill.on_event(event).await
+            } else {
+                vec![event]
+            };
+            for event in events {
+                count(&self.stats, &event);
+                let permit = match self.tx.try_reserve() {
+                    Ok(permit) => permit,
+                    Err(mpsc::error::TrySendError::Closed(())) => return Ok(Ended::Closed),
+                    Err(mpsc::error::TrySendError::Full(())) => {
+                        // The reader is slow: wait for room, keeping the server informed so
+                        // it does not drop us for wal_sender_timeout.
+                        let period = self.settings.max_poll_interval;
+                        let mut status = tokio::time::interval_at(Instant::now() + period, period);
+                        loop {
+                            tokio::select! {
+                                permit = self.tx.reserve() => match permit {
+                                    Ok(permit) => break permit,
+                                    Err(_) => return Ok(Ended::Closed),
+                                },
+                                _ = status.tick() => stream.send_status(false).await?,
+                                _ = &mut *close => return Ok(Ended::Closed),
+                            }
                         }
                     }
-                }
-            };
-            permit.send(Item::Event(Ok(event)));
+                };
+                permit.send(Item::Event(Ok(event)));
+            }
+            if self.backfill.busy() {
+                self.backfill.tick().await;
+            }
         }
     }
 }

@@ -41,6 +41,7 @@
 
 #![warn(missing_docs)]
 
+pub mod backfill;
 pub mod consumer;
 pub mod error;
 pub mod preflight;

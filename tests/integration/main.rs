@@ -1,6 +1,7 @@
 //! Integration tests against a real PostgreSQL: one scratch cluster per test process (see
 //! `wal2arrow-harness`), one database per test.
 
+mod backfill;
 mod changes;
 mod cli;
 mod common;

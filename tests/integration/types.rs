@@ -59,7 +59,23 @@ pub(crate) enum Expect {
 }
 
 /// (column, SQL type, Arrow type the consumer must produce, how to read the expected value)
+/// Every supported type's column, as far as the server under test has it: a negative
+/// `numeric` scale needs PostgreSQL 15.
 pub(crate) fn columns() -> Vec<(&'static str, &'static str, DataType, Expect)> {
+    let mut all = every_column();
+    if !negative_scale() {
+        all.retain(|(name, ..)| *name != "c_num_neg");
+    }
+    all
+}
+
+/// Whether the server accepts `numeric(p, s)` with `s < 0` (PostgreSQL 15 and later).
+pub(crate) fn negative_scale() -> bool {
+    wal2arrow_harness::server_major() >= 15
+}
+
+/// Every column [`SEED_ROWS`] has a value for, in order.
+fn every_column() -> Vec<(&'static str, &'static str, DataType, Expect)> {
     use DataType as D;
     let micros = |tz: Option<&str>| D::Timestamp(TimeUnit::Microsecond, tz.map(Into::into));
     // The innermost item field carries the element type's name (and extension, if any).
@@ -479,15 +495,26 @@ const SEED_ROWS: &str = "
 /// and `seed`, holding [`SEED_ROWS`].
 pub(crate) fn all_types_sql() -> String {
     let ddl: Vec<String> = columns().iter().map(|(c, t, _, _)| format!("{c} {t}")).collect();
+    let seed_ddl: Vec<String> = every_column()
+        .iter()
+        .map(|(c, t, _, _)| match *c {
+            "c_num_neg" if !negative_scale() => format!("{c} numeric"),
+            _ => format!("{c} {t}"),
+        })
+        .collect();
     format!(
         "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
          CREATE DOMAIN posint AS int4 CHECK (VALUE > 0);
          CREATE TYPE pair AS (a int4, b text);
          CREATE TABLE all_types (id int4 PRIMARY KEY, {});
          ALTER TABLE all_types REPLICA IDENTITY FULL;
-         CREATE TABLE seed (LIKE all_types);
-         INSERT INTO seed VALUES {SEED_ROWS};",
-        ddl.join(", ")
+         CREATE TABLE seed (id int4, {});
+         INSERT INTO seed VALUES {SEED_ROWS};
+         {}",
+        ddl.join(", "),
+        seed_ddl.join(", "),
+        // Without negative scales, the seed's column for them is plain numeric, and goes.
+        if negative_scale() { "" } else { "ALTER TABLE seed DROP COLUMN c_num_neg;" }
     )
 }
 
@@ -621,7 +648,9 @@ async fn every_type_round_trips_through_insert_update_and_delete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn numeric_as_string_keeps_every_numeric_exact_including_nan() {
     let db = Cluster::shared().database("numeric_text");
-    db.psql("CREATE TABLE n (a numeric(12,2), b numeric(5,-2), c numeric)");
+    // A negative scale where the server has it (15 and later).
+    let b = if negative_scale() { "numeric(5,-2)" } else { "numeric(7,0)" };
+    db.psql(&format!("CREATE TABLE n (a numeric(12,2), b {b}, c numeric)"));
     let mut options = StreamOptions::new("numeric_text_slot");
     options.plugin.numeric_as_string = true;
     let mut stream = wal2arrow_consumer::open(&config(&db), &options).await.unwrap();

@@ -315,6 +315,15 @@ enum Field<'a> {
     Bytes(&'a [u8]),
 }
 
+/// The fields of a `COPY` text line, unescaped; `None` for `\N` (NULL).
+pub fn fields(line: &[u8]) -> Vec<Option<Vec<u8>>> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let mut buffer = Vec::new();
+    line.split(|b| *b == b'\t')
+        .map(|raw| (raw != b"\\N").then(|| unescape(raw, &mut buffer).to_vec()))
+        .collect()
+}
+
 fn unescape<'a>(raw: &'a [u8], out: &'a mut Vec<u8>) -> &'a [u8] {
     if !raw.contains(&b'\\') {
         return raw;

@@ -533,6 +533,25 @@ pub fn pg_bin_dir() -> Result<PathBuf> {
     }
 }
 
+/// The major version of the server under test ([`pg_bin_dir`]), from `postgres --version`
+/// (`postgres (PostgreSQL) 17.11` → 17); 0 when it cannot be told.
+pub fn server_major() -> u32 {
+    static MAJOR: OnceLock<u32> = OnceLock::new();
+    *MAJOR.get_or_init(|| {
+        let Ok(bin) = pg_bin_dir() else { return 0 };
+        let Ok(out) = Command::new(bin.join("postgres")).arg("--version").output() else {
+            return 0;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let version = text.split_whitespace().last().unwrap_or("");
+        version
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0)
+    })
+}
+
 /// Whether the server in `bin` has the `output_plugin_libraries` setting (Debian's 15.20 and
 /// later). Such servers refuse output plugins not listed in it, even for superusers; servers
 /// without it refuse to start if it is set.
