@@ -511,6 +511,12 @@ async fn setup(args: SetupArgs) -> CmdResult {
             args.role
         );
     }
+    if !plan.manual.is_empty() {
+        return Err(Failure {
+            code: 3,
+            message: "the server needs changes setup cannot make: see \"by hand\" above".into(),
+        });
+    }
     Ok(())
 }
 

@@ -83,9 +83,10 @@ pub async fn request(config: &Config, slot: &str, patterns: &[String]) -> Result
 
 fn no_key_message(tables: &str) -> String {
     format!(
-        "cannot backfill {tables}: a backfill reads a table in key order and needs a primary key \
-         (or REPLICA IDENTITY USING INDEX); add one, or copy the table whole with a snapshot \
-         (wal2arrow stream --snapshot only)"
+        "cannot backfill {tables}: a backfill reads a table in key order and recognises the rows \
+         changed meanwhile by the key its deletes carry, so it needs a primary key (with \
+         REPLICA IDENTITY DEFAULT or FULL) or REPLICA IDENTITY USING INDEX; add one, or copy \
+         the table whole with a snapshot (wal2arrow stream --snapshot only)"
     )
 }
 
@@ -97,11 +98,12 @@ async fn keyed_tables(
 ) -> Result<Vec<(String, bool)>> {
     let rows = sql
         .query(
+            // The key deletes carry: the primary key (DEFAULT, FULL) or the identity index.
             "SELECT n.nspname::text, c.relname::text, \
-               EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid \
-                 AND (i.indisprimary OR (c.relreplident = 'i' AND i.indisreplident))) \
+               EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND CASE c.relreplident \
+                 WHEN 'i' THEN i.indisreplident WHEN 'n' THEN false ELSE i.indisprimary END) \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+             WHERE c.relkind IN ('r', 'p') \
                AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' \
              ORDER BY 1, 2",
             &[],
@@ -228,9 +230,6 @@ pub(crate) struct Backfill {
     current: Option<Current>,
     flight: Option<Flight>,
     delivered: Vec<Delivered>,
-    /// Inside a transaction whose watermark or signal was taken out: the Commit's event count
-    /// becomes this.
-    rewrite_commit: Option<u32>,
     /// A chunk was delivered in the open transaction.
     chunk_in_txn: bool,
     /// The open transaction's commit time.
@@ -239,9 +238,16 @@ pub(crate) struct Backfill {
     resume: Option<(String, Option<Vec<Option<String>>>)>,
     /// The open transaction's xid.
     xid: u32,
-    /// Keys of the table being read changed since the last low watermark, by transaction,
-    /// while no chunk is in flight (handed to the next chunk as its `before`).
+    /// Keys of the table being read changed since the previous chunk's high watermark, by
+    /// transaction, while no chunk is in flight (handed to the next chunk as its `before`).
     history: Vec<(u32, Vec<Box<[u8]>>)>,
+    /// The stream reports partitions as their root (so a partitioned table can be read whole).
+    partitions_as_root: bool,
+    /// Added to the open transaction's event count at its Commit (watermarks and signals
+    /// taken out, chunk batches put in).
+    delta: i64,
+    /// Failed reads of the table taken again next (after [`abandon`](Self::abandon)).
+    failures: u32,
 }
 
 impl Backfill {
@@ -265,19 +271,32 @@ impl Backfill {
             current: None,
             flight: None,
             delivered: Vec::new(),
-            rewrite_commit: None,
             chunk_in_txn: false,
             commit_time_us: 0,
             resume: None,
             xid: 0,
             history: Vec::new(),
+            partitions_as_root: options.publish_via_root,
+            delta: 0,
+            failures: 0,
         }
+    }
+
+    /// What the stream reads: a partitioned table can be backfilled only when its
+    /// partitions' rows are reported as its own.
+    pub(crate) fn set_wal2json(&mut self, wal2json: bool) {
+        self.partitions_as_root = self.options.publish_via_root && !wal2json;
+    }
+
+    /// Drops what is known about chunks whose transactions are acknowledged (durable).
+    pub(crate) fn prune(&mut self, acknowledged: Lsn) {
+        self.delivered.retain(|d| d.commit.is_none_or(|c| c >= acknowledged));
     }
 
     /// Whether events must go through [`on_event`](Self::on_event): a table is being copied
     /// or waits, or the open transaction carries a chunk, a watermark or a signal.
     pub(crate) fn busy(&self) -> bool {
-        self.has_work() || self.rewrite_commit.is_some() || self.chunk_in_txn
+        self.has_work() || self.delta != 0 || self.chunk_in_txn
     }
 
     fn has_work(&self) -> bool {
@@ -313,14 +332,17 @@ impl Backfill {
     /// up to three times, then gives the table up with a warning; the stream goes on.
     fn abandon(&mut self, e: &Error) {
         self.flight = None;
-        let Some(current) = self.current.as_mut() else { return };
-        current.failures += 1;
-        if current.failures < 3 {
+        self.history.clear();
+        let Some(current) = self.current.take() else { return };
+        if current.failures + 1 < 3 {
+            // Described again (the table may have been altered), from the same key.
             tracing::warn!(table = %current.name, error = %e, "backfill chunk failed; reading it again");
+            self.failures = current.failures + 1;
+            self.resume = Some((current.name.clone(), current.after));
+            self.queue.push_front(current.name);
             return;
         }
         tracing::warn!(table = %current.name, error = %e, "backfill failed three times; the table is skipped (ask again)");
-        self.current = None;
     }
 
     /// Starts the next chunk when none is in flight and there is work.
@@ -334,11 +356,19 @@ impl Backfill {
                 Ok(Some(mut current)) => {
                     if let Some((_, after)) = self.resume.take_if(|(t, _)| *t == name) {
                         current.after = after;
+                        current.failures = std::mem::take(&mut self.failures);
                     }
+                    self.history.clear();
                     self.current = Some(current);
                 }
-                Ok(None) => tracing::warn!(table = %name, "backfill: no such table; skipped"),
-                Err(e) => tracing::warn!(table = %name, error = %e, "backfill skipped"),
+                Ok(None) => {
+                    self.resume.take_if(|(t, _)| *t == name);
+                    tracing::warn!(table = %name, "backfill: no such table; skipped");
+                }
+                Err(e) => {
+                    self.resume.take_if(|(t, _)| *t == name);
+                    tracing::warn!(table = %name, error = %e, "backfill skipped");
+                }
             }
         }
         let Some(current) = &self.current else { return };
@@ -407,17 +437,22 @@ impl Backfill {
             return Ok(None);
         };
         let desc = copy.desc();
-        let key = if desc.primary_key.is_empty() {
-            if desc.replica_identity == wal2arrow_schema::ReplicaIdentity::Index {
-                desc.identity_key.clone()
-            } else {
-                Vec::new()
-            }
-        } else {
-            desc.primary_key.clone()
+        // The key deletes carry, which the window matches rows by.
+        use wal2arrow_schema::ReplicaIdentity as R;
+        let key = match desc.replica_identity {
+            R::Index => desc.identity_key.clone(),
+            R::Nothing => Vec::new(),
+            _ => desc.primary_key.clone(),
         };
         if key.is_empty() {
             return Err(Error::Config(no_key_message(name)));
+        }
+        if kind == "p" && !self.partitions_as_root {
+            return Err(Error::Config(format!(
+                "cannot backfill the partitioned table {name} here: this stream reports its rows \
+                 under its partitions' names (publish-via-root off, or the wal2json fallback); \
+                 backfill the partitions instead"
+            )));
         }
         let key_at: Vec<usize> =
             key.iter().filter_map(|k| desc.columns.iter().position(|c| &c.name == k)).collect();
@@ -472,7 +507,7 @@ impl Backfill {
         match event {
             Event::Message(m) if m.prefix == SIGNAL_PREFIX || m.prefix == WATERMARK_PREFIX => {
                 if m.transactional {
-                    self.rewrite_commit.get_or_insert(0);
+                    self.delta -= 1;
                 }
                 if m.prefix == SIGNAL_PREFIX {
                     self.on_signal(&m.content);
@@ -489,10 +524,32 @@ impl Backfill {
                 self.note_change(&c);
                 vec![Event::Change(c)]
             }
-            Event::Commit(mut commit) => {
-                if let Some(n) = self.rewrite_commit.take() {
-                    commit.batches = n;
+            Event::Truncate(t) => {
+                let truncated = self.current.as_ref().is_some_and(|c| {
+                    let name = &c.table.relation().qualified_name;
+                    t.relations.iter().any(|r| &r.qualified_name == name)
+                });
+                let mut out = vec![Event::Truncate(t)];
+                if truncated {
+                    // The rows a chunk read may be gone; every row from here on is a change
+                    // in the stream: the table's backfill is over.
+                    if let Some(task) = self.flight.take().and_then(|f| f.task) {
+                        task.abort();
+                    }
+                    self.history.clear();
+                    if let Some(c) = self.current.take() {
+                        tracing::info!(table = %c.name, "table truncated: its backfill ends");
+                        out.push(Event::Snapshot(SnapshotEvent::BackfillDone {
+                            relation: Arc::clone(c.table.relation()),
+                            rows: c.rows,
+                        }));
+                    }
                 }
+                out
+            }
+            Event::Commit(mut commit) => {
+                let delta = std::mem::take(&mut self.delta);
+                commit.batches = u32::try_from(i64::from(commit.batches) + delta).unwrap_or(0);
                 if std::mem::take(&mut self.chunk_in_txn)
                     && let Some(d) = self.delivered.last_mut()
                 {
@@ -575,7 +632,7 @@ impl Backfill {
             )));
             batches += 1;
         }
-        self.rewrite_commit = Some(batches);
+        self.delta += i64::from(batches);
         self.chunk_in_txn = true;
         self.delivered.push(Delivered {
             table: current.name.clone(),
@@ -587,6 +644,7 @@ impl Backfill {
             out.push(Event::Snapshot(SnapshotEvent::BackfillDone { relation, rows: current.rows }));
             tracing::info!(table = %current.name, rows = current.rows, "backfill done");
             self.current = None;
+            self.history.clear();
         } else {
             current.after = chunk.last;
             current.failures = 0;
@@ -598,7 +656,7 @@ impl Backfill {
     /// after it come again (with their old, now ignored, watermarks): read them again.
     pub(crate) fn rewind(&mut self, from: Lsn) {
         self.epoch += 1;
-        self.rewrite_commit = None;
+        self.delta = 0;
         self.chunk_in_txn = false;
         self.history.clear();
         if let Some(task) = self.flight.take().and_then(|f| f.task) {

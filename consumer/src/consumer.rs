@@ -1417,6 +1417,9 @@ impl Driver {
         let heartbeat = Heartbeat::spawn(&self.settings, Arc::clone(&self.stats));
         // A position that found the queue full: sent before the next event.
         let mut position: Option<Lsn> = None;
+        self.backfill.set_wal2json(stream.output_plugin() == OutputPlugin::Wal2Json);
+        // Chunks to read again after a reconnection start without waiting for an event.
+        self.backfill.tick().await;
         loop {
             let step = tokio::select! {
                 step = stream.next_step() => step?,
@@ -1435,7 +1438,11 @@ impl Driver {
                     let _ = stream.send_status(false).await;
                     return Ok(Ended::Closed);
                 }
-                () = self.backfill.join(), if self.backfill.reading() => continue,
+                () = self.backfill.join(), if self.backfill.reading() => {
+                    // A failed read is tried again at once (no event may come soon).
+                    self.backfill.tick().await;
+                    continue;
+                }
             };
             let event = match step {
                 Some(Step::Event(event)) => event,
@@ -1494,6 +1501,7 @@ impl Driver {
                 permit.send(Item::Event(Ok(event)));
             }
             if self.backfill.busy() {
+                self.backfill.prune(self.acks.acknowledged());
                 self.backfill.tick().await;
             }
         }

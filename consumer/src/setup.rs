@@ -37,12 +37,15 @@ pub struct SetupPlan {
     pub steps: Vec<SetupStep>,
     /// Settings whose configured value is right but not yet in effect (a restart is due).
     pub pending_restart: Vec<String>,
+    /// What `ALTER SYSTEM` cannot change (a setting given on the server's command line or in
+    /// its environment), in words: change it where it is set.
+    pub manual: Vec<String>,
 }
 
 impl SetupPlan {
     /// Nothing to change.
     pub fn is_empty(&self) -> bool {
-        self.steps.is_empty()
+        self.steps.is_empty() && self.manual.is_empty()
     }
 
     /// Whether PostgreSQL must restart before streams can run (for these steps or for
@@ -57,12 +60,18 @@ impl fmt::Display for SetupPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for step in &self.steps {
             let when = if step.restart { " (takes effect after a restart)" } else { "" };
-            writeln!(f, "-- {}{when}", step.reason)?;
+            // Names in the reason are the catalog's: a line break in one must not end the
+            // comment.
+            let reason = step.reason.replace(['\n', '\r'], " ");
+            writeln!(f, "-- {reason}{when}")?;
             writeln!(f, "{};", step.sql)?;
         }
         if self.steps.iter().any(|s| s.sql.starts_with("ALTER SYSTEM")) {
             writeln!(f, "-- apply the settings that need no restart")?;
             writeln!(f, "SELECT pg_reload_conf();")?;
+        }
+        for m in &self.manual {
+            writeln!(f, "-- by hand: {}", m.replace(['\n', '\r'], " "))?;
         }
         Ok(())
     }
@@ -77,6 +86,9 @@ struct Setting {
     configured: Option<String>,
     /// `pg_settings.context`: `postmaster` settings need a restart.
     context: String,
+    /// `pg_settings.source`: set on the command line or in the environment, `ALTER SYSTEM`
+    /// does not override it.
+    source: String,
 }
 
 impl Setting {
@@ -87,8 +99,9 @@ impl Setting {
 }
 
 async fn setting(sql: &tokio_postgres::Client, name: &str) -> Result<Option<Setting>> {
-    let Some(row) =
-        sql.query_opt("SELECT setting, context FROM pg_settings WHERE name = $1", &[&name]).await?
+    let Some(row) = sql
+        .query_opt("SELECT setting, context, source FROM pg_settings WHERE name = $1", &[&name])
+        .await?
     else {
         return Ok(None);
     };
@@ -101,7 +114,7 @@ async fn setting(sql: &tokio_postgres::Client, name: &str) -> Result<Option<Sett
         )
         .await?
         .map(|r| r.get::<_, String>(0));
-    Ok(Some(Setting { current: row.get(0), configured, context: row.get(1) }))
+    Ok(Some(Setting { current: row.get(0), configured, context: row.get(1), source: row.get(2) }))
 }
 
 /// The items of a list setting (`a, "b", 'c'` → `a`, `b`, `c`).
@@ -123,7 +136,13 @@ fn settle(
     value_sql: String,
     why: String,
 ) {
-    if !ok(s.effective()) {
+    if matches!(s.source.as_str(), "command line" | "environment variable") && !ok(&s.current) {
+        plan.manual.push(format!(
+            "{why}; it is set on the server's {} ({name} = {}), which ALTER SYSTEM does not \
+             override: change it there",
+            s.source, s.current
+        ));
+    } else if !ok(s.effective()) {
         plan.steps.push(SetupStep {
             reason: why,
             sql: format!("ALTER SYSTEM SET {name} = {value_sql}"),
@@ -204,13 +223,18 @@ pub async fn plan(admin: &Config, role: &str, tables: &TableFilter) -> Result<Se
         Some(_) => {}
     }
 
-    // The matched tables the role cannot read yet (every one, for a role still to create).
+    // The matched tables the role cannot read yet (every one, for a role still to create),
+    // with the partitions of matched partitioned tables: a snapshot reads each partition, and
+    // a GRANT on the partitioned table does not reach them.
     let rows = sql
         .query(
             "SELECT n.nspname::text, c.relname::text, \
                CASE WHEN $2 THEN has_schema_privilege($1, n.oid, 'USAGE') ELSE false END, \
-               CASE WHEN $2 THEN has_table_privilege($1, c.oid, 'SELECT') ELSE false END \
+               CASE WHEN $2 THEN has_table_privilege($1, c.oid, 'SELECT') ELSE false END, \
+               coalesce(rn.nspname, n.nspname)::text, coalesce(r.relname, c.relname)::text \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+               LEFT JOIN pg_class r ON c.relispartition AND r.oid = pg_partition_root(c.oid) \
+               LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace \
              WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
                AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
              ORDER BY 1, 2",
@@ -221,7 +245,8 @@ pub async fn plan(admin: &Config, role: &str, tables: &TableFilter) -> Result<Se
     let mut selects: Vec<String> = Vec::new();
     for row in &rows {
         let (schema, table): (String, String) = (row.get(0), row.get(1));
-        if !tables.includes(&schema, &table) {
+        let (root_schema, root): (String, String) = (row.get(4), row.get(5));
+        if !tables.includes(&schema, &table) && !tables.includes(&root_schema, &root) {
             continue;
         }
         if !row.get::<_, bool>(2) && !schemas.contains(&schema) {

@@ -178,7 +178,8 @@ async fn backfills_are_asked_for_by_the_handle_and_the_command_line_and_keyless_
          INSERT INTO a SELECT g, 'a' || g FROM generate_series(1, 50) g;
          CREATE TABLE b (k text, n int, v int, PRIMARY KEY (k, n));
          INSERT INTO b SELECT 'k' || (g % 3), g, g FROM generate_series(1, 40) g;
-         CREATE TABLE keyless (v int); INSERT INTO keyless VALUES (1);",
+         CREATE TABLE keyless (v int); INSERT INTO keyless VALUES (1);
+         CREATE TABLE no_identity (id int PRIMARY KEY); ALTER TABLE no_identity REPLICA IDENTITY NOTHING;",
     );
     let consumer = Consumer::builder()
         .config(config(&db))
@@ -213,6 +214,9 @@ async fn backfills_are_asked_for_by_the_handle_and_the_command_line_and_keyless_
     // Keyless: refused before anything is asked.
     let e = stream.backfill(&["public.keyless".to_owned()]).await.unwrap_err().to_string();
     assert!(e.contains("cannot backfill public.keyless") && e.contains("primary key"), "{e}");
+    // Its deletes would carry no key to recognise them by.
+    let e = stream.backfill(&["public.no_identity".to_owned()]).await.unwrap_err().to_string();
+    assert!(e.contains("cannot backfill public.no_identity"), "{e}");
     let (code, _, err) =
         run(cli(&["snapshot", "--dsn", &db.dsn(), "--slot", "x", "--tables", "public.keyless"]))
             .await;
@@ -252,5 +256,51 @@ async fn backfills_are_asked_for_by_the_handle_and_the_command_line_and_keyless_
     sorted.sort();
     assert_eq!(b, sorted);
     assert_eq!(b.len(), 40);
+    stream.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncate_during_a_backfill_ends_it_and_no_row_read_before_comes_after() {
+    let db = Cluster::shared().database("backfill_truncate");
+    db.psql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 3000) g;",
+    );
+    let consumer = Consumer::builder()
+        .config(config(&db))
+        .slot("backfill_truncate_slot")
+        .snapshot(SnapshotMode::Never)
+        .backfill(["public.t"])
+        .backfill_chunk_rows(10)
+        .heartbeat_interval(None)
+        .build()
+        .unwrap();
+    let mut stream = consumer.start().await.unwrap();
+    let (mut read_chunks, mut truncated, mut after_truncate, mut done) = (0, false, 0, None);
+    let read = async {
+        while done.is_none() {
+            match stream.next().await.expect("open").expect("no error") {
+                Event::Change(c) => {
+                    assert!(rows(&c.batch).iter().all(|r| r.0 == "read"));
+                    if truncated {
+                        after_truncate += c.num_rows();
+                    }
+                    read_chunks += 1;
+                    if read_chunks == 3 {
+                        db.psql("TRUNCATE t");
+                    }
+                }
+                Event::Truncate(_) => truncated = true,
+                Event::Snapshot(SnapshotEvent::BackfillDone { rows, .. }) => {
+                    assert!(truncated, "the backfill ends with the truncate, not before");
+                    done = Some(rows);
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read).await.expect("the backfill ends");
+    assert_eq!(after_truncate, 0, "no row read before the TRUNCATE comes after it");
+    assert!(done.unwrap() < 3000);
     stream.close().await;
 }

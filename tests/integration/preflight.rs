@@ -291,6 +291,9 @@ async fn setup_prints_its_sql_on_a_dry_run_then_makes_check_pass_and_is_idempote
     db.psql(
         "CREATE SCHEMA sales; CREATE TABLE sales.orders (id int PRIMARY KEY);
          CREATE TABLE sales.items (id int PRIMARY KEY); CREATE TABLE public.other (id int);
+         CREATE TABLE sales.events (id int, day date, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
+         CREATE TABLE sales.events_2026 PARTITION OF sales.events
+             FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
          REVOKE ALL ON SCHEMA sales FROM PUBLIC; CREATE ROLE cdc LOGIN",
     );
     let setup = |extra: &[&str]| {
@@ -317,7 +320,9 @@ async fn setup_prints_its_sql_on_a_dry_run_then_makes_check_pass_and_is_idempote
         "ALTER SYSTEM SET wal_level = 'logical';",
         "ALTER ROLE \"cdc\" WITH REPLICATION;",
         "GRANT USAGE ON SCHEMA \"sales\" TO \"cdc\";",
-        "GRANT SELECT ON \"sales\".\"items\", \"sales\".\"orders\" TO \"cdc\";",
+        // The partition too: a GRANT on its partitioned table does not reach it.
+        "GRANT SELECT ON \"sales\".\"events\", \"sales\".\"events_2026\", \"sales\".\"items\", \
+         \"sales\".\"orders\" TO \"cdc\";",
         "SELECT pg_reload_conf();",
         "-- dry run: nothing was changed",
     ];

@@ -38,9 +38,34 @@ pub(crate) struct PartitionRoute {
     /// Every ancestor up to the root, nearest first.
     pub(crate) ancestors: Vec<pg_sys::Oid>,
     /// Turns the partition's tuples into the root's layout (column order, dropped columns);
-    /// NULL when both have the same. Built over copies of both tuple descriptors, in the
-    /// session's memory context, so a relcache rebuild cannot pull them away.
+    /// NULL when both have the same. Built over copies of both tuple descriptors (`descs`),
+    /// in the session's memory context, so a relcache rebuild cannot pull them away.
     pub(crate) map: *mut pg_sys::TupleConversionMap,
+    descs: [pg_sys::TupleDesc; 2],
+    /// Per column of the root's batches: whether the partition's old images carry it (the
+    /// partition's own replica identity, which `ALTER TABLE … REPLICA IDENTITY` on the root
+    /// does not change).
+    pub(crate) identity: Vec<bool>,
+}
+
+impl PartitionRoute {
+    /// Frees the map and the descriptor copies (they live as long as the session otherwise).
+    ///
+    /// # Safety
+    ///
+    /// Inside the session, once nothing uses the route any more.
+    pub(crate) unsafe fn free(self) {
+        // SAFETY: the map and the copies were made by partition_route in the session's
+        // context and nothing else refers to them (the caller's contract).
+        unsafe {
+            if !self.map.is_null() {
+                pg_sys::free_conversion_map(self.map);
+            }
+            for desc in self.descs {
+                pg_sys::FreeTupleDesc(desc);
+            }
+        }
+    }
 }
 
 /// One table's cached description, readers and batch in progress.
@@ -214,8 +239,25 @@ unsafe fn partition_route(
         let outdesc = pg_sys::CreateTupleDescCopy((*root_rel).rd_att);
         let map = pg_sys::convert_tuples_by_name(indesc, outdesc);
         pg_sys::MemoryContextSwitchTo(old_cx);
+        // The partition's identity columns, by name, over the root's live columns.
+        let class = &*(*relation).rd_rel;
+        let replident = ReplicaIdentity::from_char(class.relreplident as u8);
+        let part_attrs = crate::compat::attributes(&*(*relation).rd_att);
+        let identity_names: Vec<String> = identity_attnums(relation, replident)
+            .iter()
+            .filter_map(|n| part_attrs.iter().find(|a| a.attnum == *n && !a.attisdropped))
+            .map(|a| name_str(&a.attname))
+            .collect();
+        let identity = crate::compat::attributes(&*(*root_rel).rd_att)
+            .iter()
+            .filter(|a| !a.attisdropped && a.attgenerated as u8 != b'v')
+            .map(|a| {
+                replident == ReplicaIdentity::Full || identity_names.contains(&name_str(&a.attname))
+            })
+            .collect();
         pg_sys::RelationClose(root_rel);
-        Some((PartitionRoute { root, ancestors, map }, namespace, name))
+        let route = PartitionRoute { root, ancestors, map, descs: [indesc, outdesc], identity };
+        Some((route, namespace, name))
     }
 }
 
@@ -441,8 +483,9 @@ impl RelationCache {
         self.entries.get_mut(&relid)
     }
 
-    pub(crate) fn insert(&mut self, relid: pg_sys::Oid, entry: RelEntry) {
-        self.entries.insert(relid, entry);
+    /// Caches `entry`, returning the one it replaces.
+    pub(crate) fn insert(&mut self, relid: pg_sys::Oid, entry: RelEntry) -> Option<RelEntry> {
+        self.entries.insert(relid, entry)
     }
 }
 

@@ -224,15 +224,23 @@ impl State {
             }
             // A partition's rows are the root's (publish-via-root): they go into the root's
             // batch, in the root's layout, so rows moving between partitions stay in order.
-            let (relation, map, root) = match entry.route.as_ref().map(|r| (r.root, r.map)) {
-                None => (relation, std::ptr::null_mut(), None),
-                Some((root_oid, map)) => {
+            // Old images carry the partition's identity columns.
+            let route = entry.route.as_ref().map(|r| (r.root, r.map, r.identity.clone()));
+            let (relation, map, root, identity) = match route {
+                None => (relation, std::ptr::null_mut(), None, None),
+                Some((root_oid, map, identity)) => {
                     let root = pg_sys::RelationIdGetRelation(root_oid);
                     if root.is_null() {
                         report::partition_root_missing(&entry.qualified_name, root_oid);
                     }
                     self.cache_entry(ctx, root);
-                    (root, map, Some(root))
+                    // The root decides (a rename of the root leaves its partitions' entries
+                    // as they were).
+                    if !self.relations.get_mut(root_oid).expect("cached above").included {
+                        pg_sys::RelationClose(root);
+                        return;
+                    }
+                    (root, map, Some(root), Some(identity))
                 }
             };
             let relid = (*relation).rd_id;
@@ -256,7 +264,8 @@ impl State {
                     Some(t) if !map.is_null() => Some(pg_sys::execute_attr_map_tuple(t, map)),
                     t => t,
                 };
-                append_row(entry, relation, tuple, op, lsn, image, self.utf8_db);
+                let identity = identity.as_deref().filter(|i| i.len() == entry.columns.len());
+                append_row(entry, relation, tuple, op, lsn, (image, identity), self.utf8_db);
                 pg_sys::MemoryContextSwitchTo(old_cx);
                 // Most rows allocate nothing (values read in place): skip the reset then.
                 if !(*self.change_cx).isReset {
@@ -447,13 +456,21 @@ impl State {
                 old.stale = false;
                 // The root may have changed in ways the partition's description does not
                 // show: take the fresh conversion map.
-                old.route = fresh.route.take();
+                if let Some(r) = std::mem::replace(&mut old.route, fresh.route.take()) {
+                    // SAFETY: the old route is no longer referred to.
+                    unsafe { r.free() };
+                }
                 return;
             }
             // SAFETY: caller's contract.
             unsafe { flush(ctx, &mut self.out, old, false) };
         }
-        self.relations.insert(relid, fresh);
+        if let Some(old) = self.relations.insert(relid, fresh)
+            && let Some(r) = old.route
+        {
+            // SAFETY: the replaced entry's route is no longer referred to.
+            unsafe { r.free() };
+        }
     }
 
     /// Writes the Schema message of a cached relation if this session has not yet.
@@ -493,7 +510,9 @@ impl State {
     }
 }
 
-/// Deforms `tuple` (if any) and appends it as one row.
+/// Deforms `tuple` (if any) and appends it as one row. `image` says which version of the
+/// row it is and, for a partition's rows reported as its root's, which of the root's columns
+/// the partition's old images carry.
 ///
 /// # Safety
 ///
@@ -505,7 +524,7 @@ unsafe fn append_row(
     tuple: Option<*mut pg_sys::HeapTupleData>,
     op: ChangeOp,
     lsn: Lsn,
-    image: Image,
+    (image, identity): (Image, Option<&[bool]>),
     utf8_db: bool,
 ) {
     if let Some(tuple) = tuple {
@@ -527,8 +546,9 @@ unsafe fn append_row(
     }
     for (i, plan) in entry.columns.iter_mut().enumerate() {
         let (value, null) = (entry.values[plan.att], entry.nulls[plan.att]);
+        let in_identity = identity.map_or(plan.in_identity, |id| id[i]);
         let missing = tuple.is_none()
-            || (image == Image::Old && !plan.in_identity)
+            || (image == Image::Old && !in_identity)
             // SAFETY: a non-NULL varlena Datum of the tuple.
             || (!null && plan.varlena && unsafe { is_unchanged_toast(value) });
         if missing {
