@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use wal2arrow_schema::{Lsn, TableFilter};
+use wal2arrow_schema::{Lsn, TableFilter, TablePattern};
 
 use wal2arrow_consumer::client::{self, Config, OutputPlugin, RootCerts};
 use wal2arrow_consumer::{Consumer, ConsumerBuilder, ErrorClass, PluginChoice, SnapshotMode};
@@ -169,14 +169,19 @@ struct SelectArgs {
 
 impl SelectArgs {
     fn patterns(&self) -> Result<Vec<String>, Error> {
-        let mut out = Vec::new();
-        for list in &self.tables {
-            let filter = TableFilter::parse_list(list)
-                .map_err(|e| Error::Config(format!("--tables: {e}")))?;
-            out.extend(filter.patterns().iter().map(|p| p.as_str().to_owned()));
-        }
-        Ok(out)
+        Ok(table_patterns(&self.tables)?.iter().map(|p| p.as_str().to_owned()).collect())
     }
+}
+
+/// The patterns of repeated `--tables` flags, each a comma-separated list.
+fn table_patterns(lists: &[String]) -> Result<Vec<TablePattern>, Error> {
+    let mut out = Vec::new();
+    for list in lists {
+        let filter =
+            TableFilter::parse_list(list).map_err(|e| Error::Config(format!("--tables: {e}")))?;
+        out.extend(filter.patterns().iter().cloned());
+    }
+    Ok(out)
 }
 
 #[derive(Args)]
@@ -458,12 +463,8 @@ async fn check(args: CheckArgs) -> CmdResult {
 
 async fn backfill(args: BackfillArgs) -> CmdResult {
     let config = args.conn.config()?;
-    let mut patterns = Vec::new();
-    for list in &args.tables {
-        let filter =
-            TableFilter::parse_list(list).map_err(|e| Error::Config(format!("--tables: {e}")))?;
-        patterns.extend(filter.patterns().iter().map(|p| p.as_str().to_owned()));
-    }
+    let patterns: Vec<String> =
+        table_patterns(&args.tables)?.iter().map(|p| p.as_str().to_owned()).collect();
     let tables = wal2arrow_consumer::backfill::request(&config, &args.slot, &patterns).await?;
     println!(
         "asked the stream on slot {:?} to backfill {}: it copies their rows in chunks between \
@@ -476,13 +477,7 @@ async fn backfill(args: BackfillArgs) -> CmdResult {
 
 async fn setup(args: SetupArgs) -> CmdResult {
     let config = args.conn.config()?;
-    let mut patterns = Vec::new();
-    for list in &args.tables {
-        let filter =
-            TableFilter::parse_list(list).map_err(|e| Error::Config(format!("--tables: {e}")))?;
-        patterns.extend(filter.patterns().iter().cloned());
-    }
-    let tables = TableFilter::new(patterns);
+    let tables = TableFilter::new(table_patterns(&args.tables)?);
     let plan = wal2arrow_consumer::setup::plan(&config, &args.role, &tables).await?;
     let pending = |plan: &wal2arrow_consumer::setup::SetupPlan| {
         if !plan.pending_restart.is_empty() {
