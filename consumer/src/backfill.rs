@@ -13,13 +13,22 @@
 //! watermark's position: after every change they could have missed, before every later one.
 //! Replaying the stream therefore gives each key its latest value.
 //!
+//! Commit order and visibility can differ in PostgreSQL: a transaction whose commit record
+//! comes before the low watermark may not yet be visible when the chunk's snapshot is taken
+//! (its end not yet published; a synchronous standby's confirmation holds it there). The chunk
+//! is therefore read in a `REPEATABLE READ` transaction whose snapshot is taken again while it
+//! misses an already committed transaction, and the keys changed by any transaction that
+//! snapshot did not see (by xid) count as changed in the window too.
+//!
 //! A backfill is asked for with a *signal*, another logical message
 //! ([`SIGNAL_PREFIX`], see [`request`]): the stream reading the named slot acts on it when it
 //! meets it, whether it was running when the signal was written or started later. The
 //! builder's `backfill` and `wal2arrow snapshot --tables` send one.
 //!
-//! Limits: the table needs a primary key (or a `REPLICA IDENTITY USING INDEX` key) to read in
-//! order and to recognise changed rows. Chunks are read one at a time, `chunk_rows` rows each:
+//! Limits: the table needs the key its deletes carry — a primary key (with `REPLICA IDENTITY
+//! DEFAULT` or `FULL`) or a `REPLICA IDENTITY USING INDEX` index — to read it in order and to
+//! recognise changed rows. A `TRUNCATE` of the table ends its backfill (every row after it is
+//! in the stream). Chunks are read one at a time, `chunk_rows` rows each:
 //! memory holds one chunk. When the connection is lost, chunks whose transactions were not
 //! acknowledged are read again (their old watermarks, replayed, are ignored); a consumer that
 //! dies does not resume its backfills — ask again (rows already delivered arrive again as
