@@ -577,7 +577,7 @@ pub async fn copy_rows(
 }
 
 /// An identifier as SQL needs it written: quoted only when it must be.
-fn sql_name(name: &str) -> String {
+pub fn sql_name(name: &str) -> String {
     let plain = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if plain { name.to_owned() } else { quote_ident(name) }

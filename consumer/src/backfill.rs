@@ -41,7 +41,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arrow_array::{Array, BooleanArray, RecordBatch};
 use arrow_row::{RowConverter, SortField};
 use tokio::task::JoinHandle;
-use wal2arrow_client::snapshot::{CatalogCache, CopyTable, copy_fields, copy_rows, describe_table};
+use wal2arrow_client::snapshot::{
+    CatalogCache, CopyTable, copy_fields, copy_rows, describe_table, sql_name,
+};
 use wal2arrow_client::sql::{quote_ident, quote_literal};
 use wal2arrow_client::{ChangeBatch, Config, Event, LogicalMessage, SnapshotEvent, sql_client};
 use wal2arrow_schema::{Lsn, PluginOptions, TableFilter, TablePattern};
@@ -127,12 +129,7 @@ async fn keyed_tables(
 
 /// `schema.table` as a table pattern that matches exactly this table.
 fn qualified(schema: &str, table: &str) -> String {
-    let plain = |s: &str| {
-        s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    };
-    let part = |s: &str| if plain(s) { s.to_owned() } else { quote_ident(s) };
-    format!("{}.{}", part(schema), part(table))
+    format!("{}.{}", sql_name(schema), sql_name(table))
 }
 
 /// A watermark's content: `run epoch seq low|high`.
