@@ -300,6 +300,10 @@ struct StreamArgs {
     /// Connections the snapshot copies with (default: the number of CPUs, 2 to 4).
     #[arg(long, value_name = "N")]
     snapshot_workers: Option<usize>,
+    /// Heap pages each snapshot worker copies at a time (default 4096, 32 MiB); with
+    /// `--sink parquet`, the unit an interrupted snapshot resumes from.
+    #[arg(long, value_name = "PAGES")]
+    snapshot_chunk_pages: Option<u32>,
     /// Send a heartbeat after this many idle seconds, so the slot advances (0: never).
     #[arg(long, default_value_t = 10)]
     heartbeat_seconds: u64,
@@ -603,7 +607,9 @@ async fn stream(args: StreamArgs) -> CmdResult {
     if let Some(workers) = args.snapshot_workers {
         builder = builder.snapshot_workers(workers);
     }
-    let consumer = builder.build()?;
+    if let Some(pages) = args.snapshot_chunk_pages {
+        builder = builder.snapshot_chunk_pages(pages);
+    }
     let source = format!("{}/{}", config.dbname(), args.select.slot);
     // An output that cannot be written is bad usage, found before anything streams.
     if let Some(out) = &args.out
@@ -613,6 +619,8 @@ async fn stream(args: StreamArgs) -> CmdResult {
             .map_err(|e| Failure { code: 2, message: format!("--out: {e}") })?;
     }
     let out_path = args.out.clone().unwrap_or_else(|| PathBuf::from("-"));
+    // The Parquet sink records a snapshot's finished ranges: an interrupted one resumes.
+    let mut resumable: Option<Option<wal2arrow_consumer::SnapshotResume>> = None;
     let sink: Box<dyn Sink> = match args.sink {
         SinkArg::Print => Box::new(print::PrintSink),
         SinkArg::Jsonl => Box::new(JsonLinesSink::open(&out_path)?),
@@ -633,9 +641,15 @@ async fn stream(args: StreamArgs) -> CmdResult {
                 roll_interval: Duration::from_secs(args.roll_seconds.max(1)),
                 ..ParquetOptions::default()
             };
-            Box::new(ParquetSink::open(dir, &source, options)?)
+            let sink = ParquetSink::open(dir, &source, options)?;
+            resumable = Some(sink.snapshot_resume());
+            Box::new(sink)
         }
     };
+    if let Some(from) = resumable {
+        builder = builder.resumable_snapshot(from);
+    }
+    let consumer = builder.build()?;
     let mut stream = consumer.start().await?;
     if let Some(reason) = stream.fallback_reason() {
         eprintln!("wal2arrow: streaming with wal2json ({reason})");

@@ -73,8 +73,40 @@ pub struct ChangeBatch {
     /// (those whose value the Arrow type cannot hold); see [`missing`](Self::missing) and
     /// [`unrepresentable`](Self::unrepresentable).
     pub batch: RecordBatch,
+    /// For an initial snapshot's `read` rows: the range of heap pages they were copied from
+    /// (a sink that records finished ranges lets an interrupted snapshot resume, see
+    /// [`SnapshotEvent::ChunkDone`](crate::SnapshotEvent::ChunkDone)).
+    pub snapshot_chunk: Option<Arc<ChunkId>>,
     pub(crate) payload: Buffer,
     pub(crate) source_bytes: usize,
+}
+
+/// One range of heap pages an initial snapshot copies: the table that holds the rows (a
+/// partition's own name when its rows are reported as its root's) and the range's first page.
+/// With the snapshot's `chunk_pages`, it names the same range in every run.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId {
+    /// `schema.table`, each part quoted as SQL needs it.
+    pub heap: String,
+    /// The range's first heap page.
+    pub first_page: u64,
+}
+
+impl std::fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.heap, self.first_page)
+    }
+}
+
+impl std::str::FromStr for ChunkId {
+    type Err = String;
+
+    /// Parses what [`Display`](std::fmt::Display) wrote: `heap@first_page`.
+    fn from_str(s: &str) -> std::result::Result<ChunkId, String> {
+        let (heap, page) = s.rsplit_once('@').ok_or_else(|| format!("not a chunk: {s:?}"))?;
+        let first_page = page.parse().map_err(|_| format!("not a chunk: {s:?}"))?;
+        Ok(ChunkId { heap: heap.to_owned(), first_page })
+    }
 }
 
 impl ChangeBatch {
@@ -94,6 +126,7 @@ impl ChangeBatch {
             origin: None,
             ordinal,
             batch,
+            snapshot_chunk: None,
             payload: Buffer::from_vec(Vec::<u8>::new()),
             source_bytes: 0,
         }
@@ -117,6 +150,7 @@ impl ChangeBatch {
             origin: None,
             ordinal,
             batch,
+            snapshot_chunk: None,
             payload: Buffer::from_vec(Vec::<u8>::new()),
             source_bytes: 0,
         }

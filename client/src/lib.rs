@@ -45,7 +45,8 @@ mod tls;
 pub use config::{Config, RootCerts, SslMode};
 pub use error::{DbError, Error, ErrorClass, Result};
 pub use event::{
-    ChangeBatch, Event, LogicalMessage, Position, RawFrame, TruncateEvent, TxnBegin, TxnCommit,
+    ChangeBatch, ChunkId, Event, LogicalMessage, Position, RawFrame, TruncateEvent, TxnBegin,
+    TxnCommit,
 };
 pub use plugin::{OutputPlugin, PLUGIN_NAME};
 pub use replication::{CreatedSlot, ReplicationClient, SystemInfo};

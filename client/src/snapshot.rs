@@ -33,13 +33,17 @@
 //! One pseudo-transaction: a [`Event::Begin`] whose commit LSN is the consistent point and
 //! whose xid is 0, [`SnapshotEvent::Started`], then per table [`Event::Relation`],
 //! [`SnapshotEvent::TableStarted`], its rows as [`Event::Change`] batches whose `_op` is
-//! `read`, and [`SnapshotEvent::TableDone`]; then [`Event::Commit`] (end LSN: the consistent
-//! point) and [`SnapshotEvent::Complete`] — from there on the replica is whole. A sink that
-//! takes back partial transactions (Parquet) therefore never publishes half a snapshot.
+//! `read` (each naming its range, [`ChangeBatch::snapshot_chunk`]), a
+//! [`SnapshotEvent::ChunkDone`] after each range's last batch, and
+//! [`SnapshotEvent::TableDone`]; then [`Event::Commit`] (end LSN: the consistent point) and
+//! [`SnapshotEvent::Complete`] — from there on the replica is whole. A sink that takes back
+//! partial transactions (Parquet) therefore never publishes half a snapshot — except whole
+//! ranges of a [`resumable`](Snapshot::resumable) one, which it records so that a later run
+//! can [`resume`](Snapshot::resume) the snapshot without copying them again.
 //!
 //! If anything fails — a worker's connection, the server — the snapshot is abandoned (its
 //! exported snapshot cannot be imported again once the workers are gone): the caller starts
-//! over with a new slot.
+//! over with a new slot, or resumes it from the ranges a sink made durable.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -60,7 +64,7 @@ pub use wal2arrow_wal2json::copy::{CopyTable, fields as copy_fields};
 use crate::catalog::{table_info, types};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::event::{ChangeBatch, Event, TxnBegin, TxnCommit};
+use crate::event::{ChangeBatch, ChunkId, Event, TxnBegin, TxnCommit};
 use crate::plugin::WAL2JSON_SESSION;
 use crate::protocol::conn::{quote_ident, quote_literal};
 use crate::sql::sql_client;
@@ -79,8 +83,25 @@ pub enum SnapshotEvent {
         lsn: Lsn,
         /// The tables it copies.
         tables: usize,
-        /// Their heap pages.
+        /// Their heap pages (of the ranges still to copy, when resumed).
         pages: u64,
+        /// Heap pages per range ([`ChunkId`]s name ranges of this size).
+        chunk_pages: u32,
+        /// The slot outlives this run: a sink that records each finished range
+        /// ([`ChunkDone`](SnapshotEvent::ChunkDone)) durably lets the next run resume the
+        /// snapshot from there (the consumer's `resumable_snapshot`). When false, a snapshot
+        /// cut short is taken again whole, and nothing of it may be kept.
+        resumable: bool,
+        /// Ranges an earlier run delivered, not copied again (resumed snapshots).
+        skipped_chunks: usize,
+    },
+    /// Every row of one range of heap pages was delivered (its batches carry the same
+    /// [`ChangeBatch::snapshot_chunk`]).
+    ChunkDone {
+        /// The table its rows were reported as.
+        relation: Arc<Relation>,
+        /// The range.
+        chunk: Arc<ChunkId>,
     },
     /// A table's first rows follow.
     TableStarted {
@@ -155,6 +176,18 @@ pub struct Snapshot {
     workers: usize,
     chunk_pages: u32,
     progress: Arc<SnapshotProgress>,
+    resumable: bool,
+    resume: Option<Resume>,
+}
+
+/// What a resumed snapshot leaves out, and where its rows go.
+#[derive(Debug)]
+struct Resume {
+    /// The slot's consistent point, which the interrupted snapshot was taken at: the
+    /// pseudo-transaction's commit LSN (the stream resumes there).
+    commit_lsn: Lsn,
+    done: std::collections::HashSet<ChunkId>,
+    first_ordinal: u32,
 }
 
 /// One table of the plan.
@@ -171,6 +204,8 @@ struct PlannedTable {
 /// A table whose heap is copied.
 #[derive(Debug)]
 struct Source {
+    /// `schema.table` of the heap (the partition's own name), for [`ChunkId`]s.
+    heap: String,
     /// `COPY (SELECT columns FROM ONLY table WHERE ` — the ctid condition follows.
     select: String,
     pages: u64,
@@ -182,6 +217,7 @@ struct Source {
 struct Chunk {
     table: usize,
     source: usize,
+    id: usize,
     first: u64,
     /// Exclusive; `None`: to the end.
     end: Option<u64>,
@@ -189,8 +225,8 @@ struct Chunk {
 
 /// What workers tell the coordinator.
 enum Report {
-    Batch { table: usize, batch: arrow_array::RecordBatch, bytes: usize },
-    ChunkDone { table: usize, pages: u64 },
+    Batch { table: usize, chunk: usize, batch: arrow_array::RecordBatch, bytes: usize },
+    ChunkDone { table: usize, chunk: usize, pages: u64 },
     Failed(Error),
 }
 
@@ -208,7 +244,38 @@ impl Snapshot {
             workers,
             chunk_pages: DEFAULT_CHUNK_PAGES,
             progress: Arc::default(),
+            resumable: false,
+            resume: None,
         }
+    }
+
+    /// Says in [`SnapshotEvent::Started`] that the slot outlives this run, so sinks may make
+    /// finished ranges durable before the snapshot ends (default false).
+    #[must_use]
+    pub fn resumable(mut self, resumable: bool) -> Snapshot {
+        self.resumable = resumable;
+        self
+    }
+
+    /// Resumes a snapshot an earlier run began at the slot's consistent point `commit_lsn`
+    /// and cut short: the ranges in `done` (delivered durably then, with the same
+    /// [`chunk_pages`](Self::chunk_pages)) are not copied again. The rest are read in this
+    /// (later) exported snapshot — rows carry its LSN as `_lsn` — but delivered in a
+    /// pseudo-transaction at `commit_lsn`, from whose end the slot then streams: the changes
+    /// made between the two snapshots follow, so replaying the whole by key reaches the
+    /// tables' state (see the README for the one case it cannot: a row moved by such an update
+    /// out of a range not yet copied into one already copied, when a TOASTed value of it was
+    /// left unchanged). Batch ordinals start at `first_ordinal`, after the earlier run's.
+    #[must_use]
+    pub fn resume(
+        mut self,
+        commit_lsn: Lsn,
+        done: impl IntoIterator<Item = ChunkId>,
+        first_ordinal: u32,
+    ) -> Snapshot {
+        self.resume = Some(Resume { commit_lsn, done: done.into_iter().collect(), first_ordinal });
+        self.resumable = true;
+        self
     }
 
     /// How many connections copy at once (default: the number of CPUs, at least 2, at most 4).
@@ -242,25 +309,44 @@ impl Snapshot {
     /// slot's snapshot must be copied from the start).
     pub async fn run(self, mut emit: impl AsyncFnMut(Event) -> bool) -> Result<u64> {
         let coordinator = self.import().await?;
-        let (plan, commit_time_us) = self.plan(&coordinator).await?;
-        let chunks: VecDeque<Chunk> = plan
-            .iter()
-            .enumerate()
-            .flat_map(|(i, t)| {
-                let step = u64::from(self.chunk_pages);
-                t.sources.iter().enumerate().flat_map(move |(s, source)| {
-                    let n = source.chunks as u64;
-                    (0..n).map(move |c| Chunk {
-                        table: i,
-                        source: s,
-                        first: c * step,
-                        end: (c + 1 < n).then_some((c + 1) * step),
-                    })
-                })
+        let (mut plan, commit_time_us) = self.plan(&coordinator).await?;
+        let step = u64::from(self.chunk_pages);
+        let skip = |heap: &str, first: u64| {
+            self.resume.as_ref().is_some_and(|r| {
+                r.done.contains(&ChunkId { heap: heap.to_owned(), first_page: first })
             })
-            .collect();
-        let pages: u64 = plan.iter().map(|t| t.pages).sum();
+        };
+        let mut ids: Vec<Arc<ChunkId>> = Vec::new();
+        let mut chunks: VecDeque<Chunk> = VecDeque::new();
+        let (mut skipped, mut pages) = (0usize, 0u64);
+        for (i, t) in plan.iter_mut().enumerate() {
+            let mut left = 0;
+            for (source_index, source) in t.sources.iter().enumerate() {
+                let n = source.chunks as u64;
+                for c in 0..n {
+                    let (first, end) = (c * step, (c + 1 < n).then_some((c + 1) * step));
+                    if skip(&source.heap, first) {
+                        skipped += 1;
+                        continue;
+                    }
+                    pages += end.unwrap_or(source.pages.max(first)) - first;
+                    left += 1;
+                    ids.push(Arc::new(ChunkId { heap: source.heap.clone(), first_page: first }));
+                    chunks.push_back(Chunk {
+                        table: i,
+                        source: source_index,
+                        id: ids.len() - 1,
+                        first,
+                        end,
+                    });
+                }
+            }
+            t.chunks = left;
+        }
+        // Tables an earlier run copied whole are done already.
+        let mut done = plan.iter().filter(|t| t.chunks == 0).count();
         self.progress.tables.store(plan.len() as u64, Ordering::Relaxed);
+        self.progress.tables_done.store(done as u64, Ordering::Relaxed);
         self.progress.pages.store(pages, Ordering::Relaxed);
         let plan = Arc::new(plan);
         let queue = Arc::new(Mutex::new(chunks));
@@ -284,28 +370,39 @@ impl Snapshot {
         }
         drop(reports);
 
-        let started = SnapshotEvent::Started { lsn: self.lsn, tables: plan.len(), pages };
+        let commit_lsn = self.resume.as_ref().map_or(self.lsn, |r| r.commit_lsn);
+        let started = SnapshotEvent::Started {
+            lsn: commit_lsn,
+            tables: plan.len(),
+            pages,
+            chunk_pages: self.chunk_pages,
+            resumable: self.resumable,
+            skipped_chunks: skipped,
+        };
         if !emit(Event::Snapshot(started)).await {
             return Ok(0);
         }
         // The pseudo-transaction begins with the first row: a snapshot of empty tables has
         // none, and nothing to acknowledge.
         let mut begun = false;
-        let mut ordinal = 0u32;
+        let first_ordinal = self.resume.as_ref().map_or(0, |r| r.first_ordinal);
+        let mut ordinal = first_ordinal;
         let mut per_table: Vec<(bool, usize, u64, u64)> = vec![(false, 0, 0, 0); plan.len()];
-        let (mut rows, mut bytes, mut done) = (0u64, 0u64, 0usize);
+        let (mut rows, mut bytes) = (0u64, 0u64);
         while done < plan.len() {
             let Some(report) = inbox.recv().await else {
                 return Err(Error::Snapshot(
                     "the snapshot's workers stopped before copying every table".into(),
                 ));
             };
-            let (table, batch) = match report {
+            let (table, chunk, batch) = match report {
                 Report::Failed(e) => return Err(e),
-                Report::Batch { table, batch, bytes } => (table, Some((batch, bytes))),
-                Report::ChunkDone { table, pages } => {
+                Report::Batch { table, chunk, batch, bytes } => {
+                    (table, chunk, Some((batch, bytes)))
+                }
+                Report::ChunkDone { table, chunk, pages } => {
                     self.progress.pages_done.fetch_add(pages, Ordering::Relaxed);
-                    (table, None)
+                    (table, chunk, None)
                 }
             };
             let t = &plan[table];
@@ -333,19 +430,19 @@ impl Snapshot {
                     let change = ChangeBatch {
                         relation,
                         xid: 0,
-                        commit_lsn: self.lsn,
+                        commit_lsn,
                         commit_time_us,
                         origin: None,
                         ordinal,
                         batch,
+                        snapshot_chunk: Some(Arc::clone(&ids[chunk])),
                         payload: Buffer::from_vec(Vec::<u8>::new()),
                         source_bytes: n,
                     };
                     ordinal += 1;
                     if !begun {
                         begun = true;
-                        let begin =
-                            TxnBegin { xid: 0, commit_lsn: self.lsn, commit_time_us, origin: None };
+                        let begin = TxnBegin { xid: 0, commit_lsn, commit_time_us, origin: None };
                         if !emit(Event::Begin(begin)).await {
                             return Ok(rows);
                         }
@@ -355,6 +452,13 @@ impl Snapshot {
                     }
                 }
                 None => {
+                    let chunk_done = SnapshotEvent::ChunkDone {
+                        relation: Arc::clone(&relation),
+                        chunk: Arc::clone(&ids[chunk]),
+                    };
+                    if begun && !emit(Event::Snapshot(chunk_done)).await {
+                        return Ok(rows);
+                    }
                     let state = &mut per_table[table];
                     state.1 += 1;
                     if state.1 == t.chunks {
@@ -372,12 +476,12 @@ impl Snapshot {
         workers.join_all().await;
         let commit = TxnCommit {
             xid: 0,
-            commit_lsn: self.lsn,
-            end_lsn: self.lsn,
+            commit_lsn,
+            end_lsn: commit_lsn,
             commit_time_us,
-            batches: ordinal,
+            batches: ordinal - first_ordinal,
         };
-        let complete = SnapshotEvent::Complete { lsn: self.lsn, tables: plan.len(), rows, bytes };
+        let complete = SnapshotEvent::Complete { lsn: commit_lsn, tables: plan.len(), rows, bytes };
         if (!begun || emit(Event::Commit(commit)).await) && emit(Event::Snapshot(complete)).await {
             self.progress.complete.store(true, Ordering::Relaxed);
             Ok(rows)
@@ -463,11 +567,12 @@ impl Snapshot {
                 )
             };
             let chunks = pages.div_ceil(u64::from(self.chunk_pages)).max(1) as usize;
+            let heap = format!("{}.{}", sql_name(&own_schema), sql_name(&own_name));
             if last.as_ref() == Some(&(schema.clone(), name.clone())) {
                 // Another partition of the same root.
                 let t = plan.last_mut().expect("last is set with a plan entry");
                 let select = from(t);
-                t.sources.push(Source { select, pages, chunks });
+                t.sources.push(Source { heap, select, pages, chunks });
                 t.pages += pages;
                 t.chunks += chunks;
                 continue;
@@ -478,7 +583,7 @@ impl Snapshot {
                 continue;
             };
             let mut t = PlannedTable { table: Arc::new(table), sources: Vec::new(), pages, chunks };
-            t.sources.push(Source { select: from(&t), pages, chunks });
+            t.sources.push(Source { heap, select: from(&t), pages, chunks });
             plan.push(t);
             last = Some((schema, name));
         }
@@ -620,7 +725,7 @@ async fn copy_chunks(
             if let Some(row) = body.filter(|row| partial.is_empty() && !row.contains(&b'\n')) {
                 encoder.push_row(row).map_err(failed)?;
                 if encoder.is_full() {
-                    send_batch(&mut encoder, chunk.table, reports, t).await?;
+                    send_batch(&mut encoder, &chunk, reports, t).await?;
                 }
                 continue;
             }
@@ -637,19 +742,20 @@ async fn copy_chunks(
                     partial.clear();
                 }
                 if encoder.is_full() {
-                    send_batch(&mut encoder, chunk.table, reports, t).await?;
+                    send_batch(&mut encoder, &chunk, reports, t).await?;
                 }
             }
         }
         if !partial.is_empty() {
             encoder.push_row(&partial).map_err(failed)?;
         }
-        send_batch(&mut encoder, chunk.table, reports, t).await?;
+        send_batch(&mut encoder, &chunk, reports, t).await?;
         let pages = match chunk.end {
             Some(end) => end - chunk.first,
             None => source.pages.saturating_sub(chunk.first),
         };
-        if reports.send(Report::ChunkDone { table: chunk.table, pages }).await.is_err() {
+        let done = Report::ChunkDone { table: chunk.table, chunk: chunk.id, pages };
+        if reports.send(done).await.is_err() {
             return Ok(());
         }
     }
@@ -657,7 +763,7 @@ async fn copy_chunks(
 
 async fn send_batch(
     encoder: &mut CopyEncoder,
-    table: usize,
+    chunk: &Chunk,
     reports: &mpsc::Sender<Report>,
     t: &PlannedTable,
 ) -> Result<()> {
@@ -666,7 +772,8 @@ async fn send_batch(
         .map_err(|e| Error::Snapshot(format!("{}: {e}", t.table.relation().qualified_name)))?;
     if let Some((batch, bytes)) = finished {
         // A closed channel: the coordinator stopped; the worker ends with the next range.
-        let _ = reports.send(Report::Batch { table, batch, bytes }).await;
+        let report = Report::Batch { table: chunk.table, chunk: chunk.id, batch, bytes };
+        let _ = reports.send(report).await;
     }
     Ok(())
 }

@@ -535,6 +535,7 @@ impl ChangeStream {
                     origin: txn.origin.clone(),
                     ordinal: txn.events - 1,
                     batch: b.batch,
+                    snapshot_chunk: None,
                     payload,
                     source_bytes,
                 })

@@ -38,7 +38,7 @@ use wal2arrow_schema::{Lsn, PluginOptions, TableFilter};
 use crate::error::{Error, Result};
 use crate::preflight::{AllowList, Preflight, refused_report};
 use crate::report::PreflightReport;
-use crate::settings::{Backoff, PluginChoice, SlotMode, SnapshotMode};
+use crate::settings::{Backoff, PluginChoice, SlotMode, SnapshotMode, SnapshotResume};
 
 /// The prefix of the heartbeat messages the consumer emits.
 pub const HEARTBEAT_PREFIX: &str = "wal2arrow.heartbeat";
@@ -61,6 +61,8 @@ pub struct ConsumerBuilder {
     snapshot: SnapshotMode,
     snapshot_workers: Option<usize>,
     snapshot_chunk_pages: u32,
+    resumable_snapshot: bool,
+    snapshot_resume: Option<SnapshotResume>,
     failover: bool,
     backfill: Vec<String>,
     backfill_chunk_rows: u32,
@@ -84,6 +86,8 @@ impl Default for ConsumerBuilder {
             snapshot: SnapshotMode::Auto,
             snapshot_workers: None,
             snapshot_chunk_pages: wal2arrow_client::snapshot::DEFAULT_CHUNK_PAGES,
+            resumable_snapshot: false,
+            snapshot_resume: None,
             failover: false,
             backfill: Vec::new(),
             backfill_chunk_rows: crate::backfill::DEFAULT_CHUNK_ROWS,
@@ -267,7 +271,8 @@ impl ConsumerBuilder {
     /// pseudo-transaction (xid 0, commit LSN the slot's consistent point) of batches whose
     /// `_op` is `read`, with [`Event::Snapshot`] progress events; acknowledge its commit's
     /// `end_lsn` once the rows are durable — a new persistent slot is made permanent only
-    /// then, so a snapshot cut short is taken again, whole, by the next run.
+    /// then, so a snapshot cut short is taken again, whole, by the next run (unless a sink
+    /// records finished ranges: [`resumable_snapshot`](Self::resumable_snapshot)).
     pub fn snapshot(mut self, mode: SnapshotMode) -> Self {
         self.snapshot = mode;
         self
@@ -282,6 +287,21 @@ impl ConsumerBuilder {
     /// Heap pages per range a snapshot worker copies at a time (default 4096, 32 MiB).
     pub fn snapshot_chunk_pages(mut self, pages: u32) -> Self {
         self.snapshot_chunk_pages = pages;
+        self
+    }
+
+    /// For a sink that records each finished range of an initial snapshot durably
+    /// ([`SnapshotEvent::ChunkDone`](wal2arrow_client::SnapshotEvent::ChunkDone); the Parquet
+    /// sink does): a new persistent slot is created persistent at once instead of after the
+    /// snapshot, so a run that dies during the snapshot leaves it behind, and the next run —
+    /// given what the sink recorded, `from` — copies only the ranges not recorded, then
+    /// streams from the slot's consistent point. `from` must be the snapshot of this very slot
+    /// (its consistent point is checked); with `None`, a snapshot is taken as usual, and an
+    /// existing slot is not snapshotted again. Only for [`SlotMode::Persistent`] and
+    /// [`SnapshotMode::Auto`] or [`SnapshotMode::Initial`].
+    pub fn resumable_snapshot(mut self, from: Option<SnapshotResume>) -> Self {
+        self.resumable_snapshot = true;
+        self.snapshot_resume = from;
         self
     }
 
@@ -375,6 +395,28 @@ impl ConsumerBuilder {
         self.plugin.filter_msg_prefixes.retain(|p| !ours.contains(&p.as_str()));
         if self.snapshot_chunk_pages == 0 {
             return Err(Error::Config("snapshot_chunk_pages must be at least 1".into()));
+        }
+        if let Some(resume) = &self.snapshot_resume {
+            let why = match (&self.slot, self.snapshot) {
+                (SlotMode::Temporary { .. }, _) => Some("a temporary slot"),
+                (_, SnapshotMode::Never) => Some("no snapshot (SnapshotMode::Never)"),
+                (_, SnapshotMode::Only) => Some("a snapshot alone (SnapshotMode::Only)"),
+                _ => None,
+            };
+            if let Some(why) = why {
+                return Err(Error::Config(format!(
+                    "the sink holds part of a snapshot taken at {} for slot {:?}, which a run \
+                     with {why} cannot finish: stream with the default --snapshot (auto) to \
+                     resume it, or start over with an empty output",
+                    resume.lsn,
+                    self.slot.name()
+                )));
+            }
+            if resume.chunk_pages == 0 {
+                return Err(Error::Config(
+                    "a resumed snapshot's chunk_pages must be at least 1".into(),
+                ));
+            }
         }
         if self.buffer_events == 0 {
             return Err(Error::Config("buffer_events must be at least 1".into()));
@@ -711,6 +753,13 @@ struct PendingSnapshot {
     persist_as: Option<String>,
     /// Stream changes after the snapshot (not with [`SnapshotMode::Only`]).
     then_stream: bool,
+    /// The slot is persistent already: finished ranges may be made durable, and a lost
+    /// snapshot is resumed by the next run rather than taken again here.
+    resumable: bool,
+    /// Resuming: the ranges to leave out, and the persistent slot's consistent point, from
+    /// which a new session streams after the copy (`repl` holds a temporary slot made only to
+    /// export the snapshot).
+    resume: Option<SnapshotResume>,
 }
 
 /// A snapshot that failed, and whether taking a new one can help (it was lost before its
@@ -754,7 +803,37 @@ async fn prepare_snapshot(
             repl.check_failover(persistent)?;
         }
         let (plugin, created) = create_slot(&mut repl, &name, true, true, s, state).await?;
-        Ok::<_, Error>(Some(PendingSnapshot { repl, created, plugin, persist_as, then_stream }))
+        Ok::<_, Error>(Some(PendingSnapshot {
+            repl,
+            created,
+            plugin,
+            persist_as,
+            then_stream,
+            resumable: false,
+            resume: None,
+        }))
+    };
+    // A sink that records finished ranges: the slot is persistent from the start.
+    let persistent = async |name: &str| {
+        let mut repl = ReplicationClient::connect(&s.config).await?;
+        if s.failover {
+            repl.check_failover(name)?;
+        }
+        let (plugin, created) = create_slot(&mut repl, name, false, true, s, state).await?;
+        if s.failover {
+            // The exporting connection must stay idle: another one makes it a failover slot.
+            let mut alter = ReplicationClient::connect(&s.config).await?;
+            alter.set_failover(name, true).await?;
+        }
+        Ok::<_, Error>(Some(PendingSnapshot {
+            repl,
+            created,
+            plugin,
+            persist_as: None,
+            then_stream: true,
+            resumable: true,
+            resume: None,
+        }))
     };
     match (&s.slot, s.snapshot) {
         (_, SnapshotMode::Never) => Ok(None),
@@ -762,11 +841,28 @@ async fn prepare_snapshot(
         (SlotMode::Temporary { .. }, _) => temporary(None, true).await,
         (SlotMode::Persistent { name, create_if_missing }, mode) => {
             let sql = sql_client(&s.config).await?;
-            match resolve_slot(&sql, name, s.config.dbname(), s.output_plugin.allowed()).await? {
-                SlotResolution::Missing if *create_if_missing => {
+            let resolved =
+                resolve_slot(&sql, name, s.config.dbname(), s.output_plugin.allowed()).await?;
+            match (resolved, &s.snapshot_resume) {
+                (SlotResolution::Missing, Some(resume)) => {
+                    Err(Error::Client(ClientError::Snapshot(format!(
+                        "the output holds part of a snapshot taken at {} for slot {name:?}, \
+                         but the slot is gone: the changes since cannot be recovered, and \
+                         finishing the snapshot from a new slot would mix two of them; start \
+                         over with an empty output (a new run then takes a new snapshot)",
+                        resume.lsn
+                    ))))
+                }
+                (SlotResolution::Usable(slot, plugin), Some(resume)) => {
+                    resume_snapshot(s, state, name, &slot, plugin, resume).await
+                }
+                (SlotResolution::Missing, None) if *create_if_missing && s.resumable_snapshot => {
+                    persistent(name).await
+                }
+                (SlotResolution::Missing, None) if *create_if_missing => {
                     temporary(Some(name.clone()), true).await
                 }
-                SlotResolution::Usable(..) if mode == SnapshotMode::Initial => {
+                (SlotResolution::Usable(..), None) if mode == SnapshotMode::Initial => {
                     Err(Error::Client(ClientError::Snapshot(format!(
                         "slot {name:?} already exists: an initial snapshot is taken only by the \
                          run that creates the slot (the snapshot must end exactly where the slot \
@@ -780,6 +876,57 @@ async fn prepare_snapshot(
             }
         }
     }
+}
+
+/// Sets up the resumption of a snapshot an earlier run began at slot `name`'s consistent
+/// point: a temporary slot exports a new snapshot for the ranges not yet durable; the changes
+/// stream from the persistent slot afterwards.
+async fn resume_snapshot(
+    s: &ConsumerBuilder,
+    state: &PluginState,
+    name: &str,
+    slot: &wal2arrow_client::SlotState,
+    plugin: OutputPlugin,
+    resume: &SnapshotResume,
+) -> Result<Option<PendingSnapshot>> {
+    if slot.confirmed_flush_lsn != Some(resume.lsn) {
+        return Err(Error::Client(ClientError::Snapshot(format!(
+            "the output holds part of a snapshot taken at {} for slot {name:?}, but the slot now \
+             starts at {}: it is not the slot that snapshot was taken for (or something else \
+             acknowledged it), and finishing the snapshot would mix the two; start over with an \
+             empty output and a new slot",
+            resume.lsn,
+            slot.confirmed_flush_lsn.map_or_else(|| "no position".to_owned(), |l| l.to_string())
+        ))));
+    }
+    let mut repl = ReplicationClient::connect(&s.config).await?;
+    let temporary = snapshot_slot_name(name);
+    let created = match repl.create_slot_exporting(&temporary, plugin.name(), true).await {
+        Ok(created) => created,
+        Err(e) if plugin_unavailable(&e) => {
+            return Err(Error::Preflight(Box::new(refused(&s.config, plugin, &e).await)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if plugin == OutputPlugin::Wal2Json {
+        state.fell_back(name, format!("slot {name:?} was created for wal2json"));
+    }
+    tracing::info!(
+        slot = %name,
+        lsn = %resume.lsn,
+        chunks_done = resume.done.len(),
+        "resuming the snapshot: copying the ranges not yet durable in a new snapshot, then \
+         streaming from the slot's consistent point"
+    );
+    Ok(Some(PendingSnapshot {
+        repl,
+        created,
+        plugin,
+        persist_as: None,
+        then_stream: true,
+        resumable: true,
+        resume: Some(resume.clone()),
+    }))
 }
 
 /// Whether replication slot `name` exists (false too when that cannot be found out).
@@ -1276,7 +1423,15 @@ impl Driver {
         close: &mut oneshot::Receiver<()>,
     ) -> std::result::Result<Option<Session>, SnapshotFailed> {
         let s = Arc::clone(&self.settings);
-        let PendingSnapshot { mut repl, created, plugin, persist_as, then_stream } = pending;
+        let PendingSnapshot {
+            mut repl,
+            created,
+            plugin,
+            persist_as,
+            then_stream,
+            resumable,
+            resume,
+        } = pending;
         let Some(name) = created.snapshot.clone() else {
             return Err(SnapshotFailed::fatal(Error::Client(ClientError::Snapshot(
                 "the server created the slot without exporting a snapshot".into(),
@@ -1289,8 +1444,15 @@ impl Driver {
             publish_via_root: s.plugin.publish_via_root && plugin == OutputPlugin::Wal2Arrow,
             ..s.plugin.clone()
         };
-        let mut snapshot =
-            Snapshot::new(&s.config, &name, lsn, &options).chunk_pages(s.snapshot_chunk_pages);
+        let mut snapshot = Snapshot::new(&s.config, &name, lsn, &options)
+            .chunk_pages(s.snapshot_chunk_pages)
+            .resumable(resumable);
+        if let Some(r) = &resume {
+            snapshot =
+                snapshot.chunk_pages(r.chunk_pages).resume(r.lsn, r.done.clone(), r.next_ordinal);
+        }
+        // Where the stream starts after the copy: the slot's consistent point.
+        let stream_from = resume.as_ref().map_or(lsn, |r| r.lsn);
         if let Some(workers) = s.snapshot_workers {
             snapshot = snapshot.workers(workers);
         }
@@ -1311,7 +1473,7 @@ impl Driver {
                 // the changes after the snapshot are lost: before the commit goes out (while a
                 // new snapshot can still replace this one), make sure the slot is there. A
                 // snapshot that is all that was asked (`Only`) needs no slot after it.
-                if then_stream && !slot_exists(&config, &slot).await {
+                if then_stream && !resumable && !slot_exists(&config, &slot).await {
                     lost_seen.store(true, Ordering::SeqCst);
                     return false;
                 }
@@ -1334,6 +1496,16 @@ impl Driver {
         };
         let rows = match copied {
             Ok(rows) => rows,
+            Err(e) if resumable => {
+                // Ranges already durable must not be mixed with a new snapshot's: the next
+                // run resumes this one.
+                let slot = s.slot.name();
+                return Err(SnapshotFailed::fatal(Error::Client(ClientError::Snapshot(format!(
+                    "the snapshot stopped ({e}); slot {slot:?} is kept at its consistent point \
+                     {stream_from}: run again with the same output to resume the snapshot from \
+                     the ranges it made durable"
+                )))));
+            }
             Err(e) => {
                 let retry = e.is_transient() && !committed.load(Ordering::SeqCst);
                 if retry {
@@ -1398,9 +1570,15 @@ impl Driver {
             }
             tracing::info!(slot = %persistent, lsn = %lsn, "created replication slot from the snapshot's");
         }
-        let mut session = Session::start_on(repl, &s, plugin, Lsn::INVALID, &self.plugin_state)
-            .await
-            .map_err(SnapshotFailed::fatal)?;
+        let session = if resumable {
+            // The persistent slot, from its consistent point, on a connection of its own (a
+            // resumed snapshot's `repl` holds only the temporary slot that exported it).
+            drop(repl);
+            Session::connect(&s, stream_from, &self.plugin_state).await
+        } else {
+            Session::start_on(repl, &s, plugin, Lsn::INVALID, &self.plugin_state).await
+        };
+        let mut session = session.map_err(SnapshotFailed::fatal)?;
         self.attach(&mut session);
         Ok(Some(session))
     }

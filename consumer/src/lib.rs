@@ -63,7 +63,7 @@ pub use router::{
     AckToken, Delivery, KeyPartitioner, Partitioning, QueueStats, Reader, Routed, RoutedBatch,
     Router, RouterOptions,
 };
-pub use settings::{Backoff, PluginChoice, SlotMode, SnapshotMode};
+pub use settings::{Backoff, PluginChoice, SlotMode, SnapshotMode, SnapshotResume};
 pub use wal2arrow_client as client;
 pub use wal2arrow_client::{
     AckHandle, ChangeBatch, ChangeStream, Config, CreatedSlot, DbError, ErrorClass, Event,

@@ -95,3 +95,20 @@ pub enum SnapshotMode {
     /// [`wal2arrow_client::SnapshotEvent::Complete`] and leaves no slot behind.
     Only,
 }
+
+/// A snapshot an earlier run began and a sink recorded in part (the Parquet sink's
+/// checkpoint): the ranges it made durable are not copied again
+/// ([`ConsumerBuilder::resumable_snapshot`](crate::ConsumerBuilder::resumable_snapshot)).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotResume {
+    /// The slot's consistent point, which the snapshot was taken at
+    /// ([`wal2arrow_client::SnapshotEvent::Started`]'s `lsn`).
+    pub lsn: wal2arrow_client::Lsn,
+    /// Heap pages per range, as the snapshot cut them.
+    pub chunk_pages: u32,
+    /// The ranges made durable ([`wal2arrow_client::SnapshotEvent::ChunkDone`]).
+    pub done: Vec<wal2arrow_client::ChunkId>,
+    /// One more than the highest batch ordinal written: the resumed snapshot's batches
+    /// continue from there, so `(commit LSN, ordinal)` still names one batch.
+    pub next_ordinal: u32,
+}

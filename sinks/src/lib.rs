@@ -246,6 +246,7 @@ async fn drive(
         written_message: Lsn::INVALID,
         flushed_message: Lsn::INVALID,
         pending_ack: None,
+        resumable_snapshot: false,
         progress: Progress::default(),
         started: Instant::now(),
     };
@@ -264,6 +265,13 @@ async fn drive(
             e = worker.failure() => Err(e),
             () = &mut shutdown, if stopping.is_none() => {
                 if !r.in_txn {
+                    break Stopped::Shutdown;
+                }
+                if r.resumable_snapshot {
+                    // The next run resumes the snapshot from the ranges made durable now;
+                    // the rest of this one is taken back below.
+                    tracing::info!("stopping the snapshot; the next run resumes it");
+                    worker.flush().await?;
                     break Stopped::Shutdown;
                 }
                 tracing::info!("stopping after the transaction in progress (at most {finish:?})");
@@ -335,6 +343,8 @@ struct Runner {
     flushed_message: Lsn,
     /// The position to acknowledge after the next flush.
     pending_ack: Option<Lsn>,
+    /// A resumable initial snapshot is being written: the sink may flush between its ranges.
+    resumable_snapshot: bool,
     progress: Progress,
     started: Instant,
 }
@@ -420,8 +430,22 @@ impl Runner {
             _ => None,
         };
         let snapshot_done = matches!(event, Event::Snapshot(SnapshotEvent::Complete { .. }));
+        let chunk_done = matches!(event, Event::Snapshot(SnapshotEvent::ChunkDone { .. }));
+        match &event {
+            Event::Snapshot(SnapshotEvent::Started { resumable, .. }) => {
+                self.resumable_snapshot = *resumable;
+            }
+            Event::Snapshot(SnapshotEvent::Complete { .. }) => self.resumable_snapshot = false,
+            _ => {}
+        }
         if self.handle(&event, worker).await? {
             worker.write(event).await?;
+        }
+        if chunk_done && self.resumable_snapshot && worker.wants_flush().await? {
+            // Whole ranges become durable (and recorded) during the snapshot; nothing is
+            // acknowledged until it is complete.
+            worker.flush().await?;
+            self.progress.flushes += 1;
         }
         if snapshot_done && !self.in_txn && self.pending_ack.is_some() {
             // A new slot waits for this acknowledgement before it streams: make the snapshot

@@ -66,7 +66,8 @@ use wal2arrow_schema::types::json_string;
 
 use crate::error::{Error, Result};
 use crate::{Durable, MESSAGES, Sink, TRUNCATES, message_batch, truncate_batch, with_position};
-use wal2arrow_consumer::Event;
+use wal2arrow_consumer::client::ChunkId;
+use wal2arrow_consumer::{Event, SnapshotEvent, SnapshotResume};
 
 /// The checkpoint's file name in the output directory.
 pub const CHECKPOINT_FILE: &str = "_wal2arrow_checkpoint.json";
@@ -100,6 +101,8 @@ impl Default for ParquetOptions {
 
 /// One open file.
 struct OpenFile {
+    /// The table directory it goes to.
+    dir_name: String,
     schema: SchemaRef,
     writer: ArrowWriter<File>,
     tmp: PathBuf,
@@ -119,6 +122,10 @@ pub struct ParquetSink {
     finished: Vec<(PathBuf, PathBuf)>,
     /// Files per table directory in this epoch, for their sequence numbers.
     sequence: HashMap<String, u32>,
+    /// Temporary files created, for their unique names.
+    created: u64,
+    /// The resumable initial snapshot in progress: what the checkpoint will say of it.
+    snapshot: Option<SnapshotResume>,
     /// What has been written since the last flush.
     dirty_since: Option<Instant>,
     last_commit: Lsn,
@@ -147,41 +154,89 @@ pub struct Checkpoint {
     pub ack_lsn: Lsn,
     /// What the directory was written from (`database/slot`): another source is refused.
     pub source: String,
+    /// A resumable initial snapshot not yet complete: the ranges whose rows the files hold.
+    pub snapshot: Option<SnapshotResume>,
 }
 
 impl Checkpoint {
     fn to_json(&self) -> String {
-        format!(
-            "{{\"version\":1,\"epoch\":{},\"commit_lsn\":\"{}\",\"ack_lsn\":\"{}\",\"source\":{}}}\n",
+        let mut json = format!(
+            "{{\"version\":1,\"epoch\":{},\"commit_lsn\":\"{}\",\"ack_lsn\":\"{}\",\"source\":{}",
             self.epoch,
             self.commit_lsn,
             self.ack_lsn,
             json_string(&self.source)
-        )
+        );
+        if let Some(snap) = &self.snapshot {
+            let done: Vec<String> = snap.done.iter().map(|c| json_string(&c.to_string())).collect();
+            json.push_str(&format!(
+                ",\"snapshot\":{{\"lsn\":\"{}\",\"chunk_pages\":{},\"next_ordinal\":{},\"done\":[{}]}}",
+                snap.lsn,
+                snap.chunk_pages,
+                snap.next_ordinal,
+                done.join(",")
+            ));
+        }
+        json.push_str("}\n");
+        json
     }
 
     fn parse(text: &str) -> Option<Checkpoint> {
-        use wal2arrow_wal2json::json::{Scalar, Scanner, str_owned};
+        use wal2arrow_wal2json::json::{Next, Scalar, Scanner, str_owned};
         let bytes = text.as_bytes();
         let mut s = Scanner::new(bytes);
         let mut c = Checkpoint::default();
         let mut scratch = Vec::new();
+        let value = |s: &mut Scanner<'_>, scratch: &mut Vec<u8>| -> Option<String> {
+            match s.scalar().ok()? {
+                Scalar::Str(v) => str_owned(bytes, &v, scratch).ok(),
+                Scalar::Number(r) => text.get(r).map(str::to_owned),
+                _ => None,
+            }
+        };
         s.begin_object().ok()?;
         let mut first = true;
         while let Some(key) = s.next_key(first).ok()? {
             first = false;
             let key = str_owned(bytes, &key, &mut scratch).ok()?;
-            let value = match s.scalar().ok()? {
-                Scalar::Str(v) => str_owned(bytes, &v, &mut scratch).ok()?,
-                Scalar::Number(r) => text.get(r)?.to_owned(),
-                _ => return None,
-            };
+            if key == "snapshot" {
+                if s.next_is().ok()? != Next::Object {
+                    return None;
+                }
+                let mut snap = SnapshotResume::default();
+                s.begin_object().ok()?;
+                let mut first = true;
+                while let Some(key) = s.next_key(first).ok()? {
+                    first = false;
+                    let key = str_owned(bytes, &key, &mut scratch).ok()?;
+                    if key == "done" {
+                        s.begin_array().ok()?;
+                        let mut first = true;
+                        while s.next_item(first).ok()? {
+                            first = false;
+                            let v = s.string().ok()?;
+                            snap.done.push(str_owned(bytes, &v, &mut scratch).ok()?.parse().ok()?);
+                        }
+                        continue;
+                    }
+                    let v = value(&mut s, &mut scratch)?;
+                    match key.as_str() {
+                        "lsn" => snap.lsn = v.parse().ok()?,
+                        "chunk_pages" => snap.chunk_pages = v.parse().ok()?,
+                        "next_ordinal" => snap.next_ordinal = v.parse().ok()?,
+                        _ => {}
+                    }
+                }
+                c.snapshot = Some(snap);
+                continue;
+            }
+            let v = value(&mut s, &mut scratch)?;
             match key.as_str() {
-                "version" if value != "1" => return None,
-                "epoch" => c.epoch = value.parse().ok()?,
-                "commit_lsn" => c.commit_lsn = value.parse().ok()?,
-                "ack_lsn" => c.ack_lsn = value.parse().ok()?,
-                "source" => c.source = value,
+                "version" if v != "1" => return None,
+                "epoch" => c.epoch = v.parse().ok()?,
+                "commit_lsn" => c.commit_lsn = v.parse().ok()?,
+                "ack_lsn" => c.ack_lsn = v.parse().ok()?,
+                "source" => c.source = v,
                 _ => {}
             }
         }
@@ -206,6 +261,11 @@ pub fn table_dir_name(qualified: &str) -> String {
         }
     }
     out
+}
+
+/// The key of a snapshot range's open file: a table directory name never holds a NUL.
+fn chunk_key(dir_name: &str, chunk: &ChunkId) -> String {
+    format!("{dir_name}\0{chunk}")
 }
 
 /// The epoch in a file name `part-EEEEEEEEEE-SSSSS.parquet` (or its temporary form).
@@ -267,8 +327,16 @@ impl ParquetSink {
             open: HashMap::new(),
             finished: Vec::new(),
             sequence: HashMap::new(),
+            created: 0,
+            snapshot: None,
             dirty_since: None,
         })
+    }
+
+    /// The initial snapshot the directory holds in part, to resume
+    /// ([`ConsumerBuilder::resumable_snapshot`](wal2arrow_consumer::ConsumerBuilder::resumable_snapshot)).
+    pub fn snapshot_resume(&self) -> Option<SnapshotResume> {
+        self.checkpoint.snapshot.clone()
     }
 
     /// The checkpoint as of the last flush.
@@ -276,17 +344,19 @@ impl ParquetSink {
         &self.checkpoint
     }
 
-    fn append(&mut self, dir_name: &str, batch: &RecordBatch) -> Result<()> {
+    /// Appends to the open file of `key`: the table directory, or for snapshot rows the
+    /// directory and the range ([`chunk_key`]), whose file is finished when the range is.
+    fn append(&mut self, dir_name: &str, key: &str, batch: &RecordBatch) -> Result<()> {
         let batch = encode(batch)?;
-        let same_schema = self.open.get(dir_name).is_some_and(|f| f.schema == batch.schema());
-        if !same_schema && let Some(old) = self.open.remove(dir_name) {
-            self.finish(dir_name, old)?;
+        let same_schema = self.open.get(key).is_some_and(|f| f.schema == batch.schema());
+        if !same_schema && let Some(old) = self.open.remove(key) {
+            self.finish(old)?;
         }
-        if !self.open.contains_key(dir_name) {
+        if !self.open.contains_key(key) {
             let file = self.create(dir_name, batch.schema())?;
-            self.open.insert(dir_name.to_owned(), file);
+            self.open.insert(key.to_owned(), file);
         }
-        let file = self.open.get_mut(dir_name).expect("opened above");
+        let file = self.open.get_mut(key).expect("opened above");
         file.writer.write(&batch).map_err(|e| {
             Error::sink(&file.tmp, "cannot write Parquet to", std::io::Error::other(e))
         })?;
@@ -298,10 +368,10 @@ impl ParquetSink {
     fn create(&mut self, dir_name: &str, schema: SchemaRef) -> Result<OpenFile> {
         let dir = self.dir.join(dir_name);
         fs::create_dir_all(&dir).map_err(|e| Error::sink(&dir, "cannot create", e))?;
-        let seq = self.sequence.entry(dir_name.to_owned()).or_insert(0);
-        *seq += 1;
-        let name = format!("part-{:010}-{:05}.parquet", self.epoch, seq);
-        let tmp = dir.join(format!(".{name}.tmp"));
+        // The final name is given when the file is finished (its epoch is the checkpoint's
+        // that publishes it, which for a snapshot range may come after a checkpoint or two).
+        self.created += 1;
+        let tmp = dir.join(format!(".part-{:010}-{}.parquet.tmp", self.epoch, self.created));
         let file = File::create(&tmp).map_err(|e| Error::sink(&tmp, "cannot create", e))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
@@ -310,23 +380,19 @@ impl ParquetSink {
             .build();
         let writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props))
             .map_err(|e| Error::sink(&tmp, "cannot write Parquet to", std::io::Error::other(e)))?;
-        Ok(OpenFile { schema, writer, tmp, rows: 0 })
+        Ok(OpenFile { dir_name: dir_name.to_owned(), schema, writer, tmp, rows: 0 })
     }
 
     /// Finishes a file (footer, fsync); it is renamed at the next checkpoint.
-    fn finish(&mut self, dir_name: &str, file: OpenFile) -> Result<()> {
-        let OpenFile { writer, tmp, .. } = file;
+    fn finish(&mut self, file: OpenFile) -> Result<()> {
+        let OpenFile { dir_name, writer, tmp, .. } = file;
         let f = writer
             .into_inner()
             .map_err(|e| Error::sink(&tmp, "cannot finish", std::io::Error::other(e)))?;
         f.sync_all().map_err(|e| Error::sink(&tmp, "cannot fsync", e))?;
-        let name = tmp
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix('.'))
-            .and_then(|n| n.strip_suffix(".tmp"))
-            .map(str::to_owned)
-            .unwrap_or_default();
+        let seq = self.sequence.entry(dir_name.clone()).or_insert(0);
+        *seq += 1;
+        let name = format!("part-{:010}-{:05}.parquet", self.epoch, seq);
         self.finished.push((tmp, self.dir.join(dir_name).join(name)));
         Ok(())
     }
@@ -343,6 +409,7 @@ impl ParquetSink {
         self.dirty_since = None;
         self.last_commit = self.checkpoint.commit_lsn;
         self.last_ack = self.checkpoint.ack_lsn;
+        self.snapshot = self.checkpoint.snapshot.clone();
         Ok(())
     }
 }
@@ -406,16 +473,51 @@ impl Sink for ParquetSink {
         match event {
             Event::Change(c) => {
                 let batch = with_position(c)?;
-                self.append(&table_dir_name(c.table()), &batch)
+                let dir = table_dir_name(c.table());
+                match &c.snapshot_chunk {
+                    Some(chunk) => {
+                        if let Some(snap) = &mut self.snapshot {
+                            snap.next_ordinal = snap.next_ordinal.max(c.ordinal + 1);
+                        }
+                        self.append(&dir, &chunk_key(&dir, chunk), &batch)
+                    }
+                    None => self.append(&dir, &dir, &batch),
+                }
             }
-            Event::Truncate(t) => self.append(TRUNCATES, &truncate_batch(t)?),
+            Event::Snapshot(SnapshotEvent::Started {
+                lsn, chunk_pages, resumable: true, ..
+            }) => {
+                let earlier = self.checkpoint.snapshot.clone().filter(|s| s.lsn == *lsn);
+                self.snapshot = Some(earlier.unwrap_or(SnapshotResume {
+                    lsn: *lsn,
+                    chunk_pages: *chunk_pages,
+                    done: Vec::new(),
+                    next_ordinal: 0,
+                }));
+                Ok(())
+            }
+            Event::Snapshot(SnapshotEvent::ChunkDone { relation, chunk }) => {
+                let key = chunk_key(&table_dir_name(&relation.qualified_name), chunk);
+                if let Some(file) = self.open.remove(&key) {
+                    self.finish(file)?;
+                }
+                if let Some(snap) = &mut self.snapshot {
+                    snap.done.push(chunk.as_ref().clone());
+                }
+                Ok(())
+            }
+            Event::Truncate(t) => self.append(TRUNCATES, TRUNCATES, &truncate_batch(t)?),
             Event::Message(m) => {
                 if !m.transactional {
                     self.last_ack = self.last_ack.max(m.ack_lsn());
                 }
-                self.append(MESSAGES, &message_batch(m)?)
+                self.append(MESSAGES, MESSAGES, &message_batch(m)?)
             }
             Event::Commit(c) => {
+                if c.xid == 0 {
+                    // The snapshot's pseudo-transaction: complete, nothing left to resume.
+                    self.snapshot = None;
+                }
                 self.last_commit = c.commit_lsn;
                 self.last_ack = self.last_ack.max(c.end_lsn);
                 Ok(())
@@ -434,9 +536,12 @@ impl Sink for ParquetSink {
     }
 
     fn flush(&mut self) -> Result<()> {
-        let open: Vec<(String, OpenFile)> = self.open.drain().collect();
-        for (dir_name, file) in open {
-            self.finish(&dir_name, file)?;
+        // Files of snapshot ranges still being copied stay open: a checkpoint holds whole
+        // ranges (during a resumable snapshot, the runner flushes between ranges).
+        let keys: Vec<String> = self.open.keys().filter(|k| !k.contains('\0')).cloned().collect();
+        for key in keys {
+            let file = self.open.remove(&key).expect("listed above");
+            self.finish(file)?;
         }
         let mut dirs = Vec::new();
         for (tmp, fin) in self.finished.drain(..) {
@@ -456,6 +561,7 @@ impl Sink for ParquetSink {
             commit_lsn: self.last_commit,
             ack_lsn: self.last_ack,
             source: self.source.clone(),
+            snapshot: self.snapshot.clone(),
         };
         if checkpoint != self.checkpoint {
             let tmp = self.dir.join(".checkpoint.tmp");
@@ -472,7 +578,7 @@ impl Sink for ParquetSink {
             self.epoch = self.checkpoint.epoch + 1;
         }
         self.sequence.clear();
-        self.dirty_since = None;
+        self.dirty_since = if self.open.is_empty() { None } else { Some(Instant::now()) };
         Ok(())
     }
 
@@ -700,8 +806,22 @@ mod tests {
             commit_lsn: Lsn(0x16B3F48),
             ack_lsn: Lsn(0x16B3F78),
             source: "db/\"slot\"".into(),
+            snapshot: None,
         };
         assert_eq!(Checkpoint::parse(&c.to_json()), Some(c.clone()));
+        let with_snapshot = Checkpoint {
+            snapshot: Some(SnapshotResume {
+                lsn: Lsn(0x16B3F00),
+                chunk_pages: 64,
+                done: vec![
+                    ChunkId { heap: "public.t".into(), first_page: 0 },
+                    ChunkId { heap: "\"a@b\".\"t\\\"x\"".into(), first_page: 128 },
+                ],
+                next_ordinal: 17,
+            }),
+            ..c.clone()
+        };
+        assert_eq!(Checkpoint::parse(&with_snapshot.to_json()), Some(with_snapshot));
         let json = c.to_json();
         for cut in 0..json.len() - 1 {
             assert!(
