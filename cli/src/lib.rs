@@ -621,6 +621,8 @@ async fn stream(args: StreamArgs) -> CmdResult {
     let out_path = args.out.clone().unwrap_or_else(|| PathBuf::from("-"));
     // The Parquet sink records a snapshot's finished ranges: an interrupted one resumes.
     let mut resumable: Option<Option<wal2arrow_consumer::SnapshotResume>> = None;
+    // It also keeps the record of the tables it holds: tables it lacks are backfilled.
+    let mut held: Option<Option<Vec<String>>> = None;
     let sink: Box<dyn Sink> = match args.sink {
         SinkArg::Print => Box::new(print::PrintSink),
         SinkArg::Jsonl => Box::new(JsonLinesSink::open(&out_path)?),
@@ -643,11 +645,15 @@ async fn stream(args: StreamArgs) -> CmdResult {
             };
             let sink = ParquetSink::open(dir, &source, options)?;
             resumable = Some(sink.snapshot_resume());
+            held = Some(sink.tables_held());
             Box::new(sink)
         }
     };
     if let Some(from) = resumable {
         builder = builder.resumable_snapshot(from);
+    }
+    if let Some(held) = held {
+        builder = builder.tables_held(held);
     }
     let consumer = builder.build()?;
     let mut stream = consumer.start().await?;

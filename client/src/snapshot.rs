@@ -133,6 +133,14 @@ pub enum SnapshotEvent {
         /// Rows delivered (rows changed while their chunk was read are left to the stream).
         rows: u64,
     },
+    /// The tables whose existing rows the destination holds whole once what came before this
+    /// event is durable: a sink that keeps this record hands it back at the next start (the
+    /// consumer's `tables_held`), and the stream backfills the captured tables it lacks (see
+    /// the consumer's `coverage` module). The whole record each time, not a change.
+    TablesHeld {
+        /// `schema.table` of each, as [`Relation::qualified_name`], sorted.
+        tables: Arc<[String]>,
+    },
     /// Every table's rows were delivered (the [`Event::Commit`] before this one closes the
     /// snapshot's pseudo-transaction): from here on, the tables are whole.
     Complete {

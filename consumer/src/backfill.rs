@@ -31,8 +31,10 @@
 //! in the stream). Chunks are read one at a time, `chunk_rows` rows each:
 //! memory holds one chunk. When the connection is lost, chunks whose transactions were not
 //! acknowledged are read again (their old watermarks, replayed, are ignored); a consumer that
-//! dies does not resume its backfills — ask again (rows already delivered arrive again as
-//! `read` rows, which replicas applying by key absorb).
+//! dies does not resume its backfills chunk by chunk — with a sink that keeps the record of the
+//! tables it holds ([`crate::coverage`]) the next start backfills the table again, whole;
+//! otherwise ask again (rows already delivered arrive again as `read` rows, which replicas
+//! applying by key absorb).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -481,6 +483,15 @@ impl Backfill {
             started: false,
             failures: 0,
         }))
+    }
+
+    /// Queues a table (pattern form, one table) unless it is queued or being read already.
+    pub(crate) fn enqueue(&mut self, name: &str) {
+        if !self.queue.iter().any(|q| q == name)
+            && self.current.as_ref().is_none_or(|c| c.name != name)
+        {
+            self.queue.push_back(name.to_owned());
+        }
     }
 
     /// Queues the tables a signal names, when it is for this stream's slot and the stream's

@@ -63,6 +63,7 @@ pub struct ConsumerBuilder {
     snapshot_chunk_pages: u32,
     resumable_snapshot: bool,
     snapshot_resume: Option<SnapshotResume>,
+    tables_held: Option<Option<Vec<String>>>,
     failover: bool,
     backfill: Vec<String>,
     backfill_chunk_rows: u32,
@@ -88,6 +89,7 @@ impl Default for ConsumerBuilder {
             snapshot_chunk_pages: wal2arrow_client::snapshot::DEFAULT_CHUNK_PAGES,
             resumable_snapshot: false,
             snapshot_resume: None,
+            tables_held: None,
             failover: false,
             backfill: Vec::new(),
             backfill_chunk_rows: crate::backfill::DEFAULT_CHUNK_ROWS,
@@ -302,6 +304,17 @@ impl ConsumerBuilder {
     pub fn resumable_snapshot(mut self, from: Option<SnapshotResume>) -> Self {
         self.resumable_snapshot = true;
         self.snapshot_resume = from;
+        self
+    }
+
+    /// For a sink that keeps the record of the tables whose existing rows it holds
+    /// ([`SnapshotEvent::TablesHeld`](wal2arrow_client::SnapshotEvent::TablesHeld); the Parquet
+    /// sink does): `held` is that record from the last run (`None`: there is none yet). The
+    /// stream then backfills the captured tables the record lacks — at start, and when it first
+    /// shows a table that existed before it started — and sends the record again whenever it
+    /// changes (see [`crate::coverage`]).
+    pub fn tables_held(mut self, held: Option<Vec<String>>) -> Self {
+        self.tables_held = Some(held);
         self
     }
 
@@ -526,6 +539,7 @@ impl Consumer {
                 s.slot.name(),
                 s.backfill_chunk_rows,
             ),
+            coverage: None,
         };
         let (first, output_plugin) = match prepare_snapshot(s, &plugin_state).await? {
             Some(pending) => {
@@ -1256,6 +1270,8 @@ struct Driver {
     stats: Arc<StreamStats>,
     commands: mpsc::Receiver<Command>,
     backfill: crate::backfill::Backfill,
+    /// The record of the tables held ([`ConsumerBuilder::tables_held`]).
+    coverage: Option<crate::coverage::Coverage>,
 }
 
 /// How a session ended.
@@ -1266,6 +1282,7 @@ enum Ended {
 
 impl Driver {
     async fn run(mut self, first: First, mut close: oneshot::Receiver<()>) {
+        let snapshot_taken = matches!(first, First::Snapshot(_));
         let mut session = match first {
             First::Session(s) => Some(s),
             First::Snapshot(pending) => match self.snapshot_until_copied(pending, &mut close).await
@@ -1279,6 +1296,36 @@ impl Driver {
                 }
             },
         };
+        if let (Some(held), Some(s)) = (&self.settings.tables_held, &session)
+            && !matches!(self.settings.slot, SlotMode::Temporary { .. })
+        {
+            let settings = &self.settings;
+            let as_root = settings.plugin.publish_via_root
+                && s.stream.output_plugin() != OutputPlugin::Wal2Json;
+            let started = crate::coverage::Coverage::start(
+                &settings.config,
+                &settings.plugin.tables,
+                held.as_deref(),
+                snapshot_taken,
+                as_root,
+            )
+            .await;
+            match started {
+                Ok((coverage, backfill)) => {
+                    for table in &backfill {
+                        self.backfill.enqueue(table);
+                    }
+                    if self.tx.send(Item::Event(Ok(coverage.event()))).await.is_err() {
+                        return;
+                    }
+                    self.coverage = Some(coverage);
+                }
+                Err(e) => {
+                    let _ = self.tx.send(Item::Event(Err(e))).await;
+                    return;
+                }
+            }
+        }
         let mut delay = self.settings.backoff.initial;
         loop {
             let result = match session.take() {
@@ -1653,6 +1700,23 @@ impl Driver {
                 self.backfill.on_event(event).await
             } else {
                 vec![event]
+            };
+            let events = match &mut self.coverage {
+                None => events,
+                Some(coverage) => {
+                    let mut out = Vec::with_capacity(events.len() + 1);
+                    for event in events {
+                        let (changed, wanted) = coverage.observe(&event);
+                        out.push(event);
+                        if changed {
+                            out.push(coverage.event());
+                        }
+                        if let Some(table) = wanted {
+                            self.backfill.enqueue(&table);
+                        }
+                    }
+                    out
+                }
             };
             for event in events {
                 count(&self.stats, &event);

@@ -43,6 +43,7 @@
 
 pub mod backfill;
 pub mod consumer;
+pub mod coverage;
 pub mod error;
 pub mod preflight;
 pub mod report;

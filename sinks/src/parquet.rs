@@ -126,6 +126,8 @@ pub struct ParquetSink {
     created: u64,
     /// The resumable initial snapshot in progress: what the checkpoint will say of it.
     snapshot: Option<SnapshotResume>,
+    /// The tables held, as the checkpoint will say.
+    tables_held: Option<Vec<String>>,
     /// What has been written since the last flush.
     dirty_since: Option<Instant>,
     last_commit: Lsn,
@@ -156,6 +158,9 @@ pub struct Checkpoint {
     pub source: String,
     /// A resumable initial snapshot not yet complete: the ranges whose rows the files hold.
     pub snapshot: Option<SnapshotResume>,
+    /// The tables whose existing rows the files hold whole (`schema.table`;
+    /// [`SnapshotEvent::TablesHeld`]); `None` before the stream first said.
+    pub tables_held: Option<Vec<String>>,
 }
 
 impl Checkpoint {
@@ -167,6 +172,10 @@ impl Checkpoint {
             self.ack_lsn,
             json_string(&self.source)
         );
+        if let Some(held) = &self.tables_held {
+            let names: Vec<String> = held.iter().map(|t| json_string(t)).collect();
+            json.push_str(&format!(",\"tables_held\":[{}]", names.join(",")));
+        }
         if let Some(snap) = &self.snapshot {
             let done: Vec<String> = snap.done.iter().map(|c| json_string(&c.to_string())).collect();
             json.push_str(&format!(
@@ -199,6 +208,18 @@ impl Checkpoint {
         while let Some(key) = s.next_key(first).ok()? {
             first = false;
             let key = str_owned(bytes, &key, &mut scratch).ok()?;
+            if key == "tables_held" {
+                let mut held = Vec::new();
+                s.begin_array().ok()?;
+                let mut first = true;
+                while s.next_item(first).ok()? {
+                    first = false;
+                    let v = s.string().ok()?;
+                    held.push(str_owned(bytes, &v, &mut scratch).ok()?);
+                }
+                c.tables_held = Some(held);
+                continue;
+            }
             if key == "snapshot" {
                 if s.next_is().ok()? != Next::Object {
                     return None;
@@ -316,6 +337,7 @@ impl ParquetSink {
                 "removed files an interrupted run left unfinished; their changes come again"
             );
         }
+        let held = checkpoint.tables_held.clone();
         Ok(ParquetSink {
             epoch: checkpoint.epoch + 1,
             last_commit: checkpoint.commit_lsn,
@@ -329,6 +351,7 @@ impl ParquetSink {
             sequence: HashMap::new(),
             created: 0,
             snapshot: None,
+            tables_held: held,
             dirty_since: None,
         })
     }
@@ -337,6 +360,12 @@ impl ParquetSink {
     /// ([`ConsumerBuilder::resumable_snapshot`](wal2arrow_consumer::ConsumerBuilder::resumable_snapshot)).
     pub fn snapshot_resume(&self) -> Option<SnapshotResume> {
         self.checkpoint.snapshot.clone()
+    }
+
+    /// The tables whose existing rows the directory holds, as the stream last said
+    /// ([`ConsumerBuilder::tables_held`](wal2arrow_consumer::ConsumerBuilder::tables_held)).
+    pub fn tables_held(&self) -> Option<Vec<String>> {
+        self.checkpoint.tables_held.clone()
     }
 
     /// The checkpoint as of the last flush.
@@ -410,6 +439,7 @@ impl ParquetSink {
         self.last_commit = self.checkpoint.commit_lsn;
         self.last_ack = self.checkpoint.ack_lsn;
         self.snapshot = self.checkpoint.snapshot.clone();
+        self.tables_held = self.checkpoint.tables_held.clone();
         Ok(())
     }
 }
@@ -496,6 +526,11 @@ impl Sink for ParquetSink {
                 }));
                 Ok(())
             }
+            Event::Snapshot(SnapshotEvent::TablesHeld { tables }) => {
+                self.tables_held = Some(tables.to_vec());
+                self.dirty_since.get_or_insert_with(Instant::now);
+                Ok(())
+            }
             Event::Snapshot(SnapshotEvent::ChunkDone { relation, chunk }) => {
                 let key = chunk_key(&table_dir_name(&relation.qualified_name), chunk);
                 if let Some(file) = self.open.remove(&key) {
@@ -562,6 +597,7 @@ impl Sink for ParquetSink {
             ack_lsn: self.last_ack,
             source: self.source.clone(),
             snapshot: self.snapshot.clone(),
+            tables_held: self.tables_held.clone(),
         };
         if checkpoint != self.checkpoint {
             let tmp = self.dir.join(".checkpoint.tmp");
@@ -807,6 +843,7 @@ mod tests {
             ack_lsn: Lsn(0x16B3F78),
             source: "db/\"slot\"".into(),
             snapshot: None,
+            tables_held: None,
         };
         assert_eq!(Checkpoint::parse(&c.to_json()), Some(c.clone()));
         let with_snapshot = Checkpoint {
@@ -819,6 +856,7 @@ mod tests {
                 ],
                 next_ordinal: 17,
             }),
+            tables_held: Some(vec!["public.a".into(), "my schema.\"b\"".into()]),
             ..c.clone()
         };
         assert_eq!(Checkpoint::parse(&with_snapshot.to_json()), Some(with_snapshot));

@@ -304,3 +304,158 @@ async fn a_truncate_during_a_backfill_ends_it_and_no_row_read_before_comes_after
     assert!(done.unwrap() < 3000);
     stream.close().await;
 }
+
+/// The tables the Parquet output at `dir` says it holds.
+fn tables_held(dir: &std::path::Path) -> Vec<String> {
+    let path = dir.join(wal2arrow_sinks::parquet::CHECKPOINT_FILE);
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let Some(list) = text.split("\"tables_held\":[").nth(1) else { return Vec::new() };
+    let list = list.split(']').next().unwrap_or_default();
+    list.split(',').map(|t| t.trim_matches('"').to_owned()).filter(|t| !t.is_empty()).collect()
+}
+
+/// `read` rows of `table` in the Parquet output.
+fn read_rows_of(dir: &std::path::Path, table: &str) -> usize {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::UInt8Type;
+    wal2arrow_sinks::parquet::read_dir(&dir.join(format!("public.{table}")))
+        .unwrap_or_default()
+        .iter()
+        .map(|b| {
+            let ops = b.column_by_name("_op").unwrap().as_dictionary::<UInt8Type>();
+            let names = ops.values().as_string::<i32>();
+            ops.keys().iter().filter(|k| names.value(k.unwrap() as usize) == "read").count()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_that_start_matching_later_are_backfilled_while_writes_continue() {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use crate::cli::{current_lsn, scratch_dir, send_signal};
+    use crate::common::wait_for;
+    use crate::random_dml::{final_rows, replay};
+
+    let db = Cluster::shared().database("backfill_new");
+    db.psql(
+        "CREATE TABLE a (id int8 PRIMARY KEY, v int4, note text);
+         INSERT INTO a SELECT g, g, 'a' || g FROM generate_series(1, 20000) g;
+         CREATE TABLE b (id int8 PRIMARY KEY, v int4, note text);
+         INSERT INTO b SELECT g, g, 'b' || g FROM generate_series(1, 30000) g;
+         CREATE SCHEMA hidden;
+         CREATE TABLE hidden.c (id int8 PRIMARY KEY, v int4, note text);
+         INSERT INTO hidden.c SELECT g, g, 'c' || g FROM generate_series(1, 10000) g;",
+    );
+    let dir = scratch_dir("backfill-new");
+    let (dsn, out) = (db.dsn(), dir.to_str().unwrap().to_owned());
+    let args = |tables: &str, until: Option<&str>| {
+        let mut a: Vec<String> = [
+            "stream",
+            "--dsn",
+            &dsn,
+            "--slot",
+            "grow",
+            "--tables",
+            tables,
+            "--sink",
+            "parquet",
+            "--out",
+            &out,
+            "--progress",
+            "never",
+            "--roll-seconds",
+            "1",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        if let Some(u) = until {
+            a.extend(["--until-lsn".to_owned(), u.to_owned()]);
+        }
+        a
+    };
+    let spawn = |tables: &str| {
+        let argv = args(tables, None);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        cli(&argv).spawn().unwrap()
+    };
+    // A writer on a and b throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, name) = (Arc::clone(&stop), db.name().to_owned());
+        std::thread::spawn(move || {
+            let mut t: u64 = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let id = 1 + (t * 7919) % 30000;
+                let sql = format!(
+                    "BEGIN; UPDATE a SET v = v + 1, note = 'w{t}' WHERE id = {id};
+                     UPDATE b SET v = -v WHERE id = {id};
+                     UPDATE b SET id = id + 100000 WHERE id = {};
+                     DELETE FROM b WHERE id = {};
+                     INSERT INTO b VALUES ({}, {t}, 'new'); COMMIT;",
+                    1 + (t * 31) % 30000,
+                    1 + (t * 17) % 30000,
+                    200_000 + t
+                );
+                Cluster::shared().psql(&name, &sql).unwrap();
+                t += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    // The first run captures a only: its snapshot, then its changes.
+    let mut child = spawn("public.a");
+    wait_for("a held", Duration::from_secs(60), || tables_held(&dir) == ["public.a"]).await;
+    assert_eq!(send_signal(child.id().unwrap(), "TERM"), 0);
+    child.wait().await.unwrap();
+
+    // The second captures public.*: b, already there, is backfilled at start; hidden.c, moved
+    // in while it streams, when the stream first shows it; d, created meanwhile, is not read.
+    let mut child = spawn("public.*");
+    wait_for("b held", Duration::from_secs(120), || {
+        tables_held(&dir).contains(&"public.b".to_owned())
+    })
+    .await;
+    db.psql(
+        "ALTER TABLE hidden.c SET SCHEMA public; UPDATE c SET v = -1 WHERE id = 5;
+         CREATE TABLE d (id int8 PRIMARY KEY, v int4, note text);
+         INSERT INTO d SELECT g, g, 'd' || g FROM generate_series(1, 500) g;",
+    );
+    wait_for("c and d held", Duration::from_secs(120), || {
+        let held = tables_held(&dir);
+        held.contains(&"public.c".to_owned()) && held.contains(&"public.d".to_owned())
+    })
+    .await;
+    db.psql("UPDATE c SET note = 'after' WHERE id <= 10; DELETE FROM d WHERE id = 1;");
+    stop.store(true, Ordering::SeqCst);
+    tokio::task::spawn_blocking(move || writer.join().unwrap()).await.unwrap();
+    assert_eq!(send_signal(child.id().unwrap(), "TERM"), 0);
+    child.wait().await.unwrap();
+    let until = current_lsn(&db);
+    let argv = args("public.*", Some(&until));
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let (code, stdout, err) = run(cli(&argv)).await;
+    assert_eq!(code, 0, "{stdout}{err}");
+
+    // a was read once (its snapshot), b and c once each (their backfills), d never.
+    let read: Vec<usize> = ["a", "b", "c", "d"].iter().map(|t| read_rows_of(&dir, t)).collect();
+    assert_eq!(read[0], 20_000, "a: {read:?}");
+    assert!(read[1] > 25_000 && read[1] <= 40_000, "b: {read:?}");
+    assert!(read[2] > 9_000 && read[2] <= 10_000, "c: {read:?}");
+    assert_eq!(read[3], 0, "d: {read:?}");
+    let keys = HashMap::from([("a", "id"), ("b", "id"), ("c", "id"), ("d", "id")]);
+    let replayed = replay(&dir, &keys);
+    let expected = final_rows(&db, PluginChoice::Wal2Arrow, &keys).await;
+    for table in ["a", "b", "c", "d"] {
+        let (got, want) = (&replayed[table], &expected[table]);
+        for (k, row) in want {
+            assert_eq!(got.get(k), Some(row), "{table} key {k}");
+        }
+        assert_eq!(got.len(), want.len(), "{table}: no row too many");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    sql(&db).await.execute("SELECT pg_drop_replication_slot('grow')", &[]).await.unwrap();
+}
