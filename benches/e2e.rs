@@ -438,7 +438,7 @@ async fn run(args: &Args) -> String {
 
 /// Snapshot throughput: each of W1's and W2's tables read whole, side by side in one run —
 /// `COPY … TO STDOUT (FORMAT binary)` into nothing (the physical limit of copying), the
-/// wal2arrow snapshot (exported snapshot, ctid ranges, text `COPY` decoded into Arrow) with 1
+/// wal2arrow snapshot (exported snapshot, ctid ranges, binary `COPY` decoded into Arrow) with 1
 /// and 2 workers, and Apache Arrow's ADBC PostgreSQL driver (binary `COPY` into Arrow, through
 /// `benches/adbc_copy.py`). Median of `repeat` rounds, interleaved.
 async fn snapshot_bench(db: &TestDb<'_>, config: &Config, repeat: usize) -> String {

@@ -13,7 +13,7 @@ cd fuzz
 cargo fuzz build -s none -O
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/wal2arrow-fuzz.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
-for target in frames wire batch wal2json; do
+for target in frames wire batch wal2json copy; do
     mkdir -p "$scratch/$target"
     echo "== fuzz $target for ${seconds}s" >&2
     if ! cargo fuzz run -s none -O "$target" "$scratch/$target" "corpus/$target" -- \

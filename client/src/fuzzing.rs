@@ -104,6 +104,31 @@ pub fn wal2json(data: &[u8]) {
     }
 }
 
+/// Snapshot rows: the input's first byte says where to cut the rest in two, and both pieces
+/// go to a binary `COPY` decoder of `public.t (id int4, note text, amount numeric(12,2), at
+/// timestamptz, tags int4[])`, one after the other; then each line of the rest goes to the
+/// text decoder (backfills).
+pub fn copy(data: &[u8]) {
+    use wal2arrow_wal2json::copy::{BinaryCopy, CopyEncoder, sample_copy_table};
+    let Some((&cut, rest)) = data.split_first() else { return };
+    let table = sample_copy_table();
+    let mut encoder = CopyEncoder::new(std::sync::Arc::clone(&table), Lsn(1));
+    let mut state = BinaryCopy::default();
+    let cut = usize::from(cut).min(rest.len());
+    let _ = encoder
+        .push_binary(&mut state, &rest[..cut])
+        .and_then(|()| encoder.push_binary(&mut state, &rest[cut..]));
+    let _ = encoder.finish_batch();
+    let mut encoder = CopyEncoder::new(table, Lsn(1));
+    for line in rest.split(|b| *b == b'\n') {
+        let _ = encoder.push_row(line);
+        if encoder.is_full() {
+            let _ = encoder.finish_batch();
+        }
+    }
+    let _ = encoder.finish_batch();
+}
+
 /// A wal2json decoder whose catalog knows `public.t (id int4, note text, amount
 /// numeric(12,2), at timestamptz, tags int4[])`.
 pub fn sample_json_decoder() -> JsonDecoder {
@@ -244,6 +269,45 @@ mod tests {
         }
         let json = include_str!("fuzz_seed.jsonl");
         out.push(("wal2json", "transaction", json.as_bytes().to_vec()));
+        out.push(("copy", "binary-rows", copy_seed()));
+        out.push((
+            "copy",
+            "text-rows",
+            b"\x001\tn\\tote\t12.50\t2024-01-01 00:00:00+00\t{1,NULL}\n2\t\\N\t\\N\t\\N\t\\N\n"
+                .to_vec(),
+        ));
+        out
+    }
+
+    /// A binary `COPY` stream of two rows of `public.t`, cut after 40 bytes.
+    fn copy_seed() -> Vec<u8> {
+        let mut out = vec![40u8];
+        out.extend(b"PGCOPY\n\xff\r\n\0");
+        out.extend(0i32.to_be_bytes());
+        out.extend(0u32.to_be_bytes());
+        let rows: [[Option<&[u8]>; 5]; 2] = [
+            [
+                Some(&7i32.to_be_bytes()),
+                Some("héllo".as_bytes()),
+                Some(b"-12.50"),
+                Some(&86_400_000_000i64.to_be_bytes()),
+                Some(b"{1,NULL,3}"),
+            ],
+            [Some(&8i32.to_be_bytes()), None, Some(b"NaN"), None, Some(b"{}")],
+        ];
+        for row in rows {
+            out.extend(5i16.to_be_bytes());
+            for field in row {
+                match field {
+                    None => out.extend((-1i32).to_be_bytes()),
+                    Some(v) => {
+                        out.extend((v.len() as i32).to_be_bytes());
+                        out.extend(v);
+                    }
+                }
+            }
+        }
+        out.extend((-1i16).to_be_bytes());
         out
     }
 
@@ -267,7 +331,7 @@ mod tests {
         }
         assert_eq!(out.len(), 8, "Begin, Schema, three Batches, Truncate, Message, Commit");
         let schema = every_kind_schema();
-        for target in ["frames", "wire", "batch", "wal2json"] {
+        for target in ["frames", "wire", "batch", "wal2json", "copy"] {
             let Ok(dir) = std::fs::read_dir(corpus(target)) else {
                 panic!("no corpus for {target}: run write_seed_corpus")
             };
@@ -278,6 +342,7 @@ mod tests {
                     "frames" => frames(&data),
                     "wire" => wire(&data),
                     "batch" => batch(&schema, &data),
+                    "copy" => copy(&data),
                     _ => wal2json(&data),
                 }
                 files += 1;

@@ -21,9 +21,10 @@
 //! what the snapshot can see, so the last range is open-ended and rows on pages added since are
 //! invisible anyway). `workers` connections import the same snapshot and take ranges from one
 //! queue, table after table, each running
-//! `COPY (SELECT columns FROM ONLY table WHERE ctid >= '(a,0)' AND ctid < '(b,0)') TO STDOUT`
-//! — a TID range scan from PostgreSQL 14 — and decoding the text rows into batches with
-//! [`wal2arrow_wal2json::copy`], the mapping of the stream's own values. No lock is taken:
+//! `COPY (SELECT columns FROM ONLY table WHERE ctid >= '(a,0)' AND ctid < '(b,0)') TO STDOUT
+//! (FORMAT binary)` — a TID range scan from PostgreSQL 14 — and decoding the rows into batches
+//! with [`wal2arrow_wal2json::copy`], the mapping of the stream's own values (columns whose
+//! binary form is not the plugin's value are selected as `column::text` and parsed as text). No lock is taken:
 //! MVCC keeps the snapshot's rows readable while writers go on. A worker holds at most one
 //! batch (`batch-rows` rows, or about 8 MB) and the queue to the caller is bounded, so memory
 //! is bounded by workers × batch size whatever the table's size.
@@ -58,7 +59,7 @@ use tokio::task::JoinSet;
 use wal2arrow_schema::{Lsn, PluginOptions, Relation};
 pub use wal2arrow_wal2json::CatalogCache;
 use wal2arrow_wal2json::Lookup;
-use wal2arrow_wal2json::copy::CopyEncoder;
+use wal2arrow_wal2json::copy::{BinaryCopy, CopyEncoder};
 pub use wal2arrow_wal2json::copy::{CopyTable, fields as copy_fields};
 
 use crate::catalog::{table_info, types};
@@ -116,7 +117,7 @@ pub enum SnapshotEvent {
         relation: Arc<Relation>,
         /// Rows copied.
         rows: u64,
-        /// `COPY` text bytes they came from.
+        /// `COPY` bytes they came from.
         bytes: u64,
     },
     /// A backfill of a table begins while streaming (see the consumer's `backfill` module):
@@ -150,7 +151,7 @@ pub enum SnapshotEvent {
         tables: usize,
         /// Rows copied.
         rows: u64,
-        /// `COPY` text bytes.
+        /// `COPY` bytes.
         bytes: u64,
     },
 }
@@ -566,10 +567,9 @@ impl Snapshot {
             }
             let pages = u64::try_from(row.get::<_, i64>(3)).unwrap_or(0);
             let from = |t: &PlannedTable| {
-                let columns: Vec<String> = t.table.column_names().map(quote_ident).collect();
                 format!(
                     "COPY (SELECT {} FROM ONLY {}.{} WHERE ",
-                    columns.join(", "),
+                    t.table.select_list(quote_ident),
                     quote_ident(&own_schema),
                     quote_ident(&own_name)
                 )
@@ -711,51 +711,32 @@ async fn copy_chunks(
         let t = &plan[chunk.table];
         let source = &t.sources[chunk.source];
         let range = match chunk.end {
-            Some(end) => {
-                format!("ctid >= '({},0)'::tid AND ctid < '({end},0)'::tid) TO STDOUT", chunk.first)
-            }
-            None => format!("ctid >= '({},0)'::tid) TO STDOUT", chunk.first),
+            Some(end) => format!(
+                "ctid >= '({},0)'::tid AND ctid < '({end},0)'::tid) TO STDOUT (FORMAT binary)",
+                chunk.first
+            ),
+            None => format!("ctid >= '({},0)'::tid) TO STDOUT (FORMAT binary)", chunk.first),
         };
         let sql = format!("{}{range}", source.select);
         let stream = client.copy_out(sql.as_str()).await?;
         let mut stream = std::pin::pin!(stream);
         let mut encoder = CopyEncoder::new(Arc::clone(&t.table), lsn);
-        // The server sends one row per message (a row never holds a raw newline: the text
-        // format escapes it); anything else — several rows in one message, a row split across
-        // messages — is split and put back together.
-        let mut partial: Vec<u8> = Vec::new();
         let failed = |e: wal2arrow_wal2json::copy::CopyError| {
             Error::Snapshot(format!("{}: {e}", t.table.relation().qualified_name))
         };
+        // The server sends about one row per message; the decoder keeps a row cut across
+        // messages until the rest comes.
+        let mut state = BinaryCopy::default();
         while let Some(data) = poll_fn(|cx| Pin::as_mut(&mut stream).poll_next(cx)).await {
-            let data = data?;
-            let body = data.strip_suffix(b"\n");
-            if let Some(row) = body.filter(|row| partial.is_empty() && !row.contains(&b'\n')) {
-                encoder.push_row(row).map_err(failed)?;
-                if encoder.is_full() {
-                    send_batch(&mut encoder, &chunk, reports, t).await?;
-                }
-                continue;
-            }
-            for piece in data.split_inclusive(|b| *b == b'\n') {
-                if !piece.ends_with(b"\n") {
-                    partial.extend_from_slice(piece);
-                    continue;
-                }
-                if partial.is_empty() {
-                    encoder.push_row(piece).map_err(failed)?;
-                } else {
-                    partial.extend_from_slice(piece);
-                    encoder.push_row(&partial).map_err(failed)?;
-                    partial.clear();
-                }
-                if encoder.is_full() {
-                    send_batch(&mut encoder, &chunk, reports, t).await?;
-                }
+            encoder.push_binary(&mut state, &data?).map_err(failed)?;
+            if encoder.is_full() {
+                send_batch(&mut encoder, &chunk, reports, t).await?;
             }
         }
-        if !partial.is_empty() {
-            encoder.push_row(&partial).map_err(failed)?;
+        if state.has_partial_row() {
+            return Err(failed(wal2arrow_wal2json::copy::CopyError(
+                "the COPY stream ended inside a row".into(),
+            )));
         }
         send_batch(&mut encoder, &chunk, reports, t).await?;
         let pages = match chunk.end {

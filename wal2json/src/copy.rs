@@ -10,9 +10,15 @@
 //! in a batch with the same schema and field metadata; its `_op` is
 //! [`ChangeOp::Read`](wal2arrow_schema::ChangeOp::Read) and its `_lsn` the snapshot's.
 //!
-//! Text rather than `COPY … (FORMAT binary)`: the binary send functions of a few types
-//! (`numeric`, arrays, `interval`) differ from their in-memory Datums, and the text parsers
-//! already exist, are fuzzed, and are tested value for value against the plugin.
+//! Snapshots read `COPY … (FORMAT binary)` ([`CopyEncoder::push_binary`]): the server's
+//! binary send functions cost it less than the output functions, and for the types whose send
+//! format is the value the plugin reads — integers, floats, `bool`, `money`, `oid`, text
+//! types, `bytea`, `date`, `time`, `timestamp[tz]`, `uuid` — decoding is a byte copy. Every
+//! other column is selected as `column::text` ([`CopyTable::select_list`]), whose binary form
+//! is its output function's text, parsed as above: the binary send functions of `numeric`,
+//! arrays, `interval` and the rest differ from the Datums the plugin reads, and the text
+//! parsers already exist, are fuzzed and are tested value for value against the plugin.
+//! Backfills read the text format ([`CopyEncoder::push_row`]).
 //!
 //! [`CopyTable`] describes one table (from a [`CatalogCache`], like the fallback's tables);
 //! each worker copying part of it feeds rows to a [`CopyEncoder`] of its own.
@@ -53,6 +59,8 @@ pub struct CopyTable {
     relation: Arc<Relation>,
     /// Per column: its kind and, for arrays, the element delimiter.
     plans: Vec<(PgKind, u8)>,
+    /// Per column: how a binary `COPY` carries it.
+    wire: Vec<Wire>,
     batch_rows: u32,
 }
 
@@ -122,7 +130,14 @@ impl CopyTable {
             with_lsn: options.include_lsn,
         };
         let relation = Relation::from_desc(&desc).map_err(|e| Err(CopyError(e.to_string())))?;
-        Ok(CopyTable { desc, relation: Arc::new(relation), plans, batch_rows: options.batch_rows })
+        let wire = plans.iter().map(|(kind, _)| Wire::of(kind)).collect();
+        Ok(CopyTable {
+            desc,
+            relation: Arc::new(relation),
+            plans,
+            wire,
+            batch_rows: options.batch_rows,
+        })
     }
 
     /// The table's relation (schema, name, OID and the schema of its batches).
@@ -139,7 +154,92 @@ impl CopyTable {
     pub fn column_names(&self) -> impl Iterator<Item = &str> {
         self.desc.columns.iter().map(|c| c.name.as_str())
     }
+
+    /// The `SELECT` list of a binary `COPY` that [`CopyEncoder::push_binary`] decodes: each
+    /// column quoted, as its output function's text unless its binary form is decoded
+    /// natively — `column::text`, an I/O conversion for these types, except for the
+    /// output-text kinds, where a cast may be a function of its own (`inet::text` always
+    /// shows the netmask, `inet_out` does not): `format('%s', …)` calls the output function.
+    pub fn select_list(&self, quote: impl Fn(&str) -> String) -> String {
+        let columns: Vec<String> = self
+            .desc
+            .columns
+            .iter()
+            .zip(&self.wire)
+            .map(|(c, w)| {
+                let name = quote(&c.name);
+                match (w, &c.kind) {
+                    (Wire::Text, PgKind::OutputText) => {
+                        format!("CASE WHEN {name} IS NULL THEN NULL ELSE format('%s', {name}) END")
+                    }
+                    (Wire::Text, _) => format!("{name}::text"),
+                    _ => name,
+                }
+            })
+            .collect();
+        columns.join(", ")
+    }
 }
+
+/// How a binary `COPY` carries a column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wire {
+    Bool,
+    I16,
+    I32,
+    I64,
+    U32,
+    F32,
+    F64,
+    Utf8,
+    Bytes,
+    Date,
+    Time,
+    Timestamp,
+    Uuid,
+    /// Selected as `::text`: the output function's text.
+    Text,
+}
+
+impl Wire {
+    fn of(kind: &PgKind) -> Wire {
+        match kind {
+            PgKind::Bool => Wire::Bool,
+            PgKind::Int2 => Wire::I16,
+            PgKind::Int4 => Wire::I32,
+            PgKind::Int8 | PgKind::Money => Wire::I64,
+            PgKind::Oid => Wire::U32,
+            PgKind::Float4 => Wire::F32,
+            PgKind::Float8 => Wire::F64,
+            PgKind::Text | PgKind::Name => Wire::Utf8,
+            PgKind::Bytea => Wire::Bytes,
+            PgKind::Date => Wire::Date,
+            PgKind::Time => Wire::Time,
+            PgKind::Timestamp | PgKind::Timestamptz => Wire::Timestamp,
+            PgKind::Uuid => Wire::Uuid,
+            _ => Wire::Text,
+        }
+    }
+}
+
+/// Where a binary `COPY` stream stands, across the messages it arrives in.
+#[derive(Debug, Default)]
+pub struct BinaryCopy {
+    header_done: bool,
+    ended: bool,
+    /// The start of a row (or of the header) cut by a message boundary.
+    pending: Vec<u8>,
+}
+
+impl BinaryCopy {
+    /// Whether bytes of an unfinished row are left over (the stream ended mid-row).
+    pub fn has_partial_row(&self) -> bool {
+        !self.pending.is_empty() && !self.ended
+    }
+}
+
+/// The binary `COPY` signature.
+const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 
 /// Builds one worker's batches of a [`CopyTable`] from `COPY` text rows.
 #[derive(Debug)]
@@ -224,6 +324,188 @@ impl CopyEncoder {
         Ok(())
     }
 
+    /// Appends the rows in `data`, the next bytes of a `COPY … (FORMAT binary)` stream of the
+    /// columns [`CopyTable::select_list`] names; a row cut by the end of `data` is kept in
+    /// `state` until the rest comes.
+    ///
+    /// # Errors
+    ///
+    /// A stream that is not a binary `COPY` of this table's columns.
+    pub fn push_binary(&mut self, state: &mut BinaryCopy, data: &[u8]) -> Result<(), CopyError> {
+        if state.pending.is_empty() {
+            let used = self.consume_binary(state, data)?;
+            state.pending.extend_from_slice(&data[used..]);
+        } else {
+            let mut pending = std::mem::take(&mut state.pending);
+            pending.extend_from_slice(data);
+            let used = self.consume_binary(state, &pending)?;
+            pending.drain(..used);
+            state.pending = pending;
+        }
+        if state.ended {
+            state.pending.clear();
+        }
+        Ok(())
+    }
+
+    /// Appends the whole rows at the start of `buf`; how many bytes they (and the header) took.
+    fn consume_binary(&mut self, state: &mut BinaryCopy, buf: &[u8]) -> Result<usize, CopyError> {
+        let mut pos = 0;
+        if !state.header_done {
+            if buf.len() < 19 {
+                return Ok(0);
+            }
+            if &buf[..11] != SIGNATURE {
+                return Err(CopyError("not a binary COPY stream (no PGCOPY signature)".into()));
+            }
+            let ext = u32::from_be_bytes([buf[15], buf[16], buf[17], buf[18]]) as usize;
+            if buf.len() < 19 + ext {
+                return Ok(0);
+            }
+            pos = 19 + ext;
+            state.header_done = true;
+        }
+        let width = self.table.plans.len();
+        let mut spans = std::mem::take(&mut self.spans);
+        let result = loop {
+            if state.ended {
+                break Ok(buf.len());
+            }
+            let Some(count) = buf.get(pos..pos + 2) else { break Ok(pos) };
+            let count = i16::from_be_bytes([count[0], count[1]]);
+            if count == -1 {
+                state.ended = true;
+                continue;
+            }
+            if usize::try_from(count).ok() != Some(width) {
+                break Err(CopyError(format!(
+                    "a binary COPY row of {}.{} has {count} fields, the table {width} columns",
+                    self.table.desc.namespace, self.table.desc.name
+                )));
+            }
+            // The row's fields, if all of it is here: (start, length; usize::MAX for NULL).
+            spans.clear();
+            let mut at = pos + 2;
+            let mut whole = true;
+            for _ in 0..width {
+                let Some(len) = buf.get(at..at + 4) else {
+                    whole = false;
+                    break;
+                };
+                let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+                at += 4;
+                if len < 0 {
+                    spans.push((at, usize::MAX));
+                    continue;
+                }
+                let len = len as usize;
+                if buf.len() < at + len {
+                    whole = false;
+                    break;
+                }
+                spans.push((at, len));
+                at += len;
+            }
+            if !whole {
+                break Ok(pos);
+            }
+            self.bytes += at - pos;
+            if let Err(e) = self.encoder.start_row(ChangeOp::Read, self.lsn) {
+                break Err(CopyError(e.to_string()));
+            }
+            for (c, &(start, len)) in spans.iter().enumerate() {
+                if len == usize::MAX {
+                    self.encoder.column(c).append_null();
+                } else {
+                    self.append_binary(c, &buf[start..start + len]);
+                }
+            }
+            pos = at;
+        };
+        self.spans = spans;
+        result
+    }
+
+    /// Appends one non-NULL binary value of column `c`.
+    fn append_binary(&mut self, c: usize, v: &[u8]) {
+        use wal2arrow_schema::ColumnBuilder as B;
+        use wal2arrow_schema::types::{date_to_arrow, time_to_arrow, timestamp_to_arrow};
+        fn be<const N: usize>(v: &[u8]) -> Option<[u8; N]> {
+            v.try_into().ok()
+        }
+        let wire = self.table.wire[c];
+        if wire == Wire::Text {
+            let appended = match std::str::from_utf8(v) {
+                Ok(t) => Field::Text(t),
+                Err(_) => Field::Bytes(v),
+            };
+            self.append_field(c, appended);
+            return;
+        }
+        let builder = self.encoder.column(c);
+        let appended = match (wire, builder) {
+            (Wire::Bool, B::Bool(b)) => be::<1>(v).map(|x| b.append_value(x[0] != 0)),
+            (Wire::I16, B::Int16(b)) => be(v).map(|x| b.append_value(i16::from_be_bytes(x))),
+            (Wire::I32, B::Int32(b)) => be(v).map(|x| b.append_value(i32::from_be_bytes(x))),
+            (Wire::I64, B::Int64(b)) => be(v).map(|x| b.append_value(i64::from_be_bytes(x))),
+            (Wire::U32, B::UInt32(b)) => be(v).map(|x| b.append_value(u32::from_be_bytes(x))),
+            (Wire::F32, B::Float32(b)) => be(v).map(|x| b.append_value(f32::from_be_bytes(x))),
+            (Wire::F64, B::Float64(b)) => be(v).map(|x| b.append_value(f64::from_be_bytes(x))),
+            (Wire::Utf8, B::Utf8(b)) => {
+                // client_encoding is UTF8: the server sends valid UTF-8.
+                b.append_value(String::from_utf8_lossy(v));
+                Some(())
+            }
+            (Wire::Bytes, B::Binary(b)) => {
+                b.append_value(v);
+                Some(())
+            }
+            (Wire::Date, B::Date32(b)) => {
+                be(v).map(|x| b.append_value(date_to_arrow(i32::from_be_bytes(x))))
+            }
+            (Wire::Timestamp, B::Timestamp(b)) => {
+                be(v).map(|x| b.append_value(timestamp_to_arrow(i64::from_be_bytes(x))))
+            }
+            (Wire::Time, B::Time64(b)) => match be(v).map(i64::from_be_bytes) {
+                Some(us) => match time_to_arrow(us) {
+                    Some(t) => {
+                        b.append_value(t);
+                        Some(())
+                    }
+                    // 24:00:00: PostgreSQL's, not Arrow's.
+                    None => {
+                        b.append_null();
+                        self.encoder.mark_unrepresentable(c);
+                        return;
+                    }
+                },
+                None => None,
+            },
+            (Wire::Uuid, B::FixedSizeBinary(b)) => be::<16>(v).and_then(|x| b.append_value(x).ok()),
+            _ => None,
+        };
+        if appended.is_none() {
+            self.unparsed(c);
+        }
+    }
+
+    /// A value that could not be read: NULL, marked unrepresentable, logged once per column.
+    fn unparsed(&mut self, c: usize) {
+        if !self.warned[c] {
+            self.warned[c] = true;
+            let d = &self.table.desc;
+            tracing::warn!(
+                table = %format!("{}.{}", d.namespace, d.name),
+                column = %d.columns[c].name,
+                "snapshot: a value of type {} could not be parsed; it is reported \
+                 in _unrepresentable",
+                d.columns[c].type_name
+            );
+        }
+        self.encoder.column(c).append_null();
+        self.encoder.mark_unrepresentable(c);
+    }
+
     /// Appends a field that may hold escapes (or be `\N`).
     fn append_escaped(&mut self, c: usize, raw: &[u8]) {
         if raw == b"\\N" {
@@ -261,21 +543,7 @@ impl CopyEncoder {
         match appended {
             Appended::Value => {}
             Appended::Unrepresentable => self.encoder.mark_unrepresentable(c),
-            Appended::Missing | Appended::Unparsed => {
-                if !self.warned[c] {
-                    self.warned[c] = true;
-                    let d = &self.table.desc;
-                    tracing::warn!(
-                        table = %format!("{}.{}", d.namespace, d.name),
-                        column = %d.columns[c].name,
-                        "snapshot: a value of type {} could not be parsed; it is reported \
-                         in _unrepresentable",
-                        d.columns[c].type_name
-                    );
-                }
-                self.encoder.column(c).append_null();
-                self.encoder.mark_unrepresentable(c);
-            }
+            Appended::Missing | Appended::Unparsed => self.unparsed(c),
         }
     }
 
@@ -378,6 +646,38 @@ fn unescape<'a>(raw: &'a [u8], out: &'a mut Vec<u8>) -> &'a [u8] {
     out
 }
 
+#[doc(hidden)]
+/// For tests, benchmarks and fuzz targets: `public.t` of [`crate::sample_decoder`]'s
+/// catalog — id int4, note text, amount numeric(12,2) (carried as text), at timestamptz,
+/// tags int4[] (as text).
+pub fn sample_copy_table() -> Arc<CopyTable> {
+    let catalog = crate::sample_decoder().catalog;
+    let col = |name: &str, type_oid: u32, typmod: i32, ndims: i32| crate::CatalogColumn {
+        name: name.into(),
+        type_oid,
+        typmod,
+        ndims,
+        not_null: name == "id",
+        generated: false,
+        format: String::new(),
+    };
+    let info = TableInfo {
+        relid: 4242,
+        replica_identity: ReplicaIdentity::Default,
+        primary_key: vec!["id".into()],
+        identity_key: vec!["id".into()],
+        columns: vec![
+            col("id", 23, -1, 0),
+            col("note", 25, -1, 0),
+            col("amount", 1700, (12 << 16) + 2 + 4, 0),
+            col("at", 1184, -1, 0),
+            col("tags", 1007, -1, 1),
+        ],
+    };
+    let options = PluginOptions { batch_rows: 100, ..PluginOptions::default() };
+    Arc::new(CopyTable::from_catalog(&catalog, &info, "public", "t", &options).unwrap())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,5 +690,88 @@ mod tests {
         assert_eq!(unescape(br"\x41\101\7\x4g", &mut out), b"AA\x07\x04g");
         assert_eq!(unescape(br"\\x0102", &mut out), br"\x0102");
         assert_eq!(unescape(br"\q", &mut out), b"q");
+    }
+
+    /// A binary `COPY` stream of rows of optional field bytes.
+    pub(crate) fn binary_stream(rows: &[Vec<Option<Vec<u8>>>]) -> Vec<u8> {
+        let mut out = SIGNATURE.to_vec();
+        out.extend(0i32.to_be_bytes());
+        out.extend(4u32.to_be_bytes());
+        out.extend(b"ext!");
+        for row in rows {
+            out.extend((row.len() as i16).to_be_bytes());
+            for field in row {
+                match field {
+                    None => out.extend((-1i32).to_be_bytes()),
+                    Some(v) => {
+                        out.extend((v.len() as i32).to_be_bytes());
+                        out.extend(v);
+                    }
+                }
+            }
+        }
+        out.extend((-1i16).to_be_bytes());
+        out
+    }
+
+    fn decode(table: &Arc<CopyTable>, pieces: &[&[u8]]) -> RecordBatch {
+        let mut encoder = CopyEncoder::new(Arc::clone(table), Lsn(0x100));
+        let mut state = BinaryCopy::default();
+        for piece in pieces {
+            encoder.push_binary(&mut state, piece).unwrap();
+        }
+        assert!(!state.has_partial_row());
+        encoder.finish_batch().unwrap().unwrap().0
+    }
+
+    #[test]
+    fn binary_rows_decode_alike_however_the_stream_is_cut() {
+        let table = sample_copy_table();
+        assert_eq!(
+            table.select_list(|n| format!("\"{n}\"")),
+            "\"id\", \"note\", \"amount\"::text, \"at\", \"tags\"::text"
+        );
+        let stream = binary_stream(&[
+            vec![
+                Some(7i32.to_be_bytes().to_vec()),
+                Some("héllo\ttab".as_bytes().to_vec()),
+                Some(b"-12.50".to_vec()),
+                Some(86_400_000_000i64.to_be_bytes().to_vec()),
+                Some(b"{1,NULL,3}".to_vec()),
+            ],
+            vec![Some(8i32.to_be_bytes().to_vec()), None, None, None, None],
+            vec![
+                Some(9i32.to_be_bytes().to_vec()),
+                Some(Vec::new()),
+                Some(b"NaN".to_vec()),
+                Some(i64::MAX.to_be_bytes().to_vec()),
+                Some(b"{}".to_vec()),
+            ],
+        ]);
+        let whole = decode(&table, &[&stream]);
+        assert_eq!(whole.num_rows(), 3);
+        let rendered = format!("{whole:?}");
+        assert!(rendered.contains("héllo\\ttab"), "{rendered}");
+        assert!(rendered.contains("2000-01-02T00:00:00"), "{rendered}");
+        for cut in 1..stream.len() {
+            assert_eq!(decode(&table, &[&stream[..cut], &stream[cut..]]), whole, "cut at {cut}");
+        }
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(decode(&table, &bytes), whole);
+        // NaN in numeric(12,2) cannot be held: NULL, marked.
+        let unrepresentable = whole.column_by_name("_unrepresentable").unwrap();
+        assert!(unrepresentable.is_valid(2) && !unrepresentable.is_valid(0));
+    }
+
+    #[test]
+    fn a_stream_that_is_not_binary_copy_or_has_the_wrong_width_is_an_error() {
+        let table = sample_copy_table();
+        let mut encoder = CopyEncoder::new(Arc::clone(&table), Lsn(1));
+        let mut state = BinaryCopy::default();
+        let err = encoder.push_binary(&mut state, b"1\tnote\t\\N\t\\N\t\\N\n-------").unwrap_err();
+        assert!(err.0.contains("PGCOPY"), "{err}");
+        let stream = binary_stream(&[vec![Some(1i32.to_be_bytes().to_vec())]]);
+        let err = encoder.push_binary(&mut BinaryCopy::default(), &stream).unwrap_err();
+        assert!(err.0.contains("has 1 fields, the table 5 columns"), "{err}");
     }
 }
