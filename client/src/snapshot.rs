@@ -67,7 +67,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::event::{ChangeBatch, ChunkId, Event, TxnBegin, TxnCommit};
 use crate::plugin::WAL2JSON_SESSION;
-use crate::protocol::conn::{quote_ident, quote_literal};
+use crate::protocol::conn::{Connection, quote_ident, quote_literal};
 use crate::sql::sql_client;
 
 /// Default heap pages per copied range (32 MiB with 8 kB pages).
@@ -318,7 +318,18 @@ impl Snapshot {
     /// slot's snapshot must be copied from the start).
     pub async fn run(self, mut emit: impl AsyncFnMut(Event) -> bool) -> Result<u64> {
         let coordinator = self.import().await?;
-        let (mut plan, commit_time_us) = self.plan(&coordinator).await?;
+        // The workers connect and import the snapshot while the coordinator plans (their
+        // transactions hold it too); those the plan has no range for are closed unused.
+        let imports = async {
+            let mut clients = Vec::with_capacity(self.workers);
+            for _ in 0..self.workers {
+                clients.push(self.import_worker().await?);
+            }
+            Ok::<_, Error>(clients)
+        };
+        let (planned, imported) = tokio::join!(self.plan(&coordinator), imports);
+        let (mut plan, commit_time_us) = planned?;
+        let mut clients = imported?;
         let step = u64::from(self.chunk_pages);
         let skip = |heap: &str, first: u64| {
             self.resume.as_ref().is_some_and(|r| {
@@ -361,18 +372,15 @@ impl Snapshot {
         let queue = Arc::new(Mutex::new(chunks));
         let (reports, mut inbox) = mpsc::channel::<Report>(self.workers * 2);
         let mut workers = JoinSet::new();
-        // Every worker imports the snapshot before any copying starts; the coordinator's own
-        // transaction stays open until then, so the snapshot is held throughout.
-        let mut clients = Vec::with_capacity(self.workers);
-        for _ in 0..self.workers.min(queue.lock().map_or(1, |q| q.len()).max(1)) {
-            clients.push(self.import().await?);
-        }
+        // Every worker imported the snapshot before any copying starts; the coordinator's own
+        // transaction stayed open until then, so the snapshot is held throughout.
+        clients.truncate(queue.lock().map_or(1, |q| q.len()).max(1));
         drop(coordinator);
-        for client in clients {
+        for mut conn in clients {
             let (plan, queue, reports) = (Arc::clone(&plan), Arc::clone(&queue), reports.clone());
             let lsn = self.lsn;
             workers.spawn(async move {
-                if let Err(e) = copy_chunks(&client, &plan, &queue, lsn, &reports).await {
+                if let Err(e) = copy_chunks(&mut conn, &plan, &queue, lsn, &reports).await {
                     let _ = reports.send(Report::Failed(e)).await;
                 }
             });
@@ -499,6 +507,35 @@ impl Snapshot {
         }
     }
 
+    /// A worker's connection (ours, not tokio-postgres's: the `COPY` it reads arrives as one
+    /// message per row, which it frames without a hand-over between tasks) in a transaction
+    /// that sees the exported snapshot, with the session settings the text parsers expect.
+    async fn import_worker(&self) -> Result<Connection> {
+        let mut conn = Connection::connect_sql(&self.config).await?;
+        conn.simple_query(WAL2JSON_SESSION).await?;
+        let sql = format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote_literal(&self.name)
+        );
+        match conn.simple_query(&sql).await {
+            Ok(_) => Ok(conn),
+            Err(e) if matches!(e.code(), Some("22023" | "42704")) => {
+                Err(self.gone(e.db_error().map_or_else(|| e.to_string(), |d| d.message.clone())))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The exported snapshot cannot be imported (any more).
+    fn gone(&self, why: String) -> Error {
+        Error::SnapshotGone(format!(
+            "the exported snapshot {:?} is gone ({why}): the replication connection that \
+             created the slot was closed or used before every worker had imported it; take it \
+             again from a new slot (the consumer does so by itself)",
+            self.name
+        ))
+    }
+
     /// A connection in a transaction that sees the exported snapshot, with the session
     /// settings the text parsers expect.
     async fn import(&self) -> Result<tokio_postgres::Client> {
@@ -511,15 +548,8 @@ impl Snapshot {
         match client.batch_execute(&sql).await {
             Ok(()) => Ok(client),
             // invalid_parameter_value / undefined_object: no such snapshot (any more).
-            Err(e) if matches!(e.code().map(|c| c.code()), Some("22023" | "42704")) => {
-                Err(Error::SnapshotGone(format!(
-                    "the exported snapshot {:?} is gone ({}): the replication connection that \
-                     created the slot was closed or used before every worker had imported it; \
-                     take it again from a new slot (the consumer does so by itself)",
-                    self.name,
-                    e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned())
-                )))
-            }
+            Err(e) if matches!(e.code().map(|c| c.code()), Some("22023" | "42704")) => Err(self
+                .gone(e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned()))),
             Err(e) => Err(e.into()),
         }
     }
@@ -607,6 +637,24 @@ impl Snapshot {
         }
         Ok((plan, commit_time_us))
     }
+}
+
+/// Runs `sql`, a `COPY … TO STDOUT (FORMAT binary)`, on a new connection and discards what
+/// it sends, through the reader the snapshot's workers use: the physical limit of copying, for
+/// benchmarks. Returns the bytes received.
+///
+/// # Errors
+///
+/// Connection and server errors.
+#[doc(hidden)]
+pub async fn copy_to_nothing(config: &Config, sql: &str) -> Result<usize> {
+    let mut conn = Connection::connect_sql(config).await?;
+    conn.copy_out(sql).await?;
+    let mut bytes = 0;
+    while let Some(data) = conn.next_copy_data().await? {
+        bytes += data.len();
+    }
+    Ok(bytes)
 }
 
 /// `schema.name` described from the catalog for copying its rows into `read` batches: the
@@ -698,7 +746,7 @@ pub fn sql_name(name: &str) -> String {
 
 /// A worker: takes ranges off the queue until it is empty, copying each.
 async fn copy_chunks(
-    client: &tokio_postgres::Client,
+    conn: &mut Connection,
     plan: &[PlannedTable],
     queue: &Mutex<VecDeque<Chunk>>,
     lsn: Lsn,
@@ -718,8 +766,7 @@ async fn copy_chunks(
             None => format!("ctid >= '({},0)'::tid) TO STDOUT (FORMAT binary)", chunk.first),
         };
         let sql = format!("{}{range}", source.select);
-        let stream = client.copy_out(sql.as_str()).await?;
-        let mut stream = std::pin::pin!(stream);
+        conn.copy_out(&sql).await?;
         let mut encoder = CopyEncoder::new(Arc::clone(&t.table), lsn);
         let failed = |e: wal2arrow_wal2json::copy::CopyError| {
             Error::Snapshot(format!("{}: {e}", t.table.relation().qualified_name))
@@ -727,8 +774,8 @@ async fn copy_chunks(
         // The server sends about one row per message; the decoder keeps a row cut across
         // messages until the rest comes.
         let mut state = BinaryCopy::default();
-        while let Some(data) = poll_fn(|cx| Pin::as_mut(&mut stream).poll_next(cx)).await {
-            encoder.push_binary(&mut state, &data?).map_err(failed)?;
+        while let Some(data) = conn.next_copy_data().await? {
+            encoder.push_binary(&mut state, &data).map_err(failed)?;
             if encoder.is_full() {
                 send_batch(&mut encoder, &chunk, reports, t).await?;
             }

@@ -1,7 +1,8 @@
 //! A replication connection: startup with `replication=database`, authentication (trust,
 //! cleartext password, md5, SCRAM-SHA-256), and the simple-query protocol the replication
 //! commands use. Message codecs and SCRAM come from `postgres-protocol`; framing is ours
-//! ([`super::frame`]), since tokio-postgres has no CopyBoth mode.
+//! ([`super::frame`]), since tokio-postgres has no CopyBoth mode. The same connection without
+//! `replication` reads a snapshot worker's binary `COPY` ([`Connection::copy_out`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,7 +24,8 @@ use crate::tls::{Socket, client_config, server_name};
 /// One row of a simple-query result, in text format.
 pub(crate) type Row = Vec<Option<String>>;
 
-/// An authenticated connection in replication mode.
+/// An authenticated connection (in replication mode unless made by
+/// [`connect_sql`](Connection::connect_sql)).
 #[derive(Debug)]
 pub(crate) struct Connection {
     pub(crate) stream: Socket,
@@ -41,15 +43,26 @@ impl Connection {
     /// [`Error::Connect`], [`Error::Timeout`], [`Error::Auth`], or the server's error (for
     /// example, a database that does not exist).
     pub(crate) async fn connect(config: &Config) -> Result<Connection> {
+        Self::connect_as(config, true).await
+    }
+
+    /// An ordinary (not replication) connection with the same settings, startup and
+    /// authentication: for a snapshot worker's `COPY`, read here without tokio-postgres's
+    /// per-message hand-over between tasks ([`copy_out`](Self::copy_out)).
+    pub(crate) async fn connect_sql(config: &Config) -> Result<Connection> {
+        Self::connect_as(config, false).await
+    }
+
+    async fn connect_as(config: &Config, replication: bool) -> Result<Connection> {
         config.validate()?;
         let timeout = config.connect_timeout;
-        match tokio::time::timeout(timeout, Self::connect_inner(config)).await {
+        match tokio::time::timeout(timeout, Self::connect_inner(config, replication)).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout { what: "connecting and authenticating", after: timeout }),
         }
     }
 
-    async fn connect_inner(config: &Config) -> Result<Connection> {
+    async fn connect_inner(config: &Config, replication: bool) -> Result<Connection> {
         let addr = config.address();
         let stream = match config.socket_path() {
             // A Unix-domain socket: never TLS, as with libpq.
@@ -66,13 +79,15 @@ impl Connection {
             parameters: HashMap::new(),
             out: BytesMut::with_capacity(256),
         };
-        let params = [
+        let mut params = vec![
             ("user", config.user.as_str()),
             ("database", config.dbname()),
-            ("replication", "database"),
             ("application_name", config.application_name.as_str()),
             ("client_encoding", "UTF8"),
         ];
+        if replication {
+            params.push(("replication", "database"));
+        }
         frontend::startup_message(params.iter().copied(), &mut conn.out)?;
         conn.flush().await?;
         conn.authenticate(config).await?;
@@ -287,6 +302,68 @@ impl Connection {
                 | Message::NoticeResponse(_)
                 | Message::ParameterStatus(_) => {}
                 m => return Err(unexpected("in a query result", &m)),
+            }
+        }
+    }
+
+    /// Starts `COPY … TO STDOUT (FORMAT binary)` (`sql`); its data follows from
+    /// [`next_copy_data`](Self::next_copy_data). Binary only: a binary row's first byte (its
+    /// field count's high byte, the header's `P`, the trailer's 0xff) is never the `w` or `k`
+    /// of replication messages, which the frame reader tells apart by that byte.
+    ///
+    /// # Errors
+    ///
+    /// The server's error, after the connection is back to idle.
+    pub(crate) async fn copy_out(&mut self, sql: &str) -> Result<()> {
+        frontend::query(sql, &mut self.out)?;
+        self.flush().await?;
+        loop {
+            match self.next_message().await? {
+                Message::CopyOutResponse(_) => return Ok(()),
+                Message::ErrorResponse(e) => {
+                    let e = db_error(e.fields());
+                    while !matches!(self.next_message().await?, Message::ReadyForQuery(_)) {}
+                    return Err(Error::Server(Box::new(e)));
+                }
+                Message::NoticeResponse(_) | Message::ParameterStatus(_) => {}
+                m => return Err(unexpected("starting COPY", &m)),
+            }
+        }
+    }
+
+    /// The next `CopyData` payload of the `COPY` [`copy_out`](Self::copy_out) started (no
+    /// copy: a slice of the read buffer); `None` once it ended and the connection is idle.
+    ///
+    /// # Errors
+    ///
+    /// The server's error, after the connection is back to idle; I/O and framing errors.
+    pub(crate) async fn next_copy_data(&mut self) -> Result<Option<bytes::Bytes>> {
+        let mut error = None;
+        loop {
+            let frame = self.reader.read(&mut self.stream).await.map_err(Error::from)?;
+            let Frame::Other(mut msg) = frame else {
+                return Err(Error::protocol("replication data in a COPY"));
+            };
+            if msg[0] == b'd' {
+                bytes::Buf::advance(&mut msg, 5);
+                return Ok(Some(msg.freeze()));
+            }
+            match Message::parse(&mut msg).map_err(malformed)? {
+                Some(Message::ReadyForQuery(_)) => {
+                    return match error {
+                        Some(e) => Err(Error::Server(Box::new(e))),
+                        None => Ok(None),
+                    };
+                }
+                Some(Message::ErrorResponse(e)) => error = Some(db_error(e.fields())),
+                Some(
+                    Message::CopyDone
+                    | Message::CommandComplete(_)
+                    | Message::NoticeResponse(_)
+                    | Message::ParameterStatus(_),
+                ) => {}
+                Some(m) => return Err(unexpected("in a COPY", &m)),
+                None => return Err(Error::protocol("incomplete message")),
             }
         }
     }
