@@ -581,6 +581,12 @@ fn bytes(n: i64) -> String {
     }
 }
 
+/// Whether replication slot `name` exists.
+async fn slot_exists(config: &Config, name: &str) -> Result<bool, Error> {
+    let sql = wal2arrow_consumer::sql_client(config).await?;
+    Ok(wal2arrow_consumer::find_slot(&sql, name).await?.is_some())
+}
+
 async fn stream(args: StreamArgs) -> CmdResult {
     let config = args.conn.config()?;
     let mut builder = consumer_builder(&args.conn, &args.select)?
@@ -644,6 +650,14 @@ async fn stream(args: StreamArgs) -> CmdResult {
                 ..ParquetOptions::default()
             };
             let sink = ParquetSink::open(dir, &source, options)?;
+            let mut sink = sink;
+            let snapshots = !args.temporary_slot
+                && !matches!(args.snapshot, Some(SnapshotArg::Never | SnapshotArg::Only));
+            if sink.is_fresh() && snapshots && !slot_exists(&config, &args.select.slot).await? {
+                // This run creates the slot and snapshots: say so durably first (see
+                // ParquetSink::mark_snapshot_pending).
+                sink.mark_snapshot_pending()?;
+            }
             resumable = Some(sink.snapshot_resume());
             held = Some(sink.tables_held());
             Box::new(sink)

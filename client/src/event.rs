@@ -82,30 +82,39 @@ pub struct ChangeBatch {
 }
 
 /// One range of heap pages an initial snapshot copies: the table that holds the rows (a
-/// partition's own name when its rows are reported as its root's) and the range's first page.
-/// With the snapshot's `chunk_pages`, it names the same range in every run.
+/// partition's own name when its rows are reported as its root's), its storage file
+/// (`pg_relation_filenode`: a rewrite — `VACUUM FULL`, `CLUSTER`, a rewriting `ALTER TABLE` —
+/// moves every row to a new one, and the ranges of the old mean nothing) and the range's first
+/// page. With the snapshot's `chunk_pages`, it names the same rows' place in every run.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChunkId {
     /// `schema.table`, each part quoted as SQL needs it.
     pub heap: String,
+    /// The heap's `relfilenode`.
+    pub file: u32,
     /// The range's first heap page.
     pub first_page: u64,
 }
 
 impl std::fmt::Display for ChunkId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}@{}", self.heap, self.first_page)
+        write!(f, "{}#{}@{}", self.heap, self.file, self.first_page)
     }
 }
 
 impl std::str::FromStr for ChunkId {
     type Err = String;
 
-    /// Parses what [`Display`](std::fmt::Display) wrote: `heap@first_page`.
+    /// Parses what [`Display`](std::fmt::Display) wrote: `heap#file@first_page`.
     fn from_str(s: &str) -> std::result::Result<ChunkId, String> {
-        let (heap, page) = s.rsplit_once('@').ok_or_else(|| format!("not a chunk: {s:?}"))?;
-        let first_page = page.parse().map_err(|_| format!("not a chunk: {s:?}"))?;
-        Ok(ChunkId { heap: heap.to_owned(), first_page })
+        let bad = || format!("not a chunk: {s:?}");
+        let (rest, page) = s.rsplit_once('@').ok_or_else(bad)?;
+        let (heap, file) = rest.rsplit_once('#').ok_or_else(bad)?;
+        Ok(ChunkId {
+            heap: heap.to_owned(),
+            file: file.parse().map_err(|_| bad())?,
+            first_page: page.parse().map_err(|_| bad())?,
+        })
     }
 }
 

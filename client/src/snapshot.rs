@@ -215,6 +215,8 @@ struct PlannedTable {
 struct Source {
     /// `schema.table` of the heap (the partition's own name), for [`ChunkId`]s.
     heap: String,
+    /// Its `relfilenode`.
+    file: u32,
     /// `COPY (SELECT columns FROM ONLY table WHERE ` — the ctid condition follows.
     select: String,
     pages: u64,
@@ -331,9 +333,11 @@ impl Snapshot {
         let (mut plan, commit_time_us) = planned?;
         let mut clients = imported?;
         let step = u64::from(self.chunk_pages);
-        let skip = |heap: &str, first: u64| {
+        let skip = |source: &Source, first: u64| {
             self.resume.as_ref().is_some_and(|r| {
-                r.done.contains(&ChunkId { heap: heap.to_owned(), first_page: first })
+                let id =
+                    ChunkId { heap: source.heap.clone(), file: source.file, first_page: first };
+                r.done.contains(&id)
             })
         };
         let mut ids: Vec<Arc<ChunkId>> = Vec::new();
@@ -345,13 +349,17 @@ impl Snapshot {
                 let n = source.chunks as u64;
                 for c in 0..n {
                     let (first, end) = (c * step, (c + 1 < n).then_some((c + 1) * step));
-                    if skip(&source.heap, first) {
+                    if skip(source, first) {
                         skipped += 1;
                         continue;
                     }
                     pages += end.unwrap_or(source.pages.max(first)) - first;
                     left += 1;
-                    ids.push(Arc::new(ChunkId { heap: source.heap.clone(), first_page: first }));
+                    ids.push(Arc::new(ChunkId {
+                        heap: source.heap.clone(),
+                        file: source.file,
+                        first_page: first,
+                    }));
                     chunks.push_back(Chunk {
                         table: i,
                         source: source_index,
@@ -564,7 +572,7 @@ impl Snapshot {
                    has_table_privilege(c.oid, 'SELECT'), \
                    (pg_relation_size(c.oid) / current_setting('block_size')::int8)::int8, \
                    (extract(epoch FROM now()) * 1000000)::int8, \
-                   rn.nspname::text, r.relname::text \
+                   rn.nspname::text, r.relname::text, pg_relation_filenode(c.oid)::int8 \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                    LEFT JOIN pg_class r ON c.relispartition AND r.oid = pg_partition_root(c.oid) \
                    LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace \
@@ -606,11 +614,12 @@ impl Snapshot {
             };
             let chunks = pages.div_ceil(u64::from(self.chunk_pages)).max(1) as usize;
             let heap = format!("{}.{}", sql_name(&own_schema), sql_name(&own_name));
+            let file = u32::try_from(row.get::<_, Option<i64>>(7).unwrap_or(0)).unwrap_or(0);
             if last.as_ref() == Some(&(schema.clone(), name.clone())) {
                 // Another partition of the same root.
                 let t = plan.last_mut().expect("last is set with a plan entry");
                 let select = from(t);
-                t.sources.push(Source { heap, select, pages, chunks });
+                t.sources.push(Source { heap, file, select, pages, chunks });
                 t.pages += pages;
                 t.chunks += chunks;
                 continue;
@@ -621,7 +630,7 @@ impl Snapshot {
                 continue;
             };
             let mut t = PlannedTable { table: Arc::new(table), sources: Vec::new(), pages, chunks };
-            t.sources.push(Source { heap, select: from(&t), pages, chunks });
+            t.sources.push(Source { heap, file, select: from(&t), pages, chunks });
             plan.push(t);
             last = Some((schema, name));
         }

@@ -299,8 +299,12 @@ impl ConsumerBuilder {
     /// given what the sink recorded, `from` — copies only the ranges not recorded, then
     /// streams from the slot's consistent point. `from` must be the snapshot of this very slot
     /// (its consistent point is checked); with `None`, a snapshot is taken as usual, and an
-    /// existing slot is not snapshotted again. Only for [`SlotMode::Persistent`] and
-    /// [`SnapshotMode::Auto`] or [`SnapshotMode::Initial`].
+    /// existing slot is not snapshotted again. A record whose `lsn` is
+    /// [`Lsn::INVALID`] says only that a snapshot was about to begin: record it durably before
+    /// [`start`](Consumer::start) creates the slot, and a run that dies before the snapshot's
+    /// LSN is recorded leaves a slot the next run (passing it) snapshots at its position
+    /// ([`SnapshotMode::Auto`]) instead of streaming without the tables' rows. Resuming needs
+    /// [`SlotMode::Persistent`] and [`SnapshotMode::Auto`] or [`SnapshotMode::Initial`].
     pub fn resumable_snapshot(mut self, from: Option<SnapshotResume>) -> Self {
         self.resumable_snapshot = true;
         self.snapshot_resume = from;
@@ -409,7 +413,7 @@ impl ConsumerBuilder {
         if self.snapshot_chunk_pages == 0 {
             return Err(Error::Config("snapshot_chunk_pages must be at least 1".into()));
         }
-        if let Some(resume) = &self.snapshot_resume {
+        if let Some(resume) = self.snapshot_resume.as_ref().filter(|r| !r.lsn.is_invalid()) {
             let why = match (&self.slot, self.snapshot) {
                 (SlotMode::Temporary { .. }, _) => Some("a temporary slot"),
                 (_, SnapshotMode::Never) => Some("no snapshot (SnapshotMode::Never)"),
@@ -503,8 +507,8 @@ impl Consumer {
     /// # Errors
     ///
     /// [`Error::Preflight`] naming each unmet requirement and its fix; connection and
-    /// authentication errors; [`Error::Slot`] for a slot that cannot be used (missing, of
-    /// another plugin or database); the server's refusal to start.
+    /// authentication errors; `Error::Client(client::Error::Slot(..))` for a slot that cannot
+    /// be used (missing, of another plugin or database); the server's refusal to start.
     pub async fn start(&self) -> Result<CdcStream> {
         let s = &self.settings;
         if s.preflight || s.publication.is_some() {
@@ -857,7 +861,11 @@ async fn prepare_snapshot(
             let sql = sql_client(&s.config).await?;
             let resolved =
                 resolve_slot(&sql, name, s.config.dbname(), s.output_plugin.allowed()).await?;
-            match (resolved, &s.snapshot_resume) {
+            // An empty output (a resume record without an LSN): made whole even when the slot
+            // exists — a run that created the slot may have died before recording anything.
+            let fresh = s.snapshot_resume.as_ref().is_some_and(|r| r.lsn.is_invalid());
+            let resume = s.snapshot_resume.as_ref().filter(|r| !r.lsn.is_invalid());
+            match (resolved, resume) {
                 (SlotResolution::Missing, Some(resume)) => {
                     Err(Error::Client(ClientError::Snapshot(format!(
                         "the output holds part of a snapshot taken at {} for slot {name:?}, \
@@ -869,6 +877,24 @@ async fn prepare_snapshot(
                 }
                 (SlotResolution::Usable(slot, plugin), Some(resume)) => {
                     resume_snapshot(s, state, name, &slot, plugin, resume).await
+                }
+                (SlotResolution::Usable(slot, plugin), None)
+                    if fresh && mode == SnapshotMode::Auto =>
+                {
+                    let Some(lsn) = slot.confirmed_flush_lsn else { return Ok(None) };
+                    tracing::info!(
+                        slot = %name,
+                        lsn = %lsn,
+                        "the output is empty: copying the tables now, then streaming the slot's \
+                         changes from its position"
+                    );
+                    let whole = SnapshotResume {
+                        lsn,
+                        chunk_pages: s.snapshot_chunk_pages,
+                        done: Vec::new(),
+                        next_ordinal: 0,
+                    };
+                    resume_snapshot(s, state, name, &slot, plugin, &whole).await
                 }
                 (SlotResolution::Missing, None) if *create_if_missing && s.resumable_snapshot => {
                     persistent(name).await
@@ -1382,6 +1408,13 @@ impl Driver {
                             })))
                             .await
                             .is_err()
+                        {
+                            return;
+                        }
+                        // A sink that took back what followed its last flush took back the
+                        // record of the tables held with it: say it again.
+                        if let Some(record) = self.coverage.as_ref().map(|c| c.event())
+                            && self.tx.send(Item::Event(Ok(record))).await.is_err()
                         {
                             return;
                         }

@@ -102,7 +102,8 @@ pub enum SnapshotMode {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotResume {
     /// The slot's consistent point, which the snapshot was taken at
-    /// ([`wal2arrow_client::SnapshotEvent::Started`]'s `lsn`).
+    /// ([`wal2arrow_client::SnapshotEvent::Started`]'s `lsn`); `Lsn::INVALID`: a snapshot was
+    /// about to begin, and none was recorded since.
     pub lsn: wal2arrow_client::Lsn,
     /// Heap pages per range, as the snapshot cut them.
     pub chunk_pages: u32,

@@ -431,6 +431,9 @@ impl Runner {
         };
         let snapshot_done = matches!(event, Event::Snapshot(SnapshotEvent::Complete { .. }));
         let chunk_done = matches!(event, Event::Snapshot(SnapshotEvent::ChunkDone { .. }));
+        let resumable_started =
+            matches!(event, Event::Snapshot(SnapshotEvent::Started { resumable: true, .. }));
+        let was_resumable = self.resumable_snapshot;
         match &event {
             Event::Snapshot(SnapshotEvent::Started { resumable, .. }) => {
                 self.resumable_snapshot = *resumable;
@@ -441,13 +444,19 @@ impl Runner {
         if self.handle(&event, worker).await? {
             worker.write(event).await?;
         }
+        if resumable_started {
+            // The record of the snapshot (its LSN, no range yet) is durable before any row:
+            // a run that dies from here on is resumed, not forgotten.
+            worker.flush().await?;
+            self.progress.flushes += 1;
+        }
         if chunk_done && self.resumable_snapshot && worker.wants_flush().await? {
             // Whole ranges become durable (and recorded) during the snapshot; nothing is
             // acknowledged until it is complete.
             worker.flush().await?;
             self.progress.flushes += 1;
         }
-        if snapshot_done && !self.in_txn && self.pending_ack.is_some() {
+        if snapshot_done && !self.in_txn && (self.pending_ack.is_some() || was_resumable) {
             // A new slot waits for this acknowledgement before it streams: make the snapshot
             // durable now rather than at the next roll.
             self.flush(stream, worker).await?;
@@ -479,7 +488,14 @@ impl Runner {
 
     /// After a stream error: flush what is complete, or take back a partial transaction.
     async fn abandon(&mut self, stream: &CdcStream, worker: &mut Worker) {
-        let result = if self.in_txn {
+        let result = if self.in_txn && self.resumable_snapshot {
+            // Publish the ranges finished so far (the next run resumes after them), then take
+            // back the rest.
+            match worker.flush().await {
+                Ok(()) => worker.rollback().await.map(drop),
+                Err(e) => Err(e),
+            }
+        } else if self.in_txn {
             worker.rollback().await.map(drop)
         } else if self.pending_ack.is_some() {
             self.flush(stream, worker).await

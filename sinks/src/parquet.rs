@@ -128,6 +128,8 @@ pub struct ParquetSink {
     snapshot: Option<SnapshotResume>,
     /// The tables held, as the checkpoint will say.
     tables_held: Option<Vec<String>>,
+    /// No checkpoint existed when the directory was opened.
+    fresh: bool,
     /// What has been written since the last flush.
     dirty_since: Option<Instant>,
     last_commit: Lsn,
@@ -307,6 +309,7 @@ impl ParquetSink {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(|e| Error::sink(&dir, "cannot create", e))?;
         let path = dir.join(CHECKPOINT_FILE);
+        let fresh = !path.exists();
         let checkpoint = match fs::read_to_string(&path) {
             Ok(text) => Checkpoint::parse(&text).ok_or_else(|| {
                 Error::Config(format!("{} is damaged; move the directory aside", path.display()))
@@ -352,6 +355,7 @@ impl ParquetSink {
             created: 0,
             snapshot: None,
             tables_held: held,
+            fresh,
             dirty_since: None,
         })
     }
@@ -360,6 +364,27 @@ impl ParquetSink {
     /// ([`ConsumerBuilder::resumable_snapshot`](wal2arrow_consumer::ConsumerBuilder::resumable_snapshot)).
     pub fn snapshot_resume(&self) -> Option<SnapshotResume> {
         self.checkpoint.snapshot.clone()
+    }
+
+    /// Whether the directory held no checkpoint when opened: nothing was ever written.
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    /// Records durably, before the stream creates its slot, that a resumable snapshot is about
+    /// to begin (a resume record without an LSN, [`snapshot_resume`](Self::snapshot_resume)):
+    /// a run that dies after creating the slot but before recording the snapshot's LSN leaves
+    /// this, and the next run takes the snapshot at the slot's position instead of skipping
+    /// it.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors writing the checkpoint.
+    pub fn mark_snapshot_pending(&mut self) -> Result<()> {
+        self.snapshot = Some(SnapshotResume::default());
+        Sink::flush(self)?;
+        self.checkpoint.snapshot = self.snapshot.clone();
+        Ok(())
     }
 
     /// The tables whose existing rows the directory holds, as the stream last said
@@ -524,6 +549,12 @@ impl Sink for ParquetSink {
                     done: Vec::new(),
                     next_ordinal: 0,
                 }));
+                Ok(())
+            }
+            Event::Snapshot(SnapshotEvent::Complete { .. }) if self.snapshot.is_some() => {
+                // Complete (a snapshot without rows has no commit): nothing left to resume.
+                self.snapshot = None;
+                self.dirty_since.get_or_insert_with(Instant::now);
                 Ok(())
             }
             Event::Snapshot(SnapshotEvent::TablesHeld { tables }) => {
@@ -851,8 +882,8 @@ mod tests {
                 lsn: Lsn(0x16B3F00),
                 chunk_pages: 64,
                 done: vec![
-                    ChunkId { heap: "public.t".into(), first_page: 0 },
-                    ChunkId { heap: "\"a@b\".\"t\\\"x\"".into(), first_page: 128 },
+                    ChunkId { heap: "public.t".into(), file: 16384, first_page: 0 },
+                    ChunkId { heap: "\"a@b\".\"t#\\\"x\"".into(), file: 7, first_page: 128 },
                 ],
                 next_ordinal: 17,
             }),

@@ -668,3 +668,83 @@ async fn a_snapshot_lost_during_its_copy_is_taken_again_whole_from_a_new_slot() 
         wait_for("no slot left", Duration::from_secs(10), || left().trim() == "0").await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_recorded_but_not_begun_is_taken_and_one_without_rows_leaves_no_record() {
+    let db = Cluster::shared().database("snapshot_fresh");
+    db.psql(
+        "CREATE TABLE f (id int8 PRIMARY KEY, v text);
+         CREATE TABLE e (id int8 PRIMARY KEY, v text);
+         INSERT INTO e SELECT g, 'before' || g FROM generate_series(1, 3000) g;",
+    );
+    let dsn = db.dsn();
+    let dir = scratch_dir("snapshot-fresh");
+    let stream = |slot: &str, table: &str, out: &std::path::Path, until: &str| {
+        let args = [
+            "stream",
+            "--dsn",
+            &dsn,
+            "--slot",
+            slot,
+            "--tables",
+            table,
+            "--sink",
+            "parquet",
+            "--out",
+            out.to_str().unwrap(),
+            "--progress",
+            "never",
+            "--until-lsn",
+            until,
+        ];
+        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        async move {
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(cli(&argv)).await
+        }
+    };
+    let checkpoint = |out: &std::path::Path| {
+        std::fs::read_to_string(out.join(wal2arrow_sinks::parquet::CHECKPOINT_FILE)).unwrap()
+    };
+
+    // A resumable snapshot of an empty table: no rows, no commit — and no record left that
+    // would make the next run refuse the slot, which moved on.
+    let out_f = dir.join("f");
+    let (code, o, e) = stream("fresh_f", "public.f", &out_f, &current_lsn(&db)).await;
+    assert_eq!(code, 0, "{o}{e}");
+    assert!(!checkpoint(&out_f).contains("\"snapshot\""), "{}", checkpoint(&out_f));
+    db.psql("INSERT INTO f VALUES (1, 'one'), (2, 'two'); SELECT pg_switch_wal();");
+    let (code, o, e) = stream("fresh_f", "public.f", &out_f, &current_lsn(&db)).await;
+    assert_eq!(code, 0, "{o}{e}");
+
+    // A run that recorded its coming snapshot, created the slot and died before recording the
+    // snapshot's LSN (made here by hand): the next run copies the tables now, and the slot's
+    // changes since its position follow.
+    let out_e = dir.join("e");
+    let source = format!("{}/fresh_e", db.name());
+    ParquetSink::open(&out_e, &source, ParquetOptions::default())
+        .unwrap()
+        .mark_snapshot_pending()
+        .unwrap();
+    let (code, o, e) = run(cli(&["slots", "create", "fresh_e", "--dsn", &dsn])).await;
+    assert_eq!(code, 0, "{o}{e}");
+    db.psql(
+        "INSERT INTO e SELECT g, 'after' || g FROM generate_series(3001, 3500) g;
+         UPDATE e SET v = 'changed' WHERE id <= 100; DELETE FROM e WHERE id > 3400;",
+    );
+    let (code, o, e) = stream("fresh_e", "public.e", &out_e, &current_lsn(&db)).await;
+    assert_eq!(code, 0, "{o}{e}");
+    let keys = HashMap::from([("e", "id"), ("f", "id")]);
+    let expected = final_rows(&db, PluginChoice::Wal2Arrow, &keys).await;
+    for (table, out) in [("e", &out_e), ("f", &out_f)] {
+        let replayed = replay(out, &HashMap::from([(table, "id")]));
+        let (got, want) = (&replayed[table], &expected[table]);
+        assert_eq!(got, want, "{table}");
+    }
+    assert_eq!(expected["e"].len(), 3400);
+    let _ = std::fs::remove_dir_all(&dir);
+    let client = sql(&db).await;
+    for slot in ["fresh_f", "fresh_e"] {
+        client.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await.unwrap();
+    }
+}
