@@ -281,34 +281,18 @@ mod tests {
 
     /// A binary `COPY` stream of two rows of `public.t`, cut after 40 bytes.
     fn copy_seed() -> Vec<u8> {
-        let mut out = vec![40u8];
-        out.extend(b"PGCOPY\n\xff\r\n\0");
-        out.extend(0i32.to_be_bytes());
-        out.extend(0u32.to_be_bytes());
-        let rows: [[Option<&[u8]>; 5]; 2] = [
-            [
-                Some(&7i32.to_be_bytes()),
-                Some("héllo".as_bytes()),
-                Some(b"-12.50"),
-                Some(&86_400_000_000i64.to_be_bytes()),
-                Some(b"{1,NULL,3}"),
+        let field = |v: &[u8]| Some(v.to_vec());
+        let rows = [
+            vec![
+                field(&7i32.to_be_bytes()),
+                field("héllo".as_bytes()),
+                field(b"-12.50"),
+                field(&86_400_000_000i64.to_be_bytes()),
+                field(b"{1,NULL,3}"),
             ],
-            [Some(&8i32.to_be_bytes()), None, Some(b"NaN"), None, Some(b"{}")],
+            vec![field(&8i32.to_be_bytes()), None, field(b"NaN"), None, field(b"{}")],
         ];
-        for row in rows {
-            out.extend(5i16.to_be_bytes());
-            for field in row {
-                match field {
-                    None => out.extend((-1i32).to_be_bytes()),
-                    Some(v) => {
-                        out.extend((v.len() as i32).to_be_bytes());
-                        out.extend(v);
-                    }
-                }
-            }
-        }
-        out.extend((-1i16).to_be_bytes());
-        out
+        [&[40u8][..], &wal2arrow_wal2json::copy::binary_stream(&rows)].concat()
     }
 
     #[test]

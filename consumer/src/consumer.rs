@@ -780,6 +780,27 @@ struct PendingSnapshot {
     resume: Option<SnapshotResume>,
 }
 
+impl PendingSnapshot {
+    /// A snapshot of a persistent slot, whose finished ranges may be made durable: a new one,
+    /// or one resumed (`resume`).
+    fn resumable(
+        repl: ReplicationClient,
+        created: CreatedSlot,
+        plugin: OutputPlugin,
+        resume: Option<SnapshotResume>,
+    ) -> PendingSnapshot {
+        PendingSnapshot {
+            repl,
+            created,
+            plugin,
+            persist_as: None,
+            then_stream: true,
+            resumable: true,
+            resume,
+        }
+    }
+}
+
 /// A snapshot that failed, and whether taking a new one can help (it was lost before its
 /// commit was delivered).
 struct SnapshotFailed {
@@ -843,15 +864,7 @@ async fn prepare_snapshot(
             let mut alter = ReplicationClient::connect(&s.config).await?;
             alter.set_failover(name, true).await?;
         }
-        Ok::<_, Error>(Some(PendingSnapshot {
-            repl,
-            created,
-            plugin,
-            persist_as: None,
-            then_stream: true,
-            resumable: true,
-            resume: None,
-        }))
+        Ok::<_, Error>(Some(PendingSnapshot::resumable(repl, created, plugin, None)))
     };
     match (&s.slot, s.snapshot) {
         (_, SnapshotMode::Never) => Ok(None),
@@ -958,15 +971,7 @@ async fn resume_snapshot(
         "resuming the snapshot: copying the ranges not yet durable in a new snapshot, then \
          streaming from the slot's consistent point"
     );
-    Ok(Some(PendingSnapshot {
-        repl,
-        created,
-        plugin,
-        persist_as: None,
-        then_stream: true,
-        resumable: true,
-        resume: Some(resume.clone()),
-    }))
+    Ok(Some(PendingSnapshot::resumable(repl, created, plugin, Some(resume.clone()))))
 }
 
 /// Whether replication slot `name` exists (false too when that cannot be found out).

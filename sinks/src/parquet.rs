@@ -382,9 +382,8 @@ impl ParquetSink {
     /// I/O errors writing the checkpoint.
     pub fn mark_snapshot_pending(&mut self) -> Result<()> {
         self.snapshot = Some(SnapshotResume::default());
-        Sink::flush(self)?;
-        self.checkpoint.snapshot = self.snapshot.clone();
-        Ok(())
+        // The flush writes the checkpoint (it changed) and keeps it as the current one.
+        Sink::flush(self)
     }
 
     /// The tables whose existing rows the directory holds, as the stream last said

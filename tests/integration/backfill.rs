@@ -314,30 +314,15 @@ fn tables_held(dir: &std::path::Path) -> Vec<String> {
     list.split(',').map(|t| t.trim_matches('"').to_owned()).filter(|t| !t.is_empty()).collect()
 }
 
-/// `read` rows of `table` in the Parquet output.
-fn read_rows_of(dir: &std::path::Path, table: &str) -> usize {
-    use arrow_array::cast::AsArray;
-    use arrow_array::types::UInt8Type;
-    wal2arrow_sinks::parquet::read_dir(&dir.join(format!("public.{table}")))
-        .unwrap_or_default()
-        .iter()
-        .map(|b| {
-            let ops = b.column_by_name("_op").unwrap().as_dictionary::<UInt8Type>();
-            let names = ops.values().as_string::<i32>();
-            ops.keys().iter().filter(|k| names.value(k.unwrap() as usize) == "read").count()
-        })
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_that_start_matching_later_are_backfilled_while_writes_continue() {
     use std::collections::HashMap;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use crate::cli::{current_lsn, scratch_dir, send_signal};
+    use crate::cli::{current_lsn, parquet_stream, scratch_dir, send_signal};
     use crate::common::wait_for;
-    use crate::random_dml::{final_rows, replay};
+    use crate::random_dml::{final_rows, read_rows, replay};
 
     let db = Cluster::shared().database("backfill_new");
     db.psql(
@@ -350,38 +335,11 @@ async fn tables_that_start_matching_later_are_backfilled_while_writes_continue()
          INSERT INTO hidden.c SELECT g, g, 'c' || g FROM generate_series(1, 10000) g;",
     );
     let dir = scratch_dir("backfill-new");
-    let (dsn, out) = (db.dsn(), dir.to_str().unwrap().to_owned());
-    let args = |tables: &str, until: Option<&str>| {
-        let mut a: Vec<String> = [
-            "stream",
-            "--dsn",
-            &dsn,
-            "--slot",
-            "grow",
-            "--tables",
-            tables,
-            "--sink",
-            "parquet",
-            "--out",
-            &out,
-            "--progress",
-            "never",
-            "--roll-seconds",
-            "1",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        if let Some(u) = until {
-            a.extend(["--until-lsn".to_owned(), u.to_owned()]);
-        }
-        a
+    let dsn = db.dsn();
+    let stream = |tables: &str, until: Option<&str>| {
+        parquet_stream(&dsn, "grow", tables, &dir, &["--roll-seconds", "1"], until)
     };
-    let spawn = |tables: &str| {
-        let argv = args(tables, None);
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        cli(&argv).spawn().unwrap()
-    };
+    let spawn = |tables: &str| stream(tables, None).spawn().unwrap();
     // A writer on a and b throughout.
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -435,13 +393,11 @@ async fn tables_that_start_matching_later_are_backfilled_while_writes_continue()
     assert_eq!(send_signal(child.id().unwrap(), "TERM"), 0);
     child.wait().await.unwrap();
     let until = current_lsn(&db);
-    let argv = args("public.*", Some(&until));
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let (code, stdout, err) = run(cli(&argv)).await;
+    let (code, stdout, err) = run(stream("public.*", Some(&until))).await;
     assert_eq!(code, 0, "{stdout}{err}");
 
     // a was read once (its snapshot), b and c once each (their backfills), d never.
-    let read: Vec<usize> = ["a", "b", "c", "d"].iter().map(|t| read_rows_of(&dir, t)).collect();
+    let read: Vec<usize> = ["a", "b", "c", "d"].iter().map(|t| read_rows(&dir, t)).collect();
     assert_eq!(read[0], 20_000, "a: {read:?}");
     assert!(read[1] > 25_000 && read[1] <= 40_000, "b: {read:?}");
     assert!(read[2] > 9_000 && read[2] <= 10_000, "c: {read:?}");

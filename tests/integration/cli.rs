@@ -37,6 +37,26 @@ pub(crate) fn cli(args: &[&str]) -> Command {
     c
 }
 
+/// `wal2arrow stream` of `tables` on `slot` into the Parquet directory `out`, without a
+/// progress line, with `extra` options and, when given, `--until-lsn`.
+pub(crate) fn parquet_stream(
+    dsn: &str,
+    slot: &str,
+    tables: &str,
+    out: &Path,
+    extra: &[&str],
+    until: Option<&str>,
+) -> Command {
+    let out = out.to_str().expect("a UTF-8 path");
+    let mut args = vec!["stream", "--dsn", dsn, "--slot", slot, "--tables", tables];
+    args.extend(["--sink", "parquet", "--out", out, "--progress", "never"]);
+    args.extend_from_slice(extra);
+    if let Some(until) = until {
+        args.extend(["--until-lsn", until]);
+    }
+    cli(&args)
+}
+
 /// Runs the command to completion: (exit code, stdout, stderr).
 pub(crate) async fn run(mut command: Command) -> (i32, String, String) {
     let out = tokio::time::timeout(Duration::from_secs(120), command.output())

@@ -186,6 +186,19 @@ pub(crate) fn replay(dir: &std::path::Path, keys: &HashMap<&str, &str>) -> HashM
     state
 }
 
+/// `read` rows (snapshot and backfill rows) of `public.<table>` in the Parquet output `dir`.
+pub(crate) fn read_rows(dir: &std::path::Path, table: &str) -> usize {
+    read_dir(&dir.join(format!("public.{table}")))
+        .unwrap_or_default()
+        .iter()
+        .map(|b| {
+            let ops = b.column_by_name("_op").unwrap().as_dictionary::<UInt8Type>();
+            let names = ops.values().as_string::<i32>();
+            ops.keys().iter().filter(|k| names.value(k.unwrap() as usize) == "read").count()
+        })
+        .sum()
+}
+
 /// The source's final rows, streamed as inserts into copies of the tables (`snap_<table>`,
 /// created if missing) through `plugin` (so both sides use the plugin's type mapping).
 pub(crate) async fn final_rows(

@@ -20,7 +20,7 @@ use wal2arrow_schema::samples::Rng;
 use wal2arrow_sinks::parquet::{ParquetOptions, ParquetSink};
 use wal2arrow_sinks::{Progress, RunOptions};
 
-use crate::cli::{cli, current_lsn, run, scratch_dir, send_signal};
+use crate::cli::{cli, current_lsn, parquet_stream, run, scratch_dir, send_signal};
 use crate::common::{config, read_txns, sql, wait_for};
 use crate::random_dml::{State, final_rows, replay};
 use crate::types::{all_types_sql, assert_matches, columns, rows_with_op, select_all};
@@ -368,19 +368,7 @@ fn spawn_writer(
 
 /// `read` rows in the published Parquet files of the four tables.
 fn read_rows(dir: &std::path::Path) -> usize {
-    use arrow_array::cast::AsArray;
-    use arrow_array::types::UInt8Type;
-    keys()
-        .keys()
-        .flat_map(|t| {
-            wal2arrow_sinks::parquet::read_dir(&dir.join(format!("public.{t}"))).unwrap_or_default()
-        })
-        .map(|b| {
-            let ops = b.column_by_name("_op").unwrap().as_dictionary::<UInt8Type>();
-            let names = ops.values().as_string::<i32>();
-            ops.keys().iter().filter(|k| names.value(k.unwrap() as usize) == "read").count()
-        })
-        .sum()
+    keys().keys().map(|t| crate::random_dml::read_rows(dir, t)).sum()
 }
 
 /// Rows of each table in the kill test.
@@ -432,45 +420,22 @@ async fn a_snapshot_killed_mid_copy_resumes_from_its_durable_ranges_and_ends_exa
     // the next run copies only the others, then streams from the slot's consistent point.
     setup(&db, KILL_ROWS);
     let out = dir.join("parquet");
-    let out_arg = out.to_str().unwrap().to_owned();
-    let args = |until: Option<&str>| {
-        let mut a: Vec<String> = [
-            "stream",
-            "--dsn",
-            &dsn,
-            "--slot",
-            "killed",
-            "--tables",
-            "public.t_*",
-            "--sink",
-            "parquet",
-            "--out",
-            &out_arg,
-            "--progress",
-            "never",
-            "--batch-rows",
-            "2000",
-            "--snapshot-workers",
-            "2",
-            "--snapshot-chunk-pages",
-            "50",
-            "--roll-seconds",
-            "1",
-            "--roll-rows",
-            "500",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        if let Some(u) = until {
-            a.extend(["--until-lsn".to_owned(), u.to_owned()]);
-        }
-        a
-    };
+    let options = [
+        "--batch-rows",
+        "2000",
+        "--snapshot-workers",
+        "2",
+        "--snapshot-chunk-pages",
+        "50",
+        "--roll-seconds",
+        "1",
+        "--roll-rows",
+        "500",
+    ];
+    let stream =
+        |until: Option<&str>| parquet_stream(&dsn, "killed", "public.t_*", &out, &options, until);
     let spawn = |until: Option<&str>| {
-        let argv = args(until);
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let mut c = cli(&argv);
+        let mut c = stream(until);
         c.env("WAL2ARROW_LOG", "info");
         c
     };
@@ -496,6 +461,11 @@ async fn a_snapshot_killed_mid_copy_resumes_from_its_durable_ranges_and_ends_exa
         "1"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // A run that would stream without finishing the snapshot is refused, saying what to do.
+    let never = parquet_stream(&dsn, "killed", "public.t_*", &out, &["--snapshot", "never"], None);
+    let (code, stdout, err) = run(never).await;
+    assert_eq!(code, 2, "{stdout}{err}");
+    assert!(err.contains("holds part of a snapshot") && err.contains("--snapshot"), "{err}");
 
     let mut child = spawn(None).spawn().unwrap();
     let log = crate::cli::capture_stderr(&mut child);
@@ -515,9 +485,7 @@ async fn a_snapshot_killed_mid_copy_resumes_from_its_durable_ranges_and_ends_exa
         "{log}"
     );
     let until = current_lsn(&db);
-    let argv = args(Some(&until));
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let (code, stdout, err) = run(cli(&argv)).await;
+    let (code, stdout, err) = run(stream(Some(&until))).await;
     assert_eq!(code, 0, "{stdout}{err}");
 
     // The ranges durable at the kill were not read again: every row was read about once
@@ -680,28 +648,7 @@ async fn a_snapshot_recorded_but_not_begun_is_taken_and_one_without_rows_leaves_
     let dsn = db.dsn();
     let dir = scratch_dir("snapshot-fresh");
     let stream = |slot: &str, table: &str, out: &std::path::Path, until: &str| {
-        let args = [
-            "stream",
-            "--dsn",
-            &dsn,
-            "--slot",
-            slot,
-            "--tables",
-            table,
-            "--sink",
-            "parquet",
-            "--out",
-            out.to_str().unwrap(),
-            "--progress",
-            "never",
-            "--until-lsn",
-            until,
-        ];
-        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-        async move {
-            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-            run(cli(&argv)).await
-        }
+        run(parquet_stream(&dsn, slot, table, out, &[], Some(until)))
     };
     let checkpoint = |out: &std::path::Path| {
         std::fs::read_to_string(out.join(wal2arrow_sinks::parquet::CHECKPOINT_FILE)).unwrap()

@@ -678,6 +678,30 @@ pub fn sample_copy_table() -> Arc<CopyTable> {
     Arc::new(CopyTable::from_catalog(&catalog, &info, "public", "t", &options).unwrap())
 }
 
+#[doc(hidden)]
+/// For tests, benchmarks and fuzz targets: a binary `COPY` stream (header with a 4-byte
+/// extension, the rows, the trailer) of rows of optional field bytes.
+pub fn binary_stream(rows: &[Vec<Option<Vec<u8>>>]) -> Vec<u8> {
+    let mut out = SIGNATURE.to_vec();
+    out.extend(0i32.to_be_bytes());
+    out.extend(4u32.to_be_bytes());
+    out.extend(b"ext!");
+    for row in rows {
+        out.extend((row.len() as i16).to_be_bytes());
+        for field in row {
+            match field {
+                None => out.extend((-1i32).to_be_bytes()),
+                Some(v) => {
+                    out.extend((v.len() as i32).to_be_bytes());
+                    out.extend(v);
+                }
+            }
+        }
+    }
+    out.extend((-1i16).to_be_bytes());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -690,28 +714,6 @@ mod tests {
         assert_eq!(unescape(br"\x41\101\7\x4g", &mut out), b"AA\x07\x04g");
         assert_eq!(unescape(br"\\x0102", &mut out), br"\x0102");
         assert_eq!(unescape(br"\q", &mut out), b"q");
-    }
-
-    /// A binary `COPY` stream of rows of optional field bytes.
-    pub(crate) fn binary_stream(rows: &[Vec<Option<Vec<u8>>>]) -> Vec<u8> {
-        let mut out = SIGNATURE.to_vec();
-        out.extend(0i32.to_be_bytes());
-        out.extend(4u32.to_be_bytes());
-        out.extend(b"ext!");
-        for row in rows {
-            out.extend((row.len() as i16).to_be_bytes());
-            for field in row {
-                match field {
-                    None => out.extend((-1i32).to_be_bytes()),
-                    Some(v) => {
-                        out.extend((v.len() as i32).to_be_bytes());
-                        out.extend(v);
-                    }
-                }
-            }
-        }
-        out.extend((-1i16).to_be_bytes());
-        out
     }
 
     fn decode(table: &Arc<CopyTable>, pieces: &[&[u8]]) -> RecordBatch {
