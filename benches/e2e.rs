@@ -25,15 +25,18 @@
 //! d timestamptz, e bool)` in 1,000-row transactions; W2 300,000 inserts into a 21-column
 //! table of mixed types with ~10% NULLs; W3 500,000 updates of W1's rows; W4 100,000
 //! single-row transactions. Then commit-to-batch latency under steady load (1,000 and 10,000
-//! transactions per second), the consumer's peak memory while streaming W1, and (SNAPSHOT)
-//! snapshot throughput on W1's and W2's tables against binary `COPY` and ADBC.
+//! transactions per second), the consumer's peak memory while streaming W1, (SNAPSHOT)
+//! snapshot throughput on W1's and W2's tables against binary `COPY` and ADBC, and (LARGE)
+//! the time from `COMMIT` to the last row in the consumer's hands for one 1,000,000-row
+//! transaction, decoded at commit or streamed while in progress, with the server's spill and
+//! stream bytes.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use wal2arrow_consumer::{
-    ChangeStream, Config, Event, Lsn, PluginOptions, RawFrame, ReplicationClient,
+    ChangeStream, Config, Event, InProgress, Lsn, PluginOptions, RawFrame, ReplicationClient,
 };
 use wal2arrow_harness::{Cluster, ClusterOptions, TestDb};
 
@@ -296,7 +299,7 @@ fn usage(problem: &str) -> ! {
         eprintln!("e2e: {problem}");
     }
     eprintln!(
-        "usage: e2e [--scale F] [--workloads W1,W2,W3,W4,LATENCY,SNAPSHOT] \
+        "usage: e2e [--scale F] [--workloads W1,W2,W3,W4,LATENCY,SNAPSHOT,LARGE] \
          [--contenders wal2arrow,wal2json,pgoutput,test_decoding,floor] [--latency-seconds S] \
          [--repeat N] [--out FILE.md]"
     );
@@ -432,8 +435,131 @@ async fn run(args: &Args) -> String {
         psql(&db, "VACUUM ANALYZE w1; VACUUM ANALYZE w2");
         report.push_str(&snapshot_bench(&db, &config, args.repeat).await);
     }
+    if wanted("LARGE") {
+        let rows = ((1_000_000.0 * args.scale).round() as u64).max(1000);
+        report.push_str(&large_bench(&db, &config, rows, args.repeat).await);
+    }
     report.push_str(&targets(&results, &latencies, peak_rss));
     report
+}
+
+/// How the LARGE benchmark has its transaction decoded and handed on.
+const LARGE_MODES: [(&str, bool, bool); 3] = [
+    ("decoded at commit (`streaming` off: the server spills it until then)", false, false),
+    ("streamed in progress, kept by the consumer until commit (the default)", true, false),
+    ("streamed in progress, delivered in progress (`InProgress::Deliver`)", true, true),
+];
+
+/// One large transaction (W1's shape), written while the consumer is connected: the time from
+/// `COMMIT` to its last row in the consumer's hands, for each of [`LARGE_MODES`], with the
+/// slot's spill and stream bytes (`pg_stat_replication_slots`) and the consumer's own spill.
+/// The server's `logical_decoding_work_mem` is its default, 64 MB. Median of `repeat` rounds,
+/// interleaved.
+async fn large_bench(db: &TestDb<'_>, config: &Config, rows: u64, repeat: usize) -> String {
+    psql(db, "CREATE TABLE large (LIKE w1 INCLUDING ALL)");
+    let sql = wal2arrow_client::sql_client(config).await.expect("SQL");
+    let insert = format!(
+        "BEGIN; INSERT INTO large SELECT g, (g % 100000)::int4, g * 0.5, \
+         substr(md5(g::text), 1, 20), timestamptz '2024-01-01 00:00:00+00' + g * interval '1 ms', \
+         g % 2 = 0 FROM generate_series(1, {rows}) g"
+    );
+    // Per mode: (latency s, server spill bytes, server stream bytes, consumer spill bytes).
+    let mut results: Vec<Vec<(f64, i64, i64, u64)>> = vec![Vec::new(); LARGE_MODES.len()];
+    for round in 0..repeat {
+        for k in 0..LARGE_MODES.len() {
+            let mode = (k + round) % LARGE_MODES.len();
+            let (_, streaming, deliver) = LARGE_MODES[mode];
+            let slot = format!("large_{mode}_{round}");
+            psql(db, &format!("SELECT pg_create_logical_replication_slot('{slot}', 'wal2arrow')"));
+            let options = PluginOptions {
+                tables: wal2arrow_schema_filter("large"),
+                streaming,
+                ..PluginOptions::default()
+            };
+            let client = ReplicationClient::connect(config).await.expect("replication");
+            let mut stream = client.start(&slot, Lsn::INVALID, &options).await.expect("start");
+            if deliver {
+                stream.set_in_progress(InProgress::Deliver);
+            }
+            let reader = tokio::spawn(async move {
+                let mut got = 0u64;
+                loop {
+                    match stream.next_event().await.expect("event").expect("open") {
+                        Event::Change(c) => got += c.num_rows() as u64,
+                        Event::Commit(c) | Event::StreamCommit(c) if got >= rows => {
+                            stream.ack(c.end_lsn);
+                            let last = Instant::now();
+                            let spilled = stream.streamed_stats().spilled_bytes;
+                            let _ = stream.close().await;
+                            return (last, spilled);
+                        }
+                        _ => {}
+                    }
+                }
+            });
+            sql.batch_execute(&insert).await.expect("the transaction");
+            let committed = Instant::now();
+            sql.batch_execute("COMMIT").await.expect("COMMIT");
+            let (last, consumer_spill) = reader.await.expect("the reader");
+            let latency = last.saturating_duration_since(committed).as_secs_f64();
+            let stats = psql(
+                db,
+                &format!(
+                    "SELECT spill_bytes, stream_bytes FROM pg_stat_replication_slots \
+                     WHERE slot_name = '{slot}'"
+                ),
+            );
+            let mut it = stats.trim().split('|').map(|v| v.trim().parse::<i64>().unwrap_or(0));
+            let (spill, streamed) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+            eprintln!(
+                "  LARGE {:<72} {latency:>7.3} s  server spill {:>6} MB  streamed {:>6} MB",
+                LARGE_MODES[mode].0,
+                spill >> 20,
+                streamed >> 20
+            );
+            // The walsender ends shortly after the stream closes.
+            let active =
+                format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'");
+            for _ in 0..200 {
+                if psql(db, &active).trim() != "t" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            psql(db, &format!("SELECT pg_drop_replication_slot('{slot}'); TRUNCATE large"));
+            results[mode].push((latency, spill, streamed, consumer_spill));
+        }
+    }
+    let mut out = format!(
+        "\n## LARGE: one {}-row transaction, `COMMIT` → last row\n\n\
+         The consumer is connected while the transaction is written (W1's shape, one \
+         `INSERT … SELECT`); the time runs from sending `COMMIT` to the consumer holding the \
+         transaction's last row. `logical_decoding_work_mem` is the server's default (64 MB). \
+         Median of the rounds; the ratio is against decoding at commit.\n\n\
+         | how | COMMIT → last row | vs decoded at commit | server spill | server streamed | consumer spill |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+        thousands(rows as f64)
+    );
+    let medians: Vec<(f64, i64, i64, u64)> = results
+        .into_iter()
+        .map(|mut r| {
+            r.sort_by(|a, b| a.0.total_cmp(&b.0));
+            r[r.len().saturating_sub(1) / 2]
+        })
+        .collect();
+    let base = medians[0].0;
+    for ((name, _, _), (latency, spill, streamed, consumer)) in LARGE_MODES.iter().zip(&medians) {
+        let _ = writeln!(
+            out,
+            "| {name} | {:.0} ms | {:.2}× | {} MB | {} MB | {} MB |",
+            latency * 1e3,
+            latency / base.max(1e-9),
+            spill >> 20,
+            streamed >> 20,
+            consumer >> 20
+        );
+    }
+    out
 }
 
 /// Snapshot throughput: each of W1's and W2's tables read whole, side by side in one run —

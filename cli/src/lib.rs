@@ -317,6 +317,18 @@ struct StreamArgs {
     /// Skip the checks before streaming.
     #[arg(long)]
     no_preflight: bool,
+    /// Have the server decode each transaction only once it committed, instead of streaming
+    /// large ones while in progress (it then spills them to its disk until their commit).
+    #[arg(long)]
+    no_streaming: bool,
+    /// Memory for transactions streamed before their commit, kept until it (all together);
+    /// beyond it they spill to files in `--spill-dir`.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    stream_memory_mb: usize,
+    /// Where transactions streamed before their commit spill beyond `--stream-memory-mb`
+    /// (default: the system's temporary directory).
+    #[arg(long, value_name = "DIR")]
+    spill_dir: Option<PathBuf>,
     /// Progress line on standard error.
     #[arg(long, value_enum, default_value = "auto")]
     progress: ProgressArg,
@@ -594,6 +606,11 @@ async fn stream(args: StreamArgs) -> CmdResult {
         .preflight(!args.no_preflight)
         .publish_via_root(!args.no_publish_via_root)
         .failover_slot(args.failover)
+        .streaming(!args.no_streaming)
+        .in_progress(wal2arrow_consumer::InProgress::Buffer {
+            memory: args.stream_memory_mb.saturating_mul(1 << 20),
+            spill_dir: args.spill_dir.clone().unwrap_or_else(std::env::temp_dir),
+        })
         .heartbeat_interval(
             (args.heartbeat_seconds > 0).then(|| Duration::from_secs(args.heartbeat_seconds)),
         );

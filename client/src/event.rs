@@ -77,6 +77,11 @@ pub struct ChangeBatch {
     /// (a sink that records finished ranges lets an interrupted snapshot resume, see
     /// [`SnapshotEvent::ChunkDone`](crate::SnapshotEvent::ChunkDone)).
     pub snapshot_chunk: Option<Arc<ChunkId>>,
+    /// Only with [`InProgress::Deliver`](crate::InProgress::Deliver): the batch belongs to a
+    /// transaction still in progress, to this (sub)transaction; `commit_lsn` is
+    /// [`Lsn::INVALID`] and `commit_time_us` 0 until [`Event::StreamCommit`] says them (or
+    /// [`Event::StreamAbort`] drops the batch). `None` for committed transactions.
+    pub in_progress: Option<u32>,
     pub(crate) payload: Buffer,
     pub(crate) source_bytes: usize,
 }
@@ -136,6 +141,7 @@ impl ChangeBatch {
             ordinal,
             batch,
             snapshot_chunk: None,
+            in_progress: None,
             payload: Buffer::from_vec(Vec::<u8>::new()),
             source_bytes: 0,
         }
@@ -160,6 +166,7 @@ impl ChangeBatch {
             ordinal,
             batch,
             snapshot_chunk: None,
+            in_progress: None,
             payload: Buffer::from_vec(Vec::<u8>::new()),
             source_bytes: 0,
         }
@@ -244,6 +251,8 @@ pub struct TruncateEvent {
     pub commit_lsn: Lsn,
     /// Position within the transaction (see [`ChangeBatch::ordinal`]).
     pub ordinal: u32,
+    /// As [`ChangeBatch::in_progress`].
+    pub in_progress: Option<u32>,
 }
 
 /// A logical decoding message, from `pg_logical_emit_message(transactional, prefix, content)`.
@@ -289,6 +298,21 @@ pub enum Event {
     /// Progress of an initial snapshot (see [`crate::snapshot`]): a table begins or ends, or
     /// the whole snapshot does.
     Snapshot(crate::snapshot::SnapshotEvent),
+    /// Only with [`InProgress::Deliver`](crate::InProgress::Deliver): a transaction whose
+    /// events were delivered in progress aborted (`subxid == xid`: drop all its events), or one
+    /// of its subtransactions was rolled back to its savepoint (drop that subtransaction's
+    /// events, those whose `in_progress` is `subxid`).
+    StreamAbort {
+        /// The top-level transaction.
+        xid: u32,
+        /// The aborted (sub)transaction.
+        subxid: u32,
+    },
+    /// Only with [`InProgress::Deliver`](crate::InProgress::Deliver): a transaction whose
+    /// events were delivered in progress committed; `batches` counts the events delivered for
+    /// it (those of rolled-back subtransactions included). Acknowledge `end_lsn` once they
+    /// are durably handled.
+    StreamCommit(TxnCommit),
     /// The connection was lost and re-established (by [`crate::CdcStream`]): everything after
     /// the acknowledged position `from` is delivered again, starting with a Begin. Drop any
     /// transaction received only in part. During an initial snapshot (`from` is

@@ -40,6 +40,7 @@ pub mod slots;
 pub mod snapshot;
 pub mod sql;
 pub mod stream;
+pub mod streamed;
 mod tls;
 
 pub use config::{Config, RootCerts, SslMode};
@@ -57,4 +58,5 @@ pub use slots::{
 pub use snapshot::{Snapshot, SnapshotEvent, SnapshotProgress};
 pub use sql::sql_client;
 pub use stream::{AckHandle, ChangeStream, Step, StreamOptions, open};
+pub use streamed::{InProgress, StreamedStats};
 pub use wal2arrow_schema::{Lsn, PluginOptions, Relation};

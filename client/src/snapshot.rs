@@ -461,6 +461,7 @@ impl Snapshot {
                         ordinal,
                         batch,
                         snapshot_chunk: Some(Arc::clone(&ids[chunk])),
+                        in_progress: None,
                         payload: Buffer::from_vec(Vec::<u8>::new()),
                         source_bytes: n,
                     };

@@ -46,6 +46,7 @@ use crate::protocol::conn::{Connection, db_error, malformed};
 use crate::protocol::frame::Frame;
 use crate::replication::ReplicationClient;
 use crate::slots::resolve_slot;
+use crate::streamed::{InProgress, StreamedStats, Streams};
 
 /// How a stream's payloads are decoded.
 #[derive(Debug)]
@@ -124,6 +125,8 @@ pub struct ChangeStream {
     status_interval: Duration,
     next_status: Instant,
     txn: Option<OpenTxn>,
+    /// Transactions streamed before their commit.
+    streams: Box<Streams>,
     done: bool,
     received_bytes: u64,
 }
@@ -158,6 +161,7 @@ impl ChangeStream {
             status_interval: DEFAULT_STATUS_INTERVAL,
             next_status: Instant::now() + DEFAULT_STATUS_INTERVAL,
             txn: None,
+            streams: Box::default(),
             done: false,
             received_bytes: 0,
         }
@@ -221,9 +225,25 @@ impl ChangeStream {
     }
 
     /// Whether every delivered transaction and message has been acknowledged and no
-    /// transaction is open: the stream may then confirm positions on its own.
+    /// transaction is open: the stream may then confirm positions on its own. (A streamed
+    /// transaction still in progress does not count: its commit lies ahead of any position
+    /// the server reports now, so it is sent again, whole, after a restart from there.)
     pub fn caught_up(&self) -> bool {
-        self.txn.is_none() && self.acked.acknowledged() >= self.delivered_through
+        self.txn.is_none()
+            && self.streams.idle()
+            && self.acked.acknowledged() >= self.delivered_through
+    }
+
+    /// What the stream does with transactions the server streams before they commit (with the
+    /// `streaming` plugin option): by default they are kept (memory, then spill files) and
+    /// handed on at commit. Set before the first event.
+    pub fn set_in_progress(&mut self, mode: InProgress) {
+        self.streams.set_mode(mode);
+    }
+
+    /// Figures on the transactions streamed before their commit.
+    pub fn streamed_stats(&self) -> StreamedStats {
+        self.streams.stats()
     }
 
     /// How many payloads the decoder had to copy for alignment (zero when zero-copy holds;
@@ -298,6 +318,10 @@ impl ChangeStream {
             return Ok(None);
         }
         loop {
+            if let Some(event) = self.streams.next_released()? {
+                self.delivered(&event);
+                return Ok(Some(Step::Event(event)));
+            }
             if let Some((message, payload)) = self.bundled.pop_front() {
                 let bytes = payload.len();
                 if let Some(event) = self.deliver(message, payload, bytes)? {
@@ -484,14 +508,22 @@ impl ChangeStream {
             }
             return Ok(None);
         }
-        match &event {
-            Event::Commit(c) => self.delivered_through = self.delivered_through.max(c.end_lsn),
+        self.delivered(&event);
+        Ok(Some(event))
+    }
+
+    /// Records the positions an event hands on.
+    fn delivered(&mut self, event: &Event) {
+        match event {
+            Event::Commit(c) | Event::StreamCommit(c) => {
+                self.received = self.received.max(c.end_lsn);
+                self.delivered_through = self.delivered_through.max(c.end_lsn)
+            }
             Event::Message(m) if !m.transactional => {
                 self.delivered_through = self.delivered_through.max(m.ack_lsn())
             }
             _ => {}
         }
-        Ok(Some(event))
     }
 
     /// Turns a decoded message into an event; `None` for messages that only update state (an
@@ -506,7 +538,19 @@ impl ChangeStream {
             txn.as_mut()
                 .ok_or_else(|| Error::protocol(format!("{what} arrived outside a transaction")))
         }
+        if self.streams.in_block() {
+            return self.stream_event(message, payload, source_bytes);
+        }
         Ok(Some(match message {
+            WireMessage::StreamStart { xid, first } => {
+                self.streams.start(xid, first)?;
+                return Ok(None);
+            }
+            WireMessage::StreamAbort(a) => return self.streams.abort(a),
+            WireMessage::StreamCommit(c) => return self.streams.commit(c),
+            WireMessage::Subtransaction { .. } | WireMessage::StreamStop => {
+                return Err(Error::protocol("a stream message outside a block"));
+            }
             WireMessage::Begin(b) => {
                 let begin = TxnBegin {
                     xid: b.xid,
@@ -536,6 +580,7 @@ impl ChangeStream {
                     ordinal: txn.events - 1,
                     batch: b.batch,
                     snapshot_chunk: None,
+                    in_progress: None,
                     payload,
                     source_bytes,
                 })
@@ -550,6 +595,7 @@ impl ChangeStream {
                     xid: txn.begin.xid,
                     commit_lsn: txn.begin.commit_lsn,
                     ordinal: txn.events - 1,
+                    in_progress: None,
                 })
             }
             WireMessage::Message { transactional, lsn, prefix, content } => {
@@ -577,6 +623,46 @@ impl ChangeStream {
                 })
             }
         }))
+    }
+
+    /// Turns a message inside a streamed transaction's block into the event to return, if any
+    /// (with [`InProgress::Buffer`] the block's events are kept until the commit).
+    fn stream_event(
+        &mut self,
+        message: WireMessage,
+        payload: Buffer,
+        source_bytes: usize,
+    ) -> Result<Option<Event>> {
+        match message {
+            WireMessage::Schema(relation) => Ok(Some(Event::Relation(relation))),
+            WireMessage::Subtransaction { subxid } => {
+                self.streams.subtransaction(subxid)?;
+                Ok(None)
+            }
+            WireMessage::StreamStop => {
+                self.streams.stop()?;
+                Ok(None)
+            }
+            WireMessage::Batch(b) => self.streams.batch(b, payload, source_bytes),
+            WireMessage::Truncate { relations, cascade, restart_identity } => {
+                self.streams.truncate(TruncateEvent {
+                    relations,
+                    cascade,
+                    restart_identity,
+                    xid: 0,
+                    commit_lsn: Lsn::INVALID,
+                    ordinal: 0,
+                    in_progress: None,
+                })
+            }
+            WireMessage::Message { transactional: true, lsn, prefix, content } => self
+                .streams
+                .message(LogicalMessage { transactional: true, lsn, prefix, content, txn: None }),
+            other => Err(Error::protocol(format!(
+                "{} inside a streamed transaction's block",
+                kind(&other)
+            ))),
+        }
     }
 
     /// Sends a standby status update now: received (*write*) and acknowledged (*flush*,
@@ -625,6 +711,25 @@ impl ChangeStream {
             Ok(())
         })?;
         self.conn.flush().await
+    }
+}
+
+/// A message's kind, for errors.
+fn kind(message: &WireMessage) -> &'static str {
+    match message {
+        WireMessage::Begin(_) => "a begin",
+        WireMessage::Origin { .. } => "an origin",
+        WireMessage::Schema(_) => "a schema",
+        WireMessage::Batch(_) => "a batch",
+        WireMessage::Truncate { .. } => "a truncate",
+        WireMessage::Message { transactional: false, .. } => "a non-transactional message",
+        WireMessage::Message { .. } => "a message",
+        WireMessage::Commit(_) => "a commit",
+        WireMessage::StreamStart { .. } => "a stream start",
+        WireMessage::Subtransaction { .. } => "a subtransaction message",
+        WireMessage::StreamStop => "a stream stop",
+        WireMessage::StreamAbort(_) => "a stream abort",
+        WireMessage::StreamCommit(_) => "a stream commit",
     }
 }
 

@@ -28,9 +28,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use wal2arrow_client::sql::quote_ident;
 use wal2arrow_client::{
-    AckHandle, ChangeStream, Config, CreatedSlot, Error as ClientError, Event, OutputPlugin,
-    ReplicationClient, RootCerts, SlotProblem, SlotResolution, Snapshot, SnapshotProgress, SslMode,
-    Step, resolve_slot, sql_client,
+    AckHandle, ChangeStream, Config, CreatedSlot, Error as ClientError, Event, InProgress,
+    OutputPlugin, ReplicationClient, RootCerts, SlotProblem, SlotResolution, Snapshot,
+    SnapshotProgress, SslMode, Step, StreamedStats, resolve_slot, sql_client,
 };
 use wal2arrow_schema::patterns::TablePattern;
 use wal2arrow_schema::{Lsn, PluginOptions, TableFilter};
@@ -67,6 +67,7 @@ pub struct ConsumerBuilder {
     failover: bool,
     backfill: Vec<String>,
     backfill_chunk_rows: u32,
+    in_progress: InProgress,
 }
 
 impl Default for ConsumerBuilder {
@@ -75,7 +76,9 @@ impl Default for ConsumerBuilder {
             config: Config::default(),
             slot: SlotMode::Persistent { name: "wal2arrow".into(), create_if_missing: true },
             tables: Vec::new(),
-            plugin: PluginOptions::default(),
+            // Large transactions come while in progress (kept until they commit, see
+            // `in_progress`), not spilled to the server's disk until their commit.
+            plugin: PluginOptions { streaming: true, ..PluginOptions::default() },
             max_poll_interval: Duration::from_secs(1),
             heartbeat_interval: Some(Duration::from_secs(10)),
             start_lsn: Lsn::INVALID,
@@ -93,6 +96,7 @@ impl Default for ConsumerBuilder {
             failover: false,
             backfill: Vec::new(),
             backfill_chunk_rows: crate::backfill::DEFAULT_CHUNK_ROWS,
+            in_progress: InProgress::default(),
         }
     }
 }
@@ -202,6 +206,29 @@ impl ConsumerBuilder {
     /// Most rows of one table per batch (default 8192).
     pub fn batch_rows(mut self, rows: u32) -> Self {
         self.plugin.batch_rows = rows;
+        self
+    }
+
+    /// Whether the server sends transactions larger than its `logical_decoding_work_mem` while
+    /// they are in progress (default true; the plugin's `streaming` option). They reach you
+    /// as [`in_progress`](Self::in_progress) says — by default whole, at their commit, as any
+    /// other — but the server no longer writes them to its disk until the commit, and the
+    /// last row arrives soon after the commit rather than minutes later. Off: the server
+    /// decodes each transaction only once it committed (and spills large ones to its disk
+    /// meanwhile). The wal2json fallback never streams.
+    pub fn streaming(mut self, on: bool) -> Self {
+        self.plugin.streaming = on;
+        self
+    }
+
+    /// What happens to transactions the server streams before they commit (see
+    /// [`streaming`](Self::streaming)): by default ([`InProgress::Buffer`], 64 MiB in memory
+    /// for all of them, then spill files in the system's temporary directory) they are kept
+    /// and delivered at their commit, whole and in commit order, and dropped if they abort;
+    /// [`InProgress::Deliver`] hands their batches on as they arrive, for applications that
+    /// stage them (see [`Event::StreamCommit`]).
+    pub fn in_progress(mut self, mode: InProgress) -> Self {
+        self.in_progress = mode;
         self
     }
 
@@ -400,6 +427,20 @@ impl ConsumerBuilder {
         if self.backfill_chunk_rows == 0 {
             return Err(Error::Config("backfill_chunk_rows must be at least 1".into()));
         }
+        if let InProgress::Buffer { memory, spill_dir } = &self.in_progress {
+            if *memory == 0 {
+                return Err(Error::Config(
+                    "in_progress: the memory for streamed transactions must be at least 1 byte"
+                        .into(),
+                ));
+            }
+            if !spill_dir.is_dir() {
+                return Err(Error::Config(format!(
+                    "in_progress: spill directory {} is not a directory",
+                    spill_dir.display()
+                )));
+            }
+        }
         // The backfill's messages must reach the stream whatever the prefix filters say.
         let ours = [crate::backfill::WATERMARK_PREFIX, crate::backfill::SIGNAL_PREFIX];
         if !self.plugin.add_msg_prefixes.is_empty() {
@@ -574,6 +615,7 @@ impl Consumer {
             fallback_reason,
             config: s.config.clone(),
             slot: s.slot.name().to_owned(),
+            in_progress: s.in_progress.clone(),
         })
     }
 }
@@ -703,6 +745,7 @@ impl Session {
             Err(e) => return Err(e.into()),
         };
         stream.set_status_interval(s.max_poll_interval);
+        stream.set_in_progress(s.in_progress.clone());
         Ok(Session { stream })
     }
 }
@@ -1046,6 +1089,20 @@ async fn start_wal2json(
     }
 }
 
+/// `before` (ended sessions) plus `now` (the current one).
+fn add_streamed(before: &StreamedStats, now: &StreamedStats) -> StreamedStats {
+    StreamedStats {
+        transactions: before.transactions + now.transactions,
+        blocks: before.blocks + now.blocks,
+        committed: before.committed + now.committed,
+        aborted: before.aborted + now.aborted,
+        subtransactions_aborted: before.subtransactions_aborted + now.subtransactions_aborted,
+        spilled_bytes: before.spilled_bytes + now.spilled_bytes,
+        memory: now.memory,
+        peak_memory: before.peak_memory.max(now.peak_memory),
+    }
+}
+
 /// Counters of a running stream.
 #[derive(Debug, Default)]
 pub struct StreamStats {
@@ -1060,6 +1117,8 @@ pub struct StreamStats {
     server_wal_end: Arc<AtomicU64>,
     /// The initial snapshot's counters, once one runs.
     snapshot: std::sync::Mutex<Option<Arc<SnapshotProgress>>>,
+    /// Streamed transactions: the figures of this session's stream plus the sessions' before.
+    streamed: std::sync::Mutex<(StreamedStats, StreamedStats)>,
 }
 
 /// A snapshot of [`StreamStats`].
@@ -1083,6 +1142,9 @@ pub struct StatsSnapshot {
     pub server_wal_end: Lsn,
     /// The initial snapshot's progress, when the stream took one.
     pub snapshot: Option<SnapshotStats>,
+    /// Transactions the server streamed before their commit (all sessions; `memory` and
+    /// `peak_memory` of the current one).
+    pub streamed: StreamedStats,
 }
 
 /// How far an initial snapshot has come ([`StatsSnapshot::snapshot`]).
@@ -1129,9 +1191,16 @@ pub struct CdcStream {
     fallback_reason: Option<String>,
     config: Config,
     slot: String,
+    in_progress: InProgress,
 }
 
 impl CdcStream {
+    /// What the stream does with transactions streamed before their commit
+    /// ([`ConsumerBuilder::in_progress`]).
+    pub fn in_progress(&self) -> &InProgress {
+        &self.in_progress
+    }
+
     /// Asks this stream to backfill the tables matching `patterns` (see [`crate::backfill`]):
     /// their existing rows arrive in chunks, as `read` rows between the changes, with
     /// [`SnapshotEvent`](wal2arrow_client::SnapshotEvent)`::BackfillStarted` and
@@ -1243,6 +1312,7 @@ impl CdcStream {
                 bytes: get(&p.bytes),
                 complete: p.complete.load(Ordering::Relaxed),
             }),
+            streamed: s.streamed.lock().map(|g| add_streamed(&g.0, &g.1)).unwrap_or_default(),
         }
     }
 
@@ -1363,6 +1433,11 @@ impl Driver {
                 Some(s) => self.stream(s, &mut close).await,
                 None => Err(Error::Config("the stream has no session".into())),
             };
+            if let Ok(mut g) = self.stats.streamed.lock() {
+                // The session's figures count as an ended one's from now on.
+                g.0 = add_streamed(&g.0, &g.1);
+                g.1 = StreamedStats::default();
+            }
             let error = match result {
                 Ok(Ended::Closed) => return,
                 Err(e) => e,
@@ -1707,6 +1782,9 @@ impl Driver {
                     continue;
                 }
             };
+            if let Ok(mut g) = self.stats.streamed.lock() {
+                g.1 = stream.streamed_stats();
+            }
             let event = match step {
                 Some(Step::Event(event)) => event,
                 Some(Step::Position(lsn)) => {

@@ -68,10 +68,11 @@ pub use settings::{Backoff, PluginChoice, SlotMode, SnapshotMode, SnapshotResume
 pub use wal2arrow_client as client;
 pub use wal2arrow_client::{
     AckHandle, ChangeBatch, ChangeStream, Config, CreatedSlot, DbError, ErrorClass, Event,
-    LogicalMessage, Lsn, OutputPlugin, PLUGIN_NAME, PluginOptions, Position, RawFrame, Relation,
-    ReplicationClient, RootCerts, SlotInfo, SlotState, SnapshotEvent, SslMode, StreamOptions,
-    SystemInfo, TruncateEvent, TxnBegin, TxnCommit, create_failover_slot, create_slot,
-    create_slot_with, drop_slot, find_slot, list_slots, open, sql_client,
+    InProgress, LogicalMessage, Lsn, OutputPlugin, PLUGIN_NAME, PluginOptions, Position, RawFrame,
+    Relation, ReplicationClient, RootCerts, SlotInfo, SlotState, SnapshotEvent, SslMode,
+    StreamOptions, StreamedStats, SystemInfo, TruncateEvent, TxnBegin, TxnCommit,
+    create_failover_slot, create_slot, create_slot_with, drop_slot, find_slot, list_slots, open,
+    sql_client,
 };
 
 /// The README's examples, compiled as doctests so they stay true to the API.

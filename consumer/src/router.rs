@@ -577,6 +577,13 @@ impl Router {
     /// [`Error::Config`] for an unusable option: zero partitions, zero memory, a spill
     /// directory that does not exist.
     pub fn start(stream: CdcStream, options: RouterOptions) -> Result<Router> {
+        if *stream.in_progress() == wal2arrow_client::InProgress::Deliver {
+            return Err(Error::Config(
+                "the router routes committed transactions: build the stream with \
+                 InProgress::Buffer (the default), not InProgress::Deliver"
+                    .into(),
+            ));
+        }
         if options.partitioning == Partitioning::Hashed(0) {
             return Err(Error::Config("Hashed partitioning needs at least one partition".into()));
         }

@@ -31,7 +31,8 @@ use crate::encode::{RelationDesc, ReplicaIdentity, system_field};
 use crate::lsn::Lsn;
 use crate::meta;
 use crate::wire::{
-    self, Begin, Commit, Header, IPC_ALIGNMENT, IPC_OFFSET, MessageKind, OP_NAMES, WireError,
+    self, Begin, Commit, Header, IPC_ALIGNMENT, IPC_OFFSET, MessageKind, OP_NAMES, StreamAbort,
+    StreamCommit, WireError,
 };
 
 /// A table, as its latest Schema message described it.
@@ -263,6 +264,24 @@ pub enum Message {
     },
     /// The transaction committed.
     Commit(Commit),
+    /// A block of a streamed (in-progress) transaction starts.
+    StreamStart {
+        /// The top-level transaction.
+        xid: u32,
+        /// Its first block.
+        first: bool,
+    },
+    /// The block's next messages belong to this (sub)transaction.
+    Subtransaction {
+        /// The (sub)transaction.
+        subxid: u32,
+    },
+    /// The block ends.
+    StreamStop,
+    /// A streamed transaction or one of its subtransactions aborted.
+    StreamAbort(StreamAbort),
+    /// A streamed transaction committed.
+    StreamCommit(StreamCommit),
 }
 
 /// Decodes a session's messages, remembering the tables' schemas between them.
@@ -329,6 +348,11 @@ impl Decoder {
             Header::Bundle { .. } => Err(WireError::NestedBundle),
             Header::Begin(b) => Ok(Message::Begin(b)),
             Header::Commit(c) => Ok(Message::Commit(c)),
+            Header::StreamStart { xid, first } => Ok(Message::StreamStart { xid, first }),
+            Header::Subtransaction { subxid } => Ok(Message::Subtransaction { subxid }),
+            Header::StreamStop => Ok(Message::StreamStop),
+            Header::StreamAbort(a) => Ok(Message::StreamAbort(a)),
+            Header::StreamCommit(c) => Ok(Message::StreamCommit(c)),
             Header::Origin { origin_lsn, name } => Ok(Message::Origin {
                 name: String::from_utf8_lossy(&payload.as_slice()[name]).into_owned(),
                 lsn: origin_lsn,
@@ -358,25 +382,53 @@ impl Decoder {
                 self.relations.insert(relid, Arc::clone(&relation));
                 Ok(Message::Schema(relation))
             }
-            Header::Batch { relid, base_lsn, has_missing, has_unrepresentable } => {
+            Header::Batch { relid, .. } => {
                 let relation = Arc::clone(
                     self.relations.get(&relid).ok_or(WireError::UnknownRelation(relid))?,
                 );
-                let aligned;
-                let payload = if (payload.as_ptr() as usize).is_multiple_of(IPC_ALIGNMENT) {
-                    payload
-                } else {
+                let batch = decode_batch_message(&relation, payload)?;
+                if !(payload.as_ptr() as usize).is_multiple_of(IPC_ALIGNMENT) {
                     self.realigned += 1;
-                    aligned = Buffer::from_slice_ref(payload.as_slice());
-                    &aligned
-                };
-                let wire_batch = decode_batch(payload, &relation.wire_schema)?;
-                let batch =
-                    relation.user_batch(base_lsn, &wire_batch, has_missing, has_unrepresentable)?;
-                Ok(Message::Batch(DecodedBatch { relation, base_lsn, batch }))
+                }
+                Ok(Message::Batch(batch))
             }
         }
     }
+}
+
+/// Decodes a Batch message of `relation` (received with that schema in effect): what
+/// [`Decoder::decode`] does for a batch, for a consumer that kept the message's bytes (a
+/// streamed transaction's batch read back from a spill file) and the relation it belonged to.
+/// Arrays borrow from `payload` when it is 16-byte aligned; otherwise it is copied first.
+///
+/// # Errors
+///
+/// A [`WireError`] when the message is no Batch or does not match the schema.
+pub fn decode_batch_message(
+    relation: &Arc<Relation>,
+    payload: &Buffer,
+) -> Result<DecodedBatch, WireError> {
+    let Header::Batch { relid, base_lsn, has_missing, has_unrepresentable } =
+        wire::read_header(payload.as_slice())?
+    else {
+        return Err(WireError::Ipc("expected a Batch message".into()));
+    };
+    if relid != relation.relid {
+        return Err(WireError::Ipc(format!(
+            "batch of relation {relid} decoded as relation {}",
+            relation.relid
+        )));
+    }
+    let aligned;
+    let payload = if (payload.as_ptr() as usize).is_multiple_of(IPC_ALIGNMENT) {
+        payload
+    } else {
+        aligned = Buffer::from_slice_ref(payload.as_slice());
+        &aligned
+    };
+    let wire_batch = decode_batch(payload, &relation.wire_schema)?;
+    let batch = relation.user_batch(base_lsn, &wire_batch, has_missing, has_unrepresentable)?;
+    Ok(DecodedBatch { relation: Arc::clone(relation), base_lsn, batch })
 }
 
 fn relation_from_schema(relid: u32, wire_schema: Schema) -> Result<Relation, WireError> {

@@ -91,7 +91,7 @@ pub use lsn::Lsn;
 pub use options::{OptionError, PluginOptions};
 pub use patterns::{TableFilter, TablePattern};
 pub use types::{ColumnDesc, PgKind, TypeClass};
-pub use wire::{Begin, ChangeOp, Commit, WireError};
+pub use wire::{Begin, ChangeOp, Commit, StreamAbort, StreamCommit, WireError};
 
 #[cfg(test)]
 mod tests;

@@ -12,8 +12,11 @@ use std::fmt;
 use crate::patterns::{TableFilter, escape_list_item, split_list};
 
 /// The oldest wire protocol version this build writes: version 3 changed the Schema and Batch
-/// layouts (see [`crate::wire`]), and this build writes only those.
+/// layouts (see [`crate::wire`]), and this build writes only those. Version 4 added the
+/// stream kinds, written only with `streaming`.
 pub const PROTO_VERSION_MIN: u32 = 3;
+/// The wire version that carries streamed transactions.
+pub const PROTO_VERSION_STREAMING: u32 = 4;
 /// The newest wire protocol version this build writes.
 pub const PROTO_VERSION_MAX: u32 = crate::wire::WIRE_VERSION as u32;
 
@@ -36,6 +39,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "proto-version",
     "publish-via-root",
     "skip-empty-xacts",
+    "streaming",
     "tables",
 ];
 
@@ -72,6 +76,10 @@ pub struct PluginOptions {
     /// schema, name and OID; `tables` patterns match the root), like pgoutput's
     /// `publish_via_partition_root` (default true).
     pub publish_via_root: bool,
+    /// `streaming`: send transactions larger than `logical_decoding_work_mem` in blocks while
+    /// they are in progress (Stream Start … Stream Commit / Abort, see [`crate::wire`]) rather
+    /// than whole at commit; needs `proto-version` 4 (default false: a consumer must ask).
+    pub streaming: bool,
 }
 
 impl Default for PluginOptions {
@@ -90,6 +98,7 @@ impl Default for PluginOptions {
             numeric_as_string: false,
             skip_empty_xacts: false,
             publish_via_root: true,
+            streaming: false,
         }
     }
 }
@@ -141,12 +150,20 @@ impl OptionError {
                 format!("Valid wal2arrow options are: {}.", OPTION_NAMES.join(", "))
             }
             OptionErrorKind::Repeated => format!("Give \"{}\" once.", self.option),
+            OptionErrorKind::Invalid { expected, .. }
+                if self.option == "streaming" && expected.contains("proto-version") =>
+            {
+                format!(
+                    "Ask for 'proto-version' '{PROTO_VERSION_STREAMING}' with 'streaming', or leave \
+                 'streaming' off."
+                )
+            }
             OptionErrorKind::MissingValue | OptionErrorKind::Invalid { .. } => {
                 format!("Give \"{}\" a value, as {}.", self.option, example(&self.option))
             }
             OptionErrorKind::OutOfRange { .. } if self.option == "proto-version" => format!(
-                "This wal2arrow plugin writes wire format version {PROTO_VERSION_MAX} only: use a \
-                 consumer that reads it (proto-version {PROTO_VERSION_MAX}), or install the plugin \
+                "This wal2arrow plugin writes wire format versions {PROTO_VERSION_MIN} to \
+                 {PROTO_VERSION_MAX}: use a consumer that reads one of them, or install the plugin \
                  version your consumer was built with."
             ),
             OptionErrorKind::OutOfRange { min, max, .. } => {
@@ -229,6 +246,7 @@ impl PluginOptions {
                 "numeric-as-string" => out.numeric_as_string = flag()?,
                 "skip-empty-xacts" => out.skip_empty_xacts = flag()?,
                 "publish-via-root" => out.publish_via_root = flag()?,
+                "streaming" => out.streaming = flag()?,
                 "tables" => {
                     let v = need()?;
                     out.tables = TableFilter::parse_list(v).map_err(|e| {
@@ -243,6 +261,18 @@ impl PluginOptions {
                 "filter-origins" => out.filter_origins = split_list(need()?),
                 _ => unreachable!("every name in OPTION_NAMES has an arm"),
             }
+        }
+        if out.streaming && out.proto_version < PROTO_VERSION_STREAMING {
+            return Err(OptionError {
+                option: "streaming".into(),
+                kind: OptionErrorKind::Invalid {
+                    value: "on".into(),
+                    expected: format!(
+                        "'proto-version' {PROTO_VERSION_STREAMING} or later (given {})",
+                        out.proto_version
+                    ),
+                },
+            });
         }
         Ok(out)
     }
@@ -263,6 +293,7 @@ impl PluginOptions {
             ("numeric-as-string", self.numeric_as_string, d.numeric_as_string),
             ("skip-empty-xacts", self.skip_empty_xacts, d.skip_empty_xacts),
             ("publish-via-root", self.publish_via_root, d.publish_via_root),
+            ("streaming", self.streaming, d.streaming),
         ] {
             if value != default {
                 out.push((name, value.to_string()));
@@ -341,8 +372,9 @@ mod tests {
     #[test]
     fn every_option_parses_and_round_trips_through_pairs() {
         let opts = parse(&[
-            ("proto-version", Some("3")),
+            ("proto-version", Some("4")),
             ("batch-rows", Some("17")),
+            ("streaming", Some("on")),
             ("include-xids", Some("off")),
             ("include-timestamps", Some("no")),
             ("include-lsn", Some("0")),
@@ -364,6 +396,7 @@ mod tests {
                 && !opts.include_origin
         );
         assert!(opts.numeric_as_string && opts.skip_empty_xacts && !opts.publish_via_root);
+        assert!(opts.streaming);
         assert_eq!(opts.tables.patterns().len(), 3);
         assert_eq!(opts.add_msg_prefixes, ["audit", "heart,beat"]);
         assert_eq!(opts.filter_origins, ["replica_a", "replica_b"]);
@@ -371,7 +404,7 @@ mod tests {
         let again =
             PluginOptions::parse(pairs.iter().map(|(k, v)| (*k, Some(v.as_str())))).unwrap();
         assert_eq!(again, opts);
-        assert_eq!(PluginOptions::default().to_pairs(), [("proto-version", "3".to_owned())]);
+        assert_eq!(PluginOptions::default().to_pairs(), [("proto-version", "4".to_owned())]);
     }
 
     #[test]
@@ -397,7 +430,8 @@ mod tests {
             e.hint(),
             "Valid wal2arrow options are: add-msg-prefixes, batch-rows, filter-msg-prefixes, \
              filter-origins, include-lsn, include-origin, include-timestamps, include-xids, \
-             numeric-as-string, proto-version, publish-via-root, skip-empty-xacts, tables."
+             numeric-as-string, proto-version, publish-via-root, skip-empty-xacts, streaming, \
+             tables."
         );
     }
 
@@ -423,12 +457,17 @@ mod tests {
                 "{bad}: {e}"
             );
         }
-        for old in ["1", "2", "4"] {
+        for old in ["1", "2", "5"] {
             let e = parse(&[("proto-version", Some(old))]).unwrap_err();
-            assert_eq!(e.kind, OptionErrorKind::OutOfRange { value: old.into(), min: 3, max: 3 });
-            assert!(e.hint().contains("writes wire format version 3 only"), "{}", e.hint());
+            assert_eq!(e.kind, OptionErrorKind::OutOfRange { value: old.into(), min: 3, max: 4 });
+            assert!(e.hint().contains("writes wire format versions 3 to 4"), "{}", e.hint());
         }
         assert_eq!(parse(&[("proto-version", Some("3"))]).unwrap().proto_version, 3);
+        let e = parse(&[("proto-version", Some("3")), ("streaming", None)]).unwrap_err();
+        assert_eq!(e.option, "streaming");
+        assert!(e.to_string().contains("'proto-version' 4 or later (given 3)"), "{e}");
+        assert!(e.hint().contains("'proto-version' '4'"), "{}", e.hint());
+        assert!(parse(&[("streaming", Some("on"))]).unwrap().streaming);
         let e = parse(&[("include-xids", Some("maybe"))]).unwrap_err();
         assert!(e.to_string().contains("expected a boolean"), "{e}");
         let e = parse(&[("tables", Some("users"))]).unwrap_err();

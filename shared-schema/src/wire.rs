@@ -1,4 +1,4 @@
-//! The wal2arrow wire format, version 3: framing of the messages the plugin writes.
+//! The wal2arrow wire format, version 4: framing of the messages the plugin writes.
 //!
 //! Every message (or Bundle of messages) is exactly one `OutputPluginWrite`, so it arrives as
 //! one XLogData payload of the [streaming replication protocol][proto]. A message starts with a 4-byte prefix —
@@ -16,11 +16,17 @@
 //! | Message | `M` | prefix, prefix length `u32`, LSN `u64`, content length `u32`, reserved `u32` (24) | prefix, content |
 //! | Commit | `C` | prefix, reserved `u32`, commit LSN `u64`, end LSN `u64`, commit time `i64` (32) | — |
 //! | Bundle (v2) | `X` | prefix, message count `u32`, reserved `u64` (16) | per message: length `u32`, reserved (12 bytes), the message, zeros to a multiple of 16 |
+//! | Stream Start (v4) | `s` | prefix, xid `u32` (8) | — |
+//! | Subtransaction (v4) | `u` | prefix, subtransaction xid `u32` (8) | — |
+//! | Stream Stop (v4) | `e` | prefix, reserved `u32` (8) | — |
+//! | Stream Abort (v4) | `a` | prefix, xid `u32`, subtransaction xid `u32`, reserved `u32`, abort LSN `u64` (24) | — |
+//! | Stream Commit (v4) | `c` | prefix, xid `u32`, commit LSN `u64`, end LSN `u64`, commit time `i64` (32) | — |
 //!
 //! The prefix's flags byte is defined per kind: Batch `0x01` = some row has a bit set in
 //! `_missing`, `0x02` = some row has a bit set in `_unrepresentable` (hints: a reader may skip
 //! the bitmaps when the flag is clear); Truncate `0x01` = `CASCADE`, `0x02` = `RESTART
-//! IDENTITY`; Message `0x01` = transactional. Commit times are microseconds since 1970-01-01
+//! IDENTITY`; Message `0x01` = transactional; Stream Start `0x01` = the transaction's first
+//! block. Commit times are microseconds since 1970-01-01
 //! UTC (0 when the consumer asked for no timestamps). The 16-byte headers of Schema and Batch
 //! keep the IPC message at a 16-byte offset, and the plugin writes IPC bodies with 16-byte
 //! buffer alignment: a payload received into a 16-byte-aligned allocation can be decoded
@@ -36,16 +42,33 @@
 //! (bit *i* = column *i*, least significant bit first, `w` = ⌈columns / 8⌉, at least 1), all
 //! zeros when no column is marked.
 //!
-//! A message's version byte is the wire version that defined its kind's format: 3 for Schema
-//! and Batch (version 3 made every batch carry every field of its schema and added
-//! `_unrepresentable`), 2 for Bundle, 1 for the other kinds. A plugin writes version 3 only
-//! (`proto-version` 3); a reader rejects a message whose version is newer than it knows, older
+//! A message's version byte is the wire version that defined its kind's format: 4 for the
+//! stream kinds, 3 for Schema and Batch (version 3 made every batch carry every field of its
+//! schema and added `_unrepresentable`), 2 for Bundle, 1 for the other kinds. A plugin accepts
+//! `proto-version` 3 and 4 and writes the stream kinds only to a consumer that asked for
+//! version 4 and `streaming`; a reader rejects a message whose version is newer than it knows, older
 //! than its kind's, or whose flags or reserved bits are set: they are how later versions will
 //! announce changes.
 //!
 //! Every message is one XLogData payload, except inside a Bundle: the plugin gathers a
 //! transaction's messages and sends them as one Bundle at commit (or each time a megabyte has
 //! gathered), so a one-row transaction costs one server write rather than three.
+//!
+//! **Streamed transactions** (version 4, option `streaming`). PostgreSQL 14 and later decode a
+//! transaction larger than `logical_decoding_work_mem` before it commits, in blocks, instead of
+//! spilling it to disk until its commit. A block is a Stream Start (the top-level xid; flag
+//! `0x01` on the transaction's first block), the transaction's Schema, Batch, Truncate and
+//! transactional Message messages as in a committed transaction, and a Stream Stop. Inside a
+//! block a Subtransaction message says which (sub)transaction the messages after it belong to
+//! (until the next one; a block starts in the top-level transaction), and a batch never holds
+//! rows of two. Blocks of different transactions interleave with each other and with ordinary
+//! (Begin … Commit) transactions, but never nest. A streamed transaction ends with a Stream
+//! Commit — its commit LSN, end LSN and time; commits, streamed or not, arrive in commit order —
+//! or a Stream Abort: of the whole transaction (subtransaction xid = xid), or of one
+//! subtransaction rolled back to its savepoint, whose messages the reader drops (a
+//! subtransaction nested in it gets its own Stream Abort). Batches of a streamed transaction
+//! carry no commit LSN: the reader learns it at the Stream Commit. Stream kinds are never
+//! bundled with a committed transaction's messages; a block may be one Bundle.
 //!
 //! [proto]: https://www.postgresql.org/docs/15/protocol-replication.html
 //! [ipc]: https://arrow.apache.org/docs/format/Columnar.html#encapsulated-message-format
@@ -57,8 +80,9 @@ use crate::lsn::Lsn;
 
 /// The wire format version this crate writes and reads. Version 2 added Bundle messages;
 /// version 3 changed Schema and Batch (every batch carries every field of its schema, and
-/// `_unrepresentable`); the other kinds are unchanged since version 1 and carry version byte 1.
-pub const WIRE_VERSION: u8 = 3;
+/// `_unrepresentable`); version 4 added the stream kinds (in-progress transactions); the other
+/// kinds are unchanged since version 1 and carry version byte 1.
+pub const WIRE_VERSION: u8 = 4;
 
 /// Bytes before the IPC message in Schema and Batch messages.
 pub const IPC_OFFSET: usize = 16;
@@ -89,6 +113,16 @@ pub enum MessageKind {
     /// Several messages in one payload (wire version 2): a small transaction's Begin, batches
     /// and Commit arrive as one XLogData, in one server write.
     Bundle = b'X',
+    /// A block of an in-progress (streamed) transaction starts (wire version 4).
+    StreamStart = b's',
+    /// The messages after it in the block belong to this (sub)transaction (wire version 4).
+    Subtransaction = b'u',
+    /// The block ends (wire version 4).
+    StreamStop = b'e',
+    /// A streamed transaction, or one of its subtransactions, aborted (wire version 4).
+    StreamAbort = b'a',
+    /// A streamed transaction committed (wire version 4).
+    StreamCommit = b'c',
 }
 
 /// Batch flag: some row of the batch has a bit set in `_missing`.
@@ -101,6 +135,8 @@ pub const TRUNCATE_CASCADE: u8 = 0x01;
 pub const TRUNCATE_RESTART_IDENTITY: u8 = 0x02;
 /// Message flag: a transactional message.
 pub const MESSAGE_TRANSACTIONAL: u8 = 0x01;
+/// Stream Start flag: the transaction's first block.
+pub const STREAM_FIRST_BLOCK: u8 = 0x01;
 
 impl MessageKind {
     /// The kind for a message's first byte.
@@ -114,25 +150,44 @@ impl MessageKind {
             b'O' => MessageKind::Origin,
             b'C' => MessageKind::Commit,
             b'X' => MessageKind::Bundle,
+            b's' => MessageKind::StreamStart,
+            b'u' => MessageKind::Subtransaction,
+            b'e' => MessageKind::StreamStop,
+            b'a' => MessageKind::StreamAbort,
+            b'c' => MessageKind::StreamCommit,
             _ => return None,
         })
     }
 
     fn header_len(self) -> usize {
         match self {
-            MessageKind::Begin | MessageKind::Message => 24,
+            MessageKind::Begin | MessageKind::Message | MessageKind::StreamAbort => 24,
+            MessageKind::StreamStart | MessageKind::Subtransaction | MessageKind::StreamStop => 8,
             MessageKind::Schema
             | MessageKind::Batch
             | MessageKind::Origin
             | MessageKind::Bundle => IPC_OFFSET,
             MessageKind::Truncate => 8,
-            MessageKind::Commit => 32,
+            MessageKind::Commit | MessageKind::StreamCommit => 32,
         }
+    }
+
+    /// Whether the kind belongs to streamed (in-progress) transactions.
+    pub fn is_stream(self) -> bool {
+        matches!(
+            self,
+            MessageKind::StreamStart
+                | MessageKind::Subtransaction
+                | MessageKind::StreamStop
+                | MessageKind::StreamAbort
+                | MessageKind::StreamCommit
+        )
     }
 
     /// The wire version that defined this kind's format: the version byte it is written with.
     pub fn since(self) -> u8 {
         match self {
+            k if k.is_stream() => 4,
             MessageKind::Schema | MessageKind::Batch => 3,
             MessageKind::Bundle => 2,
             _ => 1,
@@ -145,6 +200,7 @@ impl MessageKind {
             MessageKind::Batch => BATCH_HAS_MISSING | BATCH_HAS_UNREPRESENTABLE,
             MessageKind::Truncate => TRUNCATE_CASCADE | TRUNCATE_RESTART_IDENTITY,
             MessageKind::Message => MESSAGE_TRANSACTIONAL,
+            MessageKind::StreamStart => STREAM_FIRST_BLOCK,
             _ => 0,
         }
     }
@@ -216,6 +272,31 @@ pub struct Commit {
     pub commit_lsn: Lsn,
     /// LSN just past the commit record: what a consumer confirms as flushed once it has
     /// durably handled the transaction.
+    pub end_lsn: Lsn,
+    /// Commit time, microseconds since the Unix epoch.
+    pub commit_time_us: i64,
+}
+
+/// Stream Abort message: a streamed transaction aborted, or one of its subtransactions was
+/// rolled back to its savepoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamAbort {
+    /// The top-level transaction.
+    pub xid: u32,
+    /// The aborted (sub)transaction: `xid` itself when the whole transaction aborted.
+    pub subxid: u32,
+    /// LSN of the abort record.
+    pub abort_lsn: Lsn,
+}
+
+/// Stream Commit message: a streamed transaction committed; every block of it came before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamCommit {
+    /// The top-level transaction.
+    pub xid: u32,
+    /// LSN of the commit record.
+    pub commit_lsn: Lsn,
+    /// LSN just past the commit record (what a consumer confirms).
     pub end_lsn: Lsn,
     /// Commit time, microseconds since the Unix epoch.
     pub commit_time_us: i64,
@@ -447,6 +528,73 @@ pub fn write_commit(out: &mut impl Write, m: &Commit) -> io::Result<()> {
     out.write_all(&b)
 }
 
+/// Writes a Stream Start message: a block of transaction `xid` follows (`first`: its first).
+///
+/// # Errors
+///
+/// Whatever `out` returns.
+pub fn write_stream_start(out: &mut impl Write, xid: u32, first: bool) -> io::Result<()> {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&prefix_with(
+        MessageKind::StreamStart,
+        if first { STREAM_FIRST_BLOCK } else { 0 },
+    ));
+    b[4..8].copy_from_slice(&xid.to_le_bytes());
+    out.write_all(&b)
+}
+
+/// Writes a Subtransaction message: the block's next messages belong to `subxid`.
+///
+/// # Errors
+///
+/// Whatever `out` returns.
+pub fn write_subtransaction(out: &mut impl Write, subxid: u32) -> io::Result<()> {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&prefix(MessageKind::Subtransaction));
+    b[4..8].copy_from_slice(&subxid.to_le_bytes());
+    out.write_all(&b)
+}
+
+/// Writes a Stream Stop message.
+///
+/// # Errors
+///
+/// Whatever `out` returns.
+pub fn write_stream_stop(out: &mut impl Write) -> io::Result<()> {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&prefix(MessageKind::StreamStop));
+    out.write_all(&b)
+}
+
+/// Writes a Stream Abort message.
+///
+/// # Errors
+///
+/// Whatever `out` returns.
+pub fn write_stream_abort(out: &mut impl Write, m: &StreamAbort) -> io::Result<()> {
+    let mut b = [0u8; 24];
+    b[..4].copy_from_slice(&prefix(MessageKind::StreamAbort));
+    b[4..8].copy_from_slice(&m.xid.to_le_bytes());
+    b[8..12].copy_from_slice(&m.subxid.to_le_bytes());
+    b[16..24].copy_from_slice(&m.abort_lsn.0.to_le_bytes());
+    out.write_all(&b)
+}
+
+/// Writes a Stream Commit message.
+///
+/// # Errors
+///
+/// Whatever `out` returns.
+pub fn write_stream_commit(out: &mut impl Write, m: &StreamCommit) -> io::Result<()> {
+    let mut b = [0u8; 32];
+    b[..4].copy_from_slice(&prefix(MessageKind::StreamCommit));
+    b[4..8].copy_from_slice(&m.xid.to_le_bytes());
+    b[8..16].copy_from_slice(&m.commit_lsn.0.to_le_bytes());
+    b[16..24].copy_from_slice(&m.end_lsn.0.to_le_bytes());
+    b[24..32].copy_from_slice(&m.commit_time_us.to_le_bytes());
+    out.write_all(&b)
+}
+
 /// Writes the fixed header of a Schema message; the IPC schema message follows.
 pub(crate) fn write_schema_header(out: &mut impl Write, relid: u32) -> io::Result<()> {
     let mut b = [0u8; IPC_OFFSET];
@@ -587,6 +735,24 @@ pub enum Header {
         /// How many messages it holds.
         count: u32,
     },
+    /// A block of streamed transaction `xid` starts.
+    StreamStart {
+        /// The top-level transaction.
+        xid: u32,
+        /// Its first block.
+        first: bool,
+    },
+    /// The block's next messages belong to this (sub)transaction.
+    Subtransaction {
+        /// The (sub)transaction's xid.
+        subxid: u32,
+    },
+    /// The block ends.
+    StreamStop,
+    /// See [`StreamAbort`].
+    StreamAbort(StreamAbort),
+    /// See [`StreamCommit`].
+    StreamCommit(StreamCommit),
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -706,6 +872,41 @@ pub fn read_header(msg: &[u8]) -> Result<Header, WireError> {
             }
             Header::Bundle { count: u32_at(msg, 4) }
         }
+        k if k.is_stream() => {
+            if msg.len() != need {
+                return Err(WireError::TrailingBytes(kind));
+            }
+            match k {
+                MessageKind::StreamStart => Header::StreamStart {
+                    xid: u32_at(msg, 4),
+                    first: flags & STREAM_FIRST_BLOCK != 0,
+                },
+                MessageKind::Subtransaction => Header::Subtransaction { subxid: u32_at(msg, 4) },
+                MessageKind::StreamStop => {
+                    if u32_at(msg, 4) != 0 {
+                        return Err(WireError::ReservedBits(kind));
+                    }
+                    Header::StreamStop
+                }
+                MessageKind::StreamAbort => {
+                    if u32_at(msg, 12) != 0 {
+                        return Err(WireError::ReservedBits(kind));
+                    }
+                    Header::StreamAbort(StreamAbort {
+                        xid: u32_at(msg, 4),
+                        subxid: u32_at(msg, 8),
+                        abort_lsn: Lsn(u64_at(msg, 16)),
+                    })
+                }
+                _ => Header::StreamCommit(StreamCommit {
+                    xid: u32_at(msg, 4),
+                    commit_lsn: Lsn(u64_at(msg, 8)),
+                    end_lsn: Lsn(u64_at(msg, 16)),
+                    commit_time_us: u64_at(msg, 24) as i64,
+                }),
+            }
+        }
+        _ => unreachable!("every kind has an arm"),
     })
 }
 
@@ -799,6 +1000,87 @@ mod tests {
     }
 
     #[test]
+    fn stream_messages_round_trip_and_reject_damage() {
+        let abort = StreamAbort { xid: 700, subxid: 701, abort_lsn: Lsn(0x2_0000_0040) };
+        let commit = StreamCommit {
+            xid: 700,
+            commit_lsn: Lsn(0x2_0000_0100),
+            end_lsn: Lsn(0x2_0000_0130),
+            commit_time_us: 1_700_000_000_000_000,
+        };
+        let cases: Vec<(Vec<u8>, Header)> = vec![
+            (
+                {
+                    let mut o = Vec::new();
+                    write_stream_start(&mut o, 700, true).unwrap();
+                    o
+                },
+                Header::StreamStart { xid: 700, first: true },
+            ),
+            (
+                {
+                    let mut o = Vec::new();
+                    write_stream_start(&mut o, 700, false).unwrap();
+                    o
+                },
+                Header::StreamStart { xid: 700, first: false },
+            ),
+            (
+                {
+                    let mut o = Vec::new();
+                    write_subtransaction(&mut o, 701).unwrap();
+                    o
+                },
+                Header::Subtransaction { subxid: 701 },
+            ),
+            (
+                {
+                    let mut o = Vec::new();
+                    write_stream_stop(&mut o).unwrap();
+                    o
+                },
+                Header::StreamStop,
+            ),
+            (
+                {
+                    let mut o = Vec::new();
+                    write_stream_abort(&mut o, &abort).unwrap();
+                    o
+                },
+                Header::StreamAbort(abort),
+            ),
+            (
+                {
+                    let mut o = Vec::new();
+                    write_stream_commit(&mut o, &commit).unwrap();
+                    o
+                },
+                Header::StreamCommit(commit),
+            ),
+        ];
+        for (msg, header) in cases {
+            assert_eq!(read_header(&msg).unwrap(), header);
+            assert_eq!(msg[1], 4, "stream kinds carry version 4");
+            for cut in 0..msg.len() {
+                assert!(read_header(&msg[..cut]).is_err());
+            }
+            let mut longer = msg.clone();
+            longer.push(0);
+            assert!(matches!(read_header(&longer), Err(WireError::TrailingBytes(_))));
+            let mut v3 = msg.clone();
+            v3[1] = 3;
+            assert!(matches!(read_header(&v3), Err(WireError::OlderVersion { min: 4, .. })));
+            let mut flagged = msg.clone();
+            flagged[2] = 0x02;
+            assert!(matches!(read_header(&flagged), Err(WireError::ReservedBits(_))));
+        }
+        let mut stop = Vec::new();
+        write_stream_stop(&mut stop).unwrap();
+        stop[5] = 1;
+        assert_eq!(read_header(&stop), Err(WireError::ReservedBits(MessageKind::StreamStop)));
+    }
+
+    #[test]
     fn flags_are_checked_per_kind() {
         let mut out = Vec::new();
         write_truncate(
@@ -825,8 +1107,8 @@ mod tests {
         m[0] = b'Z';
         assert_eq!(read_header(&m), Err(WireError::UnknownKind(b'Z')));
         let mut m = msg.clone();
-        m[1] = 4;
-        assert_eq!(read_header(&m), Err(WireError::UnsupportedVersion { found: 4, max: 3 }));
+        m[1] = 5;
+        assert_eq!(read_header(&m), Err(WireError::UnsupportedVersion { found: 5, max: 4 }));
         let mut m = msg.clone();
         m[1] = 0;
         assert_eq!(

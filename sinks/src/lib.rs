@@ -214,6 +214,13 @@ pub async fn run<S: Sink + 'static>(
     shutdown: impl Future<Output = ()>,
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<RunReport> {
+    if *stream.in_progress() == wal2arrow_consumer::InProgress::Deliver {
+        return Err(Error::Stream(wal2arrow_consumer::Error::Config(
+            "sinks write committed transactions: build the stream with InProgress::Buffer (the \
+             default), not InProgress::Deliver"
+                .into(),
+        )));
+    }
     let durable = sink.durable();
     let mut worker = Worker::start(sink)?;
     let result = drive(stream, &mut worker, durable, options, shutdown, progress).await;

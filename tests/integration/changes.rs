@@ -543,8 +543,13 @@ async fn every_bad_option_is_an_error_and_the_server_stays_up() {
         (vec![("batch-rows", Some("0"))], "out of range (1 to 1000000)"),
         (vec![("batch-rows", Some("1000001"))], "out of range"),
         (vec![("batch-rows", Some("many"))], "expected a whole number"),
-        (vec![("proto-version", Some("2"))], "out of range (3 to 3)"),
-        (vec![("proto-version", Some("4"))], "out of range (3 to 3)"),
+        (vec![("proto-version", Some("2"))], "out of range (3 to 4)"),
+        (vec![("proto-version", Some("5"))], "out of range (3 to 4)"),
+        (
+            vec![("proto-version", Some("3")), ("streaming", Some("on"))],
+            "'proto-version' 4 or later (given 3)",
+        ),
+        (vec![("streaming", Some("sometimes"))], "expected a boolean"),
         (vec![("include-xids", Some("sometimes"))], "expected a boolean"),
         (vec![("skip-empty-xacts", Some("2"))], "expected a boolean"),
         (vec![("tables", Some("users"))], "name the schema"),
@@ -628,7 +633,7 @@ async fn each_transaction_is_one_bundle_and_older_wire_versions_are_refused() {
             .unwrap_err();
         let db_err = err.as_db_error().unwrap();
         assert_eq!(db_err.code().code(), "22023");
-        assert!(db_err.hint().unwrap().contains("writes wire format version 3 only"), "{db_err}");
+        assert!(db_err.hint().unwrap().contains("writes wire format versions 3 to 4"), "{db_err}");
     }
     client.execute("SELECT pg_drop_replication_slot('bundles')", &[]).await.unwrap();
 }

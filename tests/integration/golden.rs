@@ -100,6 +100,13 @@ fn render_message(out: &mut String, header: &str, bytes: &[u8], message: Message
             bytes.len(),
             String::from_utf8_lossy(content.as_slice())
         ),
+        Message::StreamStart { first, .. } => writeln!(out, "[{header}] STREAM START first={first}"),
+        Message::Subtransaction { .. } => writeln!(out, "[{header}] SUBTRANSACTION"),
+        Message::StreamStop => writeln!(out, "[{header}] STREAM STOP"),
+        Message::StreamAbort(a) => {
+            writeln!(out, "[{header}] STREAM ABORT whole={}", a.xid == a.subxid)
+        }
+        Message::StreamCommit(_) => writeln!(out, "[{header}] STREAM COMMIT"),
     }
     .unwrap();
 }

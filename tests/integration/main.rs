@@ -19,5 +19,6 @@ mod routing;
 mod snapshot;
 mod spine;
 mod standard_arrow;
+mod streaming;
 mod tls;
 mod types;

@@ -355,7 +355,8 @@ async fn an_unknown_plugin_option_is_an_error_naming_it_and_the_valid_ones() {
         Some(
             "Valid wal2arrow options are: add-msg-prefixes, batch-rows, filter-msg-prefixes, \
              filter-origins, include-lsn, include-origin, include-timestamps, include-xids, \
-             numeric-as-string, proto-version, publish-via-root, skip-empty-xacts, tables."
+             numeric-as-string, proto-version, publish-via-root, skip-empty-xacts, streaming, \
+             tables."
         )
     );
     assert!(!err.is_transient(), "a bad option is a definite error");

@@ -23,6 +23,8 @@ pub(crate) unsafe extern "C-unwind" fn startup(
         let pairs = option_pairs((*ctx).output_plugin_options);
         let options = PluginOptions::parse(pairs.iter().map(|(k, v)| (k.as_str(), v.as_deref())))
             .unwrap_or_else(|e| report::option_error(&e));
+        // PostgreSQL streams in-progress transactions only to a consumer that asked.
+        (*ctx).streaming &= options.streaming;
         State::attach(ctx, options);
     }
 }
@@ -83,16 +85,7 @@ pub(crate) unsafe extern "C-unwind" fn message(
     content: *const std::ffi::c_char,
 ) {
     // SAFETY: PostgreSQL passes a NUL-terminated prefix and `size` bytes of content.
-    let (prefix, content) = unsafe {
-        (
-            CStr::from_ptr(prefix).to_bytes(),
-            if size == 0 {
-                &[][..]
-            } else {
-                std::slice::from_raw_parts(content.cast::<u8>(), size)
-            },
-        )
-    };
+    let (prefix, content) = unsafe { message_parts(prefix, size, content) };
     // SAFETY: startup attached the state; PostgreSQL passes valid arguments.
     unsafe { State::of(ctx).message(ctx, lsn, transactional, prefix, content) }
 }
@@ -138,4 +131,107 @@ unsafe fn option_pairs(list: *mut pg_sys::List) -> Vec<(String, Option<String>)>
         }
     }
     out
+}
+
+#[pg_guard]
+pub(crate) unsafe extern "C-unwind" fn stream_start(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    txn: *mut pg_sys::ReorderBufferTXN,
+) {
+    // SAFETY: startup attached the state; PostgreSQL passes valid arguments.
+    unsafe { State::of(ctx).stream_start(txn) }
+}
+
+#[pg_guard]
+pub(crate) unsafe extern "C-unwind" fn stream_stop(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    _txn: *mut pg_sys::ReorderBufferTXN,
+) {
+    // SAFETY: startup attached the state; PostgreSQL passes valid arguments.
+    unsafe { State::of(ctx).stream_stop(ctx) }
+}
+
+#[pg_guard]
+pub(crate) unsafe extern "C-unwind" fn stream_change(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    _txn: *mut pg_sys::ReorderBufferTXN,
+    relation: pg_sys::Relation,
+    change: *mut pg_sys::ReorderBufferChange,
+) {
+    // SAFETY: startup attached the state; PostgreSQL passes valid arguments.
+    unsafe { State::of(ctx).stream_change(ctx, relation, change) }
+}
+
+#[pg_guard]
+pub(crate) unsafe extern "C-unwind" fn stream_truncate(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    _txn: *mut pg_sys::ReorderBufferTXN,
+    nrelations: std::ffi::c_int,
+    relations: *mut pg_sys::Relation,
+    change: *mut pg_sys::ReorderBufferChange,
+) {
+    // SAFETY: PostgreSQL passes `nrelations` open relations.
+    let relations =
+        unsafe { std::slice::from_raw_parts(relations, usize::try_from(nrelations).unwrap_or(0)) };
+    // SAFETY: startup attached the state; PostgreSQL passes valid arguments.
+    unsafe { State::of(ctx).stream_truncate(ctx, relations, change) }
+}
+
+#[pg_guard]
+pub(crate) unsafe extern "C-unwind" fn stream_message(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    _txn: *mut pg_sys::ReorderBufferTXN,
+    lsn: pg_sys::XLogRecPtr,
+    transactional: bool,
+    prefix: *const std::ffi::c_char,
+    size: pg_sys::Size,
+    content: *const std::ffi::c_char,
+) {
+    // SAFETY: PostgreSQL passes a NUL-terminated prefix and `size` bytes of content.
+    let (prefix, content) = unsafe { message_parts(prefix, size, content) };
+    // SAFETY: startup attached the state; PostgreSQL passes valid arguments.
+    unsafe { State::of(ctx).stream_message(ctx, lsn, transactional, prefix, content) }
+}
+
+#[pg_guard]
+pub(crate) unsafe extern "C-unwind" fn stream_abort(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    txn: *mut pg_sys::ReorderBufferTXN,
+    abort_lsn: pg_sys::XLogRecPtr,
+) {
+    // SAFETY: startup attached the state; PostgreSQL passes valid arguments.
+    unsafe { State::of(ctx).stream_abort(ctx, txn, abort_lsn) }
+}
+
+#[pg_guard]
+pub(crate) unsafe extern "C-unwind" fn stream_commit(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    txn: *mut pg_sys::ReorderBufferTXN,
+    commit_lsn: pg_sys::XLogRecPtr,
+) {
+    // SAFETY: startup attached the state; PostgreSQL passes valid arguments.
+    unsafe { State::of(ctx).stream_commit(ctx, txn, commit_lsn) }
+}
+
+/// A logical message's prefix and content as byte slices.
+///
+/// # Safety
+///
+/// `prefix` is NUL-terminated and `content` valid for `size` bytes, for `'a`.
+unsafe fn message_parts<'a>(
+    prefix: *const std::ffi::c_char,
+    size: pg_sys::Size,
+    content: *const std::ffi::c_char,
+) -> (&'a [u8], &'a [u8]) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        (
+            CStr::from_ptr(prefix).to_bytes(),
+            if size == 0 {
+                &[][..]
+            } else {
+                std::slice::from_raw_parts(content.cast::<u8>(), size)
+            },
+        )
+    }
 }

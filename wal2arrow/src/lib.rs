@@ -46,4 +46,12 @@ pub unsafe extern "C-unwind" fn _PG_output_plugin_init(cb: *mut pg_sys::OutputPl
     cb.filter_by_origin_cb = Some(callbacks::filter_by_origin);
     cb.commit_cb = Some(callbacks::commit);
     cb.shutdown_cb = Some(callbacks::shutdown);
+    // In-progress transactions (PostgreSQL 14+), used only when the consumer asks (`streaming`).
+    cb.stream_start_cb = Some(callbacks::stream_start);
+    cb.stream_stop_cb = Some(callbacks::stream_stop);
+    cb.stream_change_cb = Some(callbacks::stream_change);
+    cb.stream_truncate_cb = Some(callbacks::stream_truncate);
+    cb.stream_message_cb = Some(callbacks::stream_message);
+    cb.stream_abort_cb = Some(callbacks::stream_abort);
+    cb.stream_commit_cb = Some(callbacks::stream_commit);
 }

@@ -10,13 +10,19 @@
 //! ~16 MiB; an UPDATE's old and new image always in one batch), before anything that must
 //! follow them in the stream (a Truncate, a transactional message, a schema change), and at
 //! commit.
+//!
+//! A streamed (in-progress) transaction is written block by block: each block gathers into a
+//! Bundle of its own, its rows are written out at the block's end and whenever the change
+//! being decoded belongs to another subtransaction than the rows pending (a Subtransaction
+//! message names the new one), so no batch mixes subtransactions and a consumer can drop
+//! exactly a rolled-back savepoint's rows.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use pgrx::pg_sys;
 use wal2arrow_schema::encode::write_schema_message;
 use wal2arrow_schema::types::PG_EPOCH_MICROS;
-use wal2arrow_schema::wire::{self, Begin, Commit, Truncate};
+use wal2arrow_schema::wire::{self, Begin, Commit, StreamAbort, StreamCommit, Truncate};
 use wal2arrow_schema::{ChangeOp, Lsn, PluginOptions};
 
 use crate::datum::{Appended, is_unchanged_toast};
@@ -42,8 +48,25 @@ struct Txn {
     written: bool,
 }
 
+/// The block of a streamed transaction being decoded.
+struct Block {
+    /// The top-level transaction.
+    xid: u32,
+    /// Stream Start was written.
+    written: bool,
+    /// The (sub)transaction the block's messages written last belong to.
+    subxid: u32,
+}
+
 pub(crate) struct State {
     options: PluginOptions,
+    /// The streamed transaction's block being decoded, between stream_start and stream_stop.
+    block: Option<Block>,
+    /// Streamed transactions of which a block was written and which have not ended: they
+    /// get a Stream Commit or Abort; the others sent nothing and get none.
+    streamed: HashSet<u32>,
+    /// The (sub)transaction of the change a stream callback is handing on.
+    change_xid: u32,
     relations: RelationCache,
     /// Tables with rows pending in the current transaction, in the order first touched.
     pending: Vec<pg_sys::Oid>,
@@ -82,6 +105,9 @@ impl State {
             let state = Box::into_raw(Box::new(State {
                 out,
                 options,
+                block: None,
+                streamed: HashSet::new(),
+                change_xid: 0,
                 relations: RelationCache::default(),
                 pending: Vec::new(),
                 txn: None,
@@ -160,6 +186,11 @@ impl State {
     ///
     /// Inside a callback of the transaction, with its context.
     unsafe fn ensure_begin(&mut self, ctx: *mut pg_sys::LogicalDecodingContext, last: bool) {
+        if self.block.is_some() {
+            // SAFETY: caller's contract.
+            unsafe { self.ensure_block(ctx) };
+            return;
+        }
         let Some(txn) = self.txn.as_mut().filter(|t| !t.written) else { return };
         txn.written = true;
         let (begin, origin) = (txn.begin, txn.origin.clone());
@@ -178,6 +209,195 @@ impl State {
                 })
             };
             written.unwrap_or_else(|e| report::encode_error("(origin)", &e.into()));
+        }
+    }
+
+    /// Writes the block's Stream Start if not yet written, and a Subtransaction message (after
+    /// the pending rows of the one before) when the change being handed on belongs to another
+    /// (sub)transaction than the messages written last.
+    ///
+    /// # Safety
+    ///
+    /// Inside a stream callback of the block, with its context.
+    unsafe fn ensure_block(&mut self, ctx: *mut pg_sys::LogicalDecodingContext) {
+        let Some(block) = self.block.as_mut() else { return };
+        let (xid, change_xid) = (block.xid, self.change_xid);
+        if !block.written {
+            block.written = true;
+            let first = self.streamed.insert(xid);
+            // SAFETY: caller's contract.
+            let written = unsafe {
+                self.out
+                    .message(ctx, false, |mut out| wire::write_stream_start(&mut out, xid, first))
+            };
+            written.unwrap_or_else(|e| report::encode_error("(stream start)", &e.into()));
+        }
+        let block = self.block.as_mut().expect("checked above");
+        if block.subxid == change_xid {
+            return;
+        }
+        block.subxid = change_xid;
+        // SAFETY: caller's contract.
+        unsafe {
+            self.flush_pending(ctx);
+            let written = self
+                .out
+                .message(ctx, false, |mut out| wire::write_subtransaction(&mut out, change_xid));
+            written.unwrap_or_else(|e| report::encode_error("(subtransaction)", &e.into()));
+        }
+    }
+
+    /// A block of the streamed transaction `txn` starts: its messages gather into a Bundle,
+    /// and its Stream Start is written with its first message.
+    ///
+    /// # Safety
+    ///
+    /// `txn` is stream_start_cb's.
+    pub(crate) unsafe fn stream_start(&mut self, txn: *mut pg_sys::ReorderBufferTXN) {
+        // SAFETY: the callback's transaction is valid for the call.
+        let xid = unsafe { (*txn).xid.into_inner() };
+        self.pending.clear();
+        self.txn = None;
+        self.out.begin_transaction();
+        self.block = Some(Block { xid, written: false, subxid: xid });
+        self.change_xid = xid;
+    }
+
+    /// The block ends: its rows and a Stream Stop are written, with the Bundle.
+    ///
+    /// # Safety
+    ///
+    /// Inside stream_stop_cb, with its context.
+    pub(crate) unsafe fn stream_stop(&mut self, ctx: *mut pg_sys::LogicalDecodingContext) {
+        let written = self.block.take().is_some_and(|b| b.written);
+        // SAFETY: caller's contract.
+        unsafe {
+            if written {
+                self.flush_pending(ctx);
+                let stopped =
+                    self.out.message(ctx, true, |mut out| wire::write_stream_stop(&mut out));
+                stopped.unwrap_or_else(|e| report::encode_error("(stream stop)", &e.into()));
+            }
+            let ended = self.out.end_transaction(ctx);
+            ended.unwrap_or_else(|e| report::encode_error("(stream stop)", &e.into()));
+        }
+    }
+
+    /// Hands on a change of a streamed transaction, with the (sub)transaction it belongs to.
+    ///
+    /// # Safety
+    ///
+    /// The arguments are stream_change_cb's.
+    pub(crate) unsafe fn stream_change(
+        &mut self,
+        ctx: *mut pg_sys::LogicalDecodingContext,
+        relation: pg_sys::Relation,
+        change: *mut pg_sys::ReorderBufferChange,
+    ) {
+        // SAFETY: the change and its transaction are valid for the callback.
+        unsafe {
+            self.change_xid = change_xid(change, self.change_xid);
+            self.change(ctx, relation, change);
+        }
+    }
+
+    /// Hands on a TRUNCATE of a streamed transaction.
+    ///
+    /// # Safety
+    ///
+    /// The arguments are stream_truncate_cb's.
+    pub(crate) unsafe fn stream_truncate(
+        &mut self,
+        ctx: *mut pg_sys::LogicalDecodingContext,
+        relations: &[pg_sys::Relation],
+        change: *mut pg_sys::ReorderBufferChange,
+    ) {
+        // SAFETY: the change and its transaction are valid for the callback.
+        unsafe {
+            self.change_xid = change_xid(change, self.change_xid);
+            self.truncate(ctx, relations, change);
+        }
+    }
+
+    /// Hands on a transactional message of a streamed transaction. PostgreSQL does not say
+    /// which subtransaction emitted it: it is counted in the top-level one.
+    ///
+    /// # Safety
+    ///
+    /// The arguments are stream_message_cb's.
+    pub(crate) unsafe fn stream_message(
+        &mut self,
+        ctx: *mut pg_sys::LogicalDecodingContext,
+        lsn: pg_sys::XLogRecPtr,
+        transactional: bool,
+        prefix: &[u8],
+        content: &[u8],
+    ) {
+        if let Some(block) = &self.block {
+            self.change_xid = block.xid;
+        }
+        // SAFETY: caller's contract.
+        unsafe { self.message(ctx, lsn, transactional, prefix, content) }
+    }
+
+    /// A streamed transaction (`txn` top-level) or one of its subtransactions aborted.
+    ///
+    /// # Safety
+    ///
+    /// The arguments are stream_abort_cb's.
+    pub(crate) unsafe fn stream_abort(
+        &mut self,
+        ctx: *mut pg_sys::LogicalDecodingContext,
+        txn: *mut pg_sys::ReorderBufferTXN,
+        abort_lsn: pg_sys::XLogRecPtr,
+    ) {
+        // SAFETY: the callback's transaction, and its top-level one, are valid for the call.
+        let (xid, subxid) = unsafe { (top_xid(txn), (*txn).xid.into_inner()) };
+        let known =
+            if xid == subxid { self.streamed.remove(&xid) } else { self.streamed.contains(&xid) };
+        // SAFETY: inside stream_abort_cb with its context.
+        unsafe {
+            if !known {
+                crate::compat::update_progress(ctx, true);
+                return;
+            }
+            let msg = StreamAbort { xid, subxid, abort_lsn: Lsn(abort_lsn) };
+            let written =
+                self.out.message(ctx, true, |mut out| wire::write_stream_abort(&mut out, &msg));
+            written.unwrap_or_else(|e| report::encode_error("(stream abort)", &e.into()));
+        }
+    }
+
+    /// A streamed transaction committed (every block of it was written before).
+    ///
+    /// # Safety
+    ///
+    /// The arguments are stream_commit_cb's.
+    pub(crate) unsafe fn stream_commit(
+        &mut self,
+        ctx: *mut pg_sys::LogicalDecodingContext,
+        txn: *mut pg_sys::ReorderBufferTXN,
+        commit_lsn: pg_sys::XLogRecPtr,
+    ) {
+        // SAFETY: the callback's transaction is valid for the call.
+        let txn = unsafe { &*txn };
+        let xid = txn.xid.into_inner();
+        // SAFETY: inside stream_commit_cb with its context.
+        unsafe {
+            if !self.streamed.remove(&xid) {
+                // Nothing of it was sent: let the walsender report progress past it.
+                crate::compat::update_progress(ctx, true);
+                return;
+            }
+            let msg = StreamCommit {
+                xid,
+                commit_lsn: Lsn(commit_lsn),
+                end_lsn: Lsn(txn.end_lsn),
+                commit_time_us: self.time(crate::compat::commit_time(txn)),
+            };
+            let written =
+                self.out.message(ctx, true, |mut out| wire::write_stream_commit(&mut out, &msg));
+            written.unwrap_or_else(|e| report::encode_error("(stream commit)", &e.into()));
         }
     }
 
@@ -584,6 +804,32 @@ unsafe fn flush(
     let written = unsafe { out.message(ctx, last, |mut w| entry.encoder.write_batch(&mut w)) };
     if let Err(e) = written {
         report::encode_error(&entry.qualified_name, &e);
+    }
+}
+
+/// The xid of the (sub)transaction a change belongs to (`fallback` if PostgreSQL does not say).
+///
+/// # Safety
+///
+/// `change` is valid for the callback.
+unsafe fn change_xid(change: *mut pg_sys::ReorderBufferChange, fallback: u32) -> u32 {
+    // SAFETY: the change, and its transaction when set, are valid for the callback.
+    unsafe {
+        let txn = (*change).txn;
+        if txn.is_null() { fallback } else { (*txn).xid.into_inner() }
+    }
+}
+
+/// The xid of `txn`'s top-level transaction (its own for a top-level one).
+///
+/// # Safety
+///
+/// `txn` is valid for the callback.
+unsafe fn top_xid(txn: *mut pg_sys::ReorderBufferTXN) -> u32 {
+    // SAFETY: a subtransaction's `toptxn` points to its live top-level transaction.
+    unsafe {
+        let top = (*txn).toptxn;
+        if top.is_null() { (*txn).xid.into_inner() } else { (*top).xid.into_inner() }
     }
 }
 

@@ -1794,6 +1794,7 @@ mod tests {
                 }
                 Message::Commit(c) => format!("C {} {}", c.commit_lsn, c.end_lsn),
                 Message::Origin { .. } => "O".into(),
+                other => panic!("wal2json never streams: {other:?}"),
             })
             .collect();
         assert_eq!(
