@@ -135,6 +135,17 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+    /// A spill file of a transaction streamed before its commit could not be created, written
+    /// or read back (a full disk, a directory without permission). Definite: reconnecting
+    /// would only receive the transaction again and fail at the same point.
+    Spill {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What failed: "cannot create", "cannot write", "cannot read back".
+        action: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -289,6 +300,14 @@ impl fmt::Display for Error {
                  bytes): a row that large needs a higher limit (ConsumerBuilder::max_message_size, \
                  --max-message-size); a length like this one can also mean a damaged connection"
             ),
+            Error::Spill { path, action, source } => write!(
+                f,
+                "{action} the spill file {} of a transaction streamed before its commit: \
+                 {source} (give the spill directory room or permission, point it elsewhere — \
+                 InProgress::Buffer's spill_dir, --spill-dir — or raise the memory for such \
+                 transactions)",
+                path.display()
+            ),
         }
     }
 }
@@ -302,6 +321,7 @@ impl std::error::Error for Error {
             Error::Io(e) => Some(e),
             Error::Wire { source, .. } => Some(source),
             Error::Wal2Json(e) => Some(e),
+            Error::Spill { source, .. } => Some(source),
             _ => None,
         }
     }

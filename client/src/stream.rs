@@ -634,7 +634,7 @@ impl ChangeStream {
         source_bytes: usize,
     ) -> Result<Option<Event>> {
         match message {
-            WireMessage::Schema(relation) => Ok(Some(Event::Relation(relation))),
+            WireMessage::Schema(relation) => self.streams.relation(relation),
             WireMessage::Subtransaction { subxid } => {
                 self.streams.subtransaction(subxid)?;
                 Ok(None)

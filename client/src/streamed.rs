@@ -85,7 +85,14 @@ struct Item {
 
 #[derive(Debug)]
 enum ItemKind {
-    Batch { relation: Arc<Relation>, data: Data, source_bytes: usize },
+    /// A Schema message sent inside the block: handed on in its place, at the commit (a
+    /// table renamed or created by a transaction that aborts is never shown).
+    Relation(Arc<Relation>),
+    Batch {
+        relation: Arc<Relation>,
+        data: Data,
+        source_bytes: usize,
+    },
     Truncate(TruncateEvent),
     Message(LogicalMessage),
 }
@@ -158,14 +165,14 @@ impl SpillFile {
             .read(true)
             .write(true)
             .open(&path)
-            .map_err(|e| spill_error(&path, "cannot create", &e))?;
+            .map_err(|e| spill_error(&path, "cannot create", e))?;
         Ok(SpillFile { path, file, end: 0 })
     }
 
     fn append(&mut self, bytes: &[u8]) -> Result<u64> {
         let offset = self.end;
         std::os::unix::fs::FileExt::write_all_at(&self.file, bytes, offset)
-            .map_err(|e| spill_error(&self.path, "cannot write", &e))?;
+            .map_err(|e| spill_error(&self.path, "cannot write", e))?;
         self.end += bytes.len() as u64;
         Ok(offset)
     }
@@ -174,7 +181,7 @@ impl SpillFile {
         // 64-byte aligned, as the decoder needs for zero-copy arrays.
         let mut buf = MutableBuffer::from_len_zeroed(len);
         std::os::unix::fs::FileExt::read_exact_at(&self.file, buf.as_slice_mut(), offset)
-            .map_err(|e| spill_error(&self.path, "cannot read back", &e))?;
+            .map_err(|e| spill_error(&self.path, "cannot read back", e))?;
         Ok(buf.into())
     }
 }
@@ -189,15 +196,8 @@ fn unknown(xid: u32) -> Error {
     Error::protocol(format!("a block of unknown streamed transaction {xid}"))
 }
 
-fn spill_error(path: &Path, action: &str, e: &std::io::Error) -> Error {
-    Error::Io(std::io::Error::new(
-        e.kind(),
-        format!(
-            "{action} the spill file {} of a streamed transaction: {e} (set the spill \
-             directory to one with room, or raise the memory for streamed transactions)",
-            path.display()
-        ),
-    ))
+fn spill_error(path: &Path, action: &str, source: std::io::Error) -> Error {
+    Error::Spill { path: path.to_owned(), action: action.to_owned(), source }
 }
 
 /// A streamed transaction not yet ended.
@@ -335,6 +335,18 @@ impl Streams {
         }
     }
 
+    /// Takes a Schema message of the open block (the decoder already knows it: the block's
+    /// batches are decoded with it).
+    pub(crate) fn relation(&mut self, relation: Arc<Relation>) -> Result<Option<Event>> {
+        let (xid, subxid) = self.block.expect("called inside a block");
+        if self.mode == InProgress::Deliver {
+            return Ok(Some(Event::Relation(relation)));
+        }
+        let txn = self.txn(xid)?;
+        txn.items.push_back(Item { subxid, kind: ItemKind::Relation(relation) });
+        Ok(None)
+    }
+
     /// Takes a truncate of the open block.
     pub(crate) fn truncate(&mut self, mut t: TruncateEvent) -> Result<Option<Event>> {
         let (xid, subxid) = self.block.expect("called inside a block");
@@ -427,7 +439,8 @@ impl Streams {
             commit_time_us: c.commit_time_us,
             origin: None,
         };
-        let batches = u32::try_from(txn.items.len()).unwrap_or(u32::MAX);
+        let events = txn.items.iter().filter(|i| !matches!(i.kind, ItemKind::Relation(_))).count();
+        let batches = u32::try_from(events).unwrap_or(u32::MAX);
         self.releasing = Some(Release {
             txn,
             begin: Some(begin),
@@ -443,11 +456,28 @@ impl Streams {
         if let Some(begin) = r.begin.take() {
             return Ok(Some(Event::Begin(begin)));
         }
+        // A spilled batch is read back before it leaves the queue: an error loses nothing.
+        let read_back = match r.txn.items.front() {
+            Some(Item {
+                kind: ItemKind::Batch { relation, data: Data::Spilled { offset, len }, .. },
+                ..
+            }) => {
+                let spill = r.txn.spill.as_ref().expect("spilled items have a file");
+                let payload = spill.read(*offset, *len)?;
+                let batch = decode_batch_message(relation, &payload)
+                    .map_err(|source| Error::Wire { lsn: r.commit.commit_lsn, source })?;
+                Some((batch, payload))
+            }
+            _ => None,
+        };
         let Some(item) = r.txn.items.pop_front() else {
             let commit = r.commit;
             self.releasing = None;
             return Ok(Some(Event::Commit(commit)));
         };
+        if let ItemKind::Relation(relation) = item.kind {
+            return Ok(Some(Event::Relation(relation)));
+        }
         let ordinal = r.ordinal;
         r.ordinal += 1;
         let (xid, commit_lsn, time) = (r.commit.xid, r.commit.commit_lsn, r.commit.commit_time_us);
@@ -459,13 +489,7 @@ impl Streams {
                         self.memory -= payload.len();
                         (batch, payload)
                     }
-                    Data::Spilled { offset, len } => {
-                        let spill = r.txn.spill.as_ref().expect("spilled items have a file");
-                        let payload = spill.read(offset, len)?;
-                        let batch = decode_batch_message(&relation, &payload)
-                            .map_err(|source| Error::Wire { lsn: commit_lsn, source })?;
-                        (batch, payload)
-                    }
+                    Data::Spilled { .. } => read_back.expect("read back above"),
                 };
                 Event::Change(ChangeBatch {
                     relation,
@@ -491,6 +515,7 @@ impl Streams {
                 m.txn = Some((xid, commit_lsn, ordinal));
                 Event::Message(m)
             }
+            ItemKind::Relation(_) => unreachable!("handed on above"),
         }))
     }
 }

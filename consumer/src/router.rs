@@ -23,8 +23,10 @@
 //! Every delivery carries an [`AckToken`]. A transaction is done when it has committed and
 //! every reader has acknowledged its part; the slot advances to the end of the latest
 //! transaction such that it and all before it are done. After a reconnection the stream
-//! replays transactions the slot had not passed; the router drops what it already routed
-//! (by [`Position`], per queue), so readers see each batch once per router.
+//! replays transactions the slot had not passed; the router drops what it already routed,
+//! per queue, by each transaction's commit LSN and the rows (and truncates and messages) it
+//! put into the queue — not by batch, because a transaction streamed before its commit may be
+//! cut into other batches when it comes again — so readers see each row once per router.
 //!
 //! Order is preserved per queue: per table, and per key within a key partition.
 
@@ -485,9 +487,13 @@ struct QueueState {
     spill: Option<Spill>,
     spilled_total: u64,
     spilled_bytes_total: u64,
-    /// The last position (and sub-index, for events split over several deliveries) routed
-    /// here, to drop replays.
-    last: Option<(Position, u32)>,
+    /// Replays are dropped by what each transaction put into the queue, counted in units — a
+    /// batch's rows, one per truncate or message — which do not depend on how the transaction
+    /// was cut into batches (a transaction streamed before its commit may be cut differently
+    /// when it comes again): the commit LSN of the last transaction routed here and its units
+    /// routed so far, and the same for this pass of the stream (since the last reconnection).
+    routed: Option<(Lsn, u64)>,
+    seen: Option<(Lsn, u64)>,
     /// The stream ended: after the queue drains, readers get this (None: ended cleanly).
     ended: Option<Option<Arc<Error>>>,
 }
@@ -836,7 +842,13 @@ async fn dispatch(shared: &Shared, keys: &KeyHashers, event: Event) -> Result<()
         return Ok(());
     }
     match event {
-        Event::Begin(_) | Event::Relation(_) | Event::Restarted { .. } => {}
+        Event::Begin(_) | Event::Relation(_) => {}
+        Event::Restarted { .. } => {
+            // What comes next is a new pass: replays are counted from its start.
+            for queue in shared.queues.lock().expect("queues lock").values() {
+                queue.state.lock().expect("queue lock").seen = None;
+            }
+        }
         Event::Commit(c) => {
             shared.tracker.lock().expect("tracker lock").committed(c.commit_lsn, c.end_lsn)
         }
@@ -860,14 +872,12 @@ async fn dispatch(shared: &Shared, keys: &KeyHashers, event: Event) -> Result<()
                 }
             };
             let bytes = m.content.len() + m.prefix.len() + 64;
-            let position =
-                m.txn.map(|(_, commit_lsn, ordinal)| (Position { commit_lsn, ordinal }, 0));
-            enqueue(shared, &QueueKey::Messages, position, Routed::Message(m), target, bytes)
-                .await?;
+            let commit = m.txn.map(|(_, commit_lsn, _)| commit_lsn);
+            enqueue(shared, &QueueKey::Messages, commit, Routed::Message(m), target, bytes).await?;
         }
         Event::Truncate(t) => {
             let position = Position { commit_lsn: t.commit_lsn, ordinal: t.ordinal };
-            for (i, relation) in t.relations.iter().enumerate() {
+            for relation in &t.relations {
                 let routed = Routed::Truncate {
                     relation: Arc::clone(relation),
                     position,
@@ -878,7 +888,7 @@ async fn dispatch(shared: &Shared, keys: &KeyHashers, event: Event) -> Result<()
                     enqueue(
                         shared,
                         &key,
-                        Some((position, i as u32)),
+                        Some(t.commit_lsn),
                         routed.clone(),
                         AckTarget::Txn(t.commit_lsn),
                         64,
@@ -904,7 +914,7 @@ async fn dispatch(shared: &Shared, keys: &KeyHashers, event: Event) -> Result<()
                 enqueue(
                     shared,
                     &key,
-                    Some((position, 0)),
+                    Some(position.commit_lsn),
                     Routed::Batch(base),
                     AckTarget::Txn(position.commit_lsn),
                     batch_bytes(&c),
@@ -924,7 +934,7 @@ async fn dispatch(shared: &Shared, keys: &KeyHashers, event: Event) -> Result<()
                     enqueue(
                         shared,
                         &QueueKey::KeyPartition(table.clone(), i),
-                        Some((position, 0)),
+                        Some(position.commit_lsn),
                         routed,
                         AckTarget::Txn(position.commit_lsn),
                         bytes,
@@ -1038,11 +1048,45 @@ fn split_by_key(
     }
 }
 
+/// Whether a delivery of the transaction committed at `commit` is new to the queue: `None` for
+/// a replay of what was routed here before a reconnection, the delivery (a batch cut to the
+/// rows not yet routed, when only some were) otherwise. Rows of one transaction reach a queue
+/// in the same order on every pass, however the transaction is cut into batches, so counting
+/// them is exact.
+fn admit(s: &mut QueueState, commit: Lsn, routed: Routed) -> Option<Routed> {
+    let units = match &routed {
+        Routed::Batch(b) => b.batch.num_rows() as u64,
+        Routed::Truncate { .. } | Routed::Message(_) => 1,
+    };
+    let start = match s.seen {
+        Some((c, n)) if c == commit => n,
+        _ => 0,
+    };
+    s.seen = Some((commit, start + units));
+    match s.routed {
+        Some((c, _)) if c > commit => None,
+        Some((c, n)) if c == commit && start + units <= n => None,
+        Some((c, n)) if c == commit && start < n => {
+            s.routed = Some((commit, start + units));
+            let Routed::Batch(mut b) = routed else {
+                unreachable!("only a batch holds more than one unit")
+            };
+            let skip = (n - start) as usize;
+            b.batch = b.batch.slice(skip, b.batch.num_rows() - skip);
+            Some(Routed::Batch(b))
+        }
+        _ => {
+            s.routed = Some((commit, start + units));
+            Some(routed)
+        }
+    }
+}
+
 /// Queues a delivery, spilling when the queue's memory is full; drops replays.
 async fn enqueue(
     shared: &Shared,
     key: &QueueKey,
-    position: Option<(Position, u32)>,
+    commit: Option<Lsn>,
     routed: Routed,
     target: AckTarget,
     bytes: usize,
@@ -1056,11 +1100,11 @@ async fn enqueue(
     // To memory, or where in the spill file (no file yet: `None`).
     let to_file = {
         let mut s = queue.state.lock().expect("queue lock");
-        if let Some(p) = position {
-            if s.last.is_some_and(|last| p <= last) {
-                return Ok(()); // replayed after a reconnection: already routed here
+        if let Some(commit) = commit {
+            match admit(&mut s, commit, routed.take().expect("given")) {
+                Some(admitted) => routed = Some(admitted),
+                None => return Ok(()), // replayed after a reconnection: already routed here
             }
-            s.last = Some(p);
         }
         if let AckTarget::Txn(commit) = target {
             shared.tracker.lock().expect("tracker lock").delivered(commit);
@@ -1329,5 +1373,73 @@ mod tests {
         dispatch(&shared, &keys, message(600, "m6")).await.unwrap();
         assert_eq!(q.state.lock().unwrap().memory.len(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod replay_tests {
+    use super::*;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::UInt64Type;
+    use wal2arrow_schema::samples::{append_row, every_kind};
+
+    /// A batch of rows `from..to` of `public.every` (their `_lsn` is the row number).
+    fn rows(from: usize, to: usize) -> Routed {
+        let desc = every_kind();
+        let relation = Arc::new(Relation::from_desc(&desc).unwrap());
+        let mut enc = wal2arrow_schema::encode::BatchEncoder::new(&desc);
+        for i in from..to {
+            append_row(&mut enc, i, Lsn(i as u64));
+        }
+        let mut bytes = Vec::new();
+        enc.write_batch(&mut bytes).unwrap();
+        let mut decoder = wal2arrow_schema::Decoder::new();
+        let mut schema = Vec::new();
+        wal2arrow_schema::encode::write_schema_message(&mut schema, &desc).unwrap();
+        decoder.decode(&arrow_buffer::Buffer::from_vec(schema)).unwrap();
+        let wal2arrow_schema::Message::Batch(b) =
+            decoder.decode(&arrow_buffer::Buffer::from_vec(bytes)).unwrap()
+        else {
+            panic!("a batch")
+        };
+        Routed::Batch(RoutedBatch {
+            relation,
+            position: Position { commit_lsn: Lsn(100), ordinal: 0 },
+            xid: 1,
+            commit_time_us: 0,
+            batch: b.batch,
+            key_partition: None,
+        })
+    }
+
+    fn lsns(r: &Routed) -> Vec<u64> {
+        let Routed::Batch(b) = r else { panic!() };
+        b.batch.column_by_name("_lsn").unwrap().as_primitive::<UInt64Type>().values().to_vec()
+    }
+
+    #[test]
+    fn a_transaction_cut_differently_when_it_comes_again_is_routed_once_row_for_row() {
+        let mut s = QueueState::default();
+        let mut out: Vec<u64> = Vec::new();
+        // First pass: rows 0..6 of the transaction committed at 100, cut 4 + 2, then the
+        // connection is lost.
+        for (a, b) in [(0, 4), (4, 6)] {
+            out.extend(lsns(&admit(&mut s, Lsn(100), rows(a, b)).unwrap()));
+        }
+        // Second pass (after Restarted): an older transaction, then the whole one cut 5 + 5.
+        s.seen = None;
+        assert!(admit(&mut s, Lsn(50), rows(0, 3)).is_none(), "routed before the first pass");
+        for (a, b) in [(0, 5), (5, 10)] {
+            if let Some(r) = admit(&mut s, Lsn(100), rows(a, b)) {
+                out.extend(lsns(&r));
+            }
+        }
+        // A third pass, cut 3 + 7: all of it was routed.
+        s.seen = None;
+        assert!(admit(&mut s, Lsn(100), rows(0, 3)).is_none());
+        assert!(admit(&mut s, Lsn(100), rows(3, 10)).is_none());
+        assert_eq!(out, (0..10).collect::<Vec<u64>>(), "every row once, in order");
+        // The next transaction is new.
+        assert_eq!(lsns(&admit(&mut s, Lsn(200), rows(0, 2)).unwrap()), [0, 1]);
     }
 }

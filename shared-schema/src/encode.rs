@@ -421,6 +421,12 @@ impl BatchEncoder {
         flags
     }
 
+    /// Drops the batch being built, whole: for a producer whose row was cut off half way (an
+    /// error while reading its values), so that no later batch carries a partial row.
+    pub fn discard(&mut self) {
+        self.clear();
+    }
+
     fn clear(&mut self) {
         self.columns.iter_mut().for_each(ColumnBuilder::clear);
         self.ops.clear();

@@ -123,6 +123,16 @@ async fn a_large_transaction_reaches_the_consumer_before_its_commit_and_the_serv
     assert!(!commit.commit_lsn.is_invalid() && commit.end_lsn > commit.commit_lsn);
     assert_eq!(rows, 2_000_000);
     assert_eq!(seen, (1..=2_000_000).collect::<Vec<i64>>(), "every row once, in order");
+    // Statistics can lag (PostgreSQL 14 reports them through its collector): wait until they
+    // count the transaction as decoded, then check that none of it was spilled.
+    let total = || {
+        let q = "SELECT total_txns FROM pg_stat_replication_slots WHERE slot_name = 'early'";
+        db.psql(q).trim().parse::<i64>().unwrap_or(0)
+    };
+    wait_for("the slot's figures to count the transaction", Duration::from_secs(30), || {
+        total() >= 1
+    })
+    .await;
     let (_, _, spill_txns, spill_bytes) = slot_stats(&db, "early");
     assert_eq!((spill_txns, spill_bytes), (0, 0), "nothing spilled on the server");
     stream.ack(commit.end_lsn);
@@ -422,14 +432,19 @@ async fn a_five_million_row_transaction_passes_through_a_consumer_in_bounded_mem
     assert_eq!(code, 0, "{stdout}{err}");
     db.psql("INSERT INTO k SELECT g, g FROM generate_series(1, 5000000) g");
     let until = current_lsn(&db);
+    let spill = dir.join("spill");
+    std::fs::create_dir_all(&spill).unwrap();
+    let args = ["--spill-dir", spill.to_str().unwrap()];
     let mut child =
-        parquet_stream(&dsn, "rss", "public.k", &out, &[], Some(&until)).spawn().unwrap();
+        parquet_stream(&dsn, "rss", "public.k", &out, &args, Some(&until)).spawn().unwrap();
     let pid = child.id().unwrap();
     let mut peak = 0;
+    let mut spilled = false;
     let status = loop {
         if let Some(p) = peak_rss(pid) {
             peak = peak.max(p);
         }
+        spilled |= std::fs::read_dir(&spill).unwrap().next().is_some();
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
@@ -441,7 +456,151 @@ async fn a_five_million_row_transaction_passes_through_a_consumer_in_bounded_mem
     let (stream_txns, _, _, spill_bytes) = slot_stats(&db, "rss");
     assert!(stream_txns >= 1, "streamed");
     assert_eq!(spill_bytes, 0);
+    assert!(spilled, "past its 64 MiB the consumer spilled the transaction");
+    assert_eq!(std::fs::read_dir(&spill).unwrap().count(), 0, "and removed the file");
     eprintln!("a 5,000,000-row transaction: consumer peak RSS {} MB", peak >> 20);
     assert!(peak < 200 << 20, "peak RSS {} MB", peak >> 20);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_truncates_and_schema_changes_inside_a_streamed_transaction_keep_their_place() {
+    let db = cluster().database("streamed_kinds");
+    db.psql(
+        "CREATE TABLE t (id int8 PRIMARY KEY, tag text);
+         CREATE TABLE u (id int8 PRIMARY KEY);
+         INSERT INTO u SELECT generate_series(1, 10);",
+    );
+    let mut stream =
+        consumer(&db, "kinds", "public.*", InProgress::default()).start().await.unwrap();
+    sql(&db)
+        .await
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO t SELECT g, 'a' FROM generate_series(1, 100000) g;
+             SELECT pg_logical_emit_message(true, 'mark', 'between');
+             ALTER TABLE t ADD COLUMN extra int4 DEFAULT 7;
+             INSERT INTO t SELECT g, 'b', g FROM generate_series(100001, 200000) g;
+             TRUNCATE u;
+             INSERT INTO u SELECT generate_series(1, 3);
+             COMMIT;",
+        )
+        .await
+        .unwrap();
+    // In order: t's first rows (two columns), the message, t's rows with the new column, the
+    // truncate of u, u's new rows.
+    let mut seen: Vec<String> = Vec::new();
+    let mut t_rows = (0usize, 0usize);
+    let mut u_schema = false;
+    loop {
+        match next(&mut stream, Duration::from_secs(120)).await {
+            Event::Begin(_) => seen.push("begin".into()),
+            // A table's schema comes before its first event (u's before t's last rows, which
+            // are written out when the truncate comes, as in any transaction).
+            Event::Relation(r) if r.qualified_name == "public.u" => u_schema = true,
+            Event::Relation(r) => {
+                let n = r.table_columns();
+                seen.push(format!("schema {} {n}", r.qualified_name));
+            }
+            Event::Change(c) if c.table() == "public.t" => {
+                if c.relation.table_columns() == 2 {
+                    assert_eq!(t_rows.1, 0, "old-layout rows after new-layout ones");
+                    t_rows.0 += c.num_rows();
+                } else {
+                    let extra = c.batch.column_by_name("extra").expect("the new column");
+                    assert_eq!(extra.null_count(), 0);
+                    t_rows.1 += c.num_rows();
+                }
+                if seen.last().map(String::as_str) != Some("rows public.t") {
+                    seen.push("rows public.t".into());
+                }
+            }
+            Event::Change(c) => seen.push(format!("rows {} {}", c.table(), c.num_rows())),
+            Event::Message(m) => {
+                assert!(m.transactional);
+                seen.push(format!("message {}", m.prefix));
+            }
+            Event::Truncate(tr) => {
+                assert!(u_schema, "u's schema before its truncate");
+                let names: Vec<&str> =
+                    tr.relations.iter().map(|r| r.qualified_name.as_str()).collect();
+                seen.push(format!("truncate {}", names.join(",")));
+            }
+            Event::Commit(c) => {
+                stream.ack(c.end_lsn);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(t_rows, (100_000, 100_000));
+    let expected = [
+        "begin",
+        "schema public.t 2",
+        "rows public.t",
+        "message mark",
+        "schema public.t 3",
+        "rows public.t",
+        "truncate public.u",
+        "rows public.u 3",
+    ];
+    assert_eq!(seen, expected, "{seen:#?}");
+    assert!(stream.stats().streamed.committed == 1, "it was streamed");
+    stream.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_in_progress_a_rolled_back_savepoint_is_reported_for_exactly_its_batches() {
+    let db = cluster().database("streamed_deliver_abort");
+    db.psql("CREATE TABLE t (id int8 PRIMARY KEY)");
+    let mut stream =
+        consumer(&db, "deliver", "public.t", InProgress::Deliver).start().await.unwrap();
+    sql(&db)
+        .await
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO t SELECT generate_series(1, 100000);
+             SAVEPOINT s;
+             INSERT INTO t SELECT generate_series(100001, 200000);
+             ROLLBACK TO SAVEPOINT s;
+             INSERT INTO t SELECT generate_series(200001, 250000);
+             COMMIT;
+             BEGIN;
+             INSERT INTO t SELECT generate_series(300001, 400000);
+             ROLLBACK;",
+        )
+        .await
+        .unwrap();
+    // Stage by (sub)transaction, as an application would.
+    let mut staged: Vec<(u32, u32, Vec<i64>)> = Vec::new();
+    let mut committed: Vec<i64> = Vec::new();
+    let mut aborted_whole = false;
+    while !aborted_whole {
+        match next(&mut stream, Duration::from_secs(120)).await {
+            Event::Change(c) => staged.push((c.xid, c.in_progress.unwrap(), ids(&c.batch))),
+            Event::StreamAbort { xid, subxid } if xid == subxid => {
+                assert!(staged.iter().any(|s| s.0 == xid));
+                staged.retain(|s| s.0 != xid);
+                aborted_whole = true;
+            }
+            Event::StreamAbort { xid, subxid } => {
+                let before = staged.len();
+                staged.retain(|s| !(s.0 == xid && s.1 == subxid));
+                assert!(staged.len() < before, "the savepoint's batches were delivered");
+            }
+            Event::StreamCommit(c) => {
+                for (_, _, ids) in staged.iter().filter(|s| s.0 == c.xid) {
+                    committed.extend(ids);
+                }
+                staged.retain(|s| s.0 != c.xid);
+                stream.ack(c.end_lsn);
+            }
+            Event::Relation(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let expected: Vec<i64> = (1..=100_000).chain(200_001..=250_000).collect();
+    assert_eq!(committed, expected, "exactly the surviving rows, in order");
+    assert!(staged.is_empty());
+    stream.close().await;
 }

@@ -67,6 +67,9 @@ pub(crate) struct State {
     streamed: HashSet<u32>,
     /// The (sub)transaction of the change a stream callback is handing on.
     change_xid: u32,
+    /// The table whose row is being appended: still set when an ERROR cut the row off half
+    /// way (see [`State::drop_cut_row`]).
+    row_open: Option<pg_sys::Oid>,
     relations: RelationCache,
     /// Tables with rows pending in the current transaction, in the order first touched.
     pending: Vec<pg_sys::Oid>,
@@ -108,6 +111,7 @@ impl State {
                 block: None,
                 streamed: HashSet::new(),
                 change_xid: 0,
+                row_open: None,
                 relations: RelationCache::default(),
                 pending: Vec::new(),
                 txn: None,
@@ -256,6 +260,7 @@ impl State {
     pub(crate) unsafe fn stream_start(&mut self, txn: *mut pg_sys::ReorderBufferTXN) {
         // SAFETY: the callback's transaction is valid for the call.
         let xid = unsafe { (*txn).xid.into_inner() };
+        self.drop_cut_row();
         self.pending.clear();
         self.txn = None;
         self.out.begin_transaction();
@@ -269,6 +274,7 @@ impl State {
     ///
     /// Inside stream_stop_cb, with its context.
     pub(crate) unsafe fn stream_stop(&mut self, ctx: *mut pg_sys::LogicalDecodingContext) {
+        self.drop_cut_row();
         let written = self.block.take().is_some_and(|b| b.written);
         // SAFETY: caller's contract.
         unsafe {
@@ -281,6 +287,21 @@ impl State {
             let ended = self.out.end_transaction(ctx);
             ended.unwrap_or_else(|e| report::encode_error("(stream stop)", &e.into()));
         }
+    }
+
+    /// Drops the pending rows of a table whose row an ERROR cut off half way. PostgreSQL
+    /// streams a transaction while it may still abort; when it finds that it did (a catalog
+    /// read in the middle of a row fails with `ERRCODE_TRANSACTION_ROLLBACK`) it catches the
+    /// error and ends the block (`stream_stop`) and decoding goes on. The table's pending rows
+    /// all belong to that (sub)transaction — rows of another are written out before its first
+    /// — and a Stream Abort for it follows: nothing of them is lost, and no batch is written
+    /// with a column short of a value.
+    fn drop_cut_row(&mut self) {
+        let Some(relid) = self.row_open.take() else { return };
+        if let Some(entry) = self.relations.get_mut(relid) {
+            entry.encoder.discard();
+        }
+        self.pending.retain(|r| *r != relid);
     }
 
     /// Hands on a change of a streamed transaction, with the (sub)transaction it belongs to.
@@ -477,6 +498,7 @@ impl State {
             if entry.encoder.rows() == 0 && !self.pending.contains(&relid) {
                 self.pending.push(relid);
             }
+            self.row_open = Some(relid);
             for (op, tuple, image) in first.into_iter().chain(second) {
                 let old_cx = pg_sys::MemoryContextSwitchTo(self.change_cx);
                 // In the change context, reset below.
@@ -492,6 +514,7 @@ impl State {
                     pg_sys::MemoryContextReset(self.change_cx);
                 }
             }
+            self.row_open = None;
             if entry.encoder.batch_full(batch_rows) {
                 flush(ctx, &mut self.out, entry, true);
             }
