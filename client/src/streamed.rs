@@ -5,7 +5,8 @@
 //! messages are kept — in memory up to a budget shared by all streamed transactions, then in
 //! a spill file of the transaction's own (a batch's wire message bytes, decoded again when
 //! read back) — and handed on only at its commit, as an ordinary transaction: Begin, its
-//! events in order, Commit. An abort drops the transaction; a subtransaction's abort drops
+//! events in order (the Schema messages its blocks carried among them, as
+//! [`Event::Relation`]), Commit. An abort drops the transaction; a subtransaction's abort drops
 //! exactly that subtransaction's events. Users see committed data only, in commit order, and
 //! memory stays bounded whatever the transaction's size.
 //!
