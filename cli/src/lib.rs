@@ -13,11 +13,13 @@
 
 #[cfg(feature = "demo")]
 mod demo;
+mod metrics;
 mod print;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -329,6 +331,10 @@ struct StreamArgs {
     /// (default: the system's temporary directory).
     #[arg(long, value_name = "DIR")]
     spill_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics (`/metrics`) and a health check (`/health`) here: `PORT`
+    /// (on 127.0.0.1) or `HOST:PORT`.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<String>,
     /// Progress line on standard error.
     #[arg(long, value_enum, default_value = "auto")]
     progress: ProgressArg,
@@ -687,6 +693,13 @@ async fn stream(args: StreamArgs) -> CmdResult {
         builder = builder.tables_held(held);
     }
     let consumer = builder.build()?;
+    let health = Arc::new(Mutex::new(metrics::Health::default()));
+    if let Some(addr) = &args.metrics_addr {
+        let addr = metrics::parse_addr(addr).map_err(|message| Failure { code: 2, message })?;
+        metrics::serve(addr, Arc::clone(&health))
+            .await
+            .map_err(|message| Failure { code: 2, message })?;
+    }
     let mut stream = consumer.start().await?;
     if let Some(reason) = stream.fallback_reason() {
         eprintln!("wal2arrow: streaming with wal2json ({reason})");
@@ -708,7 +721,16 @@ async fn stream(args: StreamArgs) -> CmdResult {
         sink,
         &run_options,
         shutdown_signal(),
-        &mut |p: &Progress| line.show(p),
+        &mut |p: &Progress| {
+            if let Ok(mut h) = health.lock() {
+                *h = metrics::Health {
+                    acknowledged: p.acknowledged.to_string(),
+                    lag_bytes: p.lag_bytes,
+                    transactions: p.transactions,
+                };
+            }
+            line.show(p)
+        },
     )
     .await;
     line.clear();

@@ -254,6 +254,7 @@ async fn drive(
         flushed_message: Lsn::INVALID,
         pending_ack: None,
         resumable_snapshot: false,
+        last_commit_time_us: 0,
         progress: Progress::default(),
         started: Instant::now(),
     };
@@ -292,6 +293,7 @@ async fn drive(
             event = stream.next() => match event {
                 None => Ok(Some(Stopped::StreamEnded)),
                 Some(Err(e)) => {
+                    metrics::counter!("wal2arrow_errors_total", "kind" => "stream").increment(1);
                     r.abandon(stream, worker).await;
                     return Err(e.into());
                 }
@@ -305,6 +307,7 @@ async fn drive(
             Ok(None) => {}
             Ok(Some(stopped)) => break stopped,
             Err(e) => {
+                metrics::counter!("wal2arrow_errors_total", "kind" => "sink").increment(1);
                 // The sink failed: flush nothing more, take back what it can.
                 if let Err(e) = worker.rollback().await {
                     tracing::warn!(error = %e, "could not take back what was written since the last flush");
@@ -352,6 +355,8 @@ struct Runner {
     pending_ack: Option<Lsn>,
     /// A resumable initial snapshot is being written: the sink may flush between its ranges.
     resumable_snapshot: bool,
+    /// Commit time of the last transaction written (µs since the epoch; 0: none yet).
+    last_commit_time_us: i64,
     progress: Progress,
     started: Instant,
 }
@@ -364,6 +369,27 @@ impl Runner {
         self.progress.acknowledged = acked;
         self.progress.lag_bytes = stats.server_wal_end.0.saturating_sub(acked.0);
         self.progress.snapshot = stats.snapshot;
+        // The lag in time: how old the last transaction written is, while the server holds
+        // WAL beyond what was acknowledged (0 once caught up).
+        let lag_seconds = if self.progress.lag_bytes == 0 || self.last_commit_time_us == 0 {
+            0.0
+        } else {
+            let now_us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64);
+            (now_us - self.last_commit_time_us).max(0) as f64 / 1e6
+        };
+        metrics::gauge!("wal2arrow_lag_bytes").set(self.progress.lag_bytes as f64);
+        metrics::gauge!("wal2arrow_lag_seconds").set(lag_seconds);
+        metrics::gauge!("wal2arrow_acknowledged_lsn").set(acked.0 as f64);
+        metrics::counter!("wal2arrow_reconnects_total").absolute(stats.reconnects);
+        metrics::counter!("wal2arrow_streamed_transactions_total")
+            .absolute(stats.streamed.transactions);
+        metrics::counter!("wal2arrow_streamed_spilled_bytes_total")
+            .absolute(stats.streamed.spilled_bytes);
+        if let Some(s) = &stats.snapshot {
+            metrics::gauge!("wal2arrow_snapshot_rows").set(s.rows as f64);
+        }
     }
 
     /// Once a second: progress, a flush when the sink wants one, the time limits.
@@ -483,7 +509,9 @@ impl Runner {
     }
 
     async fn flush(&mut self, stream: &CdcStream, worker: &mut Worker) -> Result<()> {
+        let started = Instant::now();
         worker.flush().await?;
+        metrics::histogram!("wal2arrow_sink_flush_seconds").record(started.elapsed().as_secs_f64());
         self.progress.flushes += 1;
         self.flushed_commit = self.written_commit;
         self.flushed_message = self.written_message;
@@ -536,6 +564,8 @@ impl Runner {
                 self.written_commit = c.commit_lsn;
                 self.progress.transactions += 1;
                 self.pending_ack = Some(c.end_lsn);
+                self.last_commit_time_us = c.commit_time_us;
+                metrics::counter!("wal2arrow_transactions_total").increment(1);
             }
             Event::Restarted { from, .. } => {
                 // The stream resumes from the last flush. Complete transactions written since
@@ -572,8 +602,12 @@ impl Runner {
             }
             _ if self.skip_txn => return Ok(false),
             Event::Change(c) => {
-                *self.progress.rows.entry(c.table().to_owned()).or_default() += c.num_rows() as u64;
-                self.progress.bytes += c.source_bytes() as u64;
+                let (rows, bytes) = (c.num_rows() as u64, c.source_bytes() as u64);
+                *self.progress.rows.entry(c.table().to_owned()).or_default() += rows;
+                self.progress.bytes += bytes;
+                let table = c.table().to_owned();
+                metrics::counter!("wal2arrow_rows_total", "table" => table.clone()).increment(rows);
+                metrics::counter!("wal2arrow_bytes_total", "table" => table).increment(bytes);
             }
             _ => {}
         }

@@ -683,3 +683,102 @@ async fn the_demo_streams_to_parquet_reads_it_back_and_leaves_nothing_running() 
     assert!(left.is_empty(), "still running: {left:?}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `GET path` on 127.0.0.1:`port`: (status code, body); `None` while nothing listens.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// The value of the sample `name` (with its labels, as rendered) in Prometheus text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_shows_rows_rising_and_lag_falling_to_zero() {
+    let db = Cluster::shared().database("cli_metrics");
+    db.psql("CREATE TABLE m (id int8 PRIMARY KEY, v text)");
+    let dir = scratch_dir("metrics");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("out.jsonl");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dsn = db.dsn();
+    let mut child = cli(&[
+        "stream",
+        "--dsn",
+        &dsn,
+        "--slot",
+        "metrics",
+        "--tables",
+        "public.m",
+        "--sink",
+        "jsonl",
+        "--out",
+        out.to_str().unwrap(),
+        "--progress",
+        "never",
+        "--heartbeat-seconds",
+        "1",
+        "--metrics-addr",
+        &port.to_string(),
+    ])
+    .spawn()
+    .unwrap();
+    wait_for("the health check", Duration::from_secs(30), || {
+        http_get(port, "/health")
+            .is_some_and(|(code, body)| code == 200 && body.contains("lag_bytes"))
+    })
+    .await;
+    let rows = || {
+        let (code, text) = http_get(port, "/metrics").expect("metrics");
+        assert_eq!(code, 200);
+        sample(&text, "wal2arrow_rows_total{table=\"public.m\"}").unwrap_or(0.0)
+    };
+    let writer = sql(&db).await;
+    writer
+        .batch_execute("INSERT INTO m SELECT g, 'x' FROM generate_series(1, 1000) g")
+        .await
+        .unwrap();
+    wait_for("the first rows counted", Duration::from_secs(30), || rows() >= 1000.0).await;
+    writer
+        .batch_execute("INSERT INTO m SELECT g, 'y' FROM generate_series(1001, 3000) g")
+        .await
+        .unwrap();
+    wait_for("more rows counted", Duration::from_secs(30), || rows() >= 3000.0).await;
+    // Written, acknowledged, caught up: the lag falls to 0.
+    wait_for("the lag to reach 0", Duration::from_secs(60), || {
+        let (_, text) = http_get(port, "/metrics").unwrap();
+        sample(&text, "wal2arrow_lag_bytes") == Some(0.0)
+            && sample(&text, "wal2arrow_acknowledged_lsn").is_some_and(|v| v > 0.0)
+    })
+    .await;
+    let (_, text) = http_get(port, "/metrics").unwrap();
+    for name in [
+        "wal2arrow_transactions_total",
+        "wal2arrow_lag_seconds",
+        "wal2arrow_reconnects_total",
+        "wal2arrow_sink_flush_seconds_count",
+    ] {
+        assert!(sample(&text, name).is_some(), "{name} in:\n{text}");
+    }
+    assert!(text.contains("# HELP wal2arrow_rows_total"), "{text}");
+    // No connection details: no database, host, user or password.
+    for secret in [db.name(), "host=", "user=", "dbname", "password"] {
+        assert!(!text.contains(secret), "{secret:?} in the metrics");
+    }
+    assert_eq!(http_get(port, "/nothing").unwrap().0, 404);
+    assert_eq!(send_signal(child.id().unwrap(), "TERM"), 0);
+    assert!(child.wait().await.unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
