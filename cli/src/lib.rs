@@ -232,6 +232,16 @@ enum SinkArg {
     Ipc,
     /// A Parquet directory per table, exactly-once.
     Parquet,
+    /// Kafka topics, one per table (`--kafka-brokers`), at-least-once.
+    Kafka,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum KafkaFormatArg {
+    /// Debezium's PostgreSQL change events (JSON), one message per row.
+    Debezium,
+    /// Arrow IPC, one message per batch.
+    Arrow,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -331,6 +341,21 @@ struct StreamArgs {
     /// (default: the system's temporary directory).
     #[arg(long, value_name = "DIR")]
     spill_dir: Option<PathBuf>,
+    /// Kafka: the brokers, `HOST:PORT[,…]` (`bootstrap.servers`).
+    #[arg(long, value_name = "BROKERS")]
+    kafka_brokers: Option<String>,
+    /// Kafka: topics are `PREFIX.schema.table` (also Debezium's `source.name`).
+    #[arg(long, value_name = "PREFIX", default_value = "wal2arrow")]
+    topic_prefix: String,
+    /// Kafka: the message format.
+    #[arg(long, value_enum, default_value = "debezium")]
+    kafka_format: KafkaFormatArg,
+    /// Kafka: a librdkafka producer property, `KEY=VALUE` (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    kafka_property: Vec<String>,
+    /// Kafka (debezium format): no tombstone after deletes.
+    #[arg(long)]
+    no_tombstones: bool,
     /// Serve Prometheus metrics (`/metrics`) and a health check (`/health`) here: `PORT`
     /// (on 127.0.0.1) or `HOST:PORT`.
     #[arg(long, value_name = "ADDR")]
@@ -656,6 +681,26 @@ async fn stream(args: StreamArgs) -> CmdResult {
         SinkArg::Print => Box::new(print::PrintSink),
         SinkArg::Jsonl => Box::new(JsonLinesSink::open(&out_path)?),
         SinkArg::Ipc => Box::new(IpcSink::open(&out_path)?),
+        SinkArg::Kafka => {
+            let brokers = args.kafka_brokers.clone().ok_or_else(|| {
+                Error::Config("--sink kafka needs --kafka-brokers HOST:PORT[,…]".into())
+            })?;
+            let mut options = wal2arrow_sinks::kafka::KafkaOptions::new(brokers);
+            options.topic_prefix = args.topic_prefix.clone();
+            options.format = match args.kafka_format {
+                KafkaFormatArg::Debezium => wal2arrow_sinks::kafka::KafkaFormat::Debezium,
+                KafkaFormatArg::Arrow => wal2arrow_sinks::kafka::KafkaFormat::Arrow,
+            };
+            options.tombstones = !args.no_tombstones;
+            options.database = config.dbname().to_owned();
+            for p in &args.kafka_property {
+                let (k, v) = p.split_once('=').ok_or_else(|| {
+                    Error::Config(format!("--kafka-property {p:?}: expected KEY=VALUE"))
+                })?;
+                options.properties.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+            Box::new(wal2arrow_sinks::kafka::KafkaSink::new(options)?)
+        }
         SinkArg::Parquet => {
             let dir = args
                 .out

@@ -23,6 +23,8 @@ pub mod error;
 pub mod ipc;
 #[cfg(feature = "jsonl")]
 pub mod jsonl;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "parquet")]
 pub mod parquet;
 mod worker;

@@ -10,6 +10,7 @@ mod errors;
 mod failover;
 mod fallback;
 mod golden;
+mod kafka;
 mod layers;
 mod partitions;
 mod preflight;

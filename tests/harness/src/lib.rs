@@ -740,3 +740,98 @@ mod tests {
         assert_eq!(artifact_so(r#"{"filenames":["/a.rlib"]}"#), None);
     }
 }
+
+/// A Kafka-protocol broker for tests: tansu (see `scripts/kafka.sh`), on a free loopback port,
+/// storing in memory. Like a [`Cluster`], it has a watchdog that stops it when this process
+/// ends however it ends; dropping it stops it too.
+#[derive(Debug)]
+pub struct KafkaBroker {
+    port: u16,
+    bin: PathBuf,
+    /// The watchdog, which runs the broker and stops it when its stdin closes.
+    watchdog: Mutex<Option<(Child, ChildStdin)>>,
+}
+
+impl KafkaBroker {
+    /// Starts a broker (installing tansu with `scripts/kafka.sh` when `$WAL2ARROW_TANSU` does
+    /// not name one) and waits until it accepts connections.
+    ///
+    /// # Errors
+    ///
+    /// When tansu cannot be found or installed, or does not start within 30 s.
+    pub fn start() -> Result<KafkaBroker> {
+        let bin = match std::env::var_os("WAL2ARROW_TANSU") {
+            Some(p) => PathBuf::from(p),
+            None => {
+                let tree = source_tree().ok_or_else(|| {
+                    err("set WAL2ARROW_TANSU to a tansu broker binary (scripts/kafka.sh installs one)")
+                })?;
+                PathBuf::from(run(Command::new("bash").arg(tree.join("scripts/kafka.sh")))?.trim())
+            }
+        };
+        let broker = KafkaBroker { port: free_port()?, bin, watchdog: Mutex::new(None) };
+        broker.run()?;
+        Ok(broker)
+    }
+
+    /// `127.0.0.1:PORT`, for `bootstrap.servers`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the broker (its topics are gone: the storage is memory).
+    pub fn stop(&self) {
+        if let Some((mut child, stdin)) = self.watchdog.lock().ok().and_then(|mut w| w.take()) {
+            drop(stdin);
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port (after [`stop`](Self::stop)).
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start).
+    pub fn restart(&self) -> Result<()> {
+        self.stop();
+        self.run()
+    }
+
+    fn run(&self) -> Result<()> {
+        // The broker runs under the watchdog, which stops it when our end of stdin closes.
+        let script = r#"
+            RUST_LOG=warn "$1" broker --listener-url "tcp://127.0.0.1:$2" \
+                --advertised-listener-url "tcp://127.0.0.1:$2" --storage-engine memory://tansu/ \
+                >/dev/null 2>&1 &
+            pid=$!
+            cat >/dev/null
+            kill "$pid" 2>/dev/null
+            wait "$pid" 2>/dev/null
+        "#;
+        let mut child = Command::new("setsid")
+            .args(["sh", "-c", script, "wal2arrow-kafka-watchdog"])
+            .arg(&self.bin)
+            .arg(self.port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| err(format!("cannot start tansu ({}): {e}", self.bin.display())))?;
+        let stdin = child.stdin.take().expect("stdin is piped");
+        *self.watchdog.lock().expect("watchdog lock") = Some((child, stdin));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() >= deadline {
+                return Err(err(format!("tansu did not listen on port {} within 30 s", self.port)));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,853 @@
+//! The Kafka sink: one topic per table, in Debezium's PostgreSQL change-event format (the
+//! default) or as Arrow IPC.
+//!
+//! **Topics and keys.** Each table's changes go to `<prefix>.<schema>.<table>` (created when
+//! missing, with the broker's default partitions, if the broker allows it; otherwise the error
+//! names the topic). With the `debezium` format each row is one message keyed by the row's
+//! primary key (or replica identity key) as a JSON object, so each key's changes stay in order
+//! in one partition; with `arrow` each batch (rows of one table in one transaction) is one
+//! message keyed by the table's name, so a table's batches stay in order.
+//!
+//! **Debezium format** (`schemas.enable=false` style: no value schemas):
+//!
+//! ```text
+//! key:   {"id":1}
+//! value: {"before":null,"after":{"id":1,"name":"Alice"},"source":{"version":"wal2arrow-0.1.0",
+//!         "connector":"postgresql","name":"<prefix>","ts_ms":1700000000123,"snapshot":"false",
+//!         "db":"app","sequence":"[null,\"0/16B3E00\"]","schema":"public","table":"users",
+//!         "txId":731,"lsn":23805440,"xmin":null},"op":"c","ts_ms":1700000000456,
+//!         "transaction":null}
+//! ```
+//!
+//! `op` is `c` (insert), `u` (update), `d` (delete), `r` (a snapshot or backfill row) or `t`
+//! (truncate, with a null key and `before`/`after` null). As Debezium does, an update that
+//! changes the key is a `d` of the old key (with its tombstone) then a `c` of the new one, and a
+//! delete is followed by a tombstone (the key with a null value; [`KafkaOptions::tombstones`]).
+//! `before` is the old row with `REPLICA IDENTITY FULL`, the old key for deletes, else null.
+//! Values follow Debezium's encodings for these connector settings:
+//! `decimal.handling.mode=string` (numeric as its exact text), `time.precision.mode=adaptive_time_microseconds`
+//! with microsecond timestamps (`date` as days since 1970, `time` as `MicroTime`, `timestamp`
+//! as `MicroTimestamp` microseconds, `timestamptz` as `ZonedTimestamp` ISO 8601 UTC text),
+//! `interval` as `MicroDuration` (months of 30.4375 days), `binary.handling.mode=base64`,
+//! `uuid`/`json`/`jsonb`/`xml` and other types as text, arrays as JSON arrays, NaN and
+//! infinities as the strings `"NaN"`, `"Infinity"`, `"-Infinity"`. **Deliberate difference:**
+//! Debezium sends a column whose unchanged TOAST value PostgreSQL did not log as the placeholder
+//! `__debezium_unavailable_value`, which looks like data; this sink leaves such a column out of
+//! `after` and lists it in `"missing": [...]` beside `op`. Logical messages are not sent.
+//! Every message carries the headers `wal2arrow.commit_lsn`, `wal2arrow.ordinal` and (Debezium
+//! format) `wal2arrow.row`: a copy written again after a crash is identified by them.
+//!
+//! **Arrow format**: the value is an Arrow IPC stream (the batch's schema, then the batch),
+//! with headers `wal2arrow.commit_lsn`, `wal2arrow.xid`, `wal2arrow.commit_time_us`,
+//! `wal2arrow.ordinal`, `wal2arrow.table`. A batch larger than the producer's
+//! `message.max.bytes` is split into smaller batches (same headers; `wal2arrow.part` numbers
+//! them).
+//!
+//! **Delivery**: an idempotent producer, `acks=all`, messages never expire
+//! (`message.timeout.ms=0`): while the broker is down the producer reconnects and retries, and
+//! [`flush`](Sink::flush) waits, logging every 10 s. The runner acknowledges a transaction
+//! only after a flush in which the broker acknowledged every message of it; after a crash,
+//! what was written but not acknowledged is written again (at-least-once).
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Decimal128Type, DecimalType, IntervalMonthDayNanoType, UInt8Type};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_cast::display::{ArrayFormatter, FormatOptions};
+use arrow_schema::{DataType, TimeUnit};
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use wal2arrow_consumer::{ChangeBatch, Event, Lsn};
+
+use crate::Sink;
+use crate::error::{Error, Result};
+
+/// What the messages hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KafkaFormat {
+    /// Debezium's PostgreSQL change events, one JSON message per row (the default).
+    Debezium,
+    /// One Arrow IPC stream per batch.
+    Arrow,
+}
+
+/// The Kafka sink's settings.
+#[derive(Clone, Debug)]
+pub struct KafkaOptions {
+    /// `bootstrap.servers`: `HOST:PORT[,…]`.
+    pub brokers: String,
+    /// Topics are `<prefix>.<schema>.<table>`; also Debezium's `source.name`.
+    pub topic_prefix: String,
+    /// The message format.
+    pub format: KafkaFormat,
+    /// A tombstone (the key, a null value) after each delete (Debezium format; default true).
+    pub tombstones: bool,
+    /// The database name, for Debezium's `source.db`.
+    pub database: String,
+    /// More librdkafka properties (`key=value`), applied last.
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaOptions {
+    /// Options for `brokers`, the defaults otherwise (prefix `wal2arrow`, Debezium format).
+    pub fn new(brokers: impl Into<String>) -> KafkaOptions {
+        KafkaOptions {
+            brokers: brokers.into(),
+            topic_prefix: "wal2arrow".into(),
+            format: KafkaFormat::Debezium,
+            tombstones: true,
+            database: String::new(),
+            properties: Vec::new(),
+        }
+    }
+
+    /// The topic of a table.
+    pub fn topic(&self, namespace: &str, table: &str) -> String {
+        format!("{}.{namespace}.{table}", self.topic_prefix)
+    }
+}
+
+/// Delivery reports: the first failure, kept until the next flush reports it.
+#[derive(Clone, Default)]
+struct Deliveries {
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {
+        if let Err((e, message)) = result {
+            use rdkafka::Message;
+            let what = format!(
+                "the broker refused a message to topic {} ({} bytes): {e}{}",
+                message.topic(),
+                message.payload_len(),
+                if matches!(
+                    e,
+                    KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge
+                    )
+                ) {
+                    " — raise the broker's and the topic's message size limit \
+                     (message.max.bytes, max.message.bytes) and --kafka-property \
+                     message.max.bytes=…, or use --kafka-format arrow, which splits batches"
+                } else {
+                    ""
+                }
+            );
+            if let Ok(mut f) = self.failed.lock() {
+                f.get_or_insert(what);
+            }
+        }
+    }
+}
+
+/// The Kafka sink.
+pub struct KafkaSink {
+    options: KafkaOptions,
+    producer: ThreadedProducer<Deliveries>,
+    deliveries: Deliveries,
+    topics: HashSet<String>,
+    /// The transaction being written: xid, commit LSN, commit time (µs).
+    txn: (u32, Lsn, i64),
+    /// The producer's `message.max.bytes`.
+    max_message: usize,
+    since_flush: Option<Instant>,
+    unflushed: usize,
+    value: String,
+}
+
+impl std::fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+fn kafka_error(topic: Option<&str>, what: impl std::fmt::Display) -> Error {
+    Error::Config(match topic {
+        Some(t) => format!("kafka topic {t}: {what}"),
+        None => format!("kafka: {what}"),
+    })
+}
+
+impl KafkaSink {
+    /// A producer for `options.brokers`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a property librdkafka refuses.
+    pub fn new(options: KafkaOptions) -> Result<KafkaSink> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &options.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "0")
+            .set("linger.ms", "5")
+            .set("client.id", "wal2arrow");
+        for (k, v) in &options.properties {
+            config.set(k, v);
+        }
+        let max_message =
+            config.get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(1_000_000usize);
+        let deliveries = Deliveries::default();
+        let producer: ThreadedProducer<Deliveries> =
+            config.create_with_context(deliveries.clone()).map_err(|e| kafka_error(None, e))?;
+        Ok(KafkaSink {
+            options,
+            producer,
+            deliveries,
+            topics: HashSet::new(),
+            txn: (0, Lsn::INVALID, 0),
+            max_message,
+            since_flush: None,
+            unflushed: 0,
+            value: String::new(),
+        })
+    }
+
+    /// Makes sure `topic` exists: known from the broker's metadata, or created (waits for a
+    /// broker that is down, saying so every 10 s).
+    fn ensure_topic(&mut self, topic: &str) -> Result<()> {
+        if self.topics.contains(topic) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut warned = Instant::now();
+        loop {
+            match self.producer.client().fetch_metadata(Some(topic), Duration::from_secs(5)) {
+                Ok(md) => {
+                    let t = md.topics().iter().find(|t| t.name() == topic);
+                    match t.map(|t| (t.error(), t.partitions().len())) {
+                        Some((None, n)) if n > 0 => break,
+                        _ => self.create_topic(topic)?,
+                    }
+                }
+                Err(e) => {
+                    if warned.elapsed() >= Duration::from_secs(10) {
+                        tracing::warn!(topic, error = %e, waited = ?started.elapsed(), "the Kafka broker does not answer; retrying");
+                        warned = Instant::now();
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+        self.topics.insert(topic.to_owned());
+        Ok(())
+    }
+
+    fn create_topic(&self, topic: &str) -> Result<()> {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.options.brokers);
+        for (k, v) in &self.options.properties {
+            if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
+                config.set(k, v);
+            }
+        }
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            config.create().map_err(|e| kafka_error(Some(topic), e))?;
+        let new = NewTopic::new(topic, -1, TopicReplication::Fixed(-1));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| kafka_error(Some(topic), e))?;
+        let created = runtime.block_on(admin.create_topics([&new], &AdminOptions::new()));
+        match created {
+            Ok(results) => match results.into_iter().next() {
+                Some(Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)))
+                | Some(Ok(_)) => {
+                    tracing::info!(topic, "created the Kafka topic");
+                    Ok(())
+                }
+                Some(Err((_, code))) => Err(kafka_error(
+                    Some(topic),
+                    format!(
+                        "missing, and the broker refused to create it ({code}): create it, or \
+                         allow this client to"
+                    ),
+                )),
+                None => Ok(()),
+            },
+            Err(e) => Err(kafka_error(
+                Some(topic),
+                format!("missing, and creating it failed: {e}: create it, or allow this client to"),
+            )),
+        }
+    }
+
+    /// Queues one message, waiting while the producer's queue is full.
+    fn send(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: OwnedHeaders,
+    ) -> Result<()> {
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(headers);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err((
+                    KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge,
+                    ),
+                    _,
+                )) => {
+                    return Err(kafka_error(
+                        Some(topic),
+                        format!(
+                            "a message of {} bytes is over message.max.bytes ({}): raise it (the \
+                             broker's and the topic's limit too) with --kafka-property \
+                             message.max.bytes=…, or use --kafka-format arrow, which splits \
+                             batches",
+                            value.map_or(0, <[u8]>::len),
+                            self.max_message
+                        ),
+                    ));
+                }
+                Err((e, _)) => return Err(kafka_error(Some(topic), e)),
+            }
+        }
+        self.unflushed += 1;
+        self.since_flush.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    fn headers(&self, ordinal: u32) -> OwnedHeaders {
+        let (xid, commit_lsn, time) = self.txn;
+        OwnedHeaders::new()
+            .insert(Header {
+                key: "wal2arrow.commit_lsn",
+                value: Some(commit_lsn.to_string().as_bytes()),
+            })
+            .insert(Header {
+                key: "wal2arrow.ordinal",
+                value: Some(ordinal.to_string().as_bytes()),
+            })
+            .insert(Header { key: "wal2arrow.xid", value: Some(xid.to_string().as_bytes()) })
+            .insert(Header {
+                key: "wal2arrow.commit_time_us",
+                value: Some(time.to_string().as_bytes()),
+            })
+    }
+
+    fn write_arrow(&mut self, c: &ChangeBatch) -> Result<()> {
+        let topic = self.options.topic(&c.relation.namespace, &c.relation.name);
+        self.ensure_topic(&topic)?;
+        let mut parts = vec![c.batch.clone()];
+        let mut part = 0u32;
+        while let Some(batch) = parts.pop() {
+            let bytes = ipc_stream(&batch)?;
+            if bytes.len() + 1024 > self.max_message && batch.num_rows() > 1 {
+                let half = batch.num_rows() / 2;
+                parts.push(batch.slice(half, batch.num_rows() - half));
+                parts.push(batch.slice(0, half));
+                continue;
+            }
+            let headers = self
+                .headers(c.ordinal)
+                .insert(Header { key: "wal2arrow.table", value: Some(c.table().as_bytes()) })
+                .insert(Header { key: "wal2arrow.part", value: Some(part.to_string().as_bytes()) });
+            part += 1;
+            self.send(&topic, Some(c.table().as_bytes()), Some(&bytes), headers)?;
+        }
+        Ok(())
+    }
+
+    fn write_debezium(&mut self, c: &ChangeBatch) -> Result<()> {
+        let relation = &c.relation;
+        let topic = self.options.topic(&relation.namespace, &relation.name);
+        self.ensure_topic(&topic)?;
+        let batch = &c.batch;
+        let n = relation.table_columns();
+        let options = FormatOptions::default().with_display_error(true);
+        let renderers: Vec<Renderer<'_>> = (0..n)
+            .map(|i| Renderer::new(batch.column(i), &options))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(Error::Arrow)?;
+        let names: Vec<&str> =
+            batch.schema_ref().fields().iter().take(n).map(|f| f.name().as_str()).collect();
+        let key_names = if relation.primary_key.is_empty() {
+            &relation.identity_key
+        } else {
+            &relation.primary_key
+        };
+        let key_cols: Vec<usize> =
+            key_names.iter().filter_map(|k| names.iter().position(|n| n == k)).collect();
+        let ops = batch.column_by_name("_op").expect("an _op column").as_dictionary::<UInt8Type>();
+        let op_names = ops.values().as_string::<i32>();
+        let lsns = batch
+            .column_by_name("_lsn")
+            .map(|a| a.as_primitive::<arrow_array::types::UInt64Type>().clone());
+        let missing = batch.column(relation.missing_index()).as_list::<i32>();
+        let missing_at = |r: usize| -> Vec<String> {
+            if missing.is_null(r) {
+                return Vec::new();
+            }
+            missing.value(r).as_string::<i32>().iter().flatten().map(str::to_owned).collect()
+        };
+        let render = |r: usize, only: Option<&[usize]>, skip: &[String], out: &mut String| {
+            out.push('{');
+            let mut first = true;
+            for i in 0..n {
+                if only.is_some_and(|o| !o.contains(&i)) || skip.iter().any(|s| s == names[i]) {
+                    continue;
+                }
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                json_string(names[i], out);
+                out.push(':');
+                renderers[i].write(r, out);
+            }
+            out.push('}');
+        };
+        let mut r = 0;
+        while r < batch.num_rows() {
+            let op = op_names.value(ops.keys().value(r) as usize);
+            let lsn = lsns.as_ref().map_or(self.txn.1.0, |l| l.value(r));
+            // An update's old image comes first, in the same batch.
+            let (before, row, op) = if op == "update_before" && r + 1 < batch.num_rows() {
+                (Some(r), r + 1, "update")
+            } else {
+                (None, r, op)
+            };
+            let key_of = |row: usize| {
+                let mut k = String::new();
+                render(row, Some(&key_cols), &[], &mut k);
+                k
+            };
+            let key_changed = before.is_some_and(|b| key_of(b) != key_of(row));
+            let snapshot = op == "read";
+            let emit = |sink: &mut KafkaSink,
+                        code: &str,
+                        bef: Option<usize>,
+                        aft: Option<usize>,
+                        key_row: usize,
+                        bef_skip: Vec<String>,
+                        aft_skip: Vec<String>|
+             -> Result<()> {
+                let key = (!key_cols.is_empty()).then(|| key_of(key_row));
+                let mut v = std::mem::take(&mut sink.value);
+                v.clear();
+                v.push_str("{\"before\":");
+                match bef {
+                    Some(b) => render(b, None, &bef_skip, &mut v),
+                    None => v.push_str("null"),
+                }
+                v.push_str(",\"after\":");
+                match aft {
+                    Some(a) => render(a, None, &aft_skip, &mut v),
+                    None => v.push_str("null"),
+                }
+                sink.source(&mut v, relation, lsn, snapshot);
+                let _ = write!(v, ",\"op\":\"{code}\",\"ts_ms\":{}", now_ms());
+                if !aft_skip.is_empty() && aft.is_some() {
+                    v.push_str(",\"missing\":[");
+                    for (i, m) in aft_skip.iter().enumerate() {
+                        if i > 0 {
+                            v.push(',');
+                        }
+                        json_string(m, &mut v);
+                    }
+                    v.push(']');
+                }
+                v.push_str(",\"transaction\":null}");
+                let headers = sink.headers(c.ordinal).insert(Header {
+                    key: "wal2arrow.row",
+                    value: Some(key_row.to_string().as_bytes()),
+                });
+                let result = sink.send(
+                    &topic,
+                    key.as_deref().map(str::as_bytes),
+                    Some(v.as_bytes()),
+                    headers,
+                );
+                sink.value = v;
+                result?;
+                if code == "d" && sink.options.tombstones && key.is_some() {
+                    let headers = sink.headers(c.ordinal).insert(Header {
+                        key: "wal2arrow.row",
+                        value: Some(key_row.to_string().as_bytes()),
+                    });
+                    sink.send(&topic, key.as_deref().map(str::as_bytes), None, headers)?;
+                }
+                Ok(())
+            };
+            match op {
+                "insert" => emit(self, "c", None, Some(row), row, vec![], missing_at(row))?,
+                "read" => emit(self, "r", None, Some(row), row, vec![], missing_at(row))?,
+                "delete" => emit(self, "d", Some(row), None, row, missing_at(row), vec![])?,
+                "update" if key_changed => {
+                    let b = before.expect("an old image");
+                    emit(self, "d", Some(b), None, b, missing_at(b), vec![])?;
+                    emit(self, "c", None, Some(row), row, vec![], missing_at(row))?;
+                }
+                "update" => emit(
+                    self,
+                    "u",
+                    before,
+                    Some(row),
+                    row,
+                    before.map(missing_at).unwrap_or_default(),
+                    missing_at(row),
+                )?,
+                // An old image whose new one ended up in the next batch (never: the plugin
+                // keeps an update's images in one batch).
+                _ => {}
+            }
+            r = row + 1;
+        }
+        Ok(())
+    }
+
+    fn source(
+        &self,
+        v: &mut String,
+        relation: &wal2arrow_consumer::Relation,
+        lsn: u64,
+        snapshot: bool,
+    ) {
+        let (xid, _, time) = self.txn;
+        v.push_str(",\"source\":{\"version\":\"wal2arrow-");
+        v.push_str(env!("CARGO_PKG_VERSION"));
+        v.push_str("\",\"connector\":\"postgresql\",\"name\":");
+        json_string(&self.options.topic_prefix, v);
+        let _ =
+            write!(v, ",\"ts_ms\":{},\"snapshot\":\"{snapshot}\",\"db\":", time.div_euclid(1000));
+        json_string(&self.options.database, v);
+        let _ = write!(v, ",\"sequence\":\"[null,\\\"{}\\\"]\",\"schema\":", Lsn(lsn));
+        json_string(&relation.namespace, v);
+        v.push_str(",\"table\":");
+        json_string(&relation.name, v);
+        let _ = write!(v, ",\"txId\":{xid},\"lsn\":{lsn},\"xmin\":null}}");
+    }
+}
+
+impl Sink for KafkaSink {
+    fn write(&mut self, event: &Event) -> Result<()> {
+        match event {
+            Event::Begin(b) => {
+                self.txn = (b.xid, b.commit_lsn, b.commit_time_us);
+                Ok(())
+            }
+            Event::Change(c) => {
+                self.txn = (c.xid, c.commit_lsn, c.commit_time_us);
+                match self.options.format {
+                    KafkaFormat::Debezium => self.write_debezium(c),
+                    KafkaFormat::Arrow => self.write_arrow(c),
+                }
+            }
+            Event::Truncate(t) if self.options.format == KafkaFormat::Debezium => {
+                for relation in &t.relations {
+                    let topic = self.options.topic(&relation.namespace, &relation.name);
+                    self.ensure_topic(&topic)?;
+                    let mut v = String::from("{\"before\":null,\"after\":null");
+                    self.source(&mut v, relation, t.commit_lsn.0, false);
+                    let _ =
+                        write!(v, ",\"op\":\"t\",\"ts_ms\":{},\"transaction\":null}}", now_ms());
+                    let headers = self.headers(t.ordinal);
+                    self.send(&topic, None, Some(v.as_bytes()), headers)?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn wants_flush(&self) -> bool {
+        self.since_flush.is_some_and(|t| t.elapsed() >= Duration::from_millis(200))
+            || self.unflushed >= 100_000
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            match self.producer.flush(Duration::from_secs(10)) {
+                Ok(()) => break,
+                Err(KafkaError::Flush(_)) => {
+                    tracing::warn!(
+                        waiting = ?started.elapsed(),
+                        in_flight = self.producer.in_flight_count(),
+                        "the Kafka broker has not acknowledged every message yet (is it up?); \
+                         nothing after them is acknowledged to PostgreSQL until it has"
+                    );
+                }
+                Err(e) => return Err(kafka_error(None, e)),
+            }
+        }
+        if let Some(failed) = self.deliveries.failed.lock().ok().and_then(|mut f| f.take()) {
+            return Err(kafka_error(None, failed));
+        }
+        self.since_flush = None;
+        self.unflushed = 0;
+        Ok(())
+    }
+
+    fn rollback(&mut self) -> Result<bool> {
+        Ok(false)
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The batch as an Arrow IPC stream: its schema, then it.
+fn ipc_stream(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut out, &batch.schema())
+        .map_err(Error::Arrow)?;
+    w.write(batch).map_err(Error::Arrow)?;
+    w.finish().map_err(Error::Arrow)?;
+    drop(w);
+    Ok(out)
+}
+
+/// Writes one column's values in Debezium's JSON encodings.
+enum Renderer<'a> {
+    /// Integers and booleans: their text is JSON.
+    Plain(&'a dyn Array, ArrayFormatter<'a>),
+    /// Floats: numbers, NaN and infinities as strings.
+    Float(&'a dyn Array, ArrayFormatter<'a>),
+    /// Shown as a JSON string.
+    Text(&'a dyn Array, ArrayFormatter<'a>),
+    /// `Date32` (days) and microsecond times without a zone: the integer.
+    Int64(&'a dyn Array, Vec<i64>),
+    /// `timestamptz`: ISO 8601 UTC.
+    Zoned(&'a arrow_array::TimestampMicrosecondArray),
+    /// Exact decimals as their text.
+    Decimal(&'a arrow_array::Decimal128Array, u8, i8),
+    /// Intervals as microseconds (months of 30.4375 days).
+    Interval(&'a arrow_array::IntervalMonthDayNanoArray),
+    /// Binary as base64.
+    Binary(&'a dyn Array),
+    /// UUIDs as text.
+    Uuid(&'a arrow_array::FixedSizeBinaryArray),
+    /// Lists as JSON arrays.
+    List(&'a arrow_array::ListArray, FormatOptions<'a>),
+}
+
+impl<'a> Renderer<'a> {
+    fn new(
+        array: &'a ArrayRef,
+        options: &FormatOptions<'a>,
+    ) -> std::result::Result<Self, arrow_schema::ArrowError> {
+        Ok(match array.data_type() {
+            DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+            | DataType::Boolean => {
+                Renderer::Plain(array.as_ref(), ArrayFormatter::try_new(array.as_ref(), options)?)
+            }
+            DataType::Float16 | DataType::Float32 | DataType::Float64 => {
+                Renderer::Float(array.as_ref(), ArrayFormatter::try_new(array.as_ref(), options)?)
+            }
+            DataType::Date32 => {
+                let values = array.as_primitive::<arrow_array::types::Date32Type>().values();
+                Renderer::Int64(array.as_ref(), values.iter().map(|v| i64::from(*v)).collect())
+            }
+            DataType::Time64(TimeUnit::Microsecond) => {
+                let values = array.as_primitive::<arrow_array::types::Time64MicrosecondType>();
+                Renderer::Int64(array.as_ref(), values.values().to_vec())
+            }
+            DataType::Timestamp(TimeUnit::Microsecond, None) => {
+                let values = array.as_primitive::<arrow_array::types::TimestampMicrosecondType>();
+                Renderer::Int64(array.as_ref(), values.values().to_vec())
+            }
+            DataType::Timestamp(TimeUnit::Microsecond, Some(_)) => Renderer::Zoned(
+                array.as_primitive::<arrow_array::types::TimestampMicrosecondType>(),
+            ),
+            DataType::Decimal128(p, s) => {
+                Renderer::Decimal(array.as_primitive::<Decimal128Type>(), *p, *s)
+            }
+            DataType::Interval(arrow_schema::IntervalUnit::MonthDayNano) => {
+                Renderer::Interval(array.as_primitive::<IntervalMonthDayNanoType>())
+            }
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
+                Renderer::Binary(array.as_ref())
+            }
+            DataType::FixedSizeBinary(16) => Renderer::Uuid(array.as_fixed_size_binary()),
+            DataType::List(_) => Renderer::List(array.as_list::<i32>(), options.clone()),
+            _ => Renderer::Text(array.as_ref(), ArrayFormatter::try_new(array.as_ref(), options)?),
+        })
+    }
+
+    fn array(&self) -> &dyn Array {
+        match self {
+            Renderer::Plain(a, _) | Renderer::Float(a, _) | Renderer::Text(a, _) => *a,
+            Renderer::Int64(a, _) | Renderer::Binary(a) => *a,
+            Renderer::Zoned(a) => *a,
+            Renderer::Decimal(a, ..) => *a,
+            Renderer::Interval(a) => *a,
+            Renderer::Uuid(a) => *a,
+            Renderer::List(a, _) => *a,
+        }
+    }
+
+    fn write(&self, r: usize, out: &mut String) {
+        if self.array().is_null(r) {
+            out.push_str("null");
+            return;
+        }
+        match self {
+            Renderer::Plain(_, f) => {
+                let _ = write!(out, "{}", f.value(r));
+            }
+            Renderer::Float(_, f) => {
+                let s = f.value(r).to_string();
+                match s.as_str() {
+                    "NaN" | "inf" | "-inf" | "Infinity" | "-Infinity" => {
+                        let name = match s.as_str() {
+                            "NaN" => "NaN",
+                            "inf" | "Infinity" => "Infinity",
+                            _ => "-Infinity",
+                        };
+                        let _ = write!(out, "\"{name}\"");
+                    }
+                    _ => out.push_str(&s),
+                }
+            }
+            Renderer::Text(_, f) => json_string(&f.value(r).to_string(), out),
+            Renderer::Int64(_, v) => {
+                let _ = write!(out, "{}", v[r]);
+            }
+            Renderer::Zoned(a) => json_string(&iso_micros(a.value(r)), out),
+            Renderer::Decimal(a, p, s) => {
+                json_string(&Decimal128Type::format_decimal(a.value(r), *p, *s), out)
+            }
+            Renderer::Interval(a) => {
+                let v = a.value(r);
+                let us = f64::from(v.months) * 30.4375 * 86_400e6
+                    + f64::from(v.days) * 86_400e6
+                    + v.nanoseconds as f64 / 1e3;
+                let _ = write!(out, "{}", us.round() as i64);
+            }
+            Renderer::Binary(a) => {
+                let bytes: &[u8] = match a.data_type() {
+                    DataType::LargeBinary => a.as_binary::<i64>().value(r),
+                    DataType::BinaryView => a.as_binary_view().value(r),
+                    _ => a.as_binary::<i32>().value(r),
+                };
+                json_string(&base64(bytes), out);
+            }
+            Renderer::Uuid(a) => {
+                let b = a.value(r);
+                let mut s = String::with_capacity(36);
+                for (i, byte) in b.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        s.push('-');
+                    }
+                    let _ = write!(s, "{byte:02x}");
+                }
+                json_string(&s, out);
+            }
+            Renderer::List(list, options) => {
+                let items = list.value(r);
+                out.push('[');
+                match Renderer::new(&items, options) {
+                    Ok(inner) => {
+                        for i in 0..items.len() {
+                            if i > 0 {
+                                out.push(',');
+                            }
+                            inner.write(i, out);
+                        }
+                    }
+                    Err(_) => out.push_str("null"),
+                }
+                out.push(']');
+            }
+        }
+    }
+}
+
+/// Microseconds since 1970 as ISO 8601 UTC with six decimals (`1970-01-01T00:00:00.000000Z`).
+fn iso_micros(us: i64) -> String {
+    let array = arrow_array::TimestampMicrosecondArray::from(vec![us]);
+    let options = FormatOptions::default().with_timestamp_format(Some("%Y-%m-%dT%H:%M:%S%.6fZ"));
+    ArrayFormatter::try_new(&array, &options).map(|f| f.value(0).to_string()).unwrap_or_default()
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                s.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+fn json_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_and_times_match_their_standards() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(&[0xde, 0xad, 0xbe, 0xef]), "3q2+7w==");
+        assert_eq!(iso_micros(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(iso_micros(1_700_000_000_123_456), "2023-11-14T22:13:20.123456Z");
+    }
+}

@@ -1,0 +1,292 @@
+//! The Kafka sink against a real Kafka-protocol broker (tansu, started by the harness), read
+//! back with an independent client (Python's confluent-kafka, `kafka_read.py`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use serde_json::Value;
+use wal2arrow_harness::{Cluster, KafkaBroker, TestDb};
+
+use crate::cli::{cli, current_lsn, run, send_signal};
+
+/// Every message of `topics`: (topic, partition, offset, key, value, headers).
+pub(crate) fn read_topics(broker: &KafkaBroker, topics: &[String], arrow: bool) -> Vec<Value> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/kafka_read.py");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(script).arg(broker.address()).arg(topics.join(","));
+    if arrow {
+        cmd.arg("--arrow");
+    }
+    let out = cmd.output().expect("python3 runs");
+    assert!(out.status.success(), "kafka_read.py: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let values: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for v in &values {
+        assert!(v.get("unread").is_none() && v.get("missing_topic").is_none(), "{v:?}");
+    }
+    values
+}
+
+fn stream_to_kafka(
+    db: &TestDb<'_>,
+    broker: &KafkaBroker,
+    slot: &str,
+    extra: &[&str],
+    until: Option<&str>,
+) -> tokio::process::Command {
+    let dsn = db.dsn();
+    let brokers = broker.address();
+    let mut args = vec![
+        "stream",
+        "--dsn",
+        &dsn,
+        "--slot",
+        slot,
+        "--tables",
+        "public.*",
+        "--sink",
+        "kafka",
+        "--kafka-brokers",
+        &brokers,
+        "--progress",
+        "never",
+    ];
+    args.extend_from_slice(extra);
+    if let Some(u) = until {
+        args.extend(["--until-lsn", u]);
+    }
+    cli(&args)
+}
+
+/// The messages of one topic by key, in partition order: (op or "tombstone", value).
+fn by_key(messages: &[Value], topic: &str) -> BTreeMap<String, Vec<(String, Value)>> {
+    let mut sorted: Vec<&Value> = messages.iter().filter(|m| m["topic"] == topic).collect();
+    sorted.sort_by_key(|m| (m["partition"].as_i64(), m["offset"].as_i64()));
+    let mut out: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
+    let mut partition_of: HashMap<String, i64> = HashMap::new();
+    for m in sorted {
+        let key = m["key"].as_str().unwrap_or("null").to_owned();
+        let p = m["partition"].as_i64().unwrap();
+        assert_eq!(*partition_of.entry(key.clone()).or_insert(p), p, "one partition per key");
+        let (op, value) = match m["value"].as_str() {
+            None => ("tombstone".to_owned(), Value::Null),
+            Some(v) => {
+                let v: Value = serde_json::from_str(v).unwrap();
+                (v["op"].as_str().unwrap().to_owned(), v)
+            }
+        };
+        out.entry(key).or_default().push((op, value));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_arrive_on_table_topics_keyed_in_order_as_debezium_envelopes() {
+    let broker = KafkaBroker::start().expect("a Kafka broker (tansu)");
+    let db = Cluster::shared().database("kafka_debezium");
+    db.psql(
+        "CREATE TABLE users (id int8 PRIMARY KEY, name text, score numeric(10,2), born date,
+            seen timestamptz, tags int4[], blob bytea, u uuid, doc jsonb, t time, ts timestamp,
+            f float8, b bool, big text);
+         ALTER TABLE users ALTER COLUMN big SET STORAGE EXTERNAL;
+         CREATE TABLE other (id int4 PRIMARY KEY);
+         INSERT INTO users (id, name) VALUES (0, 'before the slot');
+         INSERT INTO other VALUES (1), (2);",
+    );
+    // The first run creates the slot and copies the rows there (op r).
+    let until = current_lsn(&db);
+    let (code, out, err) =
+        run(stream_to_kafka(&db, &broker, "dbz", &["--topic-prefix", "app"], Some(&until))).await;
+    assert_eq!(code, 0, "{out}{err}");
+    db.psql(
+        "INSERT INTO users VALUES (1, 'Alice', 12.5, '2024-01-02', '2024-01-01 00:00:00+00',
+            '{1,2}', '\\xdeadbeef', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{\"a\": 1}',
+            '12:34:56.789', '2024-01-01 10:00:00', 1.5, true, repeat('x', 10000));
+         INSERT INTO users (id, name) VALUES (2, 'Bob'), (3, 'Carol');
+         UPDATE users SET name = 'Alicia' WHERE id = 1;
+         UPDATE users SET id = 20 WHERE id = 2;
+         DELETE FROM users WHERE id = 3;
+         TRUNCATE other;",
+    );
+    let until = current_lsn(&db);
+    let (code, out, err) =
+        run(stream_to_kafka(&db, &broker, "dbz", &["--topic-prefix", "app"], Some(&until))).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let messages =
+        read_topics(&broker, &["app.public.users".into(), "app.public.other".into()], false);
+    let users = by_key(&messages, "app.public.users");
+    eprintln!(
+        "users: {:?}",
+        users
+            .iter()
+            .map(|(k, v)| (k.clone(), v.iter().map(|(o, _)| o.clone()).collect::<Vec<_>>()))
+            .collect::<Vec<_>>()
+    );
+    let ops = |k: &str| users[k].iter().map(|(op, _)| op.as_str()).collect::<Vec<_>>();
+    assert_eq!(ops("{\"id\":0}"), ["r"]);
+    assert_eq!(ops("{\"id\":1}"), ["c", "u"]);
+    assert_eq!(ops("{\"id\":2}"), ["c", "d", "tombstone"], "a key change is a delete…");
+    assert_eq!(ops("{\"id\":20}"), ["c"], "…and a create");
+    assert_eq!(ops("{\"id\":3}"), ["c", "d", "tombstone"]);
+    // The documented example, field by field (README, sinks/src/kafka.rs).
+    let created = &users["{\"id\":1}"][0].1;
+    assert_eq!(created["before"], Value::Null);
+    let mut after = created["after"].clone();
+    let big = after.as_object_mut().unwrap().remove("big").unwrap();
+    assert_eq!(big.as_str().map(str::len), Some(10000));
+    let expected = serde_json::json!({
+        "id": 1, "name": "Alice", "score": "12.50", "born": 19724,
+        "seen": "2024-01-01T00:00:00.000000Z", "tags": [1, 2], "blob": "3q2+7w==",
+        "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "doc": "{\"a\": 1}",
+        "t": 45_296_789_000i64, "ts": 1_704_103_200_000_000i64, "f": 1.5, "b": true,
+    });
+    assert_eq!(after, expected);
+    let source = &created["source"];
+    assert_eq!(source["connector"], "postgresql");
+    assert_eq!(source["name"], "app");
+    assert_eq!(source["db"], db.name());
+    assert_eq!(source["schema"], "public");
+    assert_eq!(source["table"], "users");
+    assert_eq!(source["snapshot"], "false");
+    assert!(source["txId"].as_i64().unwrap() > 0 && source["lsn"].as_i64().unwrap() > 0);
+    assert!(source["ts_ms"].as_i64().unwrap() > 1_700_000_000_000);
+    assert!(created["ts_ms"].as_i64().unwrap() >= source["ts_ms"].as_i64().unwrap());
+    assert_eq!(created["transaction"], Value::Null);
+    // The update: the unchanged TOASTed column is not sent, and said so (never a placeholder).
+    let updated = &users["{\"id\":1}"][1].1;
+    assert_eq!(updated["after"]["name"], "Alicia");
+    assert!(updated["after"].get("big").is_none(), "{updated}");
+    assert_eq!(updated["missing"], serde_json::json!(["big"]));
+    // A delete: the old key before, nothing after.
+    let deleted = &users["{\"id\":3}"][1].1;
+    assert_eq!(deleted["before"]["id"], 3);
+    assert_eq!(deleted["after"], Value::Null);
+    assert_eq!(users["{\"id\":0}"][0].1["source"]["snapshot"], "true");
+    // The truncate: op t on the other table's topic, without a key.
+    let other = by_key(&messages, "app.public.other");
+    let last = other["null"].last().unwrap();
+    assert_eq!(last.0, "t");
+    // Every message names its transaction and place in the headers.
+    for m in &messages {
+        let h = &m["headers"];
+        assert!(h["wal2arrow.commit_lsn"].is_string() && h["wal2arrow.ordinal"].is_string(), "{m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_arrow_format_sends_batches_that_decode_with_pyarrow_to_the_rows() {
+    let broker = KafkaBroker::start().expect("a Kafka broker (tansu)");
+    let db = Cluster::shared().database("kafka_arrow");
+    db.psql("CREATE TABLE t (id int8 PRIMARY KEY, v text)");
+    let until = current_lsn(&db);
+    let args = ["--kafka-format", "arrow", "--topic-prefix", "arr", "--batch-rows", "1000"];
+    let (code, out, err) = run(stream_to_kafka(&db, &broker, "arrow", &args, Some(&until))).await;
+    assert_eq!(code, 0, "{out}{err}");
+    db.psql("INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 5000) g");
+    // A small message limit splits the batches.
+    db.psql("INSERT INTO t SELECT g, repeat('y', 500) FROM generate_series(5001, 6000) g");
+    let until = current_lsn(&db);
+    let mut args = args.to_vec();
+    args.extend(["--kafka-property", "message.max.bytes=200000"]);
+    let (code, out, err) = run(stream_to_kafka(&db, &broker, "arrow", &args, Some(&until))).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let messages = read_topics(&broker, &["arr.public.t".into()], true);
+    let mut ids = Vec::new();
+    let mut parts = HashSet::new();
+    for m in &messages {
+        let v = &m["value"];
+        assert!(v["columns"].as_array().unwrap().iter().any(|c| c == "_op"), "{v}");
+        for row in v["data"].as_array().unwrap() {
+            ids.push(row["id"].as_i64().unwrap());
+            if row["id"].as_i64().unwrap() <= 5000 {
+                assert_eq!(row["v"].as_str().unwrap(), format!("row {}", row["id"]));
+            }
+        }
+        let h = &m["headers"];
+        assert_eq!(h["wal2arrow.table"], "public.t");
+        parts.insert((
+            h["wal2arrow.commit_lsn"].as_str().unwrap().to_owned(),
+            h["wal2arrow.ordinal"].as_str().unwrap().to_owned(),
+            h["wal2arrow.part"].as_str().unwrap().to_owned(),
+        ));
+        assert_eq!(m["key"], "public.t");
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=6000).collect::<Vec<i64>>(), "every row once");
+    assert_eq!(parts.len(), messages.len(), "(commit LSN, ordinal, part) identifies each message");
+    assert!(messages.len() > 7, "the wide batch was split: {} messages", messages.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_twice_and_restarted_every_change_is_in_kafka_and_copies_are_identifiable() {
+    let broker = KafkaBroker::start().expect("a Kafka broker (tansu)");
+    let db = Cluster::shared().database("kafka_kill");
+    db.psql("CREATE TABLE k (id int8 PRIMARY KEY, v int8)");
+    let until = current_lsn(&db);
+    let (code, out, err) = run(stream_to_kafka(&db, &broker, "killed", &[], Some(&until))).await;
+    assert_eq!(code, 0, "{out}{err}");
+    // A writer: 300 transactions of inserts, updates and deletes.
+    let writer = tokio::spawn({
+        let dsn = db.dsn();
+        async move {
+            let config = wal2arrow_consumer::Config::from_dsn(&dsn).unwrap();
+            let c = wal2arrow_consumer::sql_client(&config).await.unwrap();
+            for i in 0..300i64 {
+                c.batch_execute(&format!(
+                    "BEGIN; INSERT INTO k SELECT g, 0 FROM generate_series({}, {}) g;
+                     UPDATE k SET v = v + 1 WHERE id % 7 = {};
+                     DELETE FROM k WHERE id = {}; COMMIT;",
+                    i * 100 + 1,
+                    i * 100 + 100,
+                    i % 7,
+                    i * 50 + 3
+                ))
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+    for _ in 0..2 {
+        let mut child = stream_to_kafka(&db, &broker, "killed", &[], None).spawn().unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(send_signal(child.id().unwrap(), "KILL"), 0);
+        child.wait().await.unwrap();
+    }
+    writer.await.unwrap();
+    let until = current_lsn(&db);
+    let (code, out, err) = run(stream_to_kafka(&db, &broker, "killed", &[], Some(&until))).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let messages = read_topics(&broker, &["wal2arrow.public.k".into()], false);
+    // Copies removed by (commit LSN, ordinal, row, tombstone or not): exactly the changes.
+    let mut unique = HashSet::new();
+    let mut copies = 0;
+    let mut ops: HashMap<String, usize> = HashMap::new();
+    for m in &messages {
+        let h = &m["headers"];
+        let id = (
+            h["wal2arrow.commit_lsn"].as_str().unwrap().to_owned(),
+            h["wal2arrow.ordinal"].as_str().unwrap().to_owned(),
+            h["wal2arrow.row"].as_str().unwrap().to_owned(),
+            m["value"].is_null(),
+        );
+        if !unique.insert(id) {
+            copies += 1;
+            continue;
+        }
+        let op = match m["value"].as_str() {
+            None => "tombstone".to_owned(),
+            Some(v) => serde_json::from_str::<Value>(v).unwrap()["op"].as_str().unwrap().to_owned(),
+        };
+        *ops.entry(op).or_default() += 1;
+    }
+    assert_eq!(ops.get("c").copied().unwrap_or(0), 30_000, "every insert once: {ops:?}");
+    assert_eq!(ops.get("d"), ops.get("tombstone"), "a tombstone per delete");
+    assert_eq!(ops.get("d").copied().unwrap_or(0), 300, "{ops:?}");
+    let rows_now: usize = db.psql("SELECT count(*) FROM k").trim().parse().unwrap();
+    assert_eq!(rows_now, 30_000 - 300);
+    eprintln!(
+        "killed twice: {} messages, {copies} copies of the unacknowledged tail",
+        messages.len()
+    );
+}
