@@ -29,7 +29,8 @@
 //! snapshot throughput on W1's and W2's tables against binary `COPY` and ADBC, and (LARGE)
 //! the time from `COMMIT` to the last row in the consumer's hands for one 1,000,000-row
 //! transaction, decoded at commit or streamed while in progress, with the server's spill and
-//! stream bytes.
+//! stream bytes, and (KAFKA) W1 through `wal2arrow_sinks::run` into Kafka (a tansu broker),
+//! in both formats, beside the library's own rate on the same WAL.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -299,7 +300,7 @@ fn usage(problem: &str) -> ! {
         eprintln!("e2e: {problem}");
     }
     eprintln!(
-        "usage: e2e [--scale F] [--workloads W1,W2,W3,W4,LATENCY,SNAPSHOT,LARGE] \
+        "usage: e2e [--scale F] [--workloads W1,W2,W3,W4,LATENCY,SNAPSHOT,LARGE,KAFKA] \
          [--contenders wal2arrow,wal2json,pgoutput,test_decoding,floor] [--latency-seconds S] \
          [--repeat N] [--out FILE.md]"
     );
@@ -435,12 +436,131 @@ async fn run(args: &Args) -> String {
         psql(&db, "VACUUM ANALYZE w1; VACUUM ANALYZE w2");
         report.push_str(&snapshot_bench(&db, &config, args.repeat).await);
     }
+    if wanted("KAFKA") {
+        let rows = ((1_000_000.0 * args.scale).round() as u64).max(1000) / 1000 * 1000;
+        report.push_str(&kafka_bench(&db, &config, rows, args.repeat).await);
+    }
     if wanted("LARGE") {
         let rows = ((1_000_000.0 * args.scale).round() as u64).max(1000);
         report.push_str(&large_bench(&db, &config, rows, args.repeat).await);
     }
     report.push_str(&targets(&results, &latencies, peak_rss));
     report
+}
+
+/// W1's shape into Kafka: `wal2arrow_sinks::run` with the Kafka sink (Debezium JSON, one
+/// message per row; Arrow IPC, one per batch) into a tansu broker on loopback (memory
+/// storage), each slot read to the end of the same WAL, beside the library's own rate (the
+/// same `CdcStream`, rows counted and acknowledged). Times run from starting the stream to the
+/// last transaction acknowledged (for Kafka: every message acknowledged by the broker).
+async fn kafka_bench(db: &TestDb<'_>, config: &Config, rows: u64, repeat: usize) -> String {
+    use wal2arrow_consumer::{Consumer, SnapshotMode};
+    use wal2arrow_sinks::kafka::{KafkaFormat, KafkaOptions, KafkaSink};
+    let broker = wal2arrow_harness::KafkaBroker::start().expect("a Kafka broker (tansu)");
+    psql(db, "CREATE TABLE kw1 (LIKE w1 INCLUDING ALL)");
+    let names = ["library (CdcStream, rows counted)", "Kafka sink, debezium", "Kafka sink, arrow"];
+    for round in 0..repeat {
+        for k in 0..names.len() {
+            psql(
+                db,
+                &format!(
+                    "SELECT pg_create_logical_replication_slot('kafka_{k}_{round}', 'wal2arrow')"
+                ),
+            );
+        }
+    }
+    // 1,000-row transactions, as W1.
+    psql(
+        db,
+        "CREATE PROCEDURE gen_kw1(n int, per int) LANGUAGE plpgsql AS $$
+         DECLARE i int := 0;
+         BEGIN
+             WHILE i < n LOOP
+                 INSERT INTO kw1 SELECT g, (g % 100000)::int4, g * 0.5, substr(md5(g::text), 1, 20),
+                     timestamptz '2024-01-01 00:00:00+00' + g * interval '1 ms', g % 2 = 0
+                 FROM generate_series(i + 1, i + per) g;
+                 COMMIT;
+                 i := i + per;
+             END LOOP;
+         END $$",
+    );
+    psql(db, &format!("CALL gen_kw1({rows}, 1000)"));
+    let target: Lsn = psql(db, "SELECT pg_current_wal_lsn()").trim().parse().unwrap();
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    for round in 0..repeat {
+        for j in 0..names.len() {
+            let k = (j + round) % names.len();
+            let slot = format!("kafka_{k}_{round}");
+            let consumer = Consumer::builder()
+                .config(config.clone())
+                .slot(&slot)
+                .tables(["public.kw1"])
+                .snapshot(SnapshotMode::Never)
+                .preflight(false)
+                .heartbeat_interval(None)
+                .build()
+                .expect("a consumer");
+            let started = Instant::now();
+            let mut stream = consumer.start().await.expect("a stream");
+            let run_options = wal2arrow_sinks::RunOptions {
+                until_lsn: Some(target),
+                ..wal2arrow_sinks::RunOptions::default()
+            };
+            let mut got = 0u64;
+            if k == 0 {
+                while let Some(e) = stream.next().await {
+                    match e.expect("an event") {
+                        Event::Change(c) => got += c.num_rows() as u64,
+                        Event::Commit(c) => {
+                            stream.ack(c.end_lsn);
+                            if c.end_lsn >= target || got >= rows {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            } else {
+                let mut options = KafkaOptions::new(broker.address());
+                options.topic_prefix = format!("bench{k}{round}");
+                options.format = if k == 1 { KafkaFormat::Debezium } else { KafkaFormat::Arrow };
+                let sink = KafkaSink::new(options).expect("a producer");
+                let report = wal2arrow_sinks::run(
+                    &mut stream,
+                    sink,
+                    &run_options,
+                    std::future::pending(),
+                    &mut |_| {},
+                )
+                .await
+                .expect("the run");
+                got = report.progress.total_rows();
+            }
+            let secs = started.elapsed().as_secs_f64();
+            stream.close().await;
+            assert!(got >= rows, "{}: {got} of {rows} rows", names[k]);
+            eprintln!("  KAFKA {:<40} {:>10.0} rows/s", names[k], rows as f64 / secs);
+            times[k].push(secs);
+        }
+    }
+    let median = |t: &mut Vec<f64>| {
+        t.sort_by(f64::total_cmp);
+        t[t.len().saturating_sub(1) / 2]
+    };
+    let rates: Vec<f64> = times.iter_mut().map(|t| rows as f64 / median(t)).collect();
+    let mut out = format!(
+        "\n## KAFKA: W1 into Kafka ({} rows, 1,000-row transactions)\n\n\
+         `wal2arrow_sinks::run` with the Kafka sink into a tansu broker on loopback (memory \
+         storage, idempotent producer, `acks=all`), to the last transaction acknowledged after \
+         the broker acknowledged every message; beside the library's own rate on the same WAL. \
+         Median of the rounds.\n\n\
+         | how | rows/s | × the library |\n|---|---:|---:|\n",
+        thousands(rows as f64)
+    );
+    for (name, rate) in names.iter().zip(&rates) {
+        let _ = writeln!(out, "| {name} | {} | {:.2}× |", thousands(*rate), rate / rates[0]);
+    }
+    out
 }
 
 /// How the LARGE benchmark has its transaction decoded and handed on.

@@ -271,9 +271,10 @@ struct StreamArgs {
     conn: ConnArgs,
     #[command(flatten)]
     select: SelectArgs,
-    /// Where changes go.
+    /// Where changes go; repeat it to feed several (`--sink kafka --sink parquet`): kafka
+    /// beside at most one of parquet, ipc, jsonl and print (they share `--out`).
     #[arg(long, value_enum, default_value = "print")]
-    sink: SinkArg,
+    sink: Vec<SinkArg>,
     /// Output: a directory for parquet (required), a file or `-` (standard output) for ipc and
     /// jsonl.
     #[arg(long, short)]
@@ -665,11 +666,23 @@ async fn stream(args: StreamArgs) -> CmdResult {
         builder = builder.snapshot_chunk_pages(pages);
     }
     let source = format!("{}/{}", config.dbname(), args.select.slot);
+    let mut kinds = args.sink.clone();
+    kinds.sort_by_key(|k| *k as u8);
+    kinds.dedup();
+    if kinds.iter().filter(|k| **k != SinkArg::Kafka).count() > 1 {
+        return Err(Failure {
+            code: 2,
+            message: "--sink: parquet, ipc, jsonl and print share --out: give one of them (and \
+                      kafka beside it, if you like)"
+                .into(),
+        });
+    }
+    let file_sink = kinds.iter().copied().find(|k| *k != SinkArg::Kafka);
     // An output that cannot be written is bad usage, found before anything streams.
     if let Some(out) = &args.out
-        && args.sink != SinkArg::Print
+        && file_sink.is_some_and(|k| k != SinkArg::Print)
     {
-        wal2arrow_sinks::check_writable(out, args.sink == SinkArg::Parquet)
+        wal2arrow_sinks::check_writable(out, file_sink == Some(SinkArg::Parquet))
             .map_err(|e| Failure { code: 2, message: format!("--out: {e}") })?;
     }
     let out_path = args.out.clone().unwrap_or_else(|| PathBuf::from("-"));
@@ -677,59 +690,68 @@ async fn stream(args: StreamArgs) -> CmdResult {
     let mut resumable: Option<Option<wal2arrow_consumer::SnapshotResume>> = None;
     // It also keeps the record of the tables it holds: tables it lacks are backfilled.
     let mut held: Option<Option<Vec<String>>> = None;
-    let sink: Box<dyn Sink> = match args.sink {
-        SinkArg::Print => Box::new(print::PrintSink),
-        SinkArg::Jsonl => Box::new(JsonLinesSink::open(&out_path)?),
-        SinkArg::Ipc => Box::new(IpcSink::open(&out_path)?),
-        SinkArg::Kafka => {
-            let brokers = args.kafka_brokers.clone().ok_or_else(|| {
-                Error::Config("--sink kafka needs --kafka-brokers HOST:PORT[,…]".into())
-            })?;
-            let mut options = wal2arrow_sinks::kafka::KafkaOptions::new(brokers);
-            options.topic_prefix = args.topic_prefix.clone();
-            options.format = match args.kafka_format {
-                KafkaFormatArg::Debezium => wal2arrow_sinks::kafka::KafkaFormat::Debezium,
-                KafkaFormatArg::Arrow => wal2arrow_sinks::kafka::KafkaFormat::Arrow,
-            };
-            options.tombstones = !args.no_tombstones;
-            options.database = config.dbname().to_owned();
-            for p in &args.kafka_property {
-                let (k, v) = p.split_once('=').ok_or_else(|| {
-                    Error::Config(format!("--kafka-property {p:?}: expected KEY=VALUE"))
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    for kind in &kinds {
+        let sink: Box<dyn Sink> = match kind {
+            SinkArg::Print => Box::new(print::PrintSink),
+            SinkArg::Jsonl => Box::new(JsonLinesSink::open(&out_path)?),
+            SinkArg::Ipc => Box::new(IpcSink::open(&out_path)?),
+            SinkArg::Kafka => {
+                let brokers = args.kafka_brokers.clone().ok_or_else(|| {
+                    Error::Config("--sink kafka needs --kafka-brokers HOST:PORT[,…]".into())
                 })?;
-                options.properties.push((k.trim().to_owned(), v.trim().to_owned()));
+                let mut options = wal2arrow_sinks::kafka::KafkaOptions::new(brokers);
+                options.topic_prefix = args.topic_prefix.clone();
+                options.format = match args.kafka_format {
+                    KafkaFormatArg::Debezium => wal2arrow_sinks::kafka::KafkaFormat::Debezium,
+                    KafkaFormatArg::Arrow => wal2arrow_sinks::kafka::KafkaFormat::Arrow,
+                };
+                options.tombstones = !args.no_tombstones;
+                options.database = config.dbname().to_owned();
+                for p in &args.kafka_property {
+                    let (k, v) = p.split_once('=').ok_or_else(|| {
+                        Error::Config(format!("--kafka-property {p:?}: expected KEY=VALUE"))
+                    })?;
+                    options.properties.push((k.trim().to_owned(), v.trim().to_owned()));
+                }
+                Box::new(wal2arrow_sinks::kafka::KafkaSink::new(options)?)
             }
-            Box::new(wal2arrow_sinks::kafka::KafkaSink::new(options)?)
-        }
-        SinkArg::Parquet => {
-            let dir = args
-                .out
-                .clone()
-                .ok_or_else(|| Error::Config("--sink parquet needs --out DIRECTORY".into()))?;
-            if args.temporary_slot {
-                tracing::warn!(
-                    "a temporary slot cannot resume: a restarted run misses what happened in between"
-                );
+            SinkArg::Parquet => {
+                let dir = args
+                    .out
+                    .clone()
+                    .ok_or_else(|| Error::Config("--sink parquet needs --out DIRECTORY".into()))?;
+                if args.temporary_slot {
+                    tracing::warn!(
+                        "a temporary slot cannot resume: a restarted run misses what happened in between"
+                    );
+                }
+                let options = ParquetOptions {
+                    roll_rows: args.roll_rows.max(1),
+                    roll_bytes: args.roll_bytes.max(1),
+                    roll_interval: Duration::from_secs(args.roll_seconds.max(1)),
+                    ..ParquetOptions::default()
+                };
+                let sink = ParquetSink::open(dir, &source, options)?;
+                let mut sink = sink;
+                let snapshots = !args.temporary_slot
+                    && !matches!(args.snapshot, Some(SnapshotArg::Never | SnapshotArg::Only));
+                if sink.is_fresh() && snapshots && !slot_exists(&config, &args.select.slot).await? {
+                    // This run creates the slot and snapshots: say so durably first (see
+                    // ParquetSink::mark_snapshot_pending).
+                    sink.mark_snapshot_pending()?;
+                }
+                resumable = Some(sink.snapshot_resume());
+                held = Some(sink.tables_held());
+                Box::new(sink)
             }
-            let options = ParquetOptions {
-                roll_rows: args.roll_rows.max(1),
-                roll_bytes: args.roll_bytes.max(1),
-                roll_interval: Duration::from_secs(args.roll_seconds.max(1)),
-                ..ParquetOptions::default()
-            };
-            let sink = ParquetSink::open(dir, &source, options)?;
-            let mut sink = sink;
-            let snapshots = !args.temporary_slot
-                && !matches!(args.snapshot, Some(SnapshotArg::Never | SnapshotArg::Only));
-            if sink.is_fresh() && snapshots && !slot_exists(&config, &args.select.slot).await? {
-                // This run creates the slot and snapshots: say so durably first (see
-                // ParquetSink::mark_snapshot_pending).
-                sink.mark_snapshot_pending()?;
-            }
-            resumable = Some(sink.snapshot_resume());
-            held = Some(sink.tables_held());
-            Box::new(sink)
-        }
+        };
+        sinks.push(sink);
+    }
+    let sink: Box<dyn Sink> = if sinks.len() == 1 {
+        sinks.pop().expect("one sink")
+    } else {
+        Box::new(wal2arrow_sinks::fanout::Fanout::new(sinks))
     };
     if let Some(from) = resumable {
         builder = builder.resumable_snapshot(from);

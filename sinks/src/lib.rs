@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod fanout;
 #[cfg(feature = "ipc")]
 pub mod ipc;
 #[cfg(feature = "jsonl")]

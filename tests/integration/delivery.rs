@@ -299,6 +299,12 @@ async fn an_updates_images_stay_in_one_batch_with_both_plugins() {
             vec!["delete", "delete", "delete"],
         ];
         assert_eq!(batches, expected, "{choice:?}");
+        // The walsender ends shortly after the stream closes.
+        let active = format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'");
+        crate::common::wait_for("the slot to be released", Duration::from_secs(30), || {
+            db.psql(&active).trim() != "t"
+        })
+        .await;
         sql(&db).await.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await.unwrap();
     }
 }
