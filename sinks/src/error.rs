@@ -30,6 +30,9 @@ pub enum Error {
     Arrow(arrow_schema::ArrowError),
     /// The sink panicked (a bug; the panic message was printed): which.
     Panicked(String),
+    /// The Kafka broker refused or lost messages (the message names the topic and what to do);
+    /// nothing after them was acknowledged to PostgreSQL.
+    Kafka(String),
 }
 
 impl Error {
@@ -48,7 +51,9 @@ impl Error {
         match self {
             Error::Stream(e) => e.class(),
             Error::Config(_) => ErrorClass::Configuration,
-            Error::Sink { .. } | Error::Arrow(_) | Error::Panicked(_) => ErrorClass::Definite,
+            Error::Sink { .. } | Error::Arrow(_) | Error::Panicked(_) | Error::Kafka(_) => {
+                ErrorClass::Definite
+            }
         }
     }
 
@@ -82,6 +87,7 @@ impl fmt::Display for Error {
                 write!(f, "sink error: {action} {}: {source}", path.display())
             }
             Error::Config(m) => write!(f, "{m}"),
+            Error::Kafka(m) => write!(f, "sink error: {m}"),
             Error::Arrow(e) => write!(f, "sink error: Arrow: {e}"),
             Error::Panicked(what) => write!(
                 f,
@@ -97,7 +103,7 @@ impl std::error::Error for Error {
             Error::Stream(e) => Some(e),
             Error::Sink { source, .. } => Some(source),
             Error::Arrow(e) => Some(e),
-            Error::Config(_) | Error::Panicked(_) => None,
+            Error::Config(_) | Error::Panicked(_) | Error::Kafka(_) => None,
         }
     }
 }

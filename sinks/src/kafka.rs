@@ -45,7 +45,9 @@
 //!
 //! **Delivery**: an idempotent producer, `acks=all`, messages never expire
 //! (`message.timeout.ms=0`): while the broker is down the producer reconnects and retries, and
-//! [`flush`](Sink::flush) waits, logging every 10 s. The runner acknowledges a transaction
+//! [`flush`](Sink::flush) waits, logging every 10 s (a broker that answers again but leaves
+//! what was sent before unacknowledged for 30 s — it lost its state — ends the run with an
+//! error: the next run sends it again). The runner acknowledges a transaction
 //! only after a flush in which the broker acknowledged every message of it; after a crash,
 //! what was written but not acknowledged is written again (at-least-once).
 
@@ -120,7 +122,19 @@ struct Deliveries {
     failed: Arc<Mutex<Option<String>>>,
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    /// librdkafka's errors: a broker that cannot be reached is reported by the flush, every
+    /// 10 s, with what it means; the rest as warnings.
+    fn error(&self, error: KafkaError, reason: &str) {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        match error.rdkafka_error_code() {
+            Some(Code::BrokerTransportFailure | Code::AllBrokersDown) => {
+                tracing::debug!(%error, reason, "librdkafka");
+            }
+            _ => tracing::warn!(%error, reason, "librdkafka"),
+        }
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
@@ -174,7 +188,7 @@ impl std::fmt::Debug for KafkaSink {
 }
 
 fn kafka_error(topic: Option<&str>, what: impl std::fmt::Display) -> Error {
-    Error::Config(match topic {
+    Error::Kafka(match topic {
         Some(t) => format!("kafka topic {t}: {what}"),
         None => format!("kafka: {what}"),
     })
@@ -201,8 +215,9 @@ impl KafkaSink {
         let max_message =
             config.get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(1_000_000usize);
         let deliveries = Deliveries::default();
-        let producer: ThreadedProducer<Deliveries> =
-            config.create_with_context(deliveries.clone()).map_err(|e| kafka_error(None, e))?;
+        let producer: ThreadedProducer<Deliveries> = config
+            .create_with_context(deliveries.clone())
+            .map_err(|e| Error::Config(format!("kafka: {e} (check --kafka-property)")))?;
         Ok(KafkaSink {
             options,
             producer,
@@ -587,6 +602,8 @@ impl Sink for KafkaSink {
 
     fn flush(&mut self) -> Result<()> {
         let started = Instant::now();
+        // Since when the broker answers again while messages stay unacknowledged.
+        let mut answering_since: Option<Instant> = None;
         loop {
             match self.producer.flush(Duration::from_secs(10)) {
                 Ok(()) => break,
@@ -597,6 +614,38 @@ impl Sink for KafkaSink {
                         "the Kafka broker has not acknowledged every message yet (is it up?); \
                          nothing after them is acknowledged to PostgreSQL until it has"
                     );
+                    let answers =
+                        self.producer.client().fetch_metadata(None, Duration::from_secs(2)).is_ok();
+                    match (answers, answering_since) {
+                        (false, _) => answering_since = None,
+                        (true, None) => answering_since = Some(Instant::now()),
+                        (true, Some(t)) if t.elapsed() >= STUCK_AFTER => {
+                            let n = self.producer.in_flight_count();
+                            self.producer.purge(
+                                rdkafka::producer::PurgeConfig::default().queue().inflight(),
+                            );
+                            return Err(kafka_error(
+                                None,
+                                format!(
+                                    "the broker answers again but has not acknowledged the {n} \
+                                     messages sent before it went away for {STUCK_AFTER:?} (did it \
+                                     lose its state?): stopping. Nothing after the last transaction \
+                                     it acknowledged was acknowledged to PostgreSQL: the next run \
+                                     sends it again"
+                                ),
+                            ));
+                        }
+                        (true, Some(_)) => {}
+                    }
+                    // A broker that came back may have lost its topics (one that keeps them in
+                    // memory): make sure they exist, or the messages wait for them forever.
+                    let topics: Vec<String> = self.topics.drain().collect();
+                    for t in &topics {
+                        if let Err(e) = self.ensure_topic(t) {
+                            tracing::warn!(topic = %t, error = %e, "cannot check the topic");
+                            self.topics.insert(t.clone());
+                        }
+                    }
                 }
                 Err(e) => return Err(kafka_error(None, e)),
             }
@@ -613,6 +662,10 @@ impl Sink for KafkaSink {
         Ok(false)
     }
 }
+
+/// How long a flush waits for a broker that answers again but does not acknowledge the
+/// messages sent before it went away.
+const STUCK_AFTER: Duration = Duration::from_secs(30);
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()

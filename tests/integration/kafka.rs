@@ -8,6 +8,7 @@ use serde_json::Value;
 use wal2arrow_harness::{Cluster, KafkaBroker, TestDb};
 
 use crate::cli::{cli, current_lsn, run, send_signal};
+use crate::common::{sql, wait_for};
 
 /// Every message of `topics`: (topic, partition, offset, key, value, headers).
 pub(crate) fn read_topics(broker: &KafkaBroker, topics: &[String], arrow: bool) -> Vec<Value> {
@@ -356,4 +357,70 @@ async fn one_stream_feeds_kafka_and_parquet_and_a_kill_leaves_parquet_exact() {
     assert_eq!(kafka_ids.len(), 20_000, "Kafka: every row");
     assert_eq!(unique.len(), 20_000, "Kafka: copies identified by their headers");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_stopped_mid_stream_holds_the_slot_back_and_nothing_is_lost_when_it_returns() {
+    let broker = KafkaBroker::start().expect("a Kafka broker (tansu)");
+    let db = Cluster::shared().database("kafka_broker_down");
+    db.psql("CREATE TABLE b (id int8 PRIMARY KEY, v int8)");
+    let until = current_lsn(&db);
+    let (code, o, e) = run(stream_to_kafka(&db, &broker, "down", &[], Some(&until))).await;
+    assert_eq!(code, 0, "{o}{e}");
+    let mut child = stream_to_kafka(&db, &broker, "down", &["--heartbeat-seconds", "1"], None)
+        .env("WAL2ARROW_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let log = crate::cli::capture_stderr(&mut child);
+    let writer = sql(&db).await;
+    writer.batch_execute("INSERT INTO b SELECT g, 0 FROM generate_series(1, 100) g").await.unwrap();
+    let flushed = |db: &TestDb<'_>| crate::common::confirmed_flush(db, "down");
+    let first = current_lsn(&db).parse::<wal2arrow_consumer::Lsn>().unwrap();
+    wait_for("the first rows acknowledged", Duration::from_secs(30), || flushed(&db) >= first)
+        .await;
+    // The broker goes away; the writer goes on.
+    broker.stop();
+    writer
+        .batch_execute("INSERT INTO b SELECT g, 1 FROM generate_series(101, 200) g")
+        .await
+        .unwrap();
+    let stopped_at = current_lsn(&db).parse::<wal2arrow_consumer::Lsn>().unwrap();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(flushed(&db) < stopped_at, "nothing acknowledged that the broker did not take");
+    assert!(child.try_wait().unwrap().is_none(), "the stream waits for the broker");
+    assert!(log.lock().unwrap().contains("has not acknowledged"), "it says why it waits");
+    // It comes back — empty: this broker keeps its data in memory, so it lost the topic and
+    // the producer's state. The stream either goes on, or (here) stops with an error saying
+    // so; run again, as a supervisor would, it sends everything after the last acknowledged
+    // transaction: nothing is lost.
+    broker.restart().unwrap();
+    writer
+        .batch_execute("INSERT INTO b SELECT g, 2 FROM generate_series(201, 300) g")
+        .await
+        .unwrap();
+    let end = current_lsn(&db);
+    let status = tokio::time::timeout(Duration::from_secs(90), child.wait()).await;
+    match status {
+        Ok(status) => {
+            assert_eq!(status.unwrap().code(), Some(1));
+            let log = log.lock().unwrap().clone();
+            assert!(log.contains("answers again but has not acknowledged"), "{log}");
+        }
+        Err(_) => {
+            assert_eq!(send_signal(child.id().unwrap(), "TERM"), 0);
+            child.wait().await.unwrap();
+        }
+    }
+    assert!(flushed(&db) < stopped_at, "nothing acknowledged that the broker did not take");
+    let (code, o, e) = run(stream_to_kafka(&db, &broker, "down", &[], Some(&end))).await;
+    assert_eq!(code, 0, "{o}{e}");
+    assert!(flushed(&db) >= end.parse().unwrap(), "the slot moved past the outage");
+    let messages = read_topics(&broker, &["wal2arrow.public.b".into()], false);
+    let ids: HashSet<i64> = messages
+        .iter()
+        .filter_map(|m| m["value"].as_str())
+        .map(|v| serde_json::from_str::<Value>(v).unwrap()["after"]["id"].as_i64().unwrap())
+        .collect();
+    let after_outage: HashSet<i64> = (101..=300).collect();
+    assert!(after_outage.is_subset(&ids), "every row from the outage on reached the new broker");
 }
