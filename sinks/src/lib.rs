@@ -1,6 +1,8 @@
 //! Sinks: where a change stream goes — [Parquet](parquet) directories, an
-//! [Arrow IPC](ipc) stream, [JSON lines](jsonl) — and [`run`], the loop that feeds one and
-//! acknowledges to the server only what the sink has made durable.
+//! [Arrow IPC](ipc) stream, [JSON lines](jsonl), Kafka topics (`kafka`, feature `kafka`), or
+//! several of them at once ([`fanout`]) — and [`run`], the loop that feeds one and
+//! acknowledges to the server only what the sink has made durable (recording metrics through
+//! the [`metrics`](https://docs.rs/metrics) facade as it goes).
 //!
 //! ## Delivery
 //!
