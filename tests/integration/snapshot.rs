@@ -195,9 +195,10 @@ async fn an_initial_snapshot_under_concurrent_writes_replays_to_the_final_rows_w
         assert!(end > start, "{label}: the writer committed during the snapshot ({start}..{end})");
         assert_eq!(report.progress.rows.len(), 4, "{label}: {:?}", report.progress.rows);
         // The slot is persistent, and no temporary slot is left.
+        // This database's slots only: other tests' temporary snapshot slots come and go.
         let slots = db.psql(
             "SELECT string_agg(slot_name || ':' || temporary, ',' ORDER BY slot_name) \
-             FROM pg_replication_slots",
+             FROM pg_replication_slots WHERE database = current_database()",
         );
         assert!(slots.contains("snap:false"), "{label}: {slots}");
         assert!(!slots.contains("_snap_"), "{label}: {slots}");
