@@ -38,7 +38,7 @@ use arrow_schema::DataType;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::{Output, Sink};
+use crate::{Output, Sink, json_string};
 use wal2arrow_consumer::{ChangeBatch, Event};
 
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -548,24 +548,6 @@ fn iso_time(us: i64) -> String {
     ArrayFormatter::try_new(&array, &FormatOptions::default())
         .map(|f| f.value(0).to_string())
         .unwrap_or_default()
-}
-
-fn json_string(s: &str, out: &mut String) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 #[cfg(test)]

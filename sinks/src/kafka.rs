@@ -68,8 +68,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use wal2arrow_consumer::{ChangeBatch, Event, Lsn};
 
-use crate::Sink;
 use crate::error::{Error, Result};
+use crate::{Sink, json_string};
 
 /// What the messages hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -869,24 +869,6 @@ fn base64(bytes: &[u8]) -> String {
         }
     }
     s
-}
-
-fn json_string(s: &str, out: &mut String) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 #[cfg(test)]

@@ -881,3 +881,23 @@ pub fn check_writable(path: &std::path::Path, directory: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// Appends `s` as a JSON string (the JSON lines and Kafka sinks' escaping).
+#[cfg(any(feature = "jsonl", feature = "kafka"))]
+pub(crate) fn json_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = std::fmt::Write::write_fmt(out, format_args!("\\u{:04x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
