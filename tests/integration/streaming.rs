@@ -195,6 +195,7 @@ async fn by_default_a_streamed_transaction_arrives_whole_at_its_commit_from_memo
     assert_eq!(std::fs::read_dir(&spill).unwrap().count(), 0, "spill file removed");
     stream.ack(commit.end_lsn);
     stream.close().await;
+    let _ = std::fs::remove_dir_all(&spill);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
