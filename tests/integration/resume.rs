@@ -243,11 +243,15 @@ async fn the_idle_heartbeat_advances_confirmed_flush_lsn() {
     assert!(stats.heartbeats >= 5, "{stats:?}");
     assert_eq!(stats.events, 0, "heartbeats are not delivered");
     assert!(after > before, "confirmed_flush_lsn advanced: {before} → {after}");
-    let lag: i64 = db
-        .psql("SELECT pg_current_wal_lsn() - confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'heartbeat_slot'")
-        .parse()
-        .unwrap();
-    assert!(lag < 4096, "the slot keeps up with the heartbeats: {lag} bytes behind");
+    // The slot keeps up with the server's WAL: whatever the end of WAL is now (other tests on the
+    // shared cluster write WAL all the time), the heartbeats carry the slot past it within a few
+    // heartbeat intervals, without a row or an acknowledgement.
+    let end_of_wal: wal2arrow_consumer::Lsn =
+        db.psql("SELECT pg_current_wal_lsn()").trim().parse().unwrap();
+    wait_for("the slot to reach the end of WAL", Duration::from_secs(10), || {
+        confirmed() >= end_of_wal
+    })
+    .await;
     stream.close().await;
 }
 
