@@ -30,7 +30,8 @@
 //! the time from `COMMIT` to the last row in the consumer's hands for one 1,000,000-row
 //! transaction, decoded at commit or streamed while in progress, with the server's spill and
 //! stream bytes, and (KAFKA) W1 through `wal2arrow_sinks::run` into Kafka (a tansu broker),
-//! in both formats, beside the library's own rate on the same WAL.
+//! in both formats, beside the library's own rate on the same WAL, and (PYTHON) W1 into a
+//! Python loop that counts rows with the `wal2arrow` package, beside the Rust consumer.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -175,13 +176,13 @@ CREATE PUBLICATION pub_w2 FOR TABLE w2;
 CREATE PUBLICATION pub_w3 FOR TABLE w1;
 CREATE PUBLICATION pub_w4 FOR TABLE w4;
 CREATE PUBLICATION pub_empty;
-CREATE PROCEDURE gen_w1(n int, per int) LANGUAGE plpgsql AS $$
+CREATE PROCEDURE gen_w1(n int, per int, tbl text DEFAULT 'w1') LANGUAGE plpgsql AS $$
 DECLARE i int := 0;
 BEGIN
     WHILE i < n LOOP
-        INSERT INTO w1 SELECT g, (g % 100000)::int4, g * 0.5, substr(md5(g::text), 1, 20),
-            timestamptz '2024-01-01 00:00:00+00' + g * interval '1 ms', g % 2 = 0
-        FROM generate_series(i + 1, i + per) g;
+        EXECUTE format('INSERT INTO %I SELECT g, (g %% 100000)::int4, g * 0.5, substr(md5(g::text), 1, 20),
+            timestamptz ''2024-01-01 00:00:00+00'' + g * interval ''1 ms'', g %% 2 = 0
+        FROM generate_series($1 + 1, $1 + $2) g', tbl) USING i, per;
         COMMIT;
         i := i + per;
     END LOOP;
@@ -300,7 +301,7 @@ fn usage(problem: &str) -> ! {
         eprintln!("e2e: {problem}");
     }
     eprintln!(
-        "usage: e2e [--scale F] [--workloads W1,W2,W3,W4,LATENCY,SNAPSHOT,LARGE,KAFKA] \
+        "usage: e2e [--scale F] [--workloads W1,W2,W3,W4,LATENCY,SNAPSHOT,LARGE,KAFKA,PYTHON] \
          [--contenders wal2arrow,wal2json,pgoutput,test_decoding,floor] [--latency-seconds S] \
          [--repeat N] [--out FILE.md]"
     );
@@ -440,6 +441,10 @@ async fn run(args: &Args) -> String {
         let rows = ((1_000_000.0 * args.scale).round() as u64).max(1000) / 1000 * 1000;
         report.push_str(&kafka_bench(&db, &config, rows, args.repeat).await);
     }
+    if wanted("PYTHON") {
+        let rows = ((1_000_000.0 * args.scale).round() as u64).max(1000) / 1000 * 1000;
+        report.push_str(&python_bench(&db, &config, rows, args.repeat).await);
+    }
     if wanted("LARGE") {
         let rows = ((1_000_000.0 * args.scale).round() as u64).max(1000);
         report.push_str(&large_bench(&db, &config, rows, args.repeat).await);
@@ -470,21 +475,7 @@ async fn kafka_bench(db: &TestDb<'_>, config: &Config, rows: u64, repeat: usize)
         }
     }
     // 1,000-row transactions, as W1.
-    psql(
-        db,
-        "CREATE PROCEDURE gen_kw1(n int, per int) LANGUAGE plpgsql AS $$
-         DECLARE i int := 0;
-         BEGIN
-             WHILE i < n LOOP
-                 INSERT INTO kw1 SELECT g, (g % 100000)::int4, g * 0.5, substr(md5(g::text), 1, 20),
-                     timestamptz '2024-01-01 00:00:00+00' + g * interval '1 ms', g % 2 = 0
-                 FROM generate_series(i + 1, i + per) g;
-                 COMMIT;
-                 i := i + per;
-             END LOOP;
-         END $$",
-    );
-    psql(db, &format!("CALL gen_kw1({rows}, 1000)"));
+    psql(db, &format!("CALL gen_w1({rows}, 1000, 'kw1')"));
     let target: Lsn = psql(db, "SELECT pg_current_wal_lsn()").trim().parse().unwrap();
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     for round in 0..repeat {
@@ -555,6 +546,130 @@ async fn kafka_bench(db: &TestDb<'_>, config: &Config, rows: u64, repeat: usize)
          the broker acknowledged every message; beside the library's own rate on the same WAL. \
          Median of the rounds.\n\n\
          | how | rows/s | × the library |\n|---|---:|---:|\n",
+        thousands(rows as f64)
+    );
+    for (name, rate) in names.iter().zip(&rates) {
+        let _ = writeln!(out, "| {name} | {} | {:.2}× |", thousands(*rate), rate / rates[0]);
+    }
+    out
+}
+
+/// The Python loop of the PYTHON benchmark: streams a slot with the `wal2arrow` package,
+/// counts rows and acknowledges each commit, up to `rows` rows; prints the rows and the
+/// seconds from opening the stream to the last commit acknowledged.
+const PYTHON_COUNT: &str = r#"
+import sys, time
+import wal2arrow
+
+dsn, slot, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
+started = time.perf_counter()
+got = 0
+with wal2arrow.stream(dsn, slot=slot, create_slot=False, tables=["public.pw1"], snapshot="never",
+                      preflight=False, heartbeat_interval=None) as stream:
+    for event in stream:
+        if type(event) is wal2arrow.ChangeBatch:
+            got += event.num_rows
+        elif type(event) is wal2arrow.Commit:
+            stream.ack(event.end_lsn)
+            if got >= rows:
+                break
+    secs = time.perf_counter() - started
+print(got, secs)
+"#;
+
+/// W1's shape into a Python loop that only counts rows (the `wal2arrow` package, built and
+/// installed by scripts/python.sh into `target/python-venv`, or the interpreter
+/// `WAL2ARROW_PYTHON` names), beside the Rust consumer doing the same on the same WAL.
+async fn python_bench(db: &TestDb<'_>, config: &Config, rows: u64, repeat: usize) -> String {
+    use wal2arrow_consumer::{Consumer, SnapshotMode};
+    let python = std::env::var("WAL2ARROW_PYTHON").unwrap_or_else(|_| {
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into());
+        format!("{target}/python-venv/bin/python")
+    });
+    let probe = std::process::Command::new(&python).args(["-c", "import wal2arrow"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        panic!(
+            "PYTHON needs the wal2arrow package: run scripts/python.sh (it installs it into \
+             target/python-venv), or set WAL2ARROW_PYTHON to an interpreter that has it ({python})"
+        );
+    }
+    psql(db, "CREATE TABLE pw1 (LIKE w1 INCLUDING ALL)");
+    let names = ["Rust (CdcStream, rows counted)", "Python (wal2arrow.stream, rows counted)"];
+    for round in 0..repeat {
+        for k in 0..names.len() {
+            psql(
+                db,
+                &format!(
+                    "SELECT pg_create_logical_replication_slot('py_{k}_{round}', 'wal2arrow')"
+                ),
+            );
+        }
+    }
+    psql(db, &format!("CALL gen_w1({rows}, 1000, 'pw1')"));
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    for round in 0..repeat {
+        for j in 0..names.len() {
+            let k = (j + round) % names.len();
+            let slot = format!("py_{k}_{round}");
+            let (got, secs) = if k == 0 {
+                let consumer = Consumer::builder()
+                    .config(config.clone())
+                    .slot(&slot)
+                    .tables(["public.pw1"])
+                    .snapshot(SnapshotMode::Never)
+                    .preflight(false)
+                    .heartbeat_interval(None)
+                    .build()
+                    .expect("a consumer");
+                let started = Instant::now();
+                let mut stream = consumer.start().await.expect("a stream");
+                let mut got = 0u64;
+                while let Some(e) = stream.next().await {
+                    match e.expect("an event") {
+                        Event::Change(c) => got += c.num_rows() as u64,
+                        Event::Commit(c) => {
+                            stream.ack(c.end_lsn);
+                            if got >= rows {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let secs = started.elapsed().as_secs_f64();
+                stream.close().await;
+                (got, secs)
+            } else {
+                let out = tokio::process::Command::new(&python)
+                    .args(["-c", PYTHON_COUNT, &db.dsn(), &slot, &rows.to_string()])
+                    .current_dir(std::env::temp_dir())
+                    .output()
+                    .await
+                    .expect("python runs");
+                let text = String::from_utf8_lossy(&out.stdout);
+                assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
+                let mut it = text.split_whitespace();
+                let got: u64 = it.next().and_then(|v| v.parse().ok()).expect("rows printed");
+                let secs: f64 = it.next().and_then(|v| v.parse().ok()).expect("seconds printed");
+                (got, secs)
+            };
+            assert!(got >= rows, "{}: {got} of {rows} rows", names[k]);
+            eprintln!("  PYTHON {:<45} {:>10.0} rows/s", names[k], rows as f64 / secs);
+            times[k].push(secs);
+        }
+    }
+    let median = |t: &mut Vec<f64>| {
+        t.sort_by(f64::total_cmp);
+        t[t.len().saturating_sub(1) / 2]
+    };
+    let rates: Vec<f64> = times.iter_mut().map(|t| rows as f64 / median(t)).collect();
+    let mut out = format!(
+        "\n## PYTHON: W1 into a Python loop ({} rows, 1,000-row transactions)\n\n\
+         The `wal2arrow` package's `stream()` iterated by a Python loop that adds up \
+         `num_rows` and acknowledges each commit, beside the Rust consumer doing the same; from \
+         opening the stream to the last commit acknowledged, on the same WAL. Median of the \
+         rounds.\n\n| how | rows/s | × Rust |\n|---|---:|---:|\n",
         thousands(rows as f64)
     );
     for (name, rate) in names.iter().zip(&rates) {

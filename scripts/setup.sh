@@ -3,7 +3,8 @@
 # PostgreSQL 15 with its server headers (pgrx builds against them), wal2json (the fallback
 # plugin), libclang (pgrx's bindgen), and pyarrow (the test that reads the plugin's output with
 # Arrow C++), and the de_DE.UTF-8 locale (the test that a server answering in German is
-# understood the same). Safe to run again: it only installs what is absent.
+# understood the same), and python3-venv (the Python package's tests run in a virtual
+# environment). Safe to run again: it only installs what is absent.
 set -euo pipefail
 
 pyarrow_version=26.0.1
@@ -13,7 +14,7 @@ if ! python3 -c "import pyarrow, sys; sys.exit(pyarrow.__version__ != '$pyarrow_
         "pyarrow==$pyarrow_version"
 fi
 
-packages=(postgresql-15 postgresql-server-dev-15 postgresql-15-wal2json libclang-dev clang locales)
+packages=(postgresql-15 postgresql-server-dev-15 postgresql-15-wal2json libclang-dev clang locales python3-venv)
 
 missing=()
 for p in "${packages[@]}"; do

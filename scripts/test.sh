@@ -4,10 +4,11 @@
 #
 #   scripts/test.sh [--pg N] [cargo test arguments…]
 #
-# --pg N runs the suite against PostgreSQL N (14 to 18): Debian's for 15 (the default), else a
-# server scripts/postgres.sh installs, with the plugin built for that major. Those servers
-# have no wal2json, so the fallback's tests skip it there (they say so); against Debian's 15
-# they never skip.
+# The Rust tests (cargo test, to which the other arguments go), then the Python package's
+# (scripts/python.sh). --pg N runs the suite against PostgreSQL N (14 to 18): Debian's for 15
+# (the default), else a server scripts/postgres.sh installs, with the plugin built for that
+# major. Those servers have no wal2json, so the fallback's tests skip it there (they say so);
+# against Debian's 15 they never skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,6 +47,9 @@ status=0
 # doctests (the README's examples among them) need their own run.
 cargo test --workspace --all-targets ${args[@]+"${args[@]}"} || status=$?
 cargo test --workspace --exclude wal2arrow --doc ${args[@]+"${args[@]}"} || status=$?
+# The Python package: its wheel, built and installed into a virtual environment, and its
+# pytest suite against a scratch PostgreSQL of the same server and plugin.
+scripts/python.sh || status=$?
 
 # Wait for the watchdogs to stop their servers, then make sure nothing is left.
 for _ in $(seq 1 100); do
