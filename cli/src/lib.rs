@@ -357,6 +357,10 @@ struct StreamArgs {
     /// Kafka (debezium format): no tombstone after deletes.
     #[arg(long)]
     no_tombstones: bool,
+    /// Kafka (debezium format): Debezium's transaction metadata — BEGIN and END messages on
+    /// `PREFIX.transaction`, and each event's `transaction` block.
+    #[arg(long)]
+    kafka_transaction_metadata: bool,
     /// Serve Prometheus metrics (`/metrics`) and a health check (`/health`) here: `PORT`
     /// (on 127.0.0.1) or `HOST:PORT`.
     #[arg(long, value_name = "ADDR")]
@@ -707,6 +711,17 @@ async fn stream(args: StreamArgs) -> CmdResult {
                     KafkaFormatArg::Arrow => wal2arrow_sinks::kafka::KafkaFormat::Arrow,
                 };
                 options.tombstones = !args.no_tombstones;
+                options.transaction_metadata = args.kafka_transaction_metadata;
+                if options.transaction_metadata
+                    && options.format != wal2arrow_sinks::kafka::KafkaFormat::Debezium
+                {
+                    return Err(Error::Config(
+                        "--kafka-transaction-metadata is Debezium's: it needs --kafka-format \
+                         debezium (Arrow messages carry their transaction in headers)"
+                            .into(),
+                    )
+                    .into());
+                }
                 options.database = config.dbname().to_owned();
                 for p in &args.kafka_property {
                     let (k, v) = p.split_once('=').ok_or_else(|| {

@@ -1468,9 +1468,23 @@ impl Driver {
                         tracing::warn!(error = %e, retry_in = ?delay, "reconnecting failed; retrying")
                     }
                 }
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    _ = &mut close => return,
+                let backoff = tokio::time::sleep(delay);
+                tokio::pin!(backoff);
+                loop {
+                    tokio::select! {
+                        () = &mut backoff => break,
+                        _ = &mut close => return,
+                        // No connection to write to: said at once, the position goes with the
+                        // next connection.
+                        Some(Command::SyncAcks(reply)) = self.commands.recv() => {
+                            let _ = reply.send(Err(Error::Client(ClientError::Io(
+                                std::io::Error::other(format!(
+                                    "reconnecting ({reason}): the acknowledged position is sent \
+                                     once the connection is back"
+                                )),
+                            ))));
+                        }
+                    }
                 }
                 delay = (delay * 2).min(self.settings.backoff.max);
                 let from = self.acks.acknowledged();
@@ -1762,15 +1776,8 @@ impl Driver {
             let step = tokio::select! {
                 step = stream.next_step() => step?,
                 Some(Command::SyncAcks(reply)) = self.commands.recv() => {
-                    let sent = stream.send_status(false).await;
-                    let failed = sent.as_ref().err().map(ToString::to_string);
-                    let _ = reply.send(sent.map(|()| self.acks.acknowledged()).map_err(Error::from));
-                    match failed {
-                        Some(e) => {
-                            return Err(Error::Client(ClientError::Io(std::io::Error::other(e))));
-                        }
-                        None => continue,
-                    }
+                    sync_acks(stream, &self.acks, reply).await?;
+                    continue;
                 }
                 _ = &mut *close => {
                     let _ = stream.send_status(false).await;
@@ -1851,7 +1858,15 @@ impl Driver {
                                     Err(_) => return Ok(Ended::Closed),
                                 },
                                 _ = status.tick() => stream.send_status(false).await?,
-                                _ = &mut *close => return Ok(Ended::Closed),
+                                // Asked by the reader between two events: answered now, not
+                                // once the queue has room (the reader may be waiting for it).
+                                Some(Command::SyncAcks(reply)) = self.commands.recv() => {
+                                    sync_acks(stream, &self.acks, reply).await?;
+                                }
+                                _ = &mut *close => {
+                                    let _ = stream.send_status(false).await;
+                                    return Ok(Ended::Closed);
+                                }
                             }
                         }
                     }
@@ -1863,6 +1878,21 @@ impl Driver {
                 self.backfill.tick().await;
             }
         }
+    }
+}
+
+/// Sends a status update now and answers `reply` with the position once written.
+async fn sync_acks(
+    stream: &mut ChangeStream,
+    acks: &AckHandle,
+    reply: oneshot::Sender<Result<Lsn>>,
+) -> Result<()> {
+    let sent = stream.send_status(false).await;
+    let failed = sent.as_ref().err().map(ToString::to_string);
+    let _ = reply.send(sent.map(|()| acks.acknowledged()).map_err(Error::from));
+    match failed {
+        Some(e) => Err(Error::Client(ClientError::Io(std::io::Error::other(e)))),
+        None => Ok(()),
     }
 }
 

@@ -153,7 +153,7 @@ pub(crate) struct ChangeBatch {
     /// batch exactly, across restarts.
     #[pyo3(get)]
     ordinal: u32,
-    /// The replication origin, if any.
+    /// The replication origin, if any (`None` for a reader's batches, which do not carry it).
     #[pyo3(get)]
     origin: Option<String>,
     ack: Option<Ack>,
@@ -333,9 +333,10 @@ pub(crate) struct Truncate {
     /// `TRUNCATE … RESTART IDENTITY` (`None` when the plugin does not say).
     #[pyo3(get)]
     restart_identity: Option<bool>,
-    /// Transaction ID.
+    /// Transaction ID (`None` for a reader's truncate: readers name transactions by
+    /// `commit_lsn`).
     #[pyo3(get)]
-    xid: u32,
+    xid: Option<u32>,
     /// LSN of the transaction's commit record.
     #[pyo3(get)]
     commit_lsn: u64,
@@ -533,7 +534,7 @@ pub(crate) fn to_py(py: Python<'_>, event: Event) -> PyResult<Option<Py<PyAny>>>
                 tables: t.relations.iter().map(|r| r.qualified_name.clone()).collect(),
                 cascade: t.cascade,
                 restart_identity: t.restart_identity,
-                xid: t.xid,
+                xid: Some(t.xid),
                 commit_lsn: t.commit_lsn.0,
                 ordinal: t.ordinal,
                 ack: None,
@@ -602,7 +603,7 @@ pub(crate) fn reader_truncate(
         tables: vec![relation.qualified_name.clone()],
         cascade,
         restart_identity,
-        xid: 0,
+        xid: None,
         commit_lsn: position.commit_lsn.0,
         ordinal: position.ordinal,
         ack: Some(Ack::new(Some(token))),

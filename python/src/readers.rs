@@ -1,7 +1,7 @@
 //! `wal2arrow.readers()`: one stream spread over per-table readers (the consumer's router),
 //! each read by its own loop or task, with bounded memory per table (spilling to disk).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
@@ -55,13 +55,13 @@ pub(crate) fn open_router(
         Router::start(stream, options)
     })?
     .map_err(|e| convert(py, &e))?;
-    Ok(NativeRouter { router })
+    Ok(NativeRouter { router: Arc::new(router) })
 }
 
 /// A stream routed by table.
 #[pyclass(module = "wal2arrow._native", frozen)]
 pub(crate) struct NativeRouter {
-    router: Router,
+    router: Arc<Router>,
 }
 
 #[pymethods]
@@ -70,16 +70,24 @@ impl NativeRouter {
     /// one reader per table.
     fn reader(&self, table: &str) -> NativeReader {
         let _guard = runtime().enter();
-        NativeReader { reader: Mutex::new(self.router.table(table)), table: table.to_owned() }
+        NativeReader {
+            reader: Mutex::new(self.router.table(table)),
+            table: table.to_owned(),
+            _router: Arc::clone(&self.router),
+        }
     }
 
     /// The reader of logical messages.
     fn messages(&self) -> NativeReader {
         let _guard = runtime().enter();
-        NativeReader { reader: Mutex::new(self.router.messages()), table: String::new() }
+        NativeReader {
+            reader: Mutex::new(self.router.messages()),
+            table: String::new(),
+            _router: Arc::clone(&self.router),
+        }
     }
 
-    /// Per-queue counters: `{queue: {"delivered": …, "spilled_bytes": …, …}}`.
+    /// Each queue's counters, as text: `{queue: "QueueStats { … }"}`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         for (name, s) in self.router.stats() {
@@ -100,6 +108,8 @@ impl NativeRouter {
 pub(crate) struct NativeReader {
     reader: Mutex<Reader>,
     table: String,
+    /// The router runs while one of its readers is alive (`readers(...)["t"]` alone keeps it).
+    _router: Arc<Router>,
 }
 
 enum Step {

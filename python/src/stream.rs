@@ -43,6 +43,9 @@ pub(crate) struct NativeStream {
     inner: Mutex<Option<CdcStream>>,
     /// An error met after events that were returned first: raised by the next call.
     failed: Mutex<Option<wal2arrow_consumer::Error>>,
+    /// Events taken from the stream but not handed to Python (a signal came first): the next
+    /// call returns them first.
+    kept: Mutex<std::collections::VecDeque<Event>>,
     acks: AckHandle,
     output_plugin: String,
     fallback_reason: Option<String>,
@@ -56,6 +59,7 @@ impl NativeStream {
             fallback_reason: stream.fallback_reason().map(str::to_owned),
             inner: Mutex::new(Some(stream)),
             failed: Mutex::new(None),
+            kept: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -65,6 +69,12 @@ impl NativeStream {
 
     /// Waits up to `slice` for the first event, then takes up to `max` that are ready.
     fn step(&self, slice: Duration, max: usize) -> Step {
+        let mut kept = Self::lock(&self.kept);
+        if !kept.is_empty() {
+            let n = kept.len().min(max);
+            return Step::Events(kept.drain(..n).collect());
+        }
+        drop(kept);
         let mut guard = Self::lock(&self.inner);
         let Some(stream) = guard.as_mut() else { return Step::Ended };
         let rt = runtime();
@@ -102,7 +112,9 @@ impl NativeStream {
         timeout: Option<f64>,
         max: usize,
     ) -> PyResult<Option<Vec<Py<PyAny>>>> {
-        if let Some(e) = Self::lock(&self.failed).take() {
+        // A deferred error comes after the events kept before it.
+        let kept_none = py.detach(|| Self::lock(&self.kept).is_empty());
+        if kept_none && let Some(e) = Self::lock(&self.failed).take() {
             return Err(convert(py, &e));
         }
         let deadline = match timeout {
@@ -122,6 +134,15 @@ impl NativeStream {
                 deadline.map_or(SLICE, |d| d.saturating_duration_since(Instant::now()).min(SLICE));
             match py.detach(|| self.step(slice, max.max(1))) {
                 Step::Events(events) => {
+                    // A Ctrl-C that came while waiting is raised now, the events kept for the
+                    // next call: none is lost to the KeyboardInterrupt.
+                    if let Err(interrupt) = py.check_signals() {
+                        let mut kept = Self::lock(&self.kept);
+                        for e in events.into_iter().rev() {
+                            kept.push_front(e);
+                        }
+                        return Err(interrupt);
+                    }
                     let mut out = Vec::with_capacity(events.len());
                     for e in events {
                         if let Some(obj) = crate::events::to_py(py, e)? {
@@ -158,14 +179,23 @@ impl NativeStream {
 
     /// Sends the acknowledged position to the server now; returns it once written.
     fn sync_acks(&self, py: Python<'_>) -> PyResult<u64> {
-        let lsn = py.detach(|| {
-            let guard = Self::lock(&self.inner);
-            match guard.as_ref() {
-                Some(s) => runtime().block_on(s.sync_acks()),
-                None => Err(wal2arrow_consumer::Error::Ended),
+        // Asked in slices, the stream's lock released between them (another thread may be
+        // reading events) and Ctrl-C checked; a request cut short only sends a status twice.
+        loop {
+            let answer = py.detach(|| {
+                let guard = Self::lock(&self.inner);
+                match guard.as_ref() {
+                    Some(s) => runtime()
+                        .block_on(async { tokio::time::timeout(SLICE, s.sync_acks()).await })
+                        .ok(),
+                    None => Some(Err(wal2arrow_consumer::Error::Ended)),
+                }
+            });
+            match answer {
+                Some(lsn) => return lsn.map(|l| l.0).map_err(|e| convert(py, &e)),
+                None => py.check_signals()?,
             }
-        });
-        lsn.map(|l| l.0).map_err(|e| convert(py, &e))
+        }
     }
 
     /// `"wal2arrow"` or `"wal2json"`.

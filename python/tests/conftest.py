@@ -5,6 +5,7 @@ workspace, wal2json where installed), and a fresh database per test."""
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -120,6 +121,18 @@ def make_venv(tmp_path_factory):
         return python
 
     return make
+
+
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def popen(args, **kwargs):
+    """subprocess.Popen, with SIGINT's default action restored in the child: a job started in
+    the background by a non-interactive shell (as CI may be) inherits SIGINT ignored, and a
+    Python that starts with it ignored never raises KeyboardInterrupt."""
+    kwargs.setdefault("cwd", tempfile.gettempdir())
+    return subprocess.Popen(args, preexec_fn=_default_sigint, **kwargs)
 
 
 def run_python(code, env=None, timeout=120, python=sys.executable):

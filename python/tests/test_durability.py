@@ -4,9 +4,10 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
+
+from conftest import popen
 
 import wal2arrow
 
@@ -50,8 +51,7 @@ def test_a_killed_consumer_restarted_loses_nothing(db, tmp_path):
     script.write_text(SINK)
 
     def start():
-        return subprocess.Popen([sys.executable, str(script), db.dsn, str(out)], cwd=tempfile.gettempdir(),
-                                stderr=subprocess.PIPE, text=True)
+        return popen([sys.executable, str(script), db.dsn, str(out)], stderr=subprocess.PIPE, text=True)
 
     def writer():
         for t in range(TXNS):

@@ -6,9 +6,10 @@ import queue
 import re
 import signal
 import subprocess
-import tempfile
 import threading
 import time
+
+from conftest import popen
 
 README = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
 
@@ -22,8 +23,8 @@ def python_blocks():
 
 class Running:
     def __init__(self, python, code, env):
-        self.proc = subprocess.Popen([python, "-c", code], env=env, cwd=tempfile.gettempdir(),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = popen([python, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
         self.lines = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         self.seen = []
@@ -81,8 +82,11 @@ def quick_start_steps(db, run):
     db.sql("BEGIN; UPDATE users SET name = 'x' WHERE id = 1; DELETE FROM users WHERE id = 2; COMMIT")
     run.expect("public.users: 1 update")
     run.expect("public.users: 1 delete")
+    # It acknowledges what it handled: the slot passes the last transaction.
+    deadline = time.monotonic() + 15
+    while not db.sql("SELECT confirmed_flush_lsn > %s::pg_lsn FROM pg_replication_slots "
+                     "WHERE slot_name = 'quickstart'", (before,))[0][0]:
+        assert time.monotonic() < deadline, "the quick start acknowledges the transaction"
+        time.sleep(0.1)
     run.interrupt()
-    # It acknowledged what it handled: the slot is past the last transaction's start.
-    assert db.sql("SELECT confirmed_flush_lsn > %s::pg_lsn FROM pg_replication_slots "
-                  "WHERE slot_name = 'quickstart'", (before,))[0][0]
 

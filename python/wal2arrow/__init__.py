@@ -88,6 +88,7 @@ __all__ = [
     "TableReader",
     "TlsError",
     "Truncate",
+    "TruncateNext",
     "Wal2ArrowError",
     "check",
     "create_slot",
@@ -119,11 +120,15 @@ def parse_lsn(text: str) -> int:
     return high << 32 | low
 
 
+class TruncateNext(Wal2ArrowError):
+    """A reader's next delivery is a truncate, which an Arrow stream of rows cannot carry."""
+
+
 class _Pump:
     """Gets items from a native source for the sync and async iterators alike.
 
     The async side waits in a worker thread of its own; an item taken by a wait whose awaiting
-    task was cancelled is kept for the next read, never lost.
+    task was cancelled is kept for the next read, never lost, and so is an error it met.
     """
 
     def __init__(self, fetch, poll_seconds: float = 0.25):
@@ -131,58 +136,75 @@ class _Pump:
         self._poll = poll_seconds
         self._items: collections.deque = collections.deque()
         self._ended = False
-        self._lock = threading.Lock()
+        self._error: Optional[BaseException] = None
+        self._lock = threading.RLock()
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._inflight: Optional[concurrent.futures.Future] = None
 
     def _fill(self, timeout: Optional[float]) -> None:
         with self._lock:
-            if self._items or self._ended:
+            if self._items or self._ended or self._error is not None:
                 return
-            got = self._fetch(timeout)
+            try:
+                got = self._fetch(timeout)
+            except Exception as e:  # kept for whoever reads next (KeyboardInterrupt is not)
+                self._error = e
+                return
             if got is None:
                 self._ended = True
             else:
                 self._items.extend(got)
 
-    def next(self, timeout: Optional[float] = None):
-        """The next item; ``None`` after ``timeout`` seconds without one; StopIteration at the end."""
-        if not self._items:
-            self._fill(timeout)
+    def _take(self, pop: bool):
+        """The first item (removed if `pop`); None if there is none yet."""
         if self._items:
-            return self._items.popleft()
+            return self._items.popleft() if pop else self._items[0]
+        if self._error is not None:
+            error, self._error = self._error, None
+            self._ended = True
+            raise error
         if self._ended:
             raise StopIteration
         return None
+
+    def next(self, timeout: Optional[float] = None):
+        """The next item; ``None`` after ``timeout`` seconds without one; StopIteration at the end."""
+        with self._lock:
+            if not self._items:
+                self._fill(timeout)
+            return self._take(pop=True)
 
     def peek(self, timeout: Optional[float] = None):
         """As ``next``, leaving the item in place."""
-        if not self._items:
-            self._fill(timeout)
-        if self._items:
-            return self._items[0]
-        if self._ended:
-            raise StopIteration
-        return None
+        with self._lock:
+            if not self._items:
+                self._fill(timeout)
+            return self._take(pop=False)
 
     async def anext(self):
         loop = asyncio.get_running_loop()
-        while not self._items and not self._ended:
-            if self._inflight is None or self._inflight.done():
-                if self._executor is None:
-                    self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wal2arrow-async")
-                self._inflight = self._executor.submit(self._fill, self._poll)
-            # Shielded: a cancelled read leaves the fill running, and its items queued.
-            await asyncio.shield(asyncio.wrap_future(self._inflight, loop=loop))
-        if self._items:
-            return self._items.popleft()
-        raise StopAsyncIteration
+        while True:
+            if self._inflight is not None and not self._inflight.done():
+                # Shielded: a cancelled read leaves the fill running, and what it gets queued.
+                await asyncio.shield(asyncio.wrap_future(self._inflight, loop=loop))
+                continue
+            # No fill in flight: the lock is free (the loop never waits on a fill holding it).
+            with self._lock:
+                if self._items or self._ended or self._error is not None:
+                    try:
+                        return self._take(pop=True)
+                    except StopIteration:
+                        raise StopAsyncIteration from None
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wal2arrow-async")
+            self._inflight = self._executor.submit(self._fill, self._poll)
 
     def shutdown(self) -> None:
         """Ends iteration: what was received and not read is dropped (it was not acknowledged:
         a new stream delivers it again)."""
-        self._items.clear()
-        self._ended = True
+        with self._lock:
+            self._items.clear()
+            self._ended = True
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
@@ -307,13 +329,18 @@ def stream(dsn: Optional[str] = None, **options) -> Stream:
 class TableReader:
     """The deliveries of one table — ``ChangeBatch`` and ``Truncate`` — in commit order.
 
-    ``for batch in reader`` / ``async for batch in reader.read_batches()`` acknowledge each
-    delivery when the loop asks for the next one (its body has handled it); pass
-    ``auto_ack=False`` to ``read_batches`` and call ``batch.ack()`` yourself instead.
+    ``for batch in reader`` and ``async for batch in reader.read_batches()`` acknowledge each
+    delivery when the loop comes back for the next one (its body has handled it; a ``break``
+    or an exception leaves it unacknowledged); pass ``auto_ack=False`` to ``read_batches`` and
+    call ``batch.ack()`` yourself instead.
 
-    The reader is also an Arrow stream (``__arrow_c_stream__``): it hands over the batches
-    that arrive until none has come for ``idle_timeout`` seconds, until the table's schema
-    changes, or at a truncate, and acknowledges them as it hands them over.
+    The reader is also an Arrow stream (``__arrow_c_stream__``, ``__arrow_c_schema__``): it
+    hands over the batches that arrive until none has come for ``idle_timeout`` seconds, or
+    until the table's schema changes or a truncate comes. What one Arrow stream handed over is
+    acknowledged by the next ``__arrow_c_stream__`` call (the previous query is done with it)
+    or by ``reader.ack()``. A truncate is never folded into an Arrow stream: when one is next,
+    ``__arrow_c_stream__`` raises ``TruncateNext`` — read it with ``next_delivery()``, apply
+    it, ``ack()`` it.
     """
 
     def __init__(self, native, table: str, idle_timeout: float = 1.0):
@@ -321,20 +348,16 @@ class TableReader:
         self.table = table
         self.idle_timeout = idle_timeout
         self._pump = _Pump(lambda timeout: native.next_deliveries(timeout))
-        self._last = None
+        self._handed_over: List[ChangeBatch] = []
 
-    def _ack_last(self) -> None:
-        if self._last is not None:
-            self._last.ack()
-            self._last = None
-
-    def __iter__(self) -> "TableReader":
-        return self
-
-    def __next__(self):
-        self._ack_last()
-        self._last = self._pump.next(None)
-        return self._last
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            try:
+                item = self._pump.next(None)
+            except StopIteration:
+                return
+            yield item
+            item.ack()
 
     def next_delivery(self, timeout: Optional[float] = None):
         """The next delivery (not acknowledged), or ``None`` after ``timeout`` seconds."""
@@ -345,48 +368,45 @@ class TableReader:
 
     async def read_batches(self, auto_ack: bool = True):
         """The deliveries, as an async iterator."""
-        last = None
         while True:
-            if auto_ack and last is not None:
-                last.ack()
             try:
-                last = await self._pump.anext()
+                item = await self._pump.anext()
             except StopAsyncIteration:
                 return
-            yield last
+            yield item
+            if auto_ack:
+                item.ack()
 
-    def _collect(self) -> List[ChangeBatch]:
-        batches: List[ChangeBatch] = []
-        while True:
-            try:
-                head = self._pump.peek(self.idle_timeout if batches else None)
-            except StopIteration:
-                break
-            if head is None:
-                break
-            if not isinstance(head, ChangeBatch):
-                if batches:
-                    break
-                # A truncate cannot be part of an Arrow stream of rows: acknowledged, skipped.
-                self._pump.next().ack()
-                continue
-            if batches and not _native.same_schema(batches[0], head):
-                break
-            batches.append(self._pump.next())
-        if not batches:
-            raise StreamEnded("the stream has ended")
-        return batches
+    def ack(self) -> None:
+        """Acknowledges what the last Arrow stream handed over."""
+        for b in self._handed_over:
+            b.ack()
+        self._handed_over = []
 
     def _head_batch(self) -> ChangeBatch:
-        """The first batch waiting (waits for one; truncates before it are acknowledged)."""
+        """The first delivery waiting, a batch (waits for one)."""
+        try:
+            head = self._pump.peek(None)
+        except StopIteration:
+            raise StreamEnded("the stream has ended") from None
+        if not isinstance(head, ChangeBatch):
+            raise TruncateNext(
+                f"a TRUNCATE of {self.table} comes next, which an Arrow stream of rows cannot carry: "
+                "read it with reader.next_delivery(), apply it, and ack() it")
+        return head
+
+    def _collect(self) -> List[ChangeBatch]:
+        batches = [self._head_batch()]
+        self._pump.next()
         while True:
             try:
-                head = self._pump.peek(None)
+                head = self._pump.peek(self.idle_timeout)
             except StopIteration:
-                raise StreamEnded("the stream has ended") from None
-            if isinstance(head, ChangeBatch):
-                return head
-            self._pump.next().ack()
+                break
+            if head is None or not isinstance(head, ChangeBatch) or not _native.same_schema(batches[0], head):
+                break
+            batches.append(self._pump.next())
+        return batches
 
     def __arrow_c_schema__(self):
         """The schema of the batches the next ``__arrow_c_stream__`` hands over (waits for the
@@ -394,11 +414,10 @@ class TableReader:
         return self._head_batch().__arrow_c_schema__()
 
     def __arrow_c_stream__(self, requested_schema=None):
+        self.ack()
         batches = self._collect()
-        capsule = _native.batches_stream(batches)
-        for b in batches:
-            b.ack()
-        return capsule
+        self._handed_over = batches
+        return _native.batches_stream(batches)
 
     def __repr__(self) -> str:
         return f"<wal2arrow.TableReader {self.table}>"
@@ -407,8 +426,10 @@ class TableReader:
 class Readers:
     """One stream spread over per-table readers: ``readers["public.users"]``. Each table's
     reader can run in its own thread or task; memory is bounded per table (a reader that
-    falls behind spills to disk). The slot advances past a transaction once every reader has
-    acknowledged its deliveries of it."""
+    falls behind spills to disk). The slot advances past a transaction once its deliveries to
+    every table are acknowledged — so take a reader for every table the patterns match: the
+    deliveries of a table nobody reads are kept (in memory, then on disk) and hold the slot
+    back."""
 
     def __init__(self, native):
         self._native = native
@@ -423,9 +444,13 @@ class Readers:
 
     def messages(self) -> TableReader:
         """The reader of logical messages (``pg_logical_emit_message``)."""
-        return TableReader(self._native.messages(), "messages")
+        with self._lock:
+            if "\0messages" not in self._readers:
+                self._readers["\0messages"] = TableReader(self._native.messages(), "messages")
+            return self._readers["\0messages"]
 
     def stats(self) -> Dict[str, str]:
+        """Each queue's counters, as text."""
         return self._native.stats()
 
     def close(self) -> None:
@@ -439,10 +464,11 @@ class Readers:
         self.close()
 
 
-def readers(dsn: Optional[str] = None, **options) -> Readers:
-    """Opens a stream and routes it by table: ``readers(...)["public.users"]``.
+def readers(dsn: Optional[str] = None, *, tables, **options) -> Readers:
+    """Opens a stream and routes it by table: ``readers(..., tables=[...])["public.users"]``.
 
-    Takes the options of ``stream()``, and ``memory_per_queue_mb`` (64) and
+    ``tables`` is required (the tables to read, each with its own reader: see ``Readers``).
+    Takes the other options of ``stream()``, and ``memory_per_queue_mb`` (64) and
     ``router_spill_dir`` for each table's queue.
     """
-    return Readers(_native.open_router(dsn, **options))
+    return Readers(_native.open_router(dsn, tables=tables, **options))

@@ -37,6 +37,26 @@
 //! Every message carries the headers `wal2arrow.commit_lsn`, `wal2arrow.ordinal` and (Debezium
 //! format) `wal2arrow.row`: a copy written again after a crash is identified by them.
 //!
+//! **Transaction metadata** ([`KafkaOptions::transaction_metadata`], Debezium's
+//! `provide.transaction.metadata`; Debezium format): before a transaction's first event a
+//! `BEGIN` message, after its last an `END` one, on `<prefix>.transaction`, keyed
+//! `{"id":"<txId>:<commit LSN>"}`:
+//!
+//! ```text
+//! {"status":"BEGIN","id":"731:23805440","ts_ms":1700000000123,"event_count":null,"data_collections":null}
+//! {"status":"END","id":"731:23805440","ts_ms":1700000000123,"event_count":3,
+//!  "data_collections":[{"data_collection":"public.users","event_count":2},
+//!                      {"data_collection":"public.orders","event_count":1}]}
+//! ```
+//!
+//! and each event's `transaction` is `{"id":…,"total_order":…,"data_collection_order":…}`
+//! (events: rows and truncates; tombstones are not counted). `ts_ms` is the commit time (a
+//! transaction decoded at its commit has no earlier one). Transactions without a change to a
+//! captured table send nothing.
+//!
+//! A row whose message is over the producer's `message.max.bytes` stops the run with an error
+//! naming the table, the row's key, its transaction and the setting to raise.
+//!
 //! **Arrow format**: the value is an Arrow IPC stream (the batch's schema, then the batch),
 //! with headers `wal2arrow.commit_lsn`, `wal2arrow.xid`, `wal2arrow.commit_time_us`,
 //! `wal2arrow.ordinal`, `wal2arrow.table`. A batch larger than the producer's
@@ -95,6 +115,9 @@ pub struct KafkaOptions {
     pub database: String,
     /// More librdkafka properties (`key=value`), applied last.
     pub properties: Vec<(String, String)>,
+    /// Debezium's `provide.transaction.metadata` (Debezium format): BEGIN and END messages on
+    /// `<prefix>.transaction`, and each event's `transaction` block (default false).
+    pub transaction_metadata: bool,
 }
 
 impl KafkaOptions {
@@ -107,6 +130,7 @@ impl KafkaOptions {
             tombstones: true,
             database: String::new(),
             properties: Vec::new(),
+            transaction_metadata: false,
         }
     }
 
@@ -179,6 +203,20 @@ pub struct KafkaSink {
     since_flush: Option<Instant>,
     unflushed: usize,
     value: String,
+    /// The transaction's metadata so far (with `transaction_metadata`).
+    meta: TxnMeta,
+}
+
+/// Debezium's transaction metadata of the transaction being written: its BEGIN is sent before
+/// its first event, its END (with the counts) at its commit.
+#[derive(Debug, Default)]
+struct TxnMeta {
+    /// `txId:commitLSN`, once BEGIN was sent.
+    id: Option<String>,
+    /// Events so far.
+    total: u64,
+    /// Events so far per table (`schema.table`), in first-seen order.
+    per_table: Vec<(String, u64)>,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -228,6 +266,7 @@ impl KafkaSink {
             since_flush: None,
             unflushed: 0,
             value: String::new(),
+            meta: TxnMeta::default(),
         })
     }
 
@@ -309,6 +348,18 @@ impl KafkaSink {
         value: Option<&[u8]>,
         headers: OwnedHeaders,
     ) -> Result<()> {
+        self.send_about(topic, key, value, headers, None)
+    }
+
+    /// As [`send`](Self::send); a message too large is reported as `what` (the row it holds).
+    fn send_about(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: OwnedHeaders,
+        what: Option<&str>,
+    ) -> Result<()> {
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(headers);
         if let Some(k) = key {
             record = record.key(k);
@@ -332,13 +383,18 @@ impl KafkaSink {
                     ),
                     _,
                 )) => {
+                    let (xid, commit_lsn, _) = self.txn;
                     return Err(kafka_error(
                         Some(topic),
                         format!(
-                            "a message of {} bytes is over message.max.bytes ({}): raise it (the \
-                             broker's and the topic's limit too) with --kafka-property \
+                            "{} is a message of {} bytes, over message.max.bytes ({}): raise it \
+                             (the broker's and the topic's limit too) with --kafka-property \
                              message.max.bytes=…, or use --kafka-format arrow, which splits \
                              batches",
+                            match what {
+                                Some(w) => format!("{w} (xid {xid}, commit LSN {commit_lsn})"),
+                                None => format!("a message of xid {xid} (commit LSN {commit_lsn})"),
+                            },
                             value.map_or(0, <[u8]>::len),
                             self.max_message
                         ),
@@ -492,16 +548,38 @@ impl KafkaSink {
                     }
                     v.push(']');
                 }
-                v.push_str(",\"transaction\":null}");
+                v.push_str(",\"transaction\":");
+                let block = sink.transaction_block(&relation.qualified_name);
+                let block = match block {
+                    Ok(b) => b,
+                    Err(e) => {
+                        sink.value = v;
+                        return Err(e);
+                    }
+                };
+                v.push_str(&block);
+                v.push('}');
                 let headers = sink.headers(c.ordinal).insert(Header {
                     key: "wal2arrow.row",
                     value: Some(key_row.to_string().as_bytes()),
                 });
-                let result = sink.send(
+                let what = format!(
+                    "the {} of {} with key {}",
+                    match code {
+                        "c" => "insert",
+                        "u" => "update",
+                        "d" => "delete",
+                        _ => "row",
+                    },
+                    relation.qualified_name,
+                    key.as_deref().unwrap_or("(none: the table has no key)")
+                );
+                let result = sink.send_about(
                     &topic,
                     key.as_deref().map(str::as_bytes),
                     Some(v.as_bytes()),
                     headers,
+                    Some(&what),
                 );
                 sink.value = v;
                 result?;
@@ -541,6 +619,82 @@ impl KafkaSink {
         Ok(())
     }
 
+    /// The envelope's `transaction` value for the next event of `table`: `null`, or with
+    /// transaction metadata Debezium's `{"id", "total_order", "data_collection_order"}`
+    /// (sending the transaction's BEGIN first, before its first event).
+    fn transaction_block(&mut self, table: &str) -> Result<String> {
+        if !self.options.transaction_metadata {
+            return Ok("null".into());
+        }
+        let (xid, commit_lsn, time) = self.txn;
+        if self.meta.id.is_none() {
+            let id = format!("{xid}:{}", commit_lsn.0);
+            let mut v = String::from("{\"status\":\"BEGIN\",\"id\":");
+            json_string(&id, &mut v);
+            let _ = write!(
+                v,
+                ",\"ts_ms\":{},\"event_count\":null,\"data_collections\":null}}",
+                time.div_euclid(1000)
+            );
+            self.send_metadata(&id, &v)?;
+            self.meta.id = Some(id);
+        }
+        self.meta.total += 1;
+        let order = match self.meta.per_table.iter_mut().find(|(t, _)| t == table) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                self.meta.per_table.push((table.to_owned(), 1));
+                1
+            }
+        };
+        let mut block = String::from("{\"id\":");
+        json_string(self.meta.id.as_deref().unwrap_or_default(), &mut block);
+        let _ = write!(
+            block,
+            ",\"total_order\":{},\"data_collection_order\":{order}}}",
+            self.meta.total
+        );
+        Ok(block)
+    }
+
+    /// The transaction's END, when its BEGIN was sent.
+    fn end_transaction(&mut self) -> Result<()> {
+        let Some(id) = self.meta.id.take() else { return Ok(()) };
+        let mut v = String::from("{\"status\":\"END\",\"id\":");
+        json_string(&id, &mut v);
+        let _ = write!(
+            v,
+            ",\"ts_ms\":{},\"event_count\":{},\"data_collections\":[",
+            self.txn.2.div_euclid(1000),
+            self.meta.total
+        );
+        for (i, (table, n)) in std::mem::take(&mut self.meta.per_table).iter().enumerate() {
+            if i > 0 {
+                v.push(',');
+            }
+            v.push_str("{\"data_collection\":");
+            json_string(table, &mut v);
+            let _ = write!(v, ",\"event_count\":{n}}}");
+        }
+        v.push_str("]}");
+        self.meta.total = 0;
+        self.send_metadata(&id, &v)
+    }
+
+    /// A message of the transaction-metadata topic, keyed by the transaction's ID.
+    fn send_metadata(&mut self, id: &str, value: &str) -> Result<()> {
+        let topic = format!("{}.transaction", self.options.topic_prefix);
+        self.ensure_topic(&topic)?;
+        let mut key = String::from("{\"id\":");
+        json_string(id, &mut key);
+        key.push('}');
+        let headers = self.headers(0);
+        self.send(&topic, Some(key.as_bytes()), Some(value.as_bytes()), headers)
+    }
+
     fn source(
         &self,
         v: &mut String,
@@ -569,8 +723,10 @@ impl Sink for KafkaSink {
         match event {
             Event::Begin(b) => {
                 self.txn = (b.xid, b.commit_lsn, b.commit_time_us);
+                self.meta = TxnMeta::default();
                 Ok(())
             }
+            Event::Commit(_) => self.end_transaction(),
             Event::Change(c) => {
                 self.txn = (c.xid, c.commit_lsn, c.commit_time_us);
                 match self.options.format {
@@ -584,8 +740,9 @@ impl Sink for KafkaSink {
                     self.ensure_topic(&topic)?;
                     let mut v = String::from("{\"before\":null,\"after\":null");
                     self.source(&mut v, relation, t.commit_lsn.0, false);
+                    let block = self.transaction_block(&relation.qualified_name)?;
                     let _ =
-                        write!(v, ",\"op\":\"t\",\"ts_ms\":{},\"transaction\":null}}", now_ms());
+                        write!(v, ",\"op\":\"t\",\"ts_ms\":{},\"transaction\":{block}}}", now_ms());
                     let headers = self.headers(t.ordinal);
                     self.send(&topic, None, Some(v.as_bytes()), headers)?;
                 }

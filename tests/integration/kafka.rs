@@ -12,11 +12,17 @@ use crate::common::{sql, wait_for};
 
 /// Every message of `topics`: (topic, partition, offset, key, value, headers).
 pub(crate) fn read_topics(broker: &KafkaBroker, topics: &[String], arrow: bool) -> Vec<Value> {
+    read_topics_as(broker, topics, if arrow { Some("--arrow") } else { None })
+}
+
+/// As [`read_topics`], `how` the values are printed (`--arrow`: rows pyarrow decodes;
+/// `--raw`: base64).
+fn read_topics_as(broker: &KafkaBroker, topics: &[String], how: Option<&str>) -> Vec<Value> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/kafka_read.py");
     let mut cmd = std::process::Command::new("python3");
     cmd.arg(script).arg(broker.address()).arg(topics.join(","));
-    if arrow {
-        cmd.arg("--arrow");
+    if let Some(how) = how {
+        cmd.arg(how);
     }
     let out = cmd.output().expect("python3 runs");
     assert!(out.status.success(), "kafka_read.py: {}", String::from_utf8_lossy(&out.stderr));
@@ -209,6 +215,180 @@ async fn the_arrow_format_sends_batches_that_decode_with_pyarrow_to_the_rows() {
     assert_eq!(ids, (1..=6000).collect::<Vec<i64>>(), "every row once");
     assert_eq!(parts.len(), messages.len(), "(commit LSN, ordinal, part) identifies each message");
     assert!(messages.len() > 7, "the wide batch was split: {} messages", messages.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_type_reaches_kafka_as_arrow_equal_to_the_batches_a_consumer_reads() {
+    use wal2arrow_consumer::{PluginOptions, StreamOptions};
+    let broker = KafkaBroker::start().expect("a Kafka broker (tansu)");
+    let db = Cluster::shared().database("kafka_types");
+    db.psql(&crate::types::all_types_sql());
+    let until = current_lsn(&db);
+    let args = ["--kafka-format", "arrow", "--topic-prefix", "ty", "--batch-rows", "1000"];
+    let (code, out, err) = run(stream_to_kafka(&db, &broker, "types", &args, Some(&until))).await;
+    assert_eq!(code, 0, "{out}{err}");
+    // A second slot, read by the consumer itself, decodes the same WAL.
+    let mut options = StreamOptions::new("types_direct");
+    options.plugin = PluginOptions { batch_rows: 1000, ..PluginOptions::default() };
+    let mut direct = wal2arrow_consumer::open(&crate::common::config(&db), &options).await.unwrap();
+    db.psql(
+        "INSERT INTO all_types SELECT * FROM seed;
+         UPDATE all_types SET c_text = 'changed' WHERE id = 1;
+         UPDATE all_types SET id = 10 WHERE id = 5;
+         DELETE FROM all_types WHERE id = 2;",
+    );
+    let txns = crate::common::read_txns(&mut direct, 4, Duration::from_secs(60)).await;
+    let expected: Vec<arrow_array::RecordBatch> = txns
+        .iter()
+        .flat_map(|t| t.batches.iter())
+        .filter(|b| b.table() == "public.all_types")
+        .map(|b| b.batch.clone())
+        .collect();
+    direct.close().await.unwrap();
+    let until = current_lsn(&db);
+    let (code, out, err) = run(stream_to_kafka(&db, &broker, "types", &args, Some(&until))).await;
+    assert_eq!(code, 0, "{out}{err}");
+
+    let messages = read_topics_as(&broker, &["ty.public.all_types".into()], Some("--raw"));
+    let mut sorted: Vec<&Value> = messages.iter().collect();
+    sorted.sort_by_key(|m| (m["partition"].as_i64(), m["offset"].as_i64()));
+    let mut got = Vec::new();
+    for m in sorted {
+        let bytes = base64_decode(m["value"].as_str().unwrap());
+        let reader =
+            arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
+        for b in reader {
+            got.push(b.unwrap());
+        }
+    }
+    assert!(!expected.is_empty());
+    let schema = expected[0].schema();
+    assert_eq!(got[0].schema(), schema, "the schema, field metadata included");
+    let concat =
+        |b: &[arrow_array::RecordBatch]| arrow_select::concat::concat_batches(&schema, b).unwrap();
+    let (got, expected) = (concat(&got), concat(&expected));
+    assert_eq!(got.num_rows(), expected.num_rows());
+    for (c, field) in schema.fields().iter().enumerate() {
+        assert_eq!(got.column(c).as_ref(), expected.column(c).as_ref(), "column {}", field.name());
+    }
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let digits: Vec<u8> = text.bytes().filter(|&c| c != b'=').map(value).collect();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &d)| n | u32::from(d) << (18 - 6 * i));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_metadata_frames_each_transaction_and_a_row_too_large_is_named() {
+    let broker = KafkaBroker::start().expect("a Kafka broker (tansu)");
+    let db = Cluster::shared().database("kafka_txmeta");
+    db.psql("CREATE TABLE a (id int8 PRIMARY KEY, v text); CREATE TABLE b (id int8 PRIMARY KEY)");
+    let args = ["--topic-prefix", "tx", "--kafka-transaction-metadata"];
+    let until = current_lsn(&db);
+    let (code, out, err) = run(stream_to_kafka(&db, &broker, "txmeta", &args, Some(&until))).await;
+    assert_eq!(code, 0, "{out}{err}");
+    db.psql(
+        "BEGIN; INSERT INTO a VALUES (1, 'x'), (2, 'y'); INSERT INTO b VALUES (1); COMMIT;
+         DELETE FROM a WHERE id = 1;",
+    );
+    let until = current_lsn(&db);
+    let (code, out, err) = run(stream_to_kafka(&db, &broker, "txmeta", &args, Some(&until))).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let topics: Vec<String> =
+        ["tx.transaction", "tx.public.a", "tx.public.b"].map(Into::into).to_vec();
+    let messages = read_topics(&broker, &topics, false);
+    let meta = by_id(&messages);
+    assert_eq!(meta.len(), 2, "two transactions: {meta:?}");
+    let mut ends: Vec<&Value> = meta
+        .values()
+        .map(|m| {
+            assert_eq!(
+                m.iter().map(|v| v["status"].as_str().unwrap()).collect::<Vec<_>>(),
+                ["BEGIN", "END"]
+            );
+            assert_eq!(m[0]["event_count"], Value::Null);
+            &m[1]
+        })
+        .collect();
+    ends.sort_by_key(|e| e["event_count"].as_i64());
+    assert_eq!(ends[0]["event_count"], 1, "the delete (its tombstone is not an event)");
+    assert_eq!(
+        ends[0]["data_collections"],
+        serde_json::json!([{"data_collection": "public.a", "event_count": 1}])
+    );
+    assert_eq!(ends[1]["event_count"], 3);
+    assert_eq!(
+        ends[1]["data_collections"],
+        serde_json::json!([
+            {"data_collection": "public.a", "event_count": 2},
+            {"data_collection": "public.b", "event_count": 1}
+        ])
+    );
+    // Each event names its transaction and its place in it.
+    let first_id = ends[1]["id"].as_str().unwrap();
+    let mut blocks: Vec<(i64, i64, String)> = messages
+        .iter()
+        .filter(|m| m["topic"] != "tx.transaction")
+        .filter_map(|m| m["value"].as_str())
+        .map(|v| serde_json::from_str::<Value>(v).unwrap())
+        .filter(|v| v["transaction"]["id"] == first_id)
+        .map(|v| {
+            let t = &v["transaction"];
+            (
+                t["total_order"].as_i64().unwrap(),
+                t["data_collection_order"].as_i64().unwrap(),
+                v["source"]["table"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    blocks.sort();
+    assert_eq!(blocks, [(1, 1, "a".into()), (2, 2, "a".into()), (3, 1, "b".into())]);
+    let (xid, lsn) = first_id.split_once(':').unwrap();
+    assert!(xid.parse::<u32>().unwrap() > 0 && lsn.parse::<u64>().unwrap() > 0, "{first_id}");
+
+    // A row over message.max.bytes stops the stream, naming it and the setting.
+    db.psql("INSERT INTO a VALUES (7, repeat('z', 5000))");
+    let until = current_lsn(&db);
+    let mut args = args.to_vec();
+    args.extend(["--kafka-property", "message.max.bytes=2000"]);
+    let (code, out, err) = run(stream_to_kafka(&db, &broker, "txmeta", &args, Some(&until))).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("the insert of public.a with key {\"id\":7}")
+            && err.contains("over message.max.bytes (2000)")
+            && err.contains("--kafka-property message.max.bytes="),
+        "{err}"
+    );
+}
+
+/// The transaction-metadata messages by transaction ID, in partition order.
+fn by_id(messages: &[Value]) -> BTreeMap<String, Vec<Value>> {
+    let mut sorted: Vec<&Value> =
+        messages.iter().filter(|m| m["topic"] == "tx.transaction").collect();
+    sorted.sort_by_key(|m| (m["partition"].as_i64(), m["offset"].as_i64()));
+    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for m in sorted {
+        let v: Value = serde_json::from_str(m["value"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            m["key"].as_str().unwrap(),
+            format!("{{\"id\":\"{}\"}}", v["id"].as_str().unwrap())
+        );
+        out.entry(v["id"].as_str().unwrap().to_owned()).or_default().push(v);
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,9 @@ librdkafka), assigning all partitions from offset 0 directly (no group join), an
 JSON object per message: topic, partition, offset, key, value (text, or for --arrow the rows
 pyarrow decodes from the Arrow IPC stream), headers. Used by tests/integration/kafka.rs.
 
-    python3 kafka_read.py BROKERS TOPIC[,TOPIC…] [--arrow] [--expect N]
+    python3 kafka_read.py BROKERS TOPIC[,TOPIC…] [--arrow | --raw] [--expect N]
+
+--raw prints each value as base64, for the caller to decode.
 """
 import base64
 import json
@@ -16,6 +18,7 @@ from confluent_kafka import Consumer, TopicPartition
 def main():
     brokers, topics = sys.argv[1], sys.argv[2].split(",")
     arrow = "--arrow" in sys.argv
+    raw = "--raw" in sys.argv
     expect = int(sys.argv[sys.argv.index("--expect") + 1]) if "--expect" in sys.argv else None
     c = Consumer({"bootstrap.servers": brokers, "group.id": "wal2arrow-tests",
                   "enable.auto.commit": False, "auto.offset.reset": "earliest"})
@@ -51,6 +54,8 @@ def main():
         value = m.value()
         if value is None:
             out["value"] = None
+        elif raw:
+            out["value"] = base64.b64encode(value).decode()
         elif arrow:
             import pyarrow as pa
             table = pa.ipc.open_stream(value).read_all()
