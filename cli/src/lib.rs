@@ -361,6 +361,10 @@ struct StreamArgs {
     /// `PREFIX.transaction`, and each event's `transaction` block.
     #[arg(long)]
     kafka_transaction_metadata: bool,
+    /// Kafka (debezium format): keys and values as Kafka Connect's `{"schema", "payload"}`
+    /// (`schemas.enable=true` for JsonConverter), with Debezium's logical type names.
+    #[arg(long)]
+    kafka_schemas: bool,
     /// Serve Prometheus metrics (`/metrics`) and a health check (`/health`) here: `PORT`
     /// (on 127.0.0.1) or `HOST:PORT`.
     #[arg(long, value_name = "ADDR")]
@@ -712,15 +716,22 @@ async fn stream(args: StreamArgs) -> CmdResult {
                 };
                 options.tombstones = !args.no_tombstones;
                 options.transaction_metadata = args.kafka_transaction_metadata;
-                if options.transaction_metadata
-                    && options.format != wal2arrow_sinks::kafka::KafkaFormat::Debezium
-                {
-                    return Err(Error::Config(
-                        "--kafka-transaction-metadata is Debezium's: it needs --kafka-format \
-                         debezium (Arrow messages carry their transaction in headers)"
-                            .into(),
-                    )
-                    .into());
+                options.schemas = args.kafka_schemas;
+                if options.format != wal2arrow_sinks::kafka::KafkaFormat::Debezium {
+                    let flag = if options.transaction_metadata {
+                        Some("--kafka-transaction-metadata")
+                    } else if options.schemas {
+                        Some("--kafka-schemas")
+                    } else {
+                        None
+                    };
+                    if let Some(flag) = flag {
+                        return Err(Error::Config(format!(
+                            "{flag} is for Debezium's JSON: it needs --kafka-format debezium \
+                             (Arrow messages carry their schema, and their transaction in headers)"
+                        ))
+                        .into());
+                    }
                 }
                 options.database = config.dbname().to_owned();
                 for p in &args.kafka_property {

@@ -8,7 +8,7 @@
 //! in one partition; with `arrow` each batch (rows of one table in one transaction) is one
 //! message keyed by the table's name, so a table's batches stay in order.
 //!
-//! **Debezium format** (`schemas.enable=false` style: no value schemas):
+//! **Debezium format** (`schemas.enable=false` style unless [`KafkaOptions::schemas`]):
 //!
 //! ```text
 //! key:   {"id":1}
@@ -24,16 +24,45 @@
 //! changes the key is a `d` of the old key (with its tombstone) then a `c` of the new one, and a
 //! delete is followed by a tombstone (the key with a null value; [`KafkaOptions::tombstones`]).
 //! `before` is the old row with `REPLICA IDENTITY FULL`, the old key for deletes, else null.
-//! Values follow Debezium's encodings for these connector settings:
-//! `decimal.handling.mode=string` (numeric as its exact text), `time.precision.mode=adaptive_time_microseconds`
-//! with microsecond timestamps (`date` as days since 1970, `time` as `MicroTime`, `timestamp`
-//! as `MicroTimestamp` microseconds, `timestamptz` as `ZonedTimestamp` ISO 8601 UTC text),
-//! `interval` as `MicroDuration` (months of 30.4375 days), `binary.handling.mode=base64`,
-//! `uuid`/`json`/`jsonb`/`xml` and other types as text, arrays as JSON arrays, NaN and
-//! infinities as the strings `"NaN"`, `"Infinity"`, `"-Infinity"`. **Deliberate difference:**
-//! Debezium sends a column whose unchanged TOAST value PostgreSQL did not log as the placeholder
-//! `__debezium_unavailable_value`, which looks like data; this sink leaves such a column out of
-//! `after` and lists it in `"missing": [...]` beside `op`. Logical messages are not sent.
+//! Values follow Debezium's encodings for the connector settings `decimal.handling.mode=string`,
+//! `time.precision.mode=adaptive_time_microseconds` and `binary.handling.mode=base64`
+//! (Kafka Connect type and, where there is one, Debezium's logical name, as
+//! [`KafkaOptions::schemas`] sends them):
+//!
+//! | PostgreSQL | JSON value | Connect schema |
+//! |---|---|---|
+//! | `int2`, `int4`, `int8`, `oid` | number | `int16`, `int32`, `int64`, `int64` |
+//! | `float4`, `float8` | number; NaN and infinities as the strings `"NaN"`, `"Infinity"`, `"-Infinity"` | `float`, `double` |
+//! | `bool` | `true`/`false` | `boolean` |
+//! | `numeric`, `money` | exact text (`"12.50"`, `"-92233720368547758.08"`) | `string` |
+//! | `date` | days since 1970-01-01 | `int32` `io.debezium.time.Date` |
+//! | `time` | microseconds since midnight | `int64` `io.debezium.time.MicroTime` |
+//! | `timetz` | the time in UTC, `"08:15:59.500000Z"` | `string` `io.debezium.time.ZonedTime` |
+//! | `timestamp` | microseconds since 1970 (±infinity: the int64 extremes) | `int64` `io.debezium.time.MicroTimestamp` |
+//! | `timestamptz` | ISO 8601 in UTC, `"2024-01-01T00:00:00.000000Z"` (`"infinity"`, `"-infinity"`) | `string` `io.debezium.time.ZonedTimestamp` |
+//! | `interval` | microseconds, months of 30.4375 days (kept within the int64 range) | `int64` `io.debezium.time.MicroDuration` |
+//! | `bytea` | base64 | `bytes` |
+//! | `uuid` | text | `string` `io.debezium.data.Uuid` |
+//! | `json`, `jsonb`, `xml` | text | `string` `io.debezium.data.Json`/`Xml` |
+//! | arrays | JSON arrays of the element's encoding (a 2-D array, arrays of arrays) | `array` |
+//! | any other (`inet`, `macaddr`, enums, ranges, `bit`, `point`, composites, …) | PostgreSQL's text | `string` |
+//!
+//! **Deliberate differences:** Debezium sends a column whose unchanged TOAST value PostgreSQL did
+//! not log as the placeholder `__debezium_unavailable_value`, which looks like data; this sink
+//! leaves such a column out of `after` and lists it in `"missing": [...]` beside `op`. A value
+//! its column's Arrow type cannot hold (a `numeric` NaN or infinity in a column with a
+//! precision, the time `24:00:00`: the README's type table) is `null` and named in
+//! `"unrepresentable": [...]` (`after`'s columns, or `before`'s for a delete). `bit`/`varbit` and `point` are their text, not Debezium's `Bits` bytes and `Point`
+//! struct. Logical messages are not sent.
+//!
+//! **Value schemas** ([`KafkaOptions::schemas`], Kafka Connect's `schemas.enable=true`): each key
+//! is `{"schema":{"type":"struct","fields":[…],"name":"<prefix>.<schema>.<table>.Key"},
+//! "payload":{"id":1}}` and each value `{"schema":…,"payload":<the envelope above>}`, the
+//! envelope's schema `<prefix>.<schema>.<table>.Envelope` with `before`/`after` of
+//! `<prefix>.<schema>.<table>.Value`, Debezium's `io.debezium.connector.postgresql.Source`,
+//! `event.block`, and our optional `missing` and `unrepresentable` string arrays. Tombstones stay
+//! a null value; transaction-metadata messages get Debezium's `TransactionMetadataKey`/`Value`
+//! schemas.
 //! Every message carries the headers `wal2arrow.commit_lsn`, `wal2arrow.ordinal` and (Debezium
 //! format) `wal2arrow.row`: a copy written again after a crash is identified by them.
 //!
@@ -71,7 +100,7 @@
 //! only after a flush in which the broker acknowledged every message of it; after a crash,
 //! what was written but not acknowledged is written again (at-least-once).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -87,6 +116,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use wal2arrow_consumer::{ChangeBatch, Event, Lsn};
+use wal2arrow_schema::meta::PG_TYPNAME as TYPNAME;
 
 use crate::error::{Error, Result};
 use crate::{Sink, json_string};
@@ -118,6 +148,10 @@ pub struct KafkaOptions {
     /// Debezium's `provide.transaction.metadata` (Debezium format): BEGIN and END messages on
     /// `<prefix>.transaction`, and each event's `transaction` block (default false).
     pub transaction_metadata: bool,
+    /// Kafka Connect's `schemas.enable` (Debezium format): each key and value is
+    /// `{"schema": …, "payload": …}`, the schema in Kafka Connect's JSON form with Debezium's
+    /// logical type names (default false).
+    pub schemas: bool,
 }
 
 impl KafkaOptions {
@@ -131,6 +165,7 @@ impl KafkaOptions {
             database: String::new(),
             properties: Vec::new(),
             transaction_metadata: false,
+            schemas: false,
         }
     }
 
@@ -205,6 +240,18 @@ pub struct KafkaSink {
     value: String,
     /// The transaction's metadata so far (with `transaction_metadata`).
     meta: TxnMeta,
+    /// With `schemas`: each table's key and envelope schemas, for the relation they were
+    /// built from.
+    schemas: HashMap<String, Arc<TableSchemas>>,
+}
+
+/// A table's Kafka Connect schemas (JSON).
+#[derive(Debug)]
+struct TableSchemas {
+    /// The batches' schema they describe.
+    of: arrow_schema::SchemaRef,
+    key: String,
+    envelope: String,
 }
 
 /// Debezium's transaction metadata of the transaction being written: its BEGIN is sent before
@@ -267,6 +314,7 @@ impl KafkaSink {
             unflushed: 0,
             value: String::new(),
             meta: TxnMeta::default(),
+            schemas: HashMap::new(),
         })
     }
 
@@ -456,8 +504,12 @@ impl KafkaSink {
         let batch = &c.batch;
         let n = relation.table_columns();
         let options = FormatOptions::default().with_display_error(true);
+        let fields = batch.schema_ref().fields().clone();
         let renderers: Vec<Renderer<'_>> = (0..n)
-            .map(|i| Renderer::new(batch.column(i), &options))
+            .map(|i| {
+                let typname = fields[i].metadata().get(TYPNAME).map(String::as_str);
+                Renderer::new(batch.column(i), typname, &options)
+            })
             .collect::<std::result::Result<_, _>>()
             .map_err(Error::Arrow)?;
         let names: Vec<&str> =
@@ -475,12 +527,15 @@ impl KafkaSink {
             .column_by_name("_lsn")
             .map(|a| a.as_primitive::<arrow_array::types::UInt64Type>().clone());
         let missing = batch.column(relation.missing_index()).as_list::<i32>();
-        let missing_at = |r: usize| -> Vec<String> {
-            if missing.is_null(r) {
+        let unrepresentable = batch.column(relation.missing_index() + 1).as_list::<i32>();
+        let names_at = |list: &arrow_array::ListArray, r: usize| -> Vec<String> {
+            if list.is_null(r) {
                 return Vec::new();
             }
-            missing.value(r).as_string::<i32>().iter().flatten().map(str::to_owned).collect()
+            list.value(r).as_string::<i32>().iter().flatten().map(str::to_owned).collect()
         };
+        let missing_at = |r: usize| names_at(missing, r);
+        let schemas = if self.options.schemas { Some(self.schemas_of(relation)) } else { None };
         let render = |r: usize, only: Option<&[usize]>, skip: &[String], out: &mut String| {
             out.push('{');
             let mut first = true;
@@ -523,9 +578,17 @@ impl KafkaSink {
                         bef_skip: Vec<String>,
                         aft_skip: Vec<String>|
              -> Result<()> {
-                let key = (!key_cols.is_empty()).then(|| key_of(key_row));
+                let key = (!key_cols.is_empty()).then(|| match &schemas {
+                    Some(s) => format!("{{\"schema\":{},\"payload\":{}}}", s.key, key_of(key_row)),
+                    None => key_of(key_row),
+                });
                 let mut v = std::mem::take(&mut sink.value);
                 v.clear();
+                if let Some(s) = &schemas {
+                    v.push_str("{\"schema\":");
+                    v.push_str(&s.envelope);
+                    v.push_str(",\"payload\":");
+                }
                 v.push_str("{\"before\":");
                 match bef {
                     Some(b) => render(b, None, &bef_skip, &mut v),
@@ -548,6 +611,19 @@ impl KafkaSink {
                     }
                     v.push(']');
                 }
+                // Columns whose value has no Arrow form (a numeric NaN in a decimal column,
+                // time 24:00): sent as null, and named, so that null is not taken as data.
+                let lost = names_at(unrepresentable, aft.or(bef).unwrap_or(key_row));
+                if !lost.is_empty() {
+                    v.push_str(",\"unrepresentable\":[");
+                    for (i, m) in lost.iter().enumerate() {
+                        if i > 0 {
+                            v.push(',');
+                        }
+                        json_string(m, &mut v);
+                    }
+                    v.push(']');
+                }
                 v.push_str(",\"transaction\":");
                 let block = sink.transaction_block(&relation.qualified_name);
                 let block = match block {
@@ -559,6 +635,9 @@ impl KafkaSink {
                 };
                 v.push_str(&block);
                 v.push('}');
+                if schemas.is_some() {
+                    v.push('}');
+                }
                 let headers = sink.headers(c.ordinal).insert(Header {
                     key: "wal2arrow.row",
                     value: Some(key_row.to_string().as_bytes()),
@@ -692,7 +771,27 @@ impl KafkaSink {
         json_string(id, &mut key);
         key.push('}');
         let headers = self.headers(0);
+        if self.options.schemas {
+            let key = format!("{{\"schema\":{TXN_KEY_SCHEMA},\"payload\":{key}}}");
+            let value = format!("{{\"schema\":{TXN_VALUE_SCHEMA},\"payload\":{value}}}");
+            return self.send(&topic, Some(key.as_bytes()), Some(value.as_bytes()), headers);
+        }
         self.send(&topic, Some(key.as_bytes()), Some(value.as_bytes()), headers)
+    }
+
+    /// The key and envelope schemas of `relation`'s table (built once per table layout).
+    fn schemas_of(&mut self, relation: &wal2arrow_consumer::Relation) -> Arc<TableSchemas> {
+        if let Some(s) = self.schemas.get(&relation.qualified_name)
+            && (Arc::ptr_eq(&s.of, &relation.schema) || s.of == relation.schema)
+        {
+            return s.clone();
+        }
+        let built = Arc::new(table_schemas(
+            &format!("{}.{}", self.options.topic_prefix, relation.qualified_name),
+            relation,
+        ));
+        self.schemas.insert(relation.qualified_name.clone(), built.clone());
+        built
     }
 
     fn source(
@@ -738,11 +837,21 @@ impl Sink for KafkaSink {
                 for relation in &t.relations {
                     let topic = self.options.topic(&relation.namespace, &relation.name);
                     self.ensure_topic(&topic)?;
-                    let mut v = String::from("{\"before\":null,\"after\":null");
+                    let mut v = String::new();
+                    if self.options.schemas {
+                        let schemas = self.schemas_of(relation);
+                        v.push_str("{\"schema\":");
+                        v.push_str(&schemas.envelope);
+                        v.push_str(",\"payload\":");
+                    }
+                    v.push_str("{\"before\":null,\"after\":null");
                     self.source(&mut v, relation, t.commit_lsn.0, false);
                     let block = self.transaction_block(&relation.qualified_name)?;
                     let _ =
                         write!(v, ",\"op\":\"t\",\"ts_ms\":{},\"transaction\":{block}}}", now_ms());
+                    if self.options.schemas {
+                        v.push('}');
+                    }
                     let headers = self.headers(t.ordinal);
                     self.send(&topic, None, Some(v.as_bytes()), headers)?;
                 }
@@ -820,6 +929,128 @@ impl Sink for KafkaSink {
     }
 }
 
+/// Kafka Connect's schema of Debezium's `source` block (PostgreSQL connector).
+const SOURCE_SCHEMA: &str = r#"{"type":"struct","fields":[{"type":"string","optional":false,"field":"version"},{"type":"string","optional":false,"field":"connector"},{"type":"string","optional":false,"field":"name"},{"type":"int64","optional":false,"field":"ts_ms"},{"type":"string","optional":true,"name":"io.debezium.data.Enum","version":1,"parameters":{"allowed":"true,last,false,incremental"},"default":"false","field":"snapshot"},{"type":"string","optional":false,"field":"db"},{"type":"string","optional":true,"field":"sequence"},{"type":"string","optional":false,"field":"schema"},{"type":"string","optional":false,"field":"table"},{"type":"int64","optional":true,"field":"txId"},{"type":"int64","optional":true,"field":"lsn"},{"type":"int64","optional":true,"field":"xmin"}],"optional":false,"name":"io.debezium.connector.postgresql.Source","field":"source"}"#;
+
+/// The schema of an event's `transaction` block.
+const BLOCK_SCHEMA: &str = r#"{"type":"struct","fields":[{"type":"string","optional":false,"field":"id"},{"type":"int64","optional":false,"field":"total_order"},{"type":"int64","optional":false,"field":"data_collection_order"}],"optional":true,"name":"event.block","version":1,"field":"transaction"}"#;
+
+/// The schemas of the transaction-metadata topic's keys and values.
+const TXN_KEY_SCHEMA: &str = r#"{"type":"struct","fields":[{"type":"string","optional":false,"field":"id"}],"optional":false,"name":"io.debezium.connector.common.TransactionMetadataKey"}"#;
+const TXN_VALUE_SCHEMA: &str = r#"{"type":"struct","fields":[{"type":"string","optional":false,"field":"status"},{"type":"string","optional":false,"field":"id"},{"type":"int64","optional":true,"field":"event_count"},{"type":"array","items":{"type":"struct","fields":[{"type":"string","optional":false,"field":"data_collection"},{"type":"int64","optional":false,"field":"event_count"}],"optional":false},"optional":true,"field":"data_collections"},{"type":"int64","optional":false,"field":"ts_ms"}],"optional":false,"name":"io.debezium.connector.common.TransactionMetadataValue"}"#;
+
+/// A table's key schema (`<name>.Key`: the key's columns) and envelope schema
+/// (`<name>.Envelope`, whose `before` and `after` are `<name>.Value`), `name` being
+/// `<prefix>.<schema>.<table>`.
+fn table_schemas(name: &str, relation: &wal2arrow_consumer::Relation) -> TableSchemas {
+    let fields = &relation.schema.fields()[..relation.table_columns()];
+    let key_names = if relation.primary_key.is_empty() {
+        &relation.identity_key
+    } else {
+        &relation.primary_key
+    };
+    let mut key = String::from(r#"{"type":"struct","fields":["#);
+    let mut first = true;
+    for f in fields.iter().filter(|f| key_names.contains(f.name())) {
+        if !std::mem::take(&mut first) {
+            key.push(',');
+        }
+        column_schema(f.data_type(), typname(f), false, Some(f.name()), &mut key);
+    }
+    key.push_str(r#"],"optional":false,"name":"#);
+    json_string(&format!("{name}.Key"), &mut key);
+    key.push('}');
+    let value = |field: &str, out: &mut String| {
+        out.push_str(r#"{"type":"struct","fields":["#);
+        for (i, f) in fields.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            column_schema(f.data_type(), typname(f), f.is_nullable(), Some(f.name()), out);
+        }
+        out.push_str(r#"],"optional":true,"name":"#);
+        json_string(&format!("{name}.Value"), out);
+        let _ = write!(out, r#","field":"{field}"}}"#);
+    };
+    let mut envelope = String::from(r#"{"type":"struct","fields":["#);
+    value("before", &mut envelope);
+    envelope.push(',');
+    value("after", &mut envelope);
+    envelope.push(',');
+    envelope.push_str(SOURCE_SCHEMA);
+    envelope.push_str(concat!(
+        r#","#,
+        r#"{"type":"string","optional":false,"field":"op"},"#,
+        r#"{"type":"int64","optional":true,"field":"ts_ms"},"#,
+        r#"{"type":"array","items":{"type":"string","optional":false},"optional":true,"field":"missing"},"#,
+        r#"{"type":"array","items":{"type":"string","optional":false},"optional":true,"field":"unrepresentable"},"#,
+    ));
+    envelope.push_str(BLOCK_SCHEMA);
+    envelope.push_str(r#"],"optional":false,"name":"#);
+    json_string(&format!("{name}.Envelope"), &mut envelope);
+    envelope.push_str(r#","version":1}"#);
+    TableSchemas { of: relation.schema.clone(), key, envelope }
+}
+
+fn typname(field: &arrow_schema::Field) -> Option<&str> {
+    field.metadata().get(TYPNAME).map(String::as_str)
+}
+
+/// Kafka Connect's schema of a column (or, without `field`, an array's items) as the
+/// [`Renderer`] writes its values: the Connect type and Debezium's logical type name.
+fn column_schema(
+    data_type: &DataType,
+    typname: Option<&str>,
+    optional: bool,
+    field: Option<&str>,
+    out: &mut String,
+) {
+    let (ty, name) = match data_type {
+        DataType::Int64 if typname == Some("money") => ("string", None),
+        DataType::Struct(_) if typname == Some("timetz") => {
+            ("string", Some("io.debezium.time.ZonedTime"))
+        }
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 => ("int16", None),
+        DataType::Int32 | DataType::UInt16 => ("int32", None),
+        DataType::Int64 | DataType::UInt32 | DataType::UInt64 => ("int64", None),
+        DataType::Float16 | DataType::Float32 => ("float", None),
+        DataType::Float64 => ("double", None),
+        DataType::Boolean => ("boolean", None),
+        DataType::Date32 => ("int32", Some("io.debezium.time.Date")),
+        DataType::Time64(_) => ("int64", Some("io.debezium.time.MicroTime")),
+        DataType::Timestamp(_, None) => ("int64", Some("io.debezium.time.MicroTimestamp")),
+        DataType::Timestamp(_, Some(_)) => ("string", Some("io.debezium.time.ZonedTimestamp")),
+        DataType::Interval(_) => ("int64", Some("io.debezium.time.MicroDuration")),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => ("bytes", None),
+        DataType::FixedSizeBinary(16) => ("string", Some("io.debezium.data.Uuid")),
+        DataType::List(item) => {
+            out.push_str(r#"{"type":"array","items":"#);
+            column_schema(item.data_type(), self::typname(item), true, None, out);
+            let _ = write!(out, r#","optional":{optional}"#);
+            if let Some(f) = field {
+                out.push_str(r#","field":"#);
+                json_string(f, out);
+            }
+            out.push('}');
+            return;
+        }
+        _ => match typname {
+            Some("json" | "jsonb") => ("string", Some("io.debezium.data.Json")),
+            Some("xml") => ("string", Some("io.debezium.data.Xml")),
+            _ => ("string", None),
+        },
+    };
+    let _ = write!(out, r#"{{"type":"{ty}","optional":{optional}"#);
+    if let Some(n) = name {
+        let _ = write!(out, r#","name":"{n}","version":1"#);
+    }
+    if let Some(f) = field {
+        out.push_str(r#","field":"#);
+        json_string(f, out);
+    }
+    out.push('}');
+}
+
 /// How long a flush waits for a broker that answers again but does not acknowledge the
 /// messages sent before it went away.
 const STUCK_AFTER: Duration = Duration::from_secs(30);
@@ -863,14 +1094,27 @@ enum Renderer<'a> {
     Uuid(&'a arrow_array::FixedSizeBinaryArray),
     /// Lists as JSON arrays.
     List(&'a arrow_array::ListArray, FormatOptions<'a>),
+    /// `money` (cents) as its exact text with two decimals, as `decimal.handling.mode=string`.
+    Money(&'a arrow_array::Int64Array),
+    /// `timetz` (local time and offset east of UTC) as Debezium's `ZonedTime`: the time in UTC,
+    /// `HH:MM:SS.ffffffZ`.
+    ZonedTime(&'a arrow_array::StructArray),
 }
 
 impl<'a> Renderer<'a> {
+    /// The renderer of `array`, whose PostgreSQL type is `typname` (field metadata).
     fn new(
         array: &'a ArrayRef,
+        typname: Option<&str>,
         options: &FormatOptions<'a>,
     ) -> std::result::Result<Self, arrow_schema::ArrowError> {
         Ok(match array.data_type() {
+            DataType::Int64 if typname == Some("money") => {
+                Renderer::Money(array.as_primitive::<arrow_array::types::Int64Type>())
+            }
+            DataType::Struct(_) if typname == Some("timetz") => {
+                Renderer::ZonedTime(array.as_struct())
+            }
             DataType::Int8
             | DataType::Int16
             | DataType::Int32
@@ -924,6 +1168,8 @@ impl<'a> Renderer<'a> {
             Renderer::Interval(a) => *a,
             Renderer::Uuid(a) => *a,
             Renderer::List(a, _) => *a,
+            Renderer::Money(a) => *a,
+            Renderer::ZonedTime(a) => *a,
         }
     }
 
@@ -954,16 +1200,16 @@ impl<'a> Renderer<'a> {
             Renderer::Int64(_, v) => {
                 let _ = write!(out, "{}", v[r]);
             }
-            Renderer::Zoned(a) => json_string(&iso_micros(a.value(r)), out),
+            Renderer::Zoned(a) => match a.value(r) {
+                i64::MAX => out.push_str("\"infinity\""),
+                i64::MIN => out.push_str("\"-infinity\""),
+                us => json_string(&iso_micros(us), out),
+            },
             Renderer::Decimal(a, p, s) => {
                 json_string(&Decimal128Type::format_decimal(a.value(r), *p, *s), out)
             }
             Renderer::Interval(a) => {
-                let v = a.value(r);
-                let us = f64::from(v.months) * 30.4375 * 86_400e6
-                    + f64::from(v.days) * 86_400e6
-                    + v.nanoseconds as f64 / 1e3;
-                let _ = write!(out, "{}", us.round() as i64);
+                let _ = write!(out, "{}", micro_duration(a.value(r)));
             }
             Renderer::Binary(a) => {
                 let bytes: &[u8] = match a.data_type() {
@@ -984,10 +1230,22 @@ impl<'a> Renderer<'a> {
                 }
                 json_string(&s, out);
             }
+            Renderer::Money(a) => {
+                json_string(&Decimal128Type::format_decimal(i128::from(a.value(r)), 20, 2), out)
+            }
+            Renderer::ZonedTime(a) => {
+                let time = a.column(0).as_primitive::<arrow_array::types::Time64MicrosecondType>();
+                let offset = a.column(1).as_primitive::<arrow_array::types::Int32Type>();
+                json_string(&utc_time(time.value(r), offset.value(r)), out);
+            }
             Renderer::List(list, options) => {
                 let items = list.value(r);
+                let typname = match list.data_type() {
+                    DataType::List(item) => item.metadata().get(TYPNAME).map(String::as_str),
+                    _ => None,
+                };
                 out.push('[');
-                match Renderer::new(&items, options) {
+                match Renderer::new(&items, typname, options) {
                     Ok(inner) => {
                         for i in 0..items.len() {
                             if i > 0 {
@@ -1009,6 +1267,26 @@ fn iso_micros(us: i64) -> String {
     let array = arrow_array::TimestampMicrosecondArray::from(vec![us]);
     let options = FormatOptions::default().with_timestamp_format(Some("%Y-%m-%dT%H:%M:%S%.6fZ"));
     ArrayFormatter::try_new(&array, &options).map(|f| f.value(0).to_string()).unwrap_or_default()
+}
+
+/// An interval as Debezium's `MicroDuration`: microseconds, a month being 30.4375 days
+/// (exactly: integer arithmetic), kept within the int64 range.
+fn micro_duration(v: arrow_buffer::IntervalMonthDayNano) -> i64 {
+    const MONTH_US: i128 = 2_629_800_000_000; // 30.4375 × 86,400 × 10^6
+    const DAY_US: i128 = 86_400_000_000;
+    let us = i128::from(v.months) * MONTH_US
+        + i128::from(v.days) * DAY_US
+        + i128::from(v.nanoseconds).div_euclid(1000);
+    us.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+}
+
+/// A `timetz` (microseconds since midnight, `offset` seconds east of UTC) as the time in UTC,
+/// `HH:MM:SS.ffffffZ`.
+fn utc_time(local_us: i64, offset: i32) -> String {
+    const DAY: i64 = 86_400_000_000;
+    let us = (local_us - i64::from(offset) * 1_000_000).rem_euclid(DAY);
+    let (s, frac) = (us / 1_000_000, us % 1_000_000);
+    format!("{:02}:{:02}:{:02}.{frac:06}Z", s / 3600, s / 60 % 60, s % 60)
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -1041,5 +1319,14 @@ mod tests {
         assert_eq!(base64(&[0xde, 0xad, 0xbe, 0xef]), "3q2+7w==");
         assert_eq!(iso_micros(0), "1970-01-01T00:00:00.000000Z");
         assert_eq!(iso_micros(1_700_000_000_123_456), "2023-11-14T22:13:20.123456Z");
+        // 13:45:59.5+05:30 and 00:00:00-15:59.
+        assert_eq!(utc_time(49_559_500_000, 19_800), "08:15:59.500000Z");
+        assert_eq!(utc_time(0, -57_540), "15:59:00.000000Z");
+        assert_eq!(utc_time(3_600_000_000, 7_200), "23:00:00.000000Z");
+        let interval = |months, days, nanoseconds| {
+            micro_duration(arrow_buffer::IntervalMonthDayNano { months, days, nanoseconds })
+        };
+        assert_eq!(interval(1, 1, 1_000), 2_629_800_000_000 + 86_400_000_000 + 1);
+        assert_eq!(interval(-2_136_000_000, 0, 0), i64::MIN, "kept within int64");
     }
 }

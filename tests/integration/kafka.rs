@@ -616,3 +616,370 @@ async fn a_broker_stopped_mid_stream_holds_the_slot_back_and_nothing_is_lost_whe
     let after_outage: HashSet<i64> = (101..=300).collect();
     assert!(after_outage.is_subset(&ids), "every row from the outage on reached the new broker");
 }
+
+/// What Debezium's PostgreSQL connector sends for `col` of type `pgtype` (with
+/// `decimal.handling.mode=string`, microsecond times, base64 binary), computed by PostgreSQL
+/// itself: the oracle the sink's JSON is checked against. `NULL` for a value Arrow cannot hold.
+fn debezium_json_sql(col: &str, pgtype: &str, dt: &arrow_schema::DataType) -> String {
+    use arrow_schema::DataType as D;
+    let specials = |c: &str| {
+        format!(
+            "CASE WHEN {c} IS NULL THEN NULL WHEN {c} = 'NaN' THEN to_json('NaN'::text) \
+             WHEN {c} = 'Infinity' THEN to_json('Infinity'::text) \
+             WHEN {c} = '-Infinity' THEN to_json('-Infinity'::text) ELSE to_json({c}) END"
+        )
+    };
+    match pgtype {
+        "int2" | "int4" | "int8" | "posint" | "bool" => format!("to_json({col})"),
+        "oid" => format!("to_json({col}::int8)"),
+        "float4" | "float8" => specials(col),
+        _ if matches!(dt, D::Decimal128(..)) => format!(
+            "CASE WHEN {col}::text IN ('NaN', 'Infinity', '-Infinity') THEN NULL \
+             ELSE to_json({col}::text) END"
+        ),
+        "money" => format!("to_json({col}::numeric::text)"),
+        "bytea" => format!("to_json(replace(encode({col}, 'base64'), E'\\n', ''))"),
+        "date" => format!(
+            "to_json(CASE WHEN {col} = 'infinity' THEN 2147483647 WHEN {col} = '-infinity' \
+             THEN -2147483648 ELSE {col} - date '1970-01-01' END)"
+        ),
+        "time" => format!("to_json((extract(epoch FROM {col}) * 1000000)::int8)"),
+        "timetz" => format!(
+            "to_json(to_char(timestamp '2000-01-01' + make_interval(secs => \
+             ((extract(epoch FROM {col}::time) - extract(timezone FROM {col}))::numeric \
+             % 86400 + 86400) % 86400), 'HH24:MI:SS.US') || 'Z')"
+        ),
+        "timestamp" => format!(
+            "to_json(CASE WHEN {col} = 'infinity' THEN 9223372036854775807 \
+             WHEN {col} = '-infinity' THEN -9223372036854775808 \
+             ELSE (extract(epoch FROM {col}) * 1000000)::int8 END)"
+        ),
+        "timestamptz" => format!(
+            "to_json(CASE WHEN {col} = 'infinity' THEN 'infinity' \
+             WHEN {col} = '-infinity' THEN '-infinity' \
+             ELSE to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') END)"
+        ),
+        // Months of 30.4375 days (2,629,800,000,000 µs), within the int64 range.
+        "interval" => format!(
+            "CASE WHEN {col} IS NOT NULL THEN to_json(greatest(least((extract(year FROM {col}) * 12 + extract(month FROM {col})) \
+             * 2629800000000 + extract(day FROM {col}) * 86400000000 \
+             + (extract(hour FROM {col}) * 3600 + extract(minute FROM {col}) * 60) * 1000000 \
+             + extract(microseconds FROM {col}), 9223372036854775807), \
+             -9223372036854775808)::int8) END"
+        ),
+        "int4[]" | "text[]" | "uuid[]" => format!("to_json({col})"),
+        "numeric(6,2)[]" => format!(
+            "CASE WHEN {col} IS NOT NULL THEN coalesce((SELECT json_agg(x::text ORDER BY o) \
+             FROM unnest({col}) WITH ORDINALITY u(x, o)), '[]') END"
+        ),
+        // Two levels, as the Arrow type declares: a 1-D value wrapped, deeper ones flattened
+        // below the first dimension.
+        "int4[][]" => format!(
+            "CASE WHEN {col} IS NULL THEN NULL WHEN array_ndims({col}) IS NULL THEN '[]' \
+             WHEN array_ndims({col}) = 1 THEN json_build_array(to_json({col})) \
+             ELSE (SELECT json_agg((SELECT json_agg(x ORDER BY o) \
+                   FROM unnest({col}[i:i]) WITH ORDINALITY u(x, o)) ORDER BY i) \
+                   FROM generate_subscripts({col}, 1) i) END"
+        ),
+        // Everything else is its output function's text.
+        _ => format!("CASE WHEN num_nonnulls({col}) = 1 THEN to_json(format('%s', {col})) END"),
+    }
+}
+
+/// The Connect schema Debezium gives a column: (type, logical name), arrays as
+/// ("array", item's).
+fn debezium_schema_of(pgtype: &str) -> Value {
+    let plain = |t: &str| serde_json::json!({"type": t});
+    let named = |t: &str, n: &str| serde_json::json!({"type": t, "name": n});
+    let array = |item: Value| serde_json::json!({"type": "array", "items": item});
+    match pgtype {
+        "int2" => plain("int16"),
+        "int4" | "posint" => plain("int32"),
+        "int8" | "oid" => plain("int64"),
+        "float4" => plain("float"),
+        "float8" => plain("double"),
+        "bool" => plain("boolean"),
+        "bytea" => plain("bytes"),
+        "date" => named("int32", "io.debezium.time.Date"),
+        "time" => named("int64", "io.debezium.time.MicroTime"),
+        "timetz" => named("string", "io.debezium.time.ZonedTime"),
+        "timestamp" => named("int64", "io.debezium.time.MicroTimestamp"),
+        "timestamptz" => named("string", "io.debezium.time.ZonedTimestamp"),
+        "interval" => named("int64", "io.debezium.time.MicroDuration"),
+        "uuid" => named("string", "io.debezium.data.Uuid"),
+        "json" | "jsonb" => named("string", "io.debezium.data.Json"),
+        "int4[]" => array(plain("int32")),
+        "int4[][]" => array(array(plain("int32"))),
+        "uuid[]" => array(named("string", "io.debezium.data.Uuid")),
+        "text[]" | "numeric(6,2)[]" => array(plain("string")),
+        _ => plain("string"),
+    }
+}
+
+/// A schema as [`debezium_schema_of`] states it: type, name, items (field, optional and
+/// version left out).
+fn schema_shape(schema: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    out.insert("type".into(), schema["type"].clone());
+    if let Some(n) = schema.get("name") {
+        out.insert("name".into(), n.clone());
+    }
+    if let Some(items) = schema.get("items") {
+        out.insert("items".into(), schema_shape(items));
+    }
+    Value::Object(out)
+}
+
+/// Whether a JSON value fits its Connect schema (as JsonConverter would read it).
+fn fits(value: &Value, schema: &Value) -> bool {
+    match (value, schema["type"].as_str().unwrap()) {
+        (Value::Null, _) => schema["optional"] == true,
+        (Value::Number(n), "int16" | "int32" | "int64") => n.is_i64() || n.is_u64(),
+        // NaN and infinities are strings (documented).
+        (Value::Number(_), "float" | "double") => true,
+        (Value::String(s), "float" | "double") => {
+            matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity")
+        }
+        (Value::Bool(_), "boolean") => true,
+        (Value::String(_), "string" | "bytes") => true,
+        (Value::Array(items), "array") => items.iter().all(|i| fits(i, &schema["items"])),
+        _ => false,
+    }
+}
+
+/// JSON values equal, numbers by value (`7` and `7.0` are one number).
+fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(x), Some(y)) => x == y,
+            _ => x.as_f64() == y.as_f64(),
+        },
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_json(a, b))
+        }
+        _ => a == b,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_random_workload_of_every_type_arrives_as_debezium_would_send_it_with_schemas() {
+    let broker = KafkaBroker::start().expect("a Kafka broker (tansu)");
+    let db = Cluster::shared().database("kafka_dbz_types");
+    db.psql(&crate::types::all_types_sql());
+    let columns = crate::types::columns();
+    let client = crate::common::sql(&db).await;
+    // The oracle: each seed row as Debezium's `after`, by seed id, computed by PostgreSQL.
+    let exprs: Vec<String> = columns
+        .iter()
+        .map(|(c, t, dt, _)| format!("'{c}', {}", debezium_json_sql(c, t, dt)))
+        .collect();
+    // What Arrow's types cannot hold (README's type table): numeric NaN and infinities in
+    // decimal columns, and the time 24:00:00.
+    let unrep: Vec<String> = columns
+        .iter()
+        .filter_map(|(c, t, dt, _)| match (*t, dt) {
+            (_, arrow_schema::DataType::Decimal128(..)) => Some(format!(
+                "CASE WHEN {c}::text IN ('NaN', 'Infinity', '-Infinity') THEN '{c}' END"
+            )),
+            ("time" | "timetz", _) => Some(format!("CASE WHEN {c}::time = '24:00' THEN '{c}' END")),
+            _ => None,
+        })
+        .collect();
+    // json_build_object takes at most 100 arguments: two objects, merged.
+    let half = exprs.len() / 2;
+    let query = format!(
+        "SELECT id, (jsonb_build_object({}) || jsonb_build_object({}))::text,
+                array_remove(ARRAY[{}]::text[], NULL) FROM seed ORDER BY id",
+        exprs[..half].join(", "),
+        exprs[half..].join(", "),
+        unrep.join(", ")
+    );
+    let mut seed: BTreeMap<i32, (serde_json::Map<String, Value>, Vec<String>)> = BTreeMap::new();
+    for row in client.query(&query, &[]).await.unwrap() {
+        let after: Value = serde_json::from_str(row.get::<_, &str>(1)).unwrap();
+        seed.insert(row.get(0), (after.as_object().unwrap().clone(), row.get(2)));
+    }
+    let seeds: Vec<i32> = seed.keys().copied().collect();
+    let names: Vec<&str> = columns.iter().map(|(c, ..)| *c).collect();
+    let list = names.join(", ");
+
+    let args = ["--topic-prefix", "dz", "--kafka-schemas"];
+    let until = current_lsn(&db);
+    let (code, out, err) = run(stream_to_kafka(&db, &broker, "dzt", &args, Some(&until))).await;
+    assert_eq!(code, 0, "{out}{err}");
+
+    // A random workload (fixed seed, printed) over ids 1..=12, each row a copy of a seed row:
+    // inserts, updates to another seed row's values, key changes, deletes; then a truncate.
+    // The model keeps what each key's messages must be, in order: (op, before, after) as
+    // (seed id, row id) pairs.
+    type Image = Option<(i32, i32)>;
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64 ^ std::process::id() as u64;
+    eprintln!("workload seed {rng:#x}");
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut live: BTreeMap<i32, i32> = BTreeMap::new(); // row id → seed id
+    let mut expected: BTreeMap<i32, Vec<(&str, Image, Image)>> = BTreeMap::new();
+    let mut script = String::new();
+    for _txn in 0..25 {
+        script.push_str("BEGIN;\n");
+        for _ in 0..1 + next(5) {
+            let id = 1 + next(12) as i32;
+            let s = seeds[next(seeds.len() as u64) as usize];
+            match (live.get(&id).copied(), next(3)) {
+                (None, _) => {
+                    script.push_str(&format!(
+                        "INSERT INTO all_types (id, {list}) SELECT {id}, {list} FROM seed WHERE id = {s};\n"
+                    ));
+                    live.insert(id, s);
+                    expected.entry(id).or_default().push(("c", None, Some((s, id))));
+                }
+                (Some(old), 0) => {
+                    script.push_str(&format!(
+                        "UPDATE all_types SET ({list}) = (SELECT {list} FROM seed WHERE id = {s}) WHERE id = {id};\n"
+                    ));
+                    live.insert(id, s);
+                    expected.entry(id).or_default().push(("u", Some((old, id)), Some((s, id))));
+                }
+                (Some(old), 1) => {
+                    let to = 1 + next(12) as i32;
+                    if live.contains_key(&to) {
+                        continue;
+                    }
+                    script.push_str(&format!("UPDATE all_types SET id = {to} WHERE id = {id};\n"));
+                    live.remove(&id);
+                    live.insert(to, old);
+                    expected.entry(id).or_default().push(("d", Some((old, id)), None));
+                    expected.entry(id).or_default().push(("tombstone", None, None));
+                    expected.entry(to).or_default().push(("c", None, Some((old, to))));
+                }
+                (Some(old), _) => {
+                    script.push_str(&format!("DELETE FROM all_types WHERE id = {id};\n"));
+                    live.remove(&id);
+                    expected.entry(id).or_default().push(("d", Some((old, id)), None));
+                    expected.entry(id).or_default().push(("tombstone", None, None));
+                }
+            }
+        }
+        script.push_str("COMMIT;\n");
+    }
+    let count = |op: &str| expected.values().flatten().filter(|e| e.0 == op).count();
+    assert!(count("c") > 0 && count("u") > 0 && count("d") > 0, "a workload of every kind");
+    script.push_str("TRUNCATE all_types;\n");
+    db.psql(&script);
+    let until = current_lsn(&db);
+    let (code, out, err) = run(stream_to_kafka(&db, &broker, "dzt", &args, Some(&until))).await;
+    assert_eq!(code, 0, "{out}{err}");
+
+    let messages = read_topics(&broker, &["dz.public.all_types".into()], false);
+    let mut sorted: Vec<&Value> = messages.iter().collect();
+    sorted.sort_by_key(|m| (m["partition"].as_i64(), m["offset"].as_i64()));
+    let mut got: BTreeMap<i32, Vec<&Value>> = BTreeMap::new();
+    let mut truncates = 0;
+    let mut schema_checked = false;
+    for m in &sorted {
+        let value: Option<Value> = m["value"].as_str().map(|v| serde_json::from_str(v).unwrap());
+        let Some(key) = m["key"].as_str() else {
+            // The truncate: no key, op t.
+            let v = value.unwrap();
+            assert_eq!(v["payload"]["op"], "t", "{v}");
+            truncates += 1;
+            continue;
+        };
+        let key: Value = serde_json::from_str(key).unwrap();
+        assert_eq!(key["schema"]["name"], "dz.public.all_types.Key");
+        assert_eq!(
+            key["schema"]["fields"],
+            serde_json::json!([{"type": "int32", "optional": false, "field": "id"}])
+        );
+        let id = key["payload"]["id"].as_i64().unwrap() as i32;
+        got.entry(id).or_default().push(m);
+        let Some(v) = value else { continue };
+        // The envelope's schema: Debezium's names, and each column's type as Debezium's.
+        let schema = &v["schema"];
+        assert_eq!(schema["name"], "dz.public.all_types.Envelope");
+        let field = |name: &str| {
+            schema["fields"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["field"] == name)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(field("source")["name"], "io.debezium.connector.postgresql.Source");
+        assert_eq!(field("after")["name"], "dz.public.all_types.Value");
+        let fields = field("after")["fields"].as_array().unwrap().clone();
+        if !schema_checked {
+            for (c, t, ..) in &columns {
+                let f = fields.iter().find(|f| f["field"] == *c).unwrap();
+                assert_eq!(schema_shape(f), debezium_schema_of(t), "the schema of {c} ({t})");
+            }
+            schema_checked = true;
+        }
+        // Every value fits its schema, as JsonConverter would read it.
+        for image in ["before", "after"] {
+            if let Some(row) = v["payload"][image].as_object() {
+                for f in &fields {
+                    let name = f["field"].as_str().unwrap();
+                    if let Some(x) = row.get(name) {
+                        assert!(fits(x, f), "{image}.{name} = {x} does not fit {f}");
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(truncates, 1, "one truncate message");
+
+    // Each key's messages, in partition order, are the model's, field by field.
+    let image = |img: Image, v: &Value, what: &str| {
+        let Some((s, id)) = img else {
+            assert_eq!(*v, Value::Null, "{what}");
+            return;
+        };
+        let (want, lost) = &seed[&s];
+        let row = v.as_object().unwrap_or_else(|| panic!("{what}: {v}"));
+        for (c, _, _, _) in &columns {
+            let got = &row[*c];
+            if lost.iter().any(|l| l == c) {
+                assert_eq!(*got, Value::Null, "{what}: {c} is unrepresentable, sent as null");
+                continue;
+            }
+            assert!(
+                same_json(got, &want[*c]),
+                "{what}: {c} = {got}, Debezium's is {} (the row: {v})",
+                want[*c]
+            );
+        }
+        assert_eq!(row["id"], id, "{what}");
+    };
+    assert_eq!(got.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
+    for (id, want) in &expected {
+        let msgs = &got[id];
+        assert_eq!(msgs.len(), want.len(), "key {id}: {msgs:?}");
+        for (i, (m, (op, before, after))) in msgs.iter().zip(want).enumerate() {
+            let what = format!("key {id}, message {i} ({op})");
+            let Some(v) = m["value"].as_str() else {
+                assert_eq!(*op, "tombstone", "{what}");
+                continue;
+            };
+            let v: Value = serde_json::from_str(v).unwrap();
+            let p = &v["payload"];
+            assert_eq!(p["op"], *op, "{what}");
+            assert!(p.get("missing").is_none(), "{what}: nothing is TOASTed unchanged here");
+            let (s, _) = after.or(*before).unwrap();
+            let lost = &seed[&s].1;
+            let listed: Vec<String> = p
+                .get("unrepresentable")
+                .map(|u| serde_json::from_value(u.clone()).unwrap())
+                .unwrap_or_default();
+            assert_eq!(&listed, lost, "{what}: unrepresentable");
+            image(*before, &p["before"], &format!("{what}, before"));
+            image(*after, &p["after"], &format!("{what}, after"));
+            assert_eq!(p["source"]["table"], "all_types");
+        }
+    }
+}
