@@ -365,6 +365,12 @@ struct StreamArgs {
     /// (`schemas.enable=true` for JsonConverter), with Debezium's logical type names.
     #[arg(long)]
     kafka_schemas: bool,
+    /// Kafka: Kafka transactions, with `transactional.id` `wal2arrow-DATABASE-SLOT` (or the
+    /// one given as `--kafka-property transactional.id=…`): each flush is one Kafka
+    /// transaction recording the position it holds, so a restart skips what Kafka has and
+    /// read_committed consumers see each change once.
+    #[arg(long)]
+    kafka_transactions: bool,
     /// Serve Prometheus metrics (`/metrics`) and a health check (`/health`) here: `PORT`
     /// (on 127.0.0.1) or `HOST:PORT`.
     #[arg(long, value_name = "ADDR")]
@@ -738,7 +744,16 @@ async fn stream(args: StreamArgs) -> CmdResult {
                     let (k, v) = p.split_once('=').ok_or_else(|| {
                         Error::Config(format!("--kafka-property {p:?}: expected KEY=VALUE"))
                     })?;
-                    options.properties.push((k.trim().to_owned(), v.trim().to_owned()));
+                    let (k, v) = (k.trim(), v.trim());
+                    if k == "transactional.id" {
+                        options.transactional_id = Some(v.to_owned());
+                    } else {
+                        options.properties.push((k.to_owned(), v.to_owned()));
+                    }
+                }
+                if args.kafka_transactions && options.transactional_id.is_none() {
+                    options.transactional_id =
+                        Some(format!("wal2arrow-{}-{}", options.database, args.select.slot));
                 }
                 Box::new(wal2arrow_sinks::kafka::KafkaSink::new(options)?)
             }

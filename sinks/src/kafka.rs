@@ -99,6 +99,19 @@
 //! error: the next run sends it again). The runner acknowledges a transaction
 //! only after a flush in which the broker acknowledged every message of it; after a crash,
 //! what was written but not acknowledged is written again (at-least-once).
+//!
+//! **Kafka transactions** ([`KafkaOptions::transactional_id`]): each flush's messages are one
+//! Kafka transaction, begun at the first message after a flush; before committing it the sink
+//! adds a record of the position it holds — `{"transactional_id":…,"commit_lsn":"0/16B3E00",
+//! "ack_lsn":"0/16B3E30"}`, keyed by the ID, on `<prefix>.wal2arrow-offsets` — so the record
+//! and the changes are committed together. At start the producer registers the ID (fencing an
+//! earlier producer with it and aborting its open transaction) and reads the record back
+//! (`read_committed`): [`Sink::durable`] returns it and the runner skips the transactions at or
+//! before it. A failed run aborts the open transaction ([`Sink::rollback`]). Consumers reading
+//! `read_committed` then see each change once. A broker away for longer than the transaction
+//! may last (`transaction.timeout.ms`, 60 s by default) ends the run with an error instead of
+//! waiting: the transaction is aborted, nothing after the last committed one was acknowledged,
+//! and the next run writes it again.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -119,7 +132,7 @@ use wal2arrow_consumer::{ChangeBatch, Event, Lsn};
 use wal2arrow_schema::meta::PG_TYPNAME as TYPNAME;
 
 use crate::error::{Error, Result};
-use crate::{Sink, json_string};
+use crate::{Durable, Sink, json_string};
 
 /// What the messages hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,6 +165,13 @@ pub struct KafkaOptions {
     /// `{"schema": …, "payload": …}`, the schema in Kafka Connect's JSON form with Debezium's
     /// logical type names (default false).
     pub schemas: bool,
+    /// Kafka transactions with this `transactional.id` (one per slot): each flush's messages
+    /// are one Kafka transaction, which also records the position of its last PostgreSQL
+    /// transaction on `<prefix>.wal2arrow-offsets`; a restart reads it back
+    /// ([`Sink::durable`]) and skips what Kafka already has, and messages written since the
+    /// last flush are aborted when the run fails ([`Sink::rollback`]). `read_committed`
+    /// consumers then see each change once. Default: none (at-least-once).
+    pub transactional_id: Option<String>,
 }
 
 impl KafkaOptions {
@@ -166,7 +186,14 @@ impl KafkaOptions {
             properties: Vec::new(),
             transaction_metadata: false,
             schemas: false,
+            transactional_id: None,
         }
+    }
+
+    /// The topic where Kafka transactions record the position they hold
+    /// (`<prefix>.wal2arrow-offsets`, keyed by `transactional.id`).
+    pub fn offsets_topic(&self) -> String {
+        format!("{}.wal2arrow-offsets", self.topic_prefix)
     }
 
     /// The topic of a table.
@@ -243,6 +270,12 @@ pub struct KafkaSink {
     /// With `schemas`: each table's key and envelope schemas, for the relation they were
     /// built from.
     schemas: HashMap<String, Arc<TableSchemas>>,
+    /// With Kafka transactions: whether one is open (begun at the first message after a
+    /// flush), what the last flush committed, and the positions written since.
+    txn_open: bool,
+    durable: Durable,
+    last_commit: Lsn,
+    last_ack: Lsn,
 }
 
 /// A table's Kafka Connect schemas (JSON).
@@ -291,11 +324,18 @@ impl KafkaSink {
             .set("bootstrap.servers", &options.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("message.timeout.ms", "0")
             .set("linger.ms", "5")
             .set("client.id", "wal2arrow");
+        // Messages never expire; in a Kafka transaction they may not outlive it (librdkafka's
+        // default there: transaction.timeout.ms, 60 s).
+        if options.transactional_id.is_none() {
+            config.set("message.timeout.ms", "0");
+        }
         for (k, v) in &options.properties {
             config.set(k, v);
+        }
+        if let Some(id) = &options.transactional_id {
+            config.set("transactional.id", id);
         }
         let max_message =
             config.get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(1_000_000usize);
@@ -303,6 +343,16 @@ impl KafkaSink {
         let producer: ThreadedProducer<Deliveries> = config
             .create_with_context(deliveries.clone())
             .map_err(|e| Error::Config(format!("kafka: {e} (check --kafka-property)")))?;
+        let mut durable = Durable::default();
+        if let Some(id) = &options.transactional_id {
+            init_transactions(&producer, id)?;
+            durable = read_offsets(&options, id)?;
+            tracing::info!(
+                transactional_id = %id,
+                commit_lsn = %durable.commit_lsn,
+                "Kafka transactions: Kafka holds the changes up to this commit"
+            );
+        }
         Ok(KafkaSink {
             options,
             producer,
@@ -315,6 +365,10 @@ impl KafkaSink {
             value: String::new(),
             meta: TxnMeta::default(),
             schemas: HashMap::new(),
+            txn_open: false,
+            durable,
+            last_commit: durable.commit_lsn,
+            last_ack: durable.ack_lsn,
         })
     }
 
@@ -408,6 +462,10 @@ impl KafkaSink {
         headers: OwnedHeaders,
         what: Option<&str>,
     ) -> Result<()> {
+        if self.options.transactional_id.is_some() && !self.txn_open {
+            self.producer.begin_transaction().map_err(|e| self.transaction_error("begin", e))?;
+            self.txn_open = true;
+        }
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(headers);
         if let Some(k) = key {
             record = record.key(k);
@@ -453,6 +511,52 @@ impl KafkaSink {
         }
         self.unflushed += 1;
         self.since_flush.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    /// A Kafka transaction's error, saying what it means.
+    fn transaction_error(&self, what: &str, e: KafkaError) -> Error {
+        let id = self.options.transactional_id.as_deref().unwrap_or_default();
+        transaction_error(id, what, e)
+    }
+
+    /// Records the position of the last PostgreSQL transaction written in the open Kafka
+    /// transaction, then commits it (waiting for a broker that is down, saying so).
+    fn commit_transaction(&mut self) -> Result<()> {
+        let id = self.options.transactional_id.clone().unwrap_or_default();
+        let topic = self.options.offsets_topic();
+        self.ensure_topic(&topic)?;
+        let mut value = String::from("{\"transactional_id\":");
+        json_string(&id, &mut value);
+        let _ = write!(
+            value,
+            ",\"commit_lsn\":\"{}\",\"ack_lsn\":\"{}\"}}",
+            self.last_commit, self.last_ack
+        );
+        let headers = self.headers(0);
+        self.send(&topic, Some(id.as_bytes()), Some(value.as_bytes()), headers)?;
+        let started = Instant::now();
+        loop {
+            match self.producer.commit_transaction(Duration::from_secs(10)) {
+                Ok(()) => break,
+                Err(KafkaError::Transaction(e)) if e.is_retriable() => {
+                    tracing::warn!(
+                        waiting = ?started.elapsed(),
+                        error = %e,
+                        "the Kafka broker has not committed the transaction yet (is it up?); \
+                         nothing after it is acknowledged to PostgreSQL until it has"
+                    );
+                }
+                Err(e) => return Err(self.transaction_error("commit", e)),
+            }
+        }
+        self.txn_open = false;
+        self.durable = Durable { commit_lsn: self.last_commit, ack_lsn: self.last_ack };
+        if let Some(failed) = self.deliveries.failed.lock().ok().and_then(|mut f| f.take()) {
+            return Err(kafka_error(None, failed));
+        }
+        self.since_flush = None;
+        self.unflushed = 0;
         Ok(())
     }
 
@@ -818,6 +922,10 @@ impl KafkaSink {
 }
 
 impl Sink for KafkaSink {
+    fn durable(&self) -> Durable {
+        self.durable
+    }
+
     fn write(&mut self, event: &Event) -> Result<()> {
         match event {
             Event::Begin(b) => {
@@ -825,7 +933,16 @@ impl Sink for KafkaSink {
                 self.meta = TxnMeta::default();
                 Ok(())
             }
-            Event::Commit(_) => self.end_transaction(),
+            Event::Commit(c) => {
+                self.end_transaction()?;
+                self.last_commit = c.commit_lsn;
+                self.last_ack = self.last_ack.max(c.end_lsn);
+                Ok(())
+            }
+            Event::Message(m) if !m.transactional => {
+                self.last_ack = self.last_ack.max(m.ack_lsn());
+                Ok(())
+            }
             Event::Change(c) => {
                 self.txn = (c.xid, c.commit_lsn, c.commit_time_us);
                 match self.options.format {
@@ -867,6 +984,9 @@ impl Sink for KafkaSink {
     }
 
     fn flush(&mut self) -> Result<()> {
+        if self.options.transactional_id.is_some() {
+            return if self.txn_open { self.commit_transaction() } else { Ok(()) };
+        }
         let started = Instant::now();
         // Since when the broker answers again while messages stay unacknowledged.
         let mut answering_since: Option<Instant> = None;
@@ -925,8 +1045,141 @@ impl Sink for KafkaSink {
     }
 
     fn rollback(&mut self) -> Result<bool> {
-        Ok(false)
+        if self.options.transactional_id.is_none() {
+            return Ok(false);
+        }
+        if self.txn_open {
+            self.txn_open = false;
+            self.producer
+                .abort_transaction(Duration::from_secs(30))
+                .map_err(|e| self.transaction_error("abort", e))?;
+        }
+        self.last_commit = self.durable.commit_lsn;
+        self.last_ack = self.durable.ack_lsn;
+        self.meta = TxnMeta::default();
+        self.since_flush = None;
+        self.unflushed = 0;
+        Ok(true)
     }
+}
+
+/// A Kafka transaction's error, saying what it means.
+fn transaction_error(id: &str, what: &str, e: KafkaError) -> Error {
+    let fenced = matches!(&e, KafkaError::Transaction(t) if t.is_fatal());
+    Error::Kafka(if fenced {
+        format!(
+            "kafka: cannot {what} a transaction of transactional.id {id}: {e} — another \
+             producer with this transactional.id took over (is a second stream running on this \
+             slot?), or the broker ended the transaction; nothing after the last committed one \
+             was acknowledged to PostgreSQL: the next run writes it again"
+        )
+    } else {
+        format!("kafka: cannot {what} a transaction of transactional.id {id}: {e}")
+    })
+}
+
+/// Registers the transactional producer with the broker (fencing an earlier one with the same
+/// ID, whose open transaction is aborted), waiting for a broker that is down.
+fn init_transactions(producer: &ThreadedProducer<Deliveries>, id: &str) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        match producer.init_transactions(Duration::from_secs(10)) {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Transaction(e)) if e.is_retriable() => {
+                tracing::warn!(waiting = ?started.elapsed(), error = %e, transactional_id = id,
+                    "the Kafka broker does not answer; retrying");
+            }
+            Err(e) => {
+                return Err(Error::Kafka(format!(
+                    "kafka: cannot start transactions with transactional.id {id}: {e} (does the \
+                     broker support transactions, and may this client use the ID? Without \
+                     --kafka-transactions the stream is at-least-once)"
+                )));
+            }
+        }
+    }
+}
+
+/// What the last committed Kafka transaction of `id` recorded on the offsets topic (read
+/// `read_committed`); nothing if the topic or the record is not there.
+fn read_offsets(options: &KafkaOptions, id: &str) -> Result<Durable> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let topic = options.offsets_topic();
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &options.brokers)
+        .set("group.id", format!("{id}.offsets"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed");
+    for (k, v) in &options.properties {
+        if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
+            config.set(k, v);
+        }
+    }
+    let consumer: BaseConsumer =
+        config.create().map_err(|e| kafka_error(Some(&topic), format!("a reader: {e}")))?;
+    let started = Instant::now();
+    let partitions = loop {
+        match consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)) {
+            Ok(md) => match md.topics().iter().find(|t| t.name() == topic) {
+                Some(t) if t.error().is_none() => break t.partitions().len(),
+                _ => break 0,
+            },
+            Err(e) => {
+                tracing::warn!(topic, error = %e, waited = ?started.elapsed(),
+                    "the Kafka broker does not answer; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    };
+    let mut durable = Durable::default();
+    if partitions == 0 {
+        return Ok(durable);
+    }
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        assignment
+            .add_partition_offset(&topic, p, Offset::Beginning)
+            .map_err(|e| kafka_error(Some(&topic), e))?;
+    }
+    consumer.assign(&assignment).map_err(|e| kafka_error(Some(&topic), e))?;
+    let mut at_end = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while at_end.len() < partitions {
+        match consumer.poll(Duration::from_secs(1)) {
+            Some(Ok(m)) if m.key() == Some(id.as_bytes()) => {
+                let value = m.payload().and_then(|v| std::str::from_utf8(v).ok()).unwrap_or("");
+                let field = |name: &str| -> Option<Lsn> {
+                    let start = value.find(&format!("\"{name}\":\""))? + name.len() + 4;
+                    value[start..].split('"').next()?.parse().ok()
+                };
+                match (field("commit_lsn"), field("ack_lsn")) {
+                    (Some(commit_lsn), Some(ack_lsn)) => durable = Durable { commit_lsn, ack_lsn },
+                    _ => {
+                        return Err(kafka_error(
+                            Some(&topic),
+                            format!("a record of {id} that is not wal2arrow's: {value:?}"),
+                        ));
+                    }
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => tracing::warn!(topic, error = %e, "reading the offsets topic"),
+            None if Instant::now() > deadline => {
+                return Err(kafka_error(
+                    Some(&topic),
+                    "could not read it to its end in 120 s: the position Kafka holds is unknown",
+                ));
+            }
+            None => {}
+        }
+    }
+    Ok(durable)
 }
 
 /// Kafka Connect's schema of Debezium's `source` block (PostgreSQL connector).

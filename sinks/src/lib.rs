@@ -11,7 +11,9 @@
 //! flush depends on the sink:
 //!
 //! - a sink that can take them back ([`Sink::rollback`]: the Parquet sink, whose files become
-//!   visible only at a flush) gives **exactly-once** output: after a crash it reports what it
+//!   visible only at a flush, and the Kafka sink with Kafka transactions, whose messages
+//!   `read_committed` consumers see only once committed) gives **exactly-once** output: after
+//!   a crash it reports what it
 //!   made durable ([`Sink::durable`]) and the runner skips the transactions at or before it
 //!   when the slot replays them;
 //! - a sink that cannot (a stream to standard output) is **at-least-once**: a transaction cut

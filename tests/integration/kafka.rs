@@ -393,11 +393,24 @@ fn by_id(messages: &[Value]) -> BTreeMap<String, Vec<Value>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_twice_and_restarted_every_change_is_in_kafka_and_copies_are_identifiable() {
+    killed_twice_and_restarted("kafka_kill", &[]).await;
+}
+
+/// The same with Kafka transactions: each restart fences the killed producer (aborting its
+/// open transaction) and resumes from the position Kafka holds. (The test broker does not
+/// hide aborted transactions from readers, so copies may still be read here: what is checked
+/// is that nothing is lost and the restarts go through.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_twice_with_kafka_transactions_nothing_is_lost() {
+    killed_twice_and_restarted("kafka_kill_txn", &["--kafka-transactions"]).await;
+}
+
+async fn killed_twice_and_restarted(label: &str, extra: &[&str]) {
     let broker = KafkaBroker::start().expect("a Kafka broker (tansu)");
-    let db = Cluster::shared().database("kafka_kill");
+    let db = Cluster::shared().database(label);
     db.psql("CREATE TABLE k (id int8 PRIMARY KEY, v int8)");
     let until = current_lsn(&db);
-    let (code, out, err) = run(stream_to_kafka(&db, &broker, "killed", &[], Some(&until))).await;
+    let (code, out, err) = run(stream_to_kafka(&db, &broker, label, extra, Some(&until))).await;
     assert_eq!(code, 0, "{out}{err}");
     // A writer: 300 transactions of inserts, updates and deletes.
     let writer = tokio::spawn({
@@ -422,14 +435,14 @@ async fn killed_twice_and_restarted_every_change_is_in_kafka_and_copies_are_iden
         }
     });
     for _ in 0..2 {
-        let mut child = stream_to_kafka(&db, &broker, "killed", &[], None).spawn().unwrap();
+        let mut child = stream_to_kafka(&db, &broker, label, extra, None).spawn().unwrap();
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(send_signal(child.id().unwrap(), "KILL"), 0);
         child.wait().await.unwrap();
     }
     writer.await.unwrap();
     let until = current_lsn(&db);
-    let (code, out, err) = run(stream_to_kafka(&db, &broker, "killed", &[], Some(&until))).await;
+    let (code, out, err) = run(stream_to_kafka(&db, &broker, label, extra, Some(&until))).await;
     assert_eq!(code, 0, "{out}{err}");
     let messages = read_topics(&broker, &["wal2arrow.public.k".into()], false);
     // Copies removed by (commit LSN, ordinal, row, tombstone or not): exactly the changes.
@@ -479,7 +492,7 @@ async fn killed_twice_and_restarted_every_change_is_in_kafka_and_copies_are_iden
         .collect();
     assert_eq!(rebuilt, table, "the topic, replayed, is the table");
     eprintln!(
-        "killed twice: {} messages, {copies} copies of the unacknowledged tail",
+        "killed twice ({extra:?}): {} messages, {copies} copies of the unacknowledged tail",
         messages.len()
     );
 }
@@ -982,4 +995,64 @@ async fn a_random_workload_of_every_type_arrives_as_debezium_would_send_it_with_
             assert_eq!(p["source"]["table"], "all_types");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_transactions_record_their_position_and_a_restart_skips_what_kafka_holds() {
+    let broker = KafkaBroker::start().expect("a Kafka broker (tansu)");
+    let db = Cluster::shared().database("kafka_txn");
+    db.psql("CREATE TABLE t (id int8 PRIMARY KEY, v text)");
+    // Two slots at one position, streaming under one transactional.id: the second is what a
+    // restart whose slot was not acknowledged sees (every transaction delivered again).
+    let args = ["--topic-prefix", "kt", "--kafka-property", "transactional.id=kt-shared"];
+    for slot in ["kt_first", "kt_again"] {
+        let until = current_lsn(&db);
+        let (code, out, err) = run(stream_to_kafka(&db, &broker, slot, &args, Some(&until))).await;
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    for t in 0..3 {
+        db.psql(&format!(
+            "INSERT INTO t SELECT g, 'row ' || g FROM generate_series({}, {}) g",
+            t * 100 + 1,
+            t * 100 + 100
+        ));
+    }
+    let third_commit = current_lsn(&db);
+    let (code, out, err) =
+        run(stream_to_kafka(&db, &broker, "kt_first", &args, Some(&third_commit))).await;
+    assert_eq!(code, 0, "{out}{err}");
+    // The position Kafka holds, recorded in the same Kafka transaction as the rows.
+    let offsets = read_topics(&broker, &["kt.wal2arrow-offsets".into()], false);
+    let last = offsets.iter().rfind(|m| m["key"] == "kt-shared").expect("a position record");
+    let record: Value = serde_json::from_str(last["value"].as_str().unwrap()).unwrap();
+    assert_eq!(record["transactional_id"], "kt-shared");
+    let held: wal2arrow_consumer::Lsn = record["commit_lsn"].as_str().unwrap().parse().unwrap();
+    let third_commit: wal2arrow_consumer::Lsn = third_commit.parse().unwrap();
+    assert!(held > wal2arrow_consumer::Lsn(0) && held <= third_commit, "{record}");
+    db.psql("INSERT INTO t SELECT g, 'row ' || g FROM generate_series(301, 400) g");
+    let until = current_lsn(&db);
+    let mut again = args.to_vec();
+    again.extend(["--log-level", "info"]);
+    let (code, out, err) =
+        run(stream_to_kafka(&db, &broker, "kt_again", &again, Some(&until))).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("Kafka holds the changes up to this commit")
+            && err.contains(&held.to_string()),
+        "the restart read the position back: {err}"
+    );
+    // Every row once: the three transactions Kafka held were skipped, the fourth written.
+    let messages = read_topics(&broker, &["kt.public.t".into()], false);
+    let mut ids: Vec<i64> = messages
+        .iter()
+        .map(|m| {
+            let v: Value = serde_json::from_str(m["value"].as_str().unwrap()).unwrap();
+            v["after"]["id"].as_i64().unwrap()
+        })
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=400).collect::<Vec<i64>>(), "every row exactly once");
+    // The second slot was acknowledged past the transactions it skipped.
+    let flushed = crate::common::confirmed_flush(&db, "kt_again");
+    assert!(flushed > held, "confirmed_flush {flushed}, Kafka held {held}");
 }

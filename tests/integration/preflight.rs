@@ -234,13 +234,23 @@ async fn slots_are_listed_with_lag_and_dropped_from_the_api() {
     stream.set_status_interval(Duration::from_millis(100));
     let txns = read_txns(&mut stream, 1, Duration::from_secs(30)).await;
     stream.ack(txns[0].commit.end_lsn);
-    let _ = tokio::time::timeout(Duration::from_millis(500), stream.next_event()).await;
-    let slot = wal2arrow_consumer::list_slots(&c)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|s| s.name == "api_slot")
-        .unwrap();
+    // The stream sends the acknowledgement with its next status update; the server shows it
+    // once it has read it (on a busy machine, not always within a fixed time: waited for).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let slot = loop {
+        let _ = tokio::time::timeout(Duration::from_millis(200), stream.next_event()).await;
+        let slot = wal2arrow_consumer::list_slots(&c)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|s| s.name == "api_slot")
+            .unwrap();
+        if slot.confirmed_flush_lsn >= Some(txns[0].commit.end_lsn)
+            || std::time::Instant::now() > deadline
+        {
+            break slot;
+        }
+    };
     assert!(slot.active_pid.is_some());
     // At least what was acknowledged (caught up, the stream also confirms keepalive positions).
     assert!(slot.confirmed_flush_lsn >= Some(txns[0].commit.end_lsn), "{slot:?}");
