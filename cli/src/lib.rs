@@ -705,6 +705,7 @@ async fn stream(args: StreamArgs) -> CmdResult {
     // It also keeps the record of the tables it holds: tables it lacks are backfilled.
     let mut held: Option<Option<Vec<String>>> = None;
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    let mut kafka: Option<wal2arrow_sinks::kafka::KafkaSink> = None;
     for kind in &kinds {
         let sink: Box<dyn Sink> = match kind {
             SinkArg::Print => Box::new(print::PrintSink),
@@ -755,7 +756,19 @@ async fn stream(args: StreamArgs) -> CmdResult {
                     options.transactional_id =
                         Some(format!("wal2arrow-{}-{}", options.database, args.select.slot));
                 }
-                Box::new(wal2arrow_sinks::kafka::KafkaSink::new(options)?)
+                if options.transactional_id.is_some() {
+                    // The position Kafka holds is only meaningful for this cluster and
+                    // database: recorded with it, and checked when read back.
+                    let system = client::ReplicationClient::connect(&config)
+                        .await?
+                        .identify_system()
+                        .await?;
+                    options.source = format!("{}/{}", system.system_id, options.database);
+                }
+                // Its Kafka transactions start once the slot is held (below): a second stream
+                // started by mistake must not fence the running one.
+                kafka = Some(wal2arrow_sinks::kafka::KafkaSink::new(options)?);
+                continue;
             }
             SinkArg::Parquet => {
                 let dir = args
@@ -789,11 +802,6 @@ async fn stream(args: StreamArgs) -> CmdResult {
         };
         sinks.push(sink);
     }
-    let sink: Box<dyn Sink> = if sinks.len() == 1 {
-        sinks.pop().expect("one sink")
-    } else {
-        Box::new(wal2arrow_sinks::fanout::Fanout::new(sinks))
-    };
     if let Some(from) = resumable {
         builder = builder.resumable_snapshot(from);
     }
@@ -812,6 +820,18 @@ async fn stream(args: StreamArgs) -> CmdResult {
     if let Some(reason) = stream.fallback_reason() {
         eprintln!("wal2arrow: streaming with wal2json ({reason})");
     }
+    if let Some(mut kafka) = kafka {
+        if let Err(e) = kafka.start_transactions() {
+            stream.close().await;
+            return Err(e.into());
+        }
+        sinks.push(Box::new(kafka));
+    }
+    let sink: Box<dyn Sink> = if sinks.len() == 1 {
+        sinks.pop().expect("one sink")
+    } else {
+        Box::new(wal2arrow_sinks::fanout::Fanout::new(sinks))
+    };
     let run_options = RunOptions {
         until_lsn: args.until_lsn,
         idle_timeout: args.idle_timeout.map(Duration::from_secs),

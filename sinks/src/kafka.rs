@@ -52,8 +52,9 @@
 //! leaves such a column out of `after` and lists it in `"missing": [...]` beside `op`. A value
 //! its column's Arrow type cannot hold (a `numeric` NaN or infinity in a column with a
 //! precision, the time `24:00:00`: the README's type table) is `null` and named in
-//! `"unrepresentable": [...]` (`after`'s columns, or `before`'s for a delete). `bit`/`varbit` and `point` are their text, not Debezium's `Bits` bytes and `Point`
-//! struct. Logical messages are not sent.
+//! `"unrepresentable": [...]` — the columns of `after` (of `before` for a delete; an update's
+//! `before` has no such list). `bit`/`varbit` and `point` are their text, not Debezium's `Bits`
+//! bytes and `Point` struct. Logical messages are not sent.
 //!
 //! **Value schemas** ([`KafkaOptions::schemas`], Kafka Connect's `schemas.enable=true`): each key
 //! is `{"schema":{"type":"struct","fields":[…],"name":"<prefix>.<schema>.<table>.Key"},
@@ -102,16 +103,20 @@
 //!
 //! **Kafka transactions** ([`KafkaOptions::transactional_id`]): each flush's messages are one
 //! Kafka transaction, begun at the first message after a flush; before committing it the sink
-//! adds a record of the position it holds — `{"transactional_id":…,"commit_lsn":"0/16B3E00",
-//! "ack_lsn":"0/16B3E30"}`, keyed by the ID, on `<prefix>.wal2arrow-offsets` — so the record
-//! and the changes are committed together. At start the producer registers the ID (fencing an
-//! earlier producer with it and aborting its open transaction) and reads the record back
-//! (`read_committed`): [`Sink::durable`] returns it and the runner skips the transactions at or
-//! before it. A failed run aborts the open transaction ([`Sink::rollback`]). Consumers reading
-//! `read_committed` then see each change once. A broker away for longer than the transaction
-//! may last (`transaction.timeout.ms`, 60 s by default) ends the run with an error instead of
-//! waiting: the transaction is aborted, nothing after the last committed one was acknowledged,
-//! and the next run writes it again.
+//! adds a record of the position it holds — `{"transactional_id":…,"source":"<system
+//! identifier>/<database>","commit_lsn":"0/16B3E00","ack_lsn":"0/16B3E30"}`, keyed by the ID,
+//! on `<prefix>.wal2arrow-offsets` (created compacted) — so the record and the changes are
+//! committed together. [`KafkaSink::start_transactions`], called once the slot is held,
+//! registers the ID (fencing an earlier producer with it and aborting its open transaction)
+//! and reads the record back (`read_committed`; a record of another source is refused):
+//! [`Sink::durable`] returns it and the runner skips the transactions at or before it. A failed
+//! run aborts the open transaction ([`Sink::rollback`]). Consumers reading `read_committed`
+//! then see each change once. `transaction.timeout.ms` is 900000 (15 minutes, brokers' default
+//! maximum) unless given: a broker away for longer, or one PostgreSQL transaction (an initial
+//! snapshot included) that takes longer to write, ends the run with an error — the Kafka
+//! transaction is aborted, nothing after the last committed one was acknowledged, and the next
+//! run writes it again (raise the broker's `transaction.max.timeout.ms` and this setting for
+//! larger ones).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -172,6 +177,11 @@ pub struct KafkaOptions {
     /// last flush are aborted when the run fails ([`Sink::rollback`]). `read_committed`
     /// consumers then see each change once. Default: none (at-least-once).
     pub transactional_id: Option<String>,
+    /// What the stream reads, `<system identifier>/<database>` (IDENTIFY_SYSTEM's): recorded
+    /// with the position under Kafka transactions, and a record of another source refused —
+    /// its LSNs mean nothing here (a recreated cluster, an ID used for another database).
+    /// Empty: not checked.
+    pub source: String,
 }
 
 impl KafkaOptions {
@@ -187,6 +197,7 @@ impl KafkaOptions {
             transaction_metadata: false,
             schemas: false,
             transactional_id: None,
+            source: String::new(),
         }
     }
 
@@ -226,6 +237,14 @@ impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        // Messages purged on purpose (an aborted Kafka transaction, a flush giving up on a
+        // broker) are reported failed; whoever purged them reports why.
+        if let Err((KafkaError::MessageProduction(Code::PurgeQueue | Code::PurgeInflight), _)) =
+            result
+        {
+            return;
+        }
         if let Err((e, message)) = result {
             use rdkafka::Message;
             let what = format!(
@@ -273,6 +292,7 @@ pub struct KafkaSink {
     /// With Kafka transactions: whether one is open (begun at the first message after a
     /// flush), what the last flush committed, and the positions written since.
     txn_open: bool,
+    transactions_started: bool,
     durable: Durable,
     last_commit: Lsn,
     last_ack: Lsn,
@@ -336,6 +356,12 @@ impl KafkaSink {
         }
         if let Some(id) = &options.transactional_id {
             config.set("transactional.id", id);
+            // A Kafka transaction spans a flush interval, or one large PostgreSQL transaction
+            // (or an initial snapshot): allow it what brokers allow by default
+            // (transaction.max.timeout.ms), not librdkafka's 60 s.
+            if config.get("transaction.timeout.ms").is_none() {
+                config.set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS);
+            }
         }
         let max_message =
             config.get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(1_000_000usize);
@@ -343,16 +369,7 @@ impl KafkaSink {
         let producer: ThreadedProducer<Deliveries> = config
             .create_with_context(deliveries.clone())
             .map_err(|e| Error::Config(format!("kafka: {e} (check --kafka-property)")))?;
-        let mut durable = Durable::default();
-        if let Some(id) = &options.transactional_id {
-            init_transactions(&producer, id)?;
-            durable = read_offsets(&options, id)?;
-            tracing::info!(
-                transactional_id = %id,
-                commit_lsn = %durable.commit_lsn,
-                "Kafka transactions: Kafka holds the changes up to this commit"
-            );
-        }
+        let durable = Durable::default();
         Ok(KafkaSink {
             options,
             producer,
@@ -366,10 +383,41 @@ impl KafkaSink {
             meta: TxnMeta::default(),
             schemas: HashMap::new(),
             txn_open: false,
+            transactions_started: false,
             durable,
             last_commit: durable.commit_lsn,
             last_ack: durable.ack_lsn,
         })
+    }
+
+    /// With [`KafkaOptions::transactional_id`]: registers the producer with the broker —
+    /// fencing an earlier one with the same ID and aborting its open transaction — and reads
+    /// back the position the last committed Kafka transaction recorded, which
+    /// [`durable`](Sink::durable) then reports. Call it once the replication slot is held
+    /// (after [`Consumer::start`](wal2arrow_consumer::Consumer::start)), so that a second
+    /// stream started by mistake, which cannot get the slot, does not fence the running one;
+    /// and before [`run`](crate::run). Without a transactional ID it does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Kafka`] when the broker refuses transactions or the ID, or the recorded
+    /// position is of another PostgreSQL cluster or database ([`KafkaOptions::source`]).
+    pub fn start_transactions(&mut self) -> Result<()> {
+        let Some(id) = self.options.transactional_id.clone() else { return Ok(()) };
+        if self.transactions_started {
+            return Ok(());
+        }
+        init_transactions(&self.producer, &id)?;
+        self.durable = read_offsets(&self.options, &id)?;
+        self.last_commit = self.durable.commit_lsn;
+        self.last_ack = self.durable.ack_lsn;
+        self.transactions_started = true;
+        tracing::info!(
+            transactional_id = %id,
+            commit_lsn = %self.durable.commit_lsn,
+            "Kafka transactions: Kafka holds the changes up to this commit"
+        );
+        Ok(())
     }
 
     /// Makes sure `topic` exists: known from the broker's metadata, or created (waits for a
@@ -413,7 +461,11 @@ impl KafkaSink {
         }
         let admin: AdminClient<rdkafka::client::DefaultClientContext> =
             config.create().map_err(|e| kafka_error(Some(topic), e))?;
-        let new = NewTopic::new(topic, -1, TopicReplication::Fixed(-1));
+        let mut new = NewTopic::new(topic, -1, TopicReplication::Fixed(-1));
+        if topic == self.options.offsets_topic() {
+            // Only each transactional.id's last record matters: kept however old it is.
+            new = new.set("cleanup.policy", "compact");
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -463,6 +515,13 @@ impl KafkaSink {
         what: Option<&str>,
     ) -> Result<()> {
         if self.options.transactional_id.is_some() && !self.txn_open {
+            if !self.transactions_started {
+                return Err(Error::Config(
+                    "kafka: a transactional.id is set but KafkaSink::start_transactions was not \
+                     called (call it once the slot is held, before run)"
+                        .into(),
+                ));
+            }
             self.producer.begin_transaction().map_err(|e| self.transaction_error("begin", e))?;
             self.txn_open = true;
         }
@@ -528,6 +587,8 @@ impl KafkaSink {
         self.ensure_topic(&topic)?;
         let mut value = String::from("{\"transactional_id\":");
         json_string(&id, &mut value);
+        value.push_str(",\"source\":");
+        json_string(&self.options.source, &mut value);
         let _ = write!(
             value,
             ",\"commit_lsn\":\"{}\",\"ack_lsn\":\"{}\"}}",
@@ -1074,7 +1135,11 @@ fn transaction_error(id: &str, what: &str, e: KafkaError) -> Error {
              was acknowledged to PostgreSQL: the next run writes it again"
         )
     } else {
-        format!("kafka: cannot {what} a transaction of transactional.id {id}: {e}")
+        format!(
+            "kafka: cannot {what} a transaction of transactional.id {id}: {e} — the open \
+             transaction is aborted and nothing after the last committed one was acknowledged \
+             to PostgreSQL: the next run writes it again"
+        )
     })
 }
 
@@ -1121,6 +1186,7 @@ fn read_offsets(options: &KafkaOptions, id: &str) -> Result<Durable> {
     let consumer: BaseConsumer =
         config.create().map_err(|e| kafka_error(Some(&topic), format!("a reader: {e}")))?;
     let started = Instant::now();
+    let mut warned = Instant::now();
     let partitions = loop {
         match consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)) {
             Ok(md) => match md.topics().iter().find(|t| t.name() == topic) {
@@ -1128,8 +1194,11 @@ fn read_offsets(options: &KafkaOptions, id: &str) -> Result<Durable> {
                 _ => break 0,
             },
             Err(e) => {
-                tracing::warn!(topic, error = %e, waited = ?started.elapsed(),
-                    "the Kafka broker does not answer; retrying");
+                if warned.elapsed() >= Duration::from_secs(10) {
+                    tracing::warn!(topic, error = %e, waited = ?started.elapsed(),
+                        "the Kafka broker does not answer; retrying");
+                    warned = Instant::now();
+                }
                 std::thread::sleep(Duration::from_millis(500));
             }
         }
@@ -1151,16 +1220,42 @@ fn read_offsets(options: &KafkaOptions, id: &str) -> Result<Durable> {
         match consumer.poll(Duration::from_secs(1)) {
             Some(Ok(m)) if m.key() == Some(id.as_bytes()) => {
                 let value = m.payload().and_then(|v| std::str::from_utf8(v).ok()).unwrap_or("");
-                let field = |name: &str| -> Option<Lsn> {
+                // Our own records: string fields without escapes in the values read here.
+                let field = |name: &str| -> Option<&str> {
                     let start = value.find(&format!("\"{name}\":\""))? + name.len() + 4;
-                    value[start..].split('"').next()?.parse().ok()
+                    value[start..].split('"').next()
                 };
-                match (field("commit_lsn"), field("ack_lsn")) {
-                    (Some(commit_lsn), Some(ack_lsn)) => durable = Durable { commit_lsn, ack_lsn },
+                let lsn = |name: &str| field(name).and_then(|v| v.parse::<Lsn>().ok());
+                match (lsn("commit_lsn"), lsn("ack_lsn"), field("source")) {
+                    (Some(commit_lsn), Some(ack_lsn), source) => {
+                        let mut ours = String::from("\"source\":");
+                        json_string(&options.source, &mut ours);
+                        if let Some(source) = source
+                            && !options.source.is_empty()
+                            && !value.contains(&ours)
+                        {
+                            return Err(kafka_error(
+                                Some(&topic),
+                                format!(
+                                    "the position recorded under transactional.id {id} is of \
+                                     another PostgreSQL source ({source}, this stream reads \
+                                     {}): its positions mean nothing here. Use another \
+                                     transactional.id (--kafka-property transactional.id=…) or \
+                                     --topic-prefix",
+                                    options.source
+                                ),
+                            ));
+                        }
+                        durable = Durable { commit_lsn, ack_lsn };
+                    }
                     _ => {
                         return Err(kafka_error(
                             Some(&topic),
-                            format!("a record of {id} that is not wal2arrow's: {value:?}"),
+                            format!(
+                                "a record keyed {id} that is not wal2arrow's: {value:?} — use \
+                                 another transactional.id (--kafka-property transactional.id=…) \
+                                 or --topic-prefix"
+                            ),
                         ));
                     }
                 }
@@ -1303,6 +1398,10 @@ fn column_schema(
     }
     out.push('}');
 }
+
+/// `transaction.timeout.ms` unless given: Kafka brokers' default `transaction.max.timeout.ms`
+/// (15 minutes).
+const TRANSACTION_TIMEOUT_MS: &str = "900000";
 
 /// How long a flush waits for a broker that answers again but does not acknowledge the
 /// messages sent before it went away.

@@ -428,7 +428,13 @@ impl Runner {
             tracing::warn!(
                 "the transaction in progress did not commit in time: it is delivered again next time"
             );
-            worker.rollback().await?;
+            if worker.rollback().await? {
+                // Taken back with it: everything since the last flush, complete transactions
+                // included. None of it may be acknowledged now (it comes again next time).
+                self.written_commit = self.flushed_commit;
+                self.written_message = self.flushed_message;
+                self.pending_ack = None;
+            }
             self.in_txn = false;
             return Ok(Some(Stopped::Shutdown));
         }

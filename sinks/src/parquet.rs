@@ -668,7 +668,7 @@ pub fn encode(batch: &RecordBatch) -> Result<RecordBatch> {
 ///
 /// # Errors
 ///
-/// [`Error::Protocol`] for a marked column that does not hold what its mark says.
+/// [`Error::Arrow`] for a marked column that does not hold what its mark says.
 pub fn restore(batch: &RecordBatch) -> Result<RecordBatch> {
     convert(batch, restore_column)
 }

@@ -219,7 +219,7 @@ async fn connection_settings_come_from_flags_the_dsn_or_pg_variables_and_failure
 
 /// Reads every finished Parquet file of a table directory with the parquet crate, restoring
 /// the two types the sink stores differently.
-fn read_parquet_dir(dir: &Path) -> Vec<RecordBatch> {
+pub(crate) fn read_parquet_dir(dir: &Path) -> Vec<RecordBatch> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())

@@ -442,8 +442,21 @@ async fn killed_twice_and_restarted(label: &str, extra: &[&str]) {
     }
     writer.await.unwrap();
     let until = current_lsn(&db);
-    let (code, out, err) = run(stream_to_kafka(&db, &broker, label, extra, Some(&until))).await;
+    let transactions = extra.contains(&"--kafka-transactions");
+    let mut last = extra.to_vec();
+    last.extend(["--log-level", "info"]);
+    let (code, out, err) = run(stream_to_kafka(&db, &broker, label, &last, Some(&until))).await;
     assert_eq!(code, 0, "{out}{err}");
+    if transactions {
+        // The restart read back a position the killed runs' Kafka transactions recorded.
+        let held = err
+            .lines()
+            .find(|l| l.contains("Kafka holds the changes up to this commit"))
+            .unwrap_or_else(|| panic!("the position read back: {err}"));
+        assert!(!held.contains("commit_lsn=0/0"), "{held}");
+        let offsets = read_topics(&broker, &["wal2arrow.wal2arrow-offsets".into()], false);
+        assert!(!offsets.is_empty(), "position records");
+    }
     let messages = read_topics(&broker, &["wal2arrow.public.k".into()], false);
     // Copies removed by (commit LSN, ordinal, row, tombstone or not): exactly the changes.
     let mut unique = HashSet::new();
@@ -1055,4 +1068,17 @@ async fn kafka_transactions_record_their_position_and_a_restart_skips_what_kafka
     // The second slot was acknowledged past the transactions it skipped.
     let flushed = crate::common::confirmed_flush(&db, "kt_again");
     assert!(flushed > held, "confirmed_flush {flushed}, Kafka held {held}");
+    // The record names its source: the same ID and topics used for another database are
+    // refused, not taken for positions of this one.
+    let other = Cluster::shared().database("kafka_txn_other");
+    other.psql("CREATE TABLE t (id int8 PRIMARY KEY, v text)");
+    let until = current_lsn(&other);
+    let (code, out, err) =
+        run(stream_to_kafka(&other, &broker, "kt_other", &args, Some(&until))).await;
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("is of another PostgreSQL source")
+            && err.contains("Use another transactional.id"),
+        "{err}"
+    );
 }

@@ -335,3 +335,123 @@ async fn a_parquet_directory_that_becomes_unwritable_is_a_sink_error_with_its_pa
     let _ = std::fs::remove_file(&dir);
     let _ = std::fs::remove_dir_all(dir.with_extension("moved"));
 }
+
+/// A Parquet sink that is slow on table `slow` (1 ms a batch), and says when it first is.
+struct SlowOnOneTable {
+    inner: ParquetSink,
+    started: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl wal2arrow_sinks::Sink for SlowOnOneTable {
+    fn durable(&self) -> wal2arrow_sinks::Durable {
+        self.inner.durable()
+    }
+
+    fn write(&mut self, event: &Event) -> wal2arrow_sinks::Result<()> {
+        if let Event::Change(c) = event
+            && c.table() == "public.slow"
+        {
+            if let Some(started) = self.started.take() {
+                let _ = started.send(());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.inner.write(event)
+    }
+
+    fn wants_flush(&self) -> bool {
+        self.inner.wants_flush()
+    }
+
+    fn flush(&mut self) -> wal2arrow_sinks::Result<()> {
+        self.inner.flush()
+    }
+
+    fn rollback(&mut self) -> wal2arrow_sinks::Result<bool> {
+        self.inner.rollback()
+    }
+}
+
+/// Asked to stop while a long transaction is being written, the run waits `finish_timeout`
+/// for its commit, then gives it up — and with it, for a sink that takes back everything
+/// since its last flush, the complete transactions written since: none of them may be
+/// acknowledged, and the next run writes them all, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_that_gives_up_a_transaction_acknowledges_nothing_it_took_back() {
+    let db = Cluster::shared().database("stop_timeout");
+    db.psql("CREATE TABLE fast (id int PRIMARY KEY); CREATE TABLE slow (id int PRIMARY KEY)");
+    let dir = crate::cli::scratch_dir("stop_timeout");
+    let builder = || {
+        Consumer::builder()
+            .config(config(&db))
+            .slot("stop_timeout")
+            .snapshot(wal2arrow_consumer::SnapshotMode::Never)
+            .batch_rows(50)
+            .heartbeat_interval(None)
+            .build()
+            .unwrap()
+    };
+    let options = || ParquetOptions {
+        roll_rows: 10_000_000,
+        roll_interval: Duration::from_secs(3600),
+        ..ParquetOptions::default()
+    };
+    let mut stream = builder().start().await.unwrap();
+    let created = confirmed_flush(&db, "stop_timeout");
+    // A complete transaction, then one of 4,000 batches the sink takes 4 s or more to write.
+    db.psql("INSERT INTO fast SELECT generate_series(1, 100)");
+    db.psql("INSERT INTO slow SELECT generate_series(1, 200000)");
+    let end: Lsn = db.psql("SELECT pg_current_wal_lsn()").parse().unwrap();
+    let (started, stop) = tokio::sync::oneshot::channel();
+    let sink = SlowOnOneTable {
+        inner: ParquetSink::open(&dir, "stop_timeout", options()).unwrap(),
+        started: Some(started),
+    };
+    let run_options =
+        RunOptions { finish_timeout: Some(Duration::from_secs(1)), ..RunOptions::default() };
+    let report = tokio::time::timeout(
+        Duration::from_secs(120),
+        wal2arrow_sinks::run(
+            &mut stream,
+            sink,
+            &run_options,
+            async { stop.await.unwrap() },
+            &mut |_| {},
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(report.stopped, wal2arrow_sinks::Stopped::Shutdown);
+    stream.close().await;
+    assert_eq!(
+        confirmed_flush(&db, "stop_timeout"),
+        created,
+        "the first transaction was taken back with the second: not acknowledged"
+    );
+    // The next run writes both, each row once.
+    let mut stream = builder().start().await.unwrap();
+    let sink = ParquetSink::open(&dir, "stop_timeout", options()).unwrap();
+    let run_options = RunOptions { until_lsn: Some(end), ..RunOptions::default() };
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        wal2arrow_sinks::run(&mut stream, sink, &run_options, std::future::pending(), &mut |_| {}),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    stream.close().await;
+    for (table, rows) in [("public.fast", 100), ("public.slow", 200_000)] {
+        let mut ids: Vec<i32> = crate::cli::read_parquet_dir(&dir.join(table))
+            .iter()
+            .flat_map(|b| {
+                let ids = b.column_by_name("id").unwrap();
+                let ids = ids.as_any().downcast_ref::<arrow_array::Int32Array>().unwrap();
+                ids.values().to_vec()
+            })
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (1..=rows).collect::<Vec<i32>>(), "{table}: every row once");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
