@@ -766,29 +766,13 @@ impl KafkaSink {
                 }
                 sink.source(&mut v, relation, lsn, snapshot);
                 let _ = write!(v, ",\"op\":\"{code}\",\"ts_ms\":{}", now_ms());
-                if !aft_skip.is_empty() && aft.is_some() {
-                    v.push_str(",\"missing\":[");
-                    for (i, m) in aft_skip.iter().enumerate() {
-                        if i > 0 {
-                            v.push(',');
-                        }
-                        json_string(m, &mut v);
-                    }
-                    v.push(']');
+                if aft.is_some() {
+                    name_list(",\"missing\":", &aft_skip, &mut v);
                 }
                 // Columns whose value has no Arrow form (a numeric NaN in a decimal column,
                 // time 24:00): sent as null, and named, so that null is not taken as data.
                 let lost = names_at(unrepresentable, aft.or(bef).unwrap_or(key_row));
-                if !lost.is_empty() {
-                    v.push_str(",\"unrepresentable\":[");
-                    for (i, m) in lost.iter().enumerate() {
-                        if i > 0 {
-                            v.push(',');
-                        }
-                        json_string(m, &mut v);
-                    }
-                    v.push(']');
-                }
+                name_list(",\"unrepresentable\":", &lost, &mut v);
                 v.push_str(",\"transaction\":");
                 let block = sink.transaction_block(&relation.qualified_name);
                 let block = match block {
@@ -1619,6 +1603,22 @@ fn iso_micros(us: i64) -> String {
     let array = arrow_array::TimestampMicrosecondArray::from(vec![us]);
     let options = FormatOptions::default().with_timestamp_format(Some("%Y-%m-%dT%H:%M:%S%.6fZ"));
     ArrayFormatter::try_new(&array, &options).map(|f| f.value(0).to_string()).unwrap_or_default()
+}
+
+/// `field` (`,"name":`) and `names` as a JSON array of strings; nothing when there are none.
+fn name_list(field: &str, names: &[String], out: &mut String) {
+    if names.is_empty() {
+        return;
+    }
+    out.push_str(field);
+    out.push('[');
+    for (i, name) in names.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        json_string(name, out);
+    }
+    out.push(']');
 }
 
 /// An interval as Debezium's `MicroDuration`: microseconds, a month being 30.4375 days

@@ -65,6 +65,18 @@ fn stream_to_kafka(
     cli(&args)
 }
 
+/// `stream --sink kafka` on `slot` up to the server's position now: (exit code, stdout,
+/// stderr).
+async fn stream_until_now(
+    db: &TestDb<'_>,
+    broker: &KafkaBroker,
+    slot: &str,
+    extra: &[&str],
+) -> (i32, String, String) {
+    let until = current_lsn(db);
+    run(stream_to_kafka(db, broker, slot, extra, Some(&until))).await
+}
+
 /// The messages of one topic by key, in partition order: (op or "tombstone", value).
 fn by_key(messages: &[Value], topic: &str) -> BTreeMap<String, Vec<(String, Value)>> {
     let mut sorted: Vec<&Value> = messages.iter().filter(|m| m["topic"] == topic).collect();
@@ -101,9 +113,7 @@ async fn changes_arrive_on_table_topics_keyed_in_order_as_debezium_envelopes() {
          INSERT INTO other VALUES (1), (2);",
     );
     // The first run creates the slot and copies the rows there (op r).
-    let until = current_lsn(&db);
-    let (code, out, err) =
-        run(stream_to_kafka(&db, &broker, "dbz", &["--topic-prefix", "app"], Some(&until))).await;
+    let (code, out, err) = stream_until_now(&db, &broker, "dbz", &["--topic-prefix", "app"]).await;
     assert_eq!(code, 0, "{out}{err}");
     db.psql(
         "INSERT INTO users VALUES (1, 'Alice', 12.5, '2024-01-02', '2024-01-01 00:00:00+00',
@@ -115,9 +125,7 @@ async fn changes_arrive_on_table_topics_keyed_in_order_as_debezium_envelopes() {
          DELETE FROM users WHERE id = 3;
          TRUNCATE other;",
     );
-    let until = current_lsn(&db);
-    let (code, out, err) =
-        run(stream_to_kafka(&db, &broker, "dbz", &["--topic-prefix", "app"], Some(&until))).await;
+    let (code, out, err) = stream_until_now(&db, &broker, "dbz", &["--topic-prefix", "app"]).await;
     assert_eq!(code, 0, "{out}{err}");
     let messages =
         read_topics(&broker, &["app.public.users".into(), "app.public.other".into()], false);
@@ -178,17 +186,15 @@ async fn the_arrow_format_sends_batches_that_decode_with_pyarrow_to_the_rows() {
     let broker = KafkaBroker::start().expect("a Kafka broker (tansu)");
     let db = Cluster::shared().database("kafka_arrow");
     db.psql("CREATE TABLE t (id int8 PRIMARY KEY, v text)");
-    let until = current_lsn(&db);
     let args = ["--kafka-format", "arrow", "--topic-prefix", "arr", "--batch-rows", "1000"];
-    let (code, out, err) = run(stream_to_kafka(&db, &broker, "arrow", &args, Some(&until))).await;
+    let (code, out, err) = stream_until_now(&db, &broker, "arrow", &args).await;
     assert_eq!(code, 0, "{out}{err}");
     db.psql("INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 5000) g");
     // A small message limit splits the batches.
     db.psql("INSERT INTO t SELECT g, repeat('y', 500) FROM generate_series(5001, 6000) g");
-    let until = current_lsn(&db);
     let mut args = args.to_vec();
     args.extend(["--kafka-property", "message.max.bytes=200000"]);
-    let (code, out, err) = run(stream_to_kafka(&db, &broker, "arrow", &args, Some(&until))).await;
+    let (code, out, err) = stream_until_now(&db, &broker, "arrow", &args).await;
     assert_eq!(code, 0, "{out}{err}");
     let messages = read_topics(&broker, &["arr.public.t".into()], true);
     let mut ids = Vec::new();
@@ -223,9 +229,8 @@ async fn every_type_reaches_kafka_as_arrow_equal_to_the_batches_a_consumer_reads
     let broker = KafkaBroker::start().expect("a Kafka broker (tansu)");
     let db = Cluster::shared().database("kafka_types");
     db.psql(&crate::types::all_types_sql());
-    let until = current_lsn(&db);
     let args = ["--kafka-format", "arrow", "--topic-prefix", "ty", "--batch-rows", "1000"];
-    let (code, out, err) = run(stream_to_kafka(&db, &broker, "types", &args, Some(&until))).await;
+    let (code, out, err) = stream_until_now(&db, &broker, "types", &args).await;
     assert_eq!(code, 0, "{out}{err}");
     // A second slot, read by the consumer itself, decodes the same WAL.
     let mut options = StreamOptions::new("types_direct");
@@ -245,8 +250,7 @@ async fn every_type_reaches_kafka_as_arrow_equal_to_the_batches_a_consumer_reads
         .map(|b| b.batch.clone())
         .collect();
     direct.close().await.unwrap();
-    let until = current_lsn(&db);
-    let (code, out, err) = run(stream_to_kafka(&db, &broker, "types", &args, Some(&until))).await;
+    let (code, out, err) = stream_until_now(&db, &broker, "types", &args).await;
     assert_eq!(code, 0, "{out}{err}");
 
     let messages = read_topics_as(&broker, &["ty.public.all_types".into()], Some("--raw"));
@@ -297,15 +301,13 @@ async fn transaction_metadata_frames_each_transaction_and_a_row_too_large_is_nam
     let db = Cluster::shared().database("kafka_txmeta");
     db.psql("CREATE TABLE a (id int8 PRIMARY KEY, v text); CREATE TABLE b (id int8 PRIMARY KEY)");
     let args = ["--topic-prefix", "tx", "--kafka-transaction-metadata"];
-    let until = current_lsn(&db);
-    let (code, out, err) = run(stream_to_kafka(&db, &broker, "txmeta", &args, Some(&until))).await;
+    let (code, out, err) = stream_until_now(&db, &broker, "txmeta", &args).await;
     assert_eq!(code, 0, "{out}{err}");
     db.psql(
         "BEGIN; INSERT INTO a VALUES (1, 'x'), (2, 'y'); INSERT INTO b VALUES (1); COMMIT;
          DELETE FROM a WHERE id = 1;",
     );
-    let until = current_lsn(&db);
-    let (code, out, err) = run(stream_to_kafka(&db, &broker, "txmeta", &args, Some(&until))).await;
+    let (code, out, err) = stream_until_now(&db, &broker, "txmeta", &args).await;
     assert_eq!(code, 0, "{out}{err}");
     let topics: Vec<String> =
         ["tx.transaction", "tx.public.a", "tx.public.b"].map(Into::into).to_vec();
@@ -361,10 +363,9 @@ async fn transaction_metadata_frames_each_transaction_and_a_row_too_large_is_nam
 
     // A row over message.max.bytes stops the stream, naming it and the setting.
     db.psql("INSERT INTO a VALUES (7, repeat('z', 5000))");
-    let until = current_lsn(&db);
     let mut args = args.to_vec();
     args.extend(["--kafka-property", "message.max.bytes=2000"]);
-    let (code, out, err) = run(stream_to_kafka(&db, &broker, "txmeta", &args, Some(&until))).await;
+    let (code, out, err) = stream_until_now(&db, &broker, "txmeta", &args).await;
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         err.contains("the insert of public.a with key {\"id\":7}")
@@ -409,8 +410,7 @@ async fn killed_twice_and_restarted(label: &str, extra: &[&str]) {
     let broker = KafkaBroker::start().expect("a Kafka broker (tansu)");
     let db = Cluster::shared().database(label);
     db.psql("CREATE TABLE k (id int8 PRIMARY KEY, v int8)");
-    let until = current_lsn(&db);
-    let (code, out, err) = run(stream_to_kafka(&db, &broker, label, extra, Some(&until))).await;
+    let (code, out, err) = stream_until_now(&db, &broker, label, extra).await;
     assert_eq!(code, 0, "{out}{err}");
     // A writer: 300 transactions of inserts, updates and deletes.
     let writer = tokio::spawn({
@@ -441,11 +441,10 @@ async fn killed_twice_and_restarted(label: &str, extra: &[&str]) {
         child.wait().await.unwrap();
     }
     writer.await.unwrap();
-    let until = current_lsn(&db);
     let transactions = extra.contains(&"--kafka-transactions");
     let mut last = extra.to_vec();
     last.extend(["--log-level", "info"]);
-    let (code, out, err) = run(stream_to_kafka(&db, &broker, label, &last, Some(&until))).await;
+    let (code, out, err) = stream_until_now(&db, &broker, label, &last).await;
     assert_eq!(code, 0, "{out}{err}");
     if transactions {
         // The restart read back a position the killed runs' Kafka transactions recorded.
@@ -520,8 +519,7 @@ async fn one_stream_feeds_kafka_and_parquet_and_a_kill_leaves_parquet_exact() {
     let out = dir.join("parquet");
     let out_arg = out.to_str().unwrap().to_owned();
     let extra = ["--sink", "parquet", "--out", &out_arg, "--roll-seconds", "1"];
-    let until = current_lsn(&db);
-    let (code, o, e) = run(stream_to_kafka(&db, &broker, "fan", &extra, Some(&until))).await;
+    let (code, o, e) = stream_until_now(&db, &broker, "fan", &extra).await;
     assert_eq!(code, 0, "{o}{e}");
     let writer = tokio::spawn({
         let dsn = db.dsn();
@@ -545,8 +543,7 @@ async fn one_stream_feeds_kafka_and_parquet_and_a_kill_leaves_parquet_exact() {
     assert_eq!(send_signal(child.id().unwrap(), "KILL"), 0);
     child.wait().await.unwrap();
     writer.await.unwrap();
-    let until = current_lsn(&db);
-    let (code, o, e) = run(stream_to_kafka(&db, &broker, "fan", &extra, Some(&until))).await;
+    let (code, o, e) = stream_until_now(&db, &broker, "fan", &extra).await;
     assert_eq!(code, 0, "{o}{e}");
     // Parquet: every row exactly once.
     let batches = wal2arrow_sinks::parquet::read_dir(&out.join("public.f")).unwrap();
@@ -582,8 +579,7 @@ async fn a_broker_stopped_mid_stream_holds_the_slot_back_and_nothing_is_lost_whe
     let broker = KafkaBroker::start().expect("a Kafka broker (tansu)");
     let db = Cluster::shared().database("kafka_broker_down");
     db.psql("CREATE TABLE b (id int8 PRIMARY KEY, v int8)");
-    let until = current_lsn(&db);
-    let (code, o, e) = run(stream_to_kafka(&db, &broker, "down", &[], Some(&until))).await;
+    let (code, o, e) = stream_until_now(&db, &broker, "down", &[]).await;
     assert_eq!(code, 0, "{o}{e}");
     let mut child = stream_to_kafka(&db, &broker, "down", &["--heartbeat-seconds", "1"], None)
         .env("WAL2ARROW_LOG", "warn")
@@ -830,8 +826,7 @@ async fn a_random_workload_of_every_type_arrives_as_debezium_would_send_it_with_
     let list = names.join(", ");
 
     let args = ["--topic-prefix", "dz", "--kafka-schemas"];
-    let until = current_lsn(&db);
-    let (code, out, err) = run(stream_to_kafka(&db, &broker, "dzt", &args, Some(&until))).await;
+    let (code, out, err) = stream_until_now(&db, &broker, "dzt", &args).await;
     assert_eq!(code, 0, "{out}{err}");
 
     // A random workload (fixed seed, printed) over ids 1..=12, each row a copy of a seed row:
@@ -896,8 +891,7 @@ async fn a_random_workload_of_every_type_arrives_as_debezium_would_send_it_with_
     assert!(count("c") > 0 && count("u") > 0 && count("d") > 0, "a workload of every kind");
     script.push_str("TRUNCATE all_types;\n");
     db.psql(&script);
-    let until = current_lsn(&db);
-    let (code, out, err) = run(stream_to_kafka(&db, &broker, "dzt", &args, Some(&until))).await;
+    let (code, out, err) = stream_until_now(&db, &broker, "dzt", &args).await;
     assert_eq!(code, 0, "{out}{err}");
 
     let messages = read_topics(&broker, &["dz.public.all_types".into()], false);
@@ -1019,8 +1013,7 @@ async fn kafka_transactions_record_their_position_and_a_restart_skips_what_kafka
     // restart whose slot was not acknowledged sees (every transaction delivered again).
     let args = ["--topic-prefix", "kt", "--kafka-property", "transactional.id=kt-shared"];
     for slot in ["kt_first", "kt_again"] {
-        let until = current_lsn(&db);
-        let (code, out, err) = run(stream_to_kafka(&db, &broker, slot, &args, Some(&until))).await;
+        let (code, out, err) = stream_until_now(&db, &broker, slot, &args).await;
         assert_eq!(code, 0, "{out}{err}");
     }
     for t in 0..3 {
@@ -1043,11 +1036,9 @@ async fn kafka_transactions_record_their_position_and_a_restart_skips_what_kafka
     let third_commit: wal2arrow_consumer::Lsn = third_commit.parse().unwrap();
     assert!(held > wal2arrow_consumer::Lsn(0) && held <= third_commit, "{record}");
     db.psql("INSERT INTO t SELECT g, 'row ' || g FROM generate_series(301, 400) g");
-    let until = current_lsn(&db);
     let mut again = args.to_vec();
     again.extend(["--log-level", "info"]);
-    let (code, out, err) =
-        run(stream_to_kafka(&db, &broker, "kt_again", &again, Some(&until))).await;
+    let (code, out, err) = stream_until_now(&db, &broker, "kt_again", &again).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         err.contains("Kafka holds the changes up to this commit")
@@ -1072,9 +1063,7 @@ async fn kafka_transactions_record_their_position_and_a_restart_skips_what_kafka
     // refused, not taken for positions of this one.
     let other = Cluster::shared().database("kafka_txn_other");
     other.psql("CREATE TABLE t (id int8 PRIMARY KEY, v text)");
-    let until = current_lsn(&other);
-    let (code, out, err) =
-        run(stream_to_kafka(&other, &broker, "kt_other", &args, Some(&until))).await;
+    let (code, out, err) = stream_until_now(&other, &broker, "kt_other", &args).await;
     assert_ne!(code, 0, "{out}{err}");
     assert!(
         err.contains("is of another PostgreSQL source")
