@@ -616,6 +616,7 @@ impl KafkaSink {
         if let Some(failed) = self.deliveries.failed.lock().ok().and_then(|mut f| f.take()) {
             return Err(kafka_error(None, failed));
         }
+        tracing::debug!(commit_lsn = %self.last_commit, "Kafka committed the changes up to this commit");
         self.since_flush = None;
         self.unflushed = 0;
         Ok(())
@@ -1084,6 +1085,7 @@ impl Sink for KafkaSink {
         if let Some(failed) = self.deliveries.failed.lock().ok().and_then(|mut f| f.take()) {
             return Err(kafka_error(None, failed));
         }
+        tracing::debug!(commit_lsn = %self.last_commit, "Kafka committed the changes up to this commit");
         self.since_flush = None;
         self.unflushed = 0;
         Ok(())

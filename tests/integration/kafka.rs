@@ -2,7 +2,11 @@
 //! back with an independent client (Python's confluent-kafka, `kafka_read.py`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use serde_json::Value;
 use wal2arrow_harness::{Cluster, KafkaBroker, TestDb};
@@ -412,13 +416,17 @@ async fn killed_twice_and_restarted(label: &str, extra: &[&str]) {
     db.psql("CREATE TABLE k (id int8 PRIMARY KEY, v int8)");
     let (code, out, err) = stream_until_now(&db, &broker, label, extra).await;
     assert_eq!(code, 0, "{out}{err}");
-    // A writer: 300 transactions of inserts, updates and deletes.
+    // A writer: transactions of inserts, updates and deletes, at least 300 and on until both
+    // runs are killed (so each has changes to send).
+    let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn({
         let dsn = db.dsn();
+        let stop = stop.clone();
         async move {
             let config = wal2arrow_consumer::Config::from_dsn(&dsn).unwrap();
             let c = wal2arrow_consumer::sql_client(&config).await.unwrap();
-            for i in 0..300i64 {
+            let mut i = 0i64;
+            while i < 300 || !stop.load(Ordering::SeqCst) {
                 c.batch_execute(&format!(
                     "BEGIN; INSERT INTO k SELECT g, 0 FROM generate_series({}, {}) g;
                      UPDATE k SET v = v + 1 WHERE id % 7 = {};
@@ -430,17 +438,42 @@ async fn killed_twice_and_restarted(label: &str, extra: &[&str]) {
                 ))
                 .await
                 .unwrap();
+                i += 1;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            i
         }
     });
+    // Each run is killed once Kafka holds some of its changes (its sink says so at debug
+    // level), and a little later, in the middle of more.
+    let mut killed_args = extra.to_vec();
+    killed_args.extend(["--log-level", "warn,wal2arrow_sinks=debug"]);
     for _ in 0..2 {
-        let mut child = stream_to_kafka(&db, &broker, label, extra, None).spawn().unwrap();
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut child = stream_to_kafka(&db, &broker, label, &killed_args, None).spawn().unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut seen = String::new();
+        let committed = tokio::time::timeout(Duration::from_secs(120), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                seen.push_str(&line);
+                seen.push('\n');
+                if line.contains("Kafka committed the changes up to this commit")
+                    && !line.contains("commit_lsn=0/0")
+                {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(matches!(committed, Ok(true)), "no commit reached Kafka: {seen}");
+        // Keep the pipe drained so the run never blocks on its log.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(send_signal(child.id().unwrap(), "KILL"), 0);
         child.wait().await.unwrap();
     }
-    writer.await.unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let written = writer.await.unwrap() as usize;
     let transactions = extra.contains(&"--kafka-transactions");
     let mut last = extra.to_vec();
     last.extend(["--log-level", "info"]);
@@ -479,11 +512,11 @@ async fn killed_twice_and_restarted(label: &str, extra: &[&str]) {
         };
         *ops.entry(op).or_default() += 1;
     }
-    assert_eq!(ops.get("c").copied().unwrap_or(0), 30_000, "every insert once: {ops:?}");
+    assert_eq!(ops.get("c").copied().unwrap_or(0), written * 100, "every insert once: {ops:?}");
     assert_eq!(ops.get("d"), ops.get("tombstone"), "a tombstone per delete");
-    assert_eq!(ops.get("d").copied().unwrap_or(0), 300, "{ops:?}");
+    assert_eq!(ops.get("d").copied().unwrap_or(0), written, "{ops:?}");
     let rows_now: usize = db.psql("SELECT count(*) FROM k").trim().parse().unwrap();
-    assert_eq!(rows_now, 30_000 - 300);
+    assert_eq!(rows_now, written * 100 - written);
     // Each key's last message, in its partition's order, is the row as the table has it now
     // (a tombstone: gone): updates included, copies and all.
     let mut rebuilt: BTreeMap<i64, i64> = BTreeMap::new();
