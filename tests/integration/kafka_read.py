@@ -37,7 +37,7 @@ def main():
     c.assign(parts)
     remaining = {k for k, v in ends.items() if v > 0}
     got = 0
-    deadline = time.time() + 60
+    deadline = time.time() + 180
     idle_since = time.time()
     # Up to the ends seen at the start, then on until nothing more comes for 3 s.
     while time.time() < deadline and (remaining or time.time() - idle_since < 3):
