@@ -120,7 +120,7 @@ fn names(list: &arrow_array::ListArray, r: usize) -> Vec<String> {
 pub(crate) fn replay(dir: &std::path::Path, keys: &HashMap<&str, &str>) -> HashMap<String, State> {
     // (commit LSN, ordinal, row) → (table, op, key, values, missing)
     type Step = (String, String, Option<String>, BTreeMap<String, Option<String>>, Vec<String>);
-    let mut steps: BTreeMap<(u64, u32, usize, usize), Step> = BTreeMap::new();
+    let mut steps: BTreeMap<(u64, u32, u64, usize), Step> = BTreeMap::new();
     let mut seq = 0;
     for (table, key) in keys {
         let batches = read_dir(&dir.join(format!("public.{table}"))).unwrap_or_default();
@@ -134,9 +134,10 @@ pub(crate) fn replay(dir: &std::path::Path, keys: &HashMap<&str, &str>) -> HashM
             for (r, values) in render_rows(b).into_iter().enumerate() {
                 let op = op_names.value(ops.keys().value(r) as usize).to_owned();
                 let k = values.get(*key).cloned().flatten();
-                // Rows of one batch keep their order through the row's LSN rank.
-                let at = (lsns.value(r) - lsns.value(0)) as usize * 2
-                    + usize::from(op != "update_before");
+                // Rows of one transaction's batch keep their order through the row's LSN (a
+                // batch read back from Parquet may start with a later transaction's row, so
+                // the LSN is not taken relative to the batch's first row).
+                let at = lsns.value(r) * 2 + u64::from(op != "update_before");
                 // Snapshot rows share one LSN: their order in the files decides.
                 seq += 1;
                 steps.insert(
