@@ -613,6 +613,12 @@ impl KafkaSink {
         }
         self.txn_open = false;
         self.durable = Durable { commit_lsn: self.last_commit, ack_lsn: self.last_ack };
+        self.flushed()
+    }
+
+    /// After the broker acknowledged (or committed) everything sent: a delivery that failed
+    /// meanwhile is the flush's error; otherwise nothing is unflushed any more.
+    fn flushed(&mut self) -> Result<()> {
         if let Some(failed) = self.deliveries.failed.lock().ok().and_then(|mut f| f.take()) {
             return Err(kafka_error(None, failed));
         }
@@ -1082,13 +1088,7 @@ impl Sink for KafkaSink {
                 Err(e) => return Err(kafka_error(None, e)),
             }
         }
-        if let Some(failed) = self.deliveries.failed.lock().ok().and_then(|mut f| f.take()) {
-            return Err(kafka_error(None, failed));
-        }
-        tracing::debug!(commit_lsn = %self.last_commit, "Kafka committed the changes up to this commit");
-        self.since_flush = None;
-        self.unflushed = 0;
-        Ok(())
+        self.flushed()
     }
 
     fn rollback(&mut self) -> Result<bool> {
