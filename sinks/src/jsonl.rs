@@ -130,15 +130,25 @@ impl JsonLinesSink {
             .filter_map(|k| schema.fields()[..n].iter().position(|f| f.name() == k))
             .collect();
         let names = |list: &arrow_array::ListArray, row: usize| -> Vec<String> {
-            if list.is_null(row) {
+            if list.is_null(row) || list.value_length(row) == 0 {
                 return Vec::new();
             }
             let v = list.value(row);
             v.as_string::<i32>().iter().flatten().map(str::to_owned).collect()
         };
-        let object = |row: usize, only: Option<&[usize]>| {
+        // Each column's `"name":`, escaped once per batch.
+        let keys: Vec<String> = schema.fields()[..n]
+            .iter()
+            .map(|f| {
+                let mut k = String::with_capacity(f.name().len() + 3);
+                json_string(f.name(), &mut k);
+                k.push(':');
+                k
+            })
+            .collect();
+        let object = |row: usize, only: Option<&[usize]>, out: &mut String| {
             let skip = names(missing, row);
-            let mut out = String::from("{");
+            out.push('{');
             let mut first = true;
             for (i, field) in schema.fields()[..n].iter().enumerate() {
                 if only.is_some_and(|o| !o.contains(&i)) || skip.iter().any(|m| m == field.name()) {
@@ -148,13 +158,19 @@ impl JsonLinesSink {
                     out.push(',');
                 }
                 first = false;
-                json_string(field.name(), &mut out);
-                out.push(':');
-                renderers[i].write(row, &mut out);
+                out.push_str(&keys[i]);
+                renderers[i].write(row, out);
             }
             out.push('}');
+        };
+        let rendered = |row: usize, only: Option<&[usize]>| {
+            let mut out = String::new();
+            object(row, only, &mut out);
             out
         };
+        // The transaction, origin and position fields, the same for every row of the batch.
+        let mut position_fields = String::new();
+        position(&mut position_fields, c);
         let table = c.table();
         // An old image left by the previous batch pairs with this batch's first row if that
         // is its update; anything else means it had no new image (never sent so).
@@ -177,14 +193,14 @@ impl JsonLinesSink {
                     let lsn = lsns.as_primitive::<arrow_array::types::UInt64Type>().value(row);
                     let _ = write!(tail, ",\"lsn\":\"{}\"", wal2arrow_schema::Lsn(lsn));
                 }
-                position(&mut tail, c);
+                tail.push_str(&position_fields);
                 self.before = Some(OldImage {
                     table: table.to_owned(),
                     namespace: c.relation.namespace.clone(),
                     name: c.relation.name.clone(),
                     tail,
-                    old_data: object(row, None),
-                    key_data: (!key.is_empty()).then(|| object(row, Some(&key))),
+                    old_data: rendered(row, None),
+                    key_data: (!key.is_empty()).then(|| rendered(row, Some(&key))),
                     missing: names(missing, row),
                     unrepresentable: names(unrepresentable, row),
                 });
@@ -206,11 +222,11 @@ impl JsonLinesSink {
             json_string(&c.relation.name, &mut self.line);
             if let Some(r) = new {
                 self.line.push_str(",\"data\":");
-                self.line.push_str(&object(r, None));
+                object(r, None, &mut self.line);
             }
             if let Some(r) = old {
                 self.line.push_str(",\"old_data\":");
-                self.line.push_str(&object(r, None));
+                object(r, None, &mut self.line);
             } else if let Some(b) = &carried {
                 self.line.push_str(",\"old_data\":");
                 self.line.push_str(&b.old_data);
@@ -222,7 +238,7 @@ impl JsonLinesSink {
                 self.line.push_str(k);
             } else if !key.is_empty() {
                 self.line.push_str(",\"key_data\":");
-                self.line.push_str(&object(old.unwrap_or(at), Some(&key)));
+                object(old.unwrap_or(at), Some(&key), &mut self.line);
             }
             let mut gone: Vec<String> =
                 carried.as_ref().map(|b| b.missing.clone()).unwrap_or_default();
@@ -238,7 +254,7 @@ impl JsonLinesSink {
                 let lsn = lsns.as_primitive::<arrow_array::types::UInt64Type>().value(at);
                 let _ = write!(self.line, ",\"lsn\":\"{}\"", wal2arrow_schema::Lsn(lsn));
             }
-            position(&mut self.line, c);
+            self.line.push_str(&position_fields);
             self.line.push('}');
             self.emit()?;
             row = new.unwrap_or(at) + 1;
@@ -447,16 +463,18 @@ fn repair(file: &mut std::fs::File) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes one column's values as JSON.
+/// Writes one column's values as JSON, straight into the line.
 enum Renderer<'a> {
     /// Integers, floats (finite), booleans: their text is JSON.
     Plain(&'a dyn Array, ArrayFormatter<'a>),
-    /// Everything shown as a JSON string.
+    /// Text, as JSON strings of its own bytes.
+    Str(&'a arrow_array::StringArray),
+    /// Everything else shown as a JSON string.
     Text(&'a dyn Array, ArrayFormatter<'a>),
     /// Lists, as JSON arrays of their items.
     List(&'a arrow_array::ListArray, FormatOptions<'a>),
     /// Binary, as `\x` hex strings.
-    Binary(&'a dyn Array),
+    Binary(&'a arrow_array::BinaryArray),
 }
 
 impl<'a> Renderer<'a> {
@@ -475,8 +493,9 @@ impl<'a> Renderer<'a> {
             | DataType::Float64 => {
                 Renderer::Plain(array.as_ref(), ArrayFormatter::try_new(array.as_ref(), options)?)
             }
+            DataType::Utf8 => Renderer::Str(array.as_string::<i32>()),
             DataType::List(_) => Renderer::List(array.as_list::<i32>(), options.clone()),
-            DataType::Binary => Renderer::Binary(array.as_ref()),
+            DataType::Binary => Renderer::Binary(array.as_binary::<i32>()),
             _ => Renderer::Text(array.as_ref(), ArrayFormatter::try_new(array.as_ref(), options)?),
         })
     }
@@ -488,25 +507,45 @@ impl<'a> Renderer<'a> {
                     out.push_str("null");
                     return;
                 }
-                let text = f.value(row).to_string();
-                if matches!(text.as_str(), "NaN" | "inf" | "-inf") {
+                let start = out.len();
+                let _ = write!(out, "{}", f.value(row));
+                if matches!(&out[start..], "NaN" | "inf" | "-inf") {
+                    let text = out.split_off(start);
                     json_string(&text, out);
+                }
+            }
+            Renderer::Str(a) => {
+                if a.is_null(row) {
+                    out.push_str("null");
                 } else {
-                    out.push_str(&text);
+                    json_string(a.value(row), out);
                 }
             }
             Renderer::Text(a, f) => {
                 if a.is_null(row) {
                     out.push_str("null");
+                    return;
+                }
+                // Formatted in place; taken out and escaped only if it needs it (rare).
+                out.push('"');
+                let start = out.len();
+                let _ = write!(out, "{}", f.value(row));
+                if out[start..].bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+                    let text = out.split_off(start);
+                    out.truncate(start - 1);
+                    json_string(&text, out);
                 } else {
-                    json_string(&f.value(row).to_string(), out);
+                    out.push('"');
                 }
             }
             Renderer::Binary(a) => {
                 if a.is_null(row) {
                     out.push_str("null");
                 } else {
-                    json_string(&hex(a.as_binary::<i32>().value(row)), out);
+                    // `"\x…"`: the backslash escaped, the hex digits need nothing.
+                    out.push_str("\"\\\\x");
+                    push_hex(a.value(row), out);
+                    out.push('"');
                 }
             }
             Renderer::List(a, options) => {
@@ -533,12 +572,20 @@ impl<'a> Renderer<'a> {
     }
 }
 
+/// Appends `bytes` as lowercase hex digits.
+fn push_hex(bytes: &[u8], out: &mut String) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(2 * bytes.len());
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(2 + 2 * bytes.len());
     s.push_str("\\x");
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
+    push_hex(bytes, &mut s);
     s
 }
 
@@ -678,6 +725,35 @@ mod tests {
         assert!(matches!(e, Error::Sink { .. }) && e.to_string().contains("choose another"), "{e}");
         assert_eq!(std::fs::read(&foreign).unwrap(), b"dear diary\n");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn values_render_in_place_and_escape_when_they_need_it() {
+        let options = FormatOptions::default().with_null("null");
+        let render = |array: ArrayRef| {
+            let r = Renderer::new(&array, &options).unwrap();
+            let mut out = String::from("x");
+            for row in 0..array.len() {
+                out.push(' ');
+                r.write(row, &mut out);
+            }
+            out
+        };
+        let floats = arrow_array::Float64Array::from(vec![
+            Some(1.5),
+            Some(f64::NAN),
+            Some(f64::INFINITY),
+            Some(f64::NEG_INFINITY),
+            None,
+        ]);
+        assert_eq!(render(Arc::new(floats)), r#"x 1.5 "NaN" "inf" "-inf" null"#);
+        let text = arrow_array::StringArray::from(vec![Some("a\"b\n"), None, Some("é")]);
+        assert_eq!(render(Arc::new(text)), r#"x "a\"b\n" null "é""#);
+        // Formatted text (here a large string) is escaped only when it needs it.
+        let large = arrow_array::LargeStringArray::from(vec!["plain", "q\"\\\u{1}"]);
+        assert_eq!(render(Arc::new(large)), r#"x "plain" "q\"\\\u0001""#);
+        let bytes = arrow_array::BinaryArray::from(vec![Some(&[0u8, 0xab][..]), None]);
+        assert_eq!(render(Arc::new(bytes)), r#"x "\\x00ab" null"#);
     }
 
     #[test]
