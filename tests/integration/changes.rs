@@ -601,9 +601,13 @@ async fn each_transaction_is_one_bundle_and_older_wire_versions_are_refused() {
     let db = Cluster::shared().database("bundles");
     db.psql(
         "CREATE TABLE b (id int PRIMARY KEY);
+         CREATE TABLE big (id int PRIMARY KEY, t text);
          SELECT pg_create_logical_replication_slot('bundles', 'wal2arrow');
          INSERT INTO b VALUES (1);
-         BEGIN; INSERT INTO b VALUES (2); INSERT INTO b VALUES (3); COMMIT;",
+         BEGIN; INSERT INTO b VALUES (2); INSERT INTO b VALUES (3); COMMIT;
+         BEGIN; INSERT INTO b VALUES (4);
+         INSERT INTO big SELECT g, repeat('x', 1000) FROM generate_series(1, 100) g;
+         INSERT INTO b VALUES (5); COMMIT;",
     );
     let client = sql(&db).await;
     let payloads = client
@@ -613,12 +617,16 @@ async fn each_transaction_is_one_bundle_and_older_wire_versions_are_refused() {
         .iter()
         .map(|r| r.get::<_, Vec<u8>>(0))
         .collect::<Vec<_>>();
-    // One payload per transaction, a Bundle of Begin, (Schema,) Batch, Commit.
-    assert_eq!(payloads.len(), 2, "one payload per transaction");
-    assert!(payloads.iter().all(|p| p[0] == b'X' && p[1] == 2));
+    // One payload per transaction, a Bundle of Begin, (Schema,) Batch, Commit; except that
+    // a batch of 64 kB or more (here 100 kB) is sent on its own, between Bundles of the
+    // transaction's messages before and after it, rather than copied into one.
+    let kinds: Vec<u8> = payloads.iter().map(|p| p[0]).collect();
+    assert_eq!(kinds, b"XXXRX", "one payload per small transaction");
+    assert!(payloads.iter().filter(|p| p[0] == b'X').all(|p| p[1] == 2));
     assert_eq!(
-        common_messages(&payloads),
-        ["Begin", "Schema", "batch 1", "Commit", "Begin", "batch 2", "Commit"]
+        common_messages(&payloads).join(", "),
+        "Begin, Schema, batch 1, Commit, Begin, batch 2, Commit, \
+         Begin, Schema, batch 2, batch 100, Commit"
     );
     // A consumer built for wire versions 1 or 2 is told to upgrade, not sent what it cannot
     // read.

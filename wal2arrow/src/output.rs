@@ -7,7 +7,8 @@
 //! [`Output`] gathers a transaction's messages into a Bundle and writes it at commit (or
 //! whenever [`BUNDLE_LIMIT`] bytes have gathered): one server write, one XLogData and one
 //! `send` per small transaction instead of one per message. Messages outside a transaction
-//! (non-transactional logical messages) are written on their own.
+//! (non-transactional logical messages) are written on their own, and so are batches of
+//! [`DIRECT_BYTES`] or more, which would otherwise be copied once more into the Bundle.
 
 use std::io::{self, Write};
 
@@ -18,6 +19,11 @@ use wal2arrow_schema::wire::{
 
 /// A bundle is written once this much has gathered, even before the commit.
 pub(crate) const BUNDLE_LIMIT: usize = 1 << 20;
+
+/// A message expected to be at least this large is written as its own payload (after a
+/// Bundle of what gathered before it) rather than copied into the Bundle: one copy of its
+/// bytes less, for one more server write, which is cheap at this size.
+pub(crate) const DIRECT_BYTES: usize = 64 << 10;
 
 /// Where the plugin's messages go: straight to the walsender, or gathered into a Bundle.
 pub(crate) struct Output {
@@ -80,6 +86,27 @@ impl Output {
             unsafe { self.write_bundle(ctx, last)? };
         }
         Ok(value)
+    }
+
+    /// Writes one message expected to be at least [`DIRECT_BYTES`] long as its own payload:
+    /// first what was gathered (in order), then the message straight into the walsender's
+    /// buffer. `last` and errors as for [`Output::message`].
+    ///
+    /// # Safety
+    ///
+    /// `ctx` must be the decoding context passed to the current output plugin callback.
+    pub(crate) unsafe fn large_message<T, E: From<io::Error>>(
+        &mut self,
+        ctx: *mut pg_sys::LogicalDecodingContext,
+        last: bool,
+        body: impl FnOnce(&mut dyn Write) -> Result<T, E>,
+    ) -> Result<T, E> {
+        if self.gathering {
+            // SAFETY: the caller's contract.
+            unsafe { self.write_bundle(ctx, false)? };
+        }
+        // SAFETY: the caller's contract.
+        unsafe { write_message(ctx, last, |out| body(out)) }
     }
 
     /// Writes the gathered messages as one Bundle, if there are any.

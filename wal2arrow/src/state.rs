@@ -823,8 +823,16 @@ unsafe fn flush(
     if entry.encoder.rows() == 0 {
         return;
     }
+    let large = entry.encoder.approx_bytes() >= crate::output::DIRECT_BYTES;
+    let encoder = &mut entry.encoder;
     // SAFETY: caller's contract.
-    let written = unsafe { out.message(ctx, last, |mut w| entry.encoder.write_batch(&mut w)) };
+    let written = unsafe {
+        if large {
+            out.large_message(ctx, last, |mut w| encoder.write_batch(&mut w))
+        } else {
+            out.message(ctx, last, |mut w| encoder.write_batch(&mut w))
+        }
+    };
     if let Err(e) = written {
         report::encode_error(&entry.qualified_name, &e);
     }
