@@ -24,14 +24,20 @@
 //! The workloads: W1 1,000,000 inserts into `(id int8 pk, a int4, b float8, c text(20),
 //! d timestamptz, e bool)` in 1,000-row transactions; W2 300,000 inserts into a 21-column
 //! table of mixed types with ~10% NULLs; W3 500,000 updates of W1's rows; W4 100,000
-//! single-row transactions. Then commit-to-batch latency under steady load (1,000 and 10,000
-//! transactions per second), the consumer's peak memory while streaming W1, (SNAPSHOT)
-//! snapshot throughput on W1's and W2's tables against binary `COPY` and ADBC, and (LARGE)
-//! the time from `COMMIT` to the last row in the consumer's hands for one 1,000,000-row
+//! single-row transactions; W5 200,000 inserts with a 20 kB text stored out of line (TOAST),
+//! then W5U, updates of those rows that leave it unchanged; W6 50,000 transactions inserting
+//! a row into each of two of 1,000 tables picked at random (the schema caches); W7 one
+//! 2,000,000-row transaction, streamed in progress by the contenders that can (wal2arrow,
+//! pgoutput). Each reports the wal2arrow consumer's peak memory. Then commit-to-batch
+//! latency under steady load (1,000 and 10,000 transactions per second), (SNAPSHOT)
+//! snapshot throughput on W1's and W2's tables against binary `COPY` and ADBC, (LARGE) the
+//! time from `COMMIT` to the last row in the consumer's hands for one 1,000,000-row
 //! transaction, decoded at commit or streamed while in progress, with the server's spill and
-//! stream bytes, and (KAFKA) W1 through `wal2arrow_sinks::run` into Kafka (a tansu broker),
-//! in both formats, beside the library's own rate on the same WAL, and (PYTHON) W1 into a
-//! Python loop that counts rows with the `wal2arrow` package, beside the Rust consumer.
+//! stream bytes, (SINKS, or KAFKA) W1 through `wal2arrow_sinks::run` into each sink —
+//! Parquet, Arrow IPC, JSON lines, and Kafka (a tansu broker) in both formats — beside the
+//! library's own rate on the same WAL, and (PYTHON) W1 into a Python loop that counts rows
+//! with the `wal2arrow` package, beside the Rust consumer. The targets table checks the
+//! project's targets, issue 18's included, against the figures.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -123,45 +129,157 @@ impl Contender {
 struct Workload {
     name: &'static str,
     title: String,
+    /// Creates its tables and publication, before the slots (empty when [`SCHEMA`] has them).
+    setup: &'static str,
+    /// The workload whose rows it changes, generated first when that one is not measured.
+    needs: Option<&'static str>,
     /// Generates the changes.
     generate: String,
     rows: u64,
+    /// Sent while in progress (one transaction larger than `logical_decoding_work_mem`): the
+    /// contenders that can stream ask for it (wal2arrow, pgoutput).
+    streaming: bool,
 }
 
 fn workloads(scale: f64) -> Vec<Workload> {
     let n = |base: u64| ((base as f64 * scale).round() as u64).max(1000) / 1000 * 1000;
     let (w1, w2, w3, w4) = (n(1_000_000), n(300_000), n(500_000), n(100_000));
+    let (w5, w6, w7) = (n(200_000), n(50_000), n(2_000_000));
+    let plain = |name, title, generate, rows| Workload {
+        name,
+        title,
+        setup: "",
+        needs: None,
+        generate,
+        rows,
+        streaming: false,
+    };
     vec![
-        Workload {
-            name: "W1",
-            title: format!(
+        plain(
+            "W1",
+            format!(
                 "W1: {w1} inserts into (id int8 pk, a int4, b float8, c text, d timestamptz, e bool), 1,000-row transactions"
             ),
-            generate: format!("CALL gen_w1({w1}, 1000)"),
-            rows: w1,
-        },
-        Workload {
-            name: "W2",
-            title: format!(
+            format!("CALL gen_w1({w1}, 1000)"),
+            w1,
+        ),
+        plain(
+            "W2",
+            format!(
                 "W2: {w2} inserts into a 21-column mixed-type table (~10% NULLs), 1,000-row transactions"
             ),
-            generate: format!("CALL gen_w2({w2}, 1000)"),
-            rows: w2,
+            format!("CALL gen_w2({w2}, 1000)"),
+            w2,
+        ),
+        Workload {
+            needs: Some("W1"),
+            ..plain(
+                "W3",
+                format!("W3: {w3} updates of W1's rows, 1,000-row transactions"),
+                format!("CALL gen_w3({w3}, 1000)"),
+                w3,
+            )
+        },
+        plain("W4", format!("W4: {w4} single-row transactions"), format!("CALL gen_w4({w4})"), w4),
+        Workload {
+            setup: W5_SETUP,
+            ..plain(
+                "W5",
+                format!(
+                    "W5: {w5} inserts into (id int8 pk, a int4, big text) with a 20 kB `big` stored out of line (TOAST), 100-row transactions"
+                ),
+                format!("CALL gen_w5({w5}, 100)"),
+                w5,
+            )
         },
         Workload {
-            name: "W3",
-            title: format!("W3: {w3} updates of W1's rows, 1,000-row transactions"),
-            generate: format!("CALL gen_w3({w3}, 1000)"),
-            rows: w3,
+            needs: Some("W5"),
+            ..plain(
+                "W5U",
+                format!(
+                    "W5U: {w5} updates of W5's rows that leave the TOASTed `big` unchanged, 1,000-row transactions"
+                ),
+                format!("CALL gen_w5u({w5}, 1000)"),
+                w5,
+            )
         },
         Workload {
-            name: "W4",
-            title: format!("W4: {w4} single-row transactions"),
-            generate: format!("CALL gen_w4({w4})"),
-            rows: w4,
+            setup: W6_SETUP,
+            ..plain(
+                "W6",
+                format!(
+                    "W6: {w6} transactions each inserting a row into two of 1,000 tables, chosen at random"
+                ),
+                format!("CALL gen_w6({w6})"),
+                2 * w6,
+            )
+        },
+        Workload {
+            setup: "CREATE TABLE w7 (LIKE w1 INCLUDING ALL); CREATE PUBLICATION pub_w7 FOR TABLE w7",
+            streaming: true,
+            ..plain(
+                "W7",
+                format!(
+                    "W7: one transaction of {w7} inserts (W1's shape), streamed in progress where the contender can"
+                ),
+                format!("CALL gen_w1({w7}, {w7}, 'w7')"),
+                w7,
+            )
         },
     ]
 }
+
+/// W5's table: `big` is stored out of line and uncompressed (`STORAGE EXTERNAL`), so every
+/// value is TOASTed and an update that leaves it alone logs it as unchanged.
+const W5_SETUP: &str = r#"
+CREATE TABLE w5 (id int8 PRIMARY KEY, a int4, big text);
+ALTER TABLE w5 ALTER COLUMN big SET STORAGE EXTERNAL;
+CREATE PUBLICATION pub_w5 FOR TABLE w5;
+CREATE PUBLICATION pub_w5u FOR TABLE w5;
+CREATE PROCEDURE gen_w5(n int, per int) LANGUAGE plpgsql AS $$
+DECLARE i int := 0;
+BEGIN
+    WHILE i < n LOOP
+        INSERT INTO w5 SELECT g, g, repeat(md5(g::text), 640)
+        FROM generate_series(i + 1, i + per) g;
+        COMMIT;
+        i := i + per;
+    END LOOP;
+END $$;
+CREATE PROCEDURE gen_w5u(n int, per int) LANGUAGE plpgsql AS $$
+DECLARE i int := 0;
+BEGIN
+    WHILE i < n LOOP
+        UPDATE w5 SET a = a + 1 WHERE id > i AND id <= i + per;
+        COMMIT;
+        i := i + per;
+    END LOOP;
+END $$;
+"#;
+
+/// W6's 1,000 tables, their publication, and the generator: each transaction inserts one row
+/// into each of two tables picked by a fixed pseudo-random sequence.
+const W6_SETUP: &str = r#"
+DO $$
+BEGIN
+    FOR t IN 0..999 LOOP
+        EXECUTE format('CREATE TABLE w6_%s (id int8 PRIMARY KEY, a int4, c text)', t);
+    END LOOP;
+    EXECUTE 'CREATE PUBLICATION pub_w6 FOR TABLE '
+        || (SELECT string_agg(format('w6_%s', t), ', ') FROM generate_series(0, 999) t);
+END $$;
+CREATE PROCEDURE gen_w6(n int) LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM setseed(0.5);
+    FOR g IN 1..n LOOP
+        EXECUTE format('INSERT INTO w6_%s VALUES ($1, $1, md5($1::text))', floor(random() * 1000)::int)
+            USING g;
+        EXECUTE format('INSERT INTO w6_%s VALUES ($1, $1, md5($1::text))', floor(random() * 1000)::int)
+            USING g + n;
+        COMMIT;
+    END LOOP;
+END $$;
+"#;
 
 const SCHEMA: &str = r#"
 CREATE TABLE w1 (id int8 PRIMARY KEY, a int4, b float8, c text, d timestamptz, e bool);
@@ -301,7 +419,8 @@ fn usage(problem: &str) -> ! {
         eprintln!("e2e: {problem}");
     }
     eprintln!(
-        "usage: e2e [--scale F] [--workloads W1,W2,W3,W4,LATENCY,SNAPSHOT,LARGE,KAFKA,PYTHON] \
+        "usage: e2e [--scale F] \
+         [--workloads W1,W2,W3,W4,W5,W5U,W6,W7,LATENCY,SNAPSHOT,LARGE,SINKS,PYTHON] \
          [--contenders wal2arrow,wal2json,pgoutput,test_decoding,floor] [--latency-seconds S] \
          [--repeat N] [--out FILE.md]"
     );
@@ -333,6 +452,18 @@ fn psql(db: &TestDb<'_>, sql: &str) -> String {
     db.cluster().psql(db.name(), sql).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Drops a slot once its walsender has gone: it ends after the stream closes, but only once
+/// it is done with the transaction it was decoding (a large one can take seconds).
+async fn drop_slot(db: &TestDb<'_>, slot: &str) {
+    let active = format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while psql(db, &active).trim() == "t" {
+        assert!(Instant::now() < deadline, "slot {slot}: its walsender did not end in 5 minutes");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    psql(db, &format!("SELECT pg_drop_replication_slot('{slot}')"));
+}
+
 async fn run(args: &Args) -> String {
     eprintln!("building the plugin and starting a scratch PostgreSQL…");
     let options = ClusterOptions::with_plugin().expect("the plugin builds");
@@ -361,13 +492,20 @@ async fn run(args: &Args) -> String {
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|w| w == name);
     let mut results: Vec<(String, Vec<Measured>)> = Vec::new();
     let mut peak_rss: Option<u64> = None;
-    for w in workloads(args.scale) {
+    let mut rss_by_workload: Vec<(&str, Option<u64>)> = Vec::new();
+    let mut sink_ratios: Vec<(&str, f64)> = Vec::new();
+    let all = workloads(args.scale);
+    for w in &all {
         if !wanted(w.name) {
-            // W3 updates W1's rows: they must exist.
-            if w.name == "W1" && wanted("W3") {
+            // W3 updates W1's rows, W5U W5's: they must exist.
+            if all.iter().any(|d| d.needs == Some(w.name) && wanted(d.name)) {
+                psql(&db, w.setup);
                 psql(&db, &w.generate);
             }
             continue;
+        }
+        if !w.setup.is_empty() {
+            psql(&db, w.setup);
         }
         let chosen = |c: &Contender| {
             args.contenders.is_empty() || args.contenders.iter().any(|n| n == c.name())
@@ -393,15 +531,19 @@ async fn run(args: &Args) -> String {
         // Rounds interleave the contenders, so a slow spell of the machine touches all of
         // them alike; each contender's median round is reported.
         let mut rounds: Vec<Vec<Measured>> = vec![Vec::new(); CONTENDERS.len()];
+        let mut rss = None;
         for round in 0..args.repeat {
             for (i, &c) in CONTENDERS.iter().enumerate().filter(|(_, c)| chosen(c)) {
-                if c == Contender::Wal2Arrow && w.name == "W1" && round == 0 {
+                if c == Contender::Wal2Arrow && round == 0 {
                     reset_peak_rss();
                 }
                 let slot = c.slot(w.name, round);
-                let m = measure(c, &w, &slot, &config, target, clk_tck).await;
-                if c == Contender::Wal2Arrow && w.name == "W1" && round == 0 {
-                    peak_rss = peak_rss_bytes();
+                let m = measure(c, w, &slot, &config, target, clk_tck).await;
+                if c == Contender::Wal2Arrow && round == 0 {
+                    rss = peak_rss_bytes();
+                    if w.name == "W1" {
+                        peak_rss = rss;
+                    }
                 }
                 eprintln!(
                     "  {:<45} {:>12.0} rows/s  walsender {:>6.2} s  {:>6.1} B/row",
@@ -410,13 +552,14 @@ async fn run(args: &Args) -> String {
                     m.walsender_cpu.as_secs_f64(),
                     m.bytes as f64 / m.rows.max(1) as f64
                 );
-                psql(&db, &format!("SELECT pg_drop_replication_slot('{slot}')"));
+                drop_slot(&db, &slot).await;
                 rounds[i].push(m);
             }
         }
         let measured: Vec<Measured> = rounds.into_iter().filter_map(median).collect();
-        report.push_str(&table(&w, &measured));
+        report.push_str(&table(w, &measured, rss));
         results.push((w.name.to_owned(), measured));
+        rss_by_workload.push((w.name, rss));
     }
     let mut latencies = Vec::new();
     if wanted("LATENCY") {
@@ -437,9 +580,11 @@ async fn run(args: &Args) -> String {
         psql(&db, "VACUUM ANALYZE w1; VACUUM ANALYZE w2");
         report.push_str(&snapshot_bench(&db, &config, args.repeat).await);
     }
-    if wanted("KAFKA") {
+    if wanted("SINKS") || wanted("KAFKA") {
         let rows = ((1_000_000.0 * args.scale).round() as u64).max(1000) / 1000 * 1000;
-        report.push_str(&kafka_bench(&db, &config, rows, args.repeat).await);
+        let (section, ratios) = sinks_bench(&db, &config, rows, args.repeat).await;
+        report.push_str(&section);
+        sink_ratios = ratios;
     }
     if wanted("PYTHON") {
         let rows = ((1_000_000.0 * args.scale).round() as u64).max(1000) / 1000 * 1000;
@@ -449,27 +594,42 @@ async fn run(args: &Args) -> String {
         let rows = ((1_000_000.0 * args.scale).round() as u64).max(1000);
         report.push_str(&large_bench(&db, &config, rows, args.repeat).await);
     }
-    report.push_str(&targets(&results, &latencies, peak_rss));
+    report.push_str(&targets(&results, &latencies, peak_rss, &rss_by_workload, &sink_ratios));
     report
 }
 
-/// W1's shape into Kafka: `wal2arrow_sinks::run` with the Kafka sink (Debezium JSON, one
-/// message per row; Arrow IPC, one per batch) into a tansu broker on loopback (memory
-/// storage), each slot read to the end of the same WAL, beside the library's own rate (the
-/// same `CdcStream`, rows counted and acknowledged). Times run from starting the stream to the
-/// last transaction acknowledged (for Kafka: every message acknowledged by the broker).
-async fn kafka_bench(db: &TestDb<'_>, config: &Config, rows: u64, repeat: usize) -> String {
+/// W1's shape through every sink: `wal2arrow_sinks::run` with the Parquet, Arrow IPC, JSON
+/// lines and Kafka sinks (Debezium JSON, one message per row; Arrow IPC, one per batch; into a
+/// tansu broker on loopback, memory storage), each slot read to the end of the same WAL,
+/// beside the library's own rate (the same `CdcStream`, rows counted and acknowledged). Times
+/// run from starting the stream to the last transaction acknowledged: for the file sinks,
+/// written and flushed (fsync) at the end; for Kafka, every message acknowledged by the broker.
+async fn sinks_bench(
+    db: &TestDb<'_>,
+    config: &Config,
+    rows: u64,
+    repeat: usize,
+) -> (String, Vec<(&'static str, f64)>) {
     use wal2arrow_consumer::{Consumer, SnapshotMode};
+    use wal2arrow_sinks::Sink;
     use wal2arrow_sinks::kafka::{KafkaFormat, KafkaOptions, KafkaSink};
     let broker = wal2arrow_harness::KafkaBroker::start().expect("a Kafka broker (tansu)");
+    let dir = std::env::temp_dir().join(format!("wal2arrow-e2e-sinks-{}", std::process::id()));
     psql(db, "CREATE TABLE kw1 (LIKE w1 INCLUDING ALL)");
-    let names = ["library (CdcStream, rows counted)", "Kafka sink, debezium", "Kafka sink, arrow"];
+    let names = [
+        "library (CdcStream, rows counted)",
+        "Parquet sink",
+        "Arrow IPC sink",
+        "JSON lines sink",
+        "Kafka sink, debezium",
+        "Kafka sink, arrow",
+    ];
     for round in 0..repeat {
         for k in 0..names.len() {
             psql(
                 db,
                 &format!(
-                    "SELECT pg_create_logical_replication_slot('kafka_{k}_{round}', 'wal2arrow')"
+                    "SELECT pg_create_logical_replication_slot('sinks_{k}_{round}', 'wal2arrow')"
                 ),
             );
         }
@@ -481,7 +641,9 @@ async fn kafka_bench(db: &TestDb<'_>, config: &Config, rows: u64, repeat: usize)
     for round in 0..repeat {
         for j in 0..names.len() {
             let k = (j + round) % names.len();
-            let slot = format!("kafka_{k}_{round}");
+            let slot = format!("sinks_{k}_{round}");
+            let out = dir.join(&slot);
+            std::fs::create_dir_all(&out).expect("a scratch directory");
             let consumer = Consumer::builder()
                 .config(config.clone())
                 .slot(&slot)
@@ -497,8 +659,42 @@ async fn kafka_bench(db: &TestDb<'_>, config: &Config, rows: u64, repeat: usize)
                 until_lsn: Some(target),
                 ..wal2arrow_sinks::RunOptions::default()
             };
+            let kafka = |format| {
+                let mut options = KafkaOptions::new(broker.address());
+                options.topic_prefix = format!("bench{k}{round}");
+                options.format = format;
+                Box::new(KafkaSink::new(options).expect("a producer")) as Box<dyn Sink>
+            };
+            let sink: Option<Box<dyn Sink>> = match k {
+                0 => None,
+                1 => Some(Box::new(
+                    wal2arrow_sinks::parquet::ParquetSink::open(&out, &slot, Default::default())
+                        .expect("a Parquet sink"),
+                )),
+                2 => Some(Box::new(
+                    wal2arrow_sinks::ipc::IpcSink::open(&out.join("changes.arrows"))
+                        .expect("an IPC sink"),
+                )),
+                3 => Some(Box::new(
+                    wal2arrow_sinks::jsonl::JsonLinesSink::open(&out.join("changes.jsonl"))
+                        .expect("a JSON lines sink"),
+                )),
+                4 => Some(kafka(KafkaFormat::Debezium)),
+                _ => Some(kafka(KafkaFormat::Arrow)),
+            };
             let mut got = 0u64;
-            if k == 0 {
+            if let Some(sink) = sink {
+                let report = wal2arrow_sinks::run(
+                    &mut stream,
+                    sink,
+                    &run_options,
+                    std::future::pending(),
+                    &mut |_| {},
+                )
+                .await
+                .expect("the run");
+                got = report.progress.total_rows();
+            } else {
                 while let Some(e) = stream.next().await {
                     match e.expect("an event") {
                         Event::Change(c) => got += c.num_rows() as u64,
@@ -511,47 +707,36 @@ async fn kafka_bench(db: &TestDb<'_>, config: &Config, rows: u64, repeat: usize)
                         _ => {}
                     }
                 }
-            } else {
-                let mut options = KafkaOptions::new(broker.address());
-                options.topic_prefix = format!("bench{k}{round}");
-                options.format = if k == 1 { KafkaFormat::Debezium } else { KafkaFormat::Arrow };
-                let sink = KafkaSink::new(options).expect("a producer");
-                let report = wal2arrow_sinks::run(
-                    &mut stream,
-                    sink,
-                    &run_options,
-                    std::future::pending(),
-                    &mut |_| {},
-                )
-                .await
-                .expect("the run");
-                got = report.progress.total_rows();
             }
             let secs = started.elapsed().as_secs_f64();
             stream.close().await;
+            let _ = std::fs::remove_dir_all(&out);
             assert!(got >= rows, "{}: {got} of {rows} rows", names[k]);
-            eprintln!("  KAFKA {:<40} {:>10.0} rows/s", names[k], rows as f64 / secs);
+            eprintln!("  SINKS {:<40} {:>10.0} rows/s", names[k], rows as f64 / secs);
             times[k].push(secs);
         }
     }
+    let _ = std::fs::remove_dir_all(&dir);
     let median = |t: &mut Vec<f64>| {
         t.sort_by(f64::total_cmp);
         t[t.len().saturating_sub(1) / 2]
     };
     let rates: Vec<f64> = times.iter_mut().map(|t| rows as f64 / median(t)).collect();
     let mut out = format!(
-        "\n## KAFKA: W1 into Kafka ({} rows, 1,000-row transactions)\n\n\
-         `wal2arrow_sinks::run` with the Kafka sink into a tansu broker on loopback (memory \
-         storage, idempotent producer, `acks=all`), to the last transaction acknowledged after \
-         the broker acknowledged every message; beside the library's own rate on the same WAL. \
-         Median of the rounds.\n\n\
+        "\n## SINKS: W1 through each sink ({} rows, 1,000-row transactions)\n\n\
+         `wal2arrow_sinks::run` with each sink, beside the library's own rate on the same WAL: \
+         files in the temporary directory (written, flushed and synced by the end), Kafka into \
+         a tansu broker on loopback (memory storage, idempotent producer, `acks=all`, every \
+         message acknowledged by the broker by the end). Median of the rounds (each starts \
+         with another contender).\n\n\
          | how | rows/s | × the library |\n|---|---:|---:|\n",
         thousands(rows as f64)
     );
     for (name, rate) in names.iter().zip(&rates) {
         let _ = writeln!(out, "| {name} | {} | {:.2}× |", thousands(*rate), rate / rates[0]);
     }
-    out
+    let ratios = names.iter().zip(&rates).skip(1).map(|(n, r)| (*n, r / rates[0])).collect();
+    (out, ratios)
 }
 
 /// The Python loop of the PYTHON benchmark: streams a slot with the `wal2arrow` package,
@@ -752,16 +937,8 @@ async fn large_bench(db: &TestDb<'_>, config: &Config, rows: u64, repeat: usize)
                 spill >> 20,
                 streamed >> 20
             );
-            // The walsender ends shortly after the stream closes.
-            let active =
-                format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'");
-            for _ in 0..200 {
-                if psql(db, &active).trim() != "t" {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            psql(db, &format!("SELECT pg_drop_replication_slot('{slot}'); TRUNCATE large"));
+            drop_slot(db, &slot).await;
+            psql(db, "TRUNCATE large");
             results[mode].push((latency, spill, streamed, consumer_spill));
         }
     }
@@ -986,7 +1163,7 @@ fn chrono_like_now() -> String {
     format!("{year:04}-{month:02}-{d:02} {h:02}:{m:02} UTC")
 }
 
-fn table(w: &Workload, measured: &[Measured]) -> String {
+fn table(w: &Workload, measured: &[Measured], rss: Option<u64>) -> String {
     let arrow =
         measured.iter().find(|m| m.contender == Contender::Wal2Arrow).map(Measured::rows_per_sec);
     let mut s = format!("## {}\n\n", w.title);
@@ -1005,6 +1182,14 @@ fn table(w: &Workload, measured: &[Measured]) -> String {
             m.walsender_cpu.as_secs_f64(),
             m.walsender_cpu.as_secs_f64() * 1e6 / m.rows.max(1) as f64,
             m.bytes as f64 / m.rows.max(1) as f64
+        );
+    }
+    if let Some(rss) = rss {
+        let _ = writeln!(
+            s,
+            "\nThe wal2arrow consumer's peak resident memory (the benchmark process's, first round): \
+             {:.1} MB.",
+            rss as f64 / 1e6
         );
     }
     s.push('\n');
@@ -1067,12 +1252,13 @@ async fn measure(
 ) -> Measured {
     let started = Instant::now();
     let client = ReplicationClient::connect(config).await.expect("a replication connection");
-    let options = PluginOptions::default();
+    let options = PluginOptions { streaming: w.streaming, ..PluginOptions::default() };
     let mut stream = match c {
         Contender::Wal2Arrow => client.start(slot, Lsn::INVALID, &options).await,
         Contender::Wal2Json => client.start_wal2json(slot, Lsn::INVALID, &options, false).await,
         Contender::PgOutput => {
             let publication = format!("pub_{}", w.name.to_lowercase());
+            let streaming = if w.streaming { "on" } else { "off" };
             client
                 .start_with_pairs(
                     slot,
@@ -1081,6 +1267,7 @@ async fn measure(
                         ("proto_version", Some("2")),
                         ("publication_names", Some(&publication)),
                         ("binary", Some("true")),
+                        ("streaming", Some(streaming)),
                     ],
                 )
                 .await
@@ -1127,7 +1314,7 @@ async fn arrow_rows(stream: &mut ChangeStream, expected: u64) -> u64 {
     loop {
         match stream.next_event().await.expect("stream event").expect("stream open") {
             Event::Change(c) => rows += c.num_rows() as u64,
-            Event::Commit(c) => {
+            Event::Commit(c) | Event::StreamCommit(c) => {
                 stream.ack(c.end_lsn);
                 if rows >= expected {
                     return rows;
@@ -1238,7 +1425,7 @@ async fn latency(db: &TestDb<'_>, config: &Config, rate: u32, secs: f64) -> Late
     let out = sql_thread.join().expect("the load thread").expect("psql runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let _ = stream.close().await;
-    psql(db, &format!("SELECT pg_drop_replication_slot('{slot}')"));
+    drop_slot(db, &slot).await;
     samples.sort_unstable();
     let pct = |p: f64| {
         let i = ((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len().max(1)) - 1;
@@ -1284,6 +1471,8 @@ fn targets(
     results: &[(String, Vec<Measured>)],
     latencies: &[Latency],
     peak_rss: Option<u64>,
+    rss_by_workload: &[(&str, Option<u64>)],
+    sink_ratios: &[(&str, f64)],
 ) -> String {
     let get = |w: &str, c: Contender| {
         results
@@ -1354,6 +1543,46 @@ fn targets(
     );
     let rss = peak_rss.map(|b| b as f64 / 1e6);
     row("consumer peak RSS streaming W1 < 200 MB", rss, None, " MB", &|v| v < 200.0);
+    // Issue 18's targets.
+    for (w, at_least) in [("W1", 0.92), ("W2", 0.75), ("W3", 0.92), ("W4", 0.7)] {
+        row(
+            &format!("{w}: ≥ {at_least}× the decode floor (issue 18)"),
+            ratio(w, Contender::Floor),
+            None,
+            "×",
+            &|v| v >= at_least,
+        );
+    }
+    for w in ["W1", "W2"] {
+        let per_row =
+            |c: Contender| get(w, c).map(|m| m.walsender_cpu.as_secs_f64() / m.rows.max(1) as f64);
+        let cpu = per_row(Contender::Wal2Arrow).zip(per_row(Contender::Floor)).map(|(a, f)| a / f);
+        row(&format!("{w}: walsender CPU per row ≤ 1.2× the floor's"), cpu, None, "×", &|v| {
+            v <= 1.2
+        });
+    }
+    let one_row = get("W4", Contender::Wal2Arrow).map(|m| m.bytes as f64 / m.rows.max(1) as f64);
+    row("W4: a one-row transaction ≤ 300 bytes on the wire", one_row, None, " B", &|v| {
+        v <= 300.0
+    });
+    for (sink, r) in sink_ratios {
+        let at_least = if sink.starts_with("JSON") { 0.6 } else { 0.85 };
+        row(&format!("SINKS: {sink} ≥ {at_least}× the library"), Some(*r), None, "×", &|v| {
+            v >= at_least
+        });
+    }
+    let (worst, most) = rss_by_workload
+        .iter()
+        .filter_map(|(w, b)| Some((*w, (*b)?)))
+        .max_by_key(|(_, b)| *b)
+        .map_or(("", None), |(w, b)| (w, Some(b as f64 / 1e6)));
+    row(
+        &format!("consumer peak RSS ≤ 100 MB on every workload (most: {worst})"),
+        most,
+        None,
+        " MB",
+        &|v| v <= 100.0,
+    );
     s.push('\n');
     s
 }
