@@ -1119,12 +1119,17 @@ fn header(cluster: &Cluster, args: &Args) -> String {
     let mut s = String::from("# Benchmarks\n\n");
     let _ = writeln!(
         s,
-        "Produced by `cargo run --release -p wal2arrow-benches --bin e2e --{}{}{}` — the end-to-end \
+        "Produced by `cargo run --release -p wal2arrow-benches --bin e2e --{}{}{}{}` — the end-to-end \
          benchmark program in [`benches/e2e.rs`](benches/e2e.rs): one scratch PostgreSQL, one slot per \
          contender and round created before each workload so all decode the same WAL, contenders \
          streamed one after another in {} interleaved rounds; each figure is the contender's median \
          round. Ratios are within this one run; absolute numbers vary between machines and runs.\n",
         if args.scale == 1.0 { String::new() } else { format!(" --scale {}", args.scale) },
+        if args.only.is_empty() {
+            String::new()
+        } else {
+            format!(" --workloads {}", args.only.join(","))
+        },
         if args.repeat == 3 { String::new() } else { format!(" --repeat {}", args.repeat) },
         args.out.as_ref().map_or(String::new(), |p| format!(" --out {}", p.display())),
         args.repeat
