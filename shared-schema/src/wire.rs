@@ -52,10 +52,10 @@
 //!
 //! Every message is one XLogData payload, except inside a Bundle: the plugin gathers a
 //! transaction's messages and sends them as one Bundle at commit (or each time a megabyte has
-//! gathered), so a one-row transaction costs one server write rather than three. A Batch of
-//! 64 kB or more is sent as its own payload instead, after a Bundle of the messages gathered
-//! before it (sparing a copy of its bytes): a transaction may arrive as several Bundles and
-//! single messages, always in order.
+//! gathered), so a one-row transaction costs one server write rather than three. A Batch the
+//! plugin estimates at 64 kB or more is sent as its own payload instead, after a Bundle of the
+//! messages gathered before it (sparing a copy of its bytes): a transaction may arrive as
+//! several Bundles and single messages, always in order.
 //!
 //! **Streamed transactions** (version 4, option `streaming`). PostgreSQL 14 and later decode a
 //! transaction larger than `logical_decoding_work_mem` before it commits, in blocks, instead of
