@@ -161,7 +161,7 @@ fn workloads(scale: f64) -> Vec<Workload> {
             format!(
                 "W1: {w1} inserts into (id int8 pk, a int4, b float8, c text, d timestamptz, e bool), 1,000-row transactions"
             ),
-            format!("CALL gen_w1({w1}, 1000)"),
+            gen_w1("w1", w1, 1000),
             w1,
         ),
         plain(
@@ -169,7 +169,7 @@ fn workloads(scale: f64) -> Vec<Workload> {
             format!(
                 "W2: {w2} inserts into a 21-column mixed-type table (~10% NULLs), 1,000-row transactions"
             ),
-            format!("CALL gen_w2({w2}, 1000)"),
+            gen_batches(w2, 1000, W2_INSERT),
             w2,
         ),
         Workload {
@@ -177,7 +177,11 @@ fn workloads(scale: f64) -> Vec<Workload> {
             ..plain(
                 "W3",
                 format!("W3: {w3} updates of W1's rows, 1,000-row transactions"),
-                format!("CALL gen_w3({w3}, 1000)"),
+                gen_batches(
+                    w3,
+                    1000,
+                    "UPDATE w1 SET a = a + 1, b = b * 2 WHERE id > $1 AND id <= $1 + $2",
+                ),
                 w3,
             )
         },
@@ -189,7 +193,11 @@ fn workloads(scale: f64) -> Vec<Workload> {
                 format!(
                     "W5: {w5} inserts into (id int8 pk, a int4, big text) with a 20 kB `big` stored out of line (TOAST), 100-row transactions"
                 ),
-                format!("CALL gen_w5({w5}, 100)"),
+                gen_batches(
+                    w5,
+                    100,
+                    "INSERT INTO w5 SELECT g, g, repeat(md5(g::text), 640) FROM generate_series($1 + 1, $1 + $2) g",
+                ),
                 w5,
             )
         },
@@ -200,7 +208,7 @@ fn workloads(scale: f64) -> Vec<Workload> {
                 format!(
                     "W5U: {w5} updates of W5's rows that leave the TOASTed `big` unchanged, 1,000-row transactions"
                 ),
-                format!("CALL gen_w5u({w5}, 1000)"),
+                gen_batches(w5, 1000, "UPDATE w5 SET a = a + 1 WHERE id > $1 AND id <= $1 + $2"),
                 w5,
             )
         },
@@ -223,12 +231,54 @@ fn workloads(scale: f64) -> Vec<Workload> {
                 format!(
                     "W7: one transaction of {w7} inserts (W1's shape), streamed in progress by wal2arrow, pgoutput and the floor"
                 ),
-                format!("CALL gen_w1({w7}, {w7}, 'w7')"),
+                gen_w1("w7", w7, w7),
                 w7,
             )
         },
     ]
 }
+
+/// `n` rows of W1's shape into `table`, `per` rows a transaction.
+fn gen_w1(table: &str, n: u64, per: u64) -> String {
+    gen_batches(
+        n,
+        per,
+        &format!(
+            "INSERT INTO {table} SELECT g, (g % 100000)::int4, g * 0.5, substr(md5(g::text), 1, 20),
+                timestamptz '2024-01-01 00:00:00+00' + g * interval '1 ms', g % 2 = 0
+            FROM generate_series($1 + 1, $1 + $2) g"
+        ),
+    )
+}
+
+/// Runs `stmt` (`$1`: rows written so far, `$2`: `per`) and commits, until `n` rows.
+fn gen_batches(n: u64, per: u64, stmt: &str) -> String {
+    format!("CALL gen_batches({n}, {per}, $stmt${stmt}$stmt$)")
+}
+
+/// W2's transaction (see [`gen_batches`]): 21 columns of mixed types, ~10% NULLs.
+const W2_INSERT: &str = r#"INSERT INTO w2 SELECT g,
+        CASE WHEN g % 10 <> 1 THEN (g % 32000)::int2 END,
+        CASE WHEN g % 10 <> 2 THEN g::int4 END,
+        CASE WHEN g % 10 <> 3 THEN g::int8 * 1000003 END,
+        CASE WHEN g % 10 <> 4 THEN (g * 0.25)::float4 END,
+        CASE WHEN g % 10 <> 5 THEN g * 0.125 END,
+        CASE WHEN g % 10 <> 6 THEN (g % 1000000) / 100.0 END,
+        CASE WHEN g % 10 <> 7 THEN repeat(md5(g::text), 3) || substr(md5(g::text), 1, 4) END,
+        CASE WHEN g % 10 <> 8 THEN 'varchar ' || g END,
+        CASE WHEN g % 10 <> 9 THEN g % 3 = 0 END,
+        CASE WHEN g % 10 <> 0 THEN date '2024-01-01' + (g % 1000) END,
+        CASE WHEN g % 10 <> 1 THEN timestamp '2024-01-01' + g * interval '1 s' END,
+        CASE WHEN g % 10 <> 2 THEN timestamptz '2024-01-01 00:00:00+00' + g * interval '1 ms' END,
+        CASE WHEN g % 10 <> 3 THEN md5(g::text)::uuid END,
+        CASE WHEN g % 10 <> 4 THEN jsonb_build_object('id', g, 'tag', 't' || (g % 7)) END,
+        CASE WHEN g % 10 <> 5 THEN decode(md5(g::text) || md5((g + 1)::text), 'hex') END,
+        CASE WHEN g % 10 <> 6 THEN ARRAY[g::int4, (g + 1)::int4, (g + 2)::int4] END,
+        CASE WHEN g % 10 <> 7 THEN (g % 1000)::int4 END,
+        CASE WHEN g % 10 <> 8 THEN 't' || g END,
+        CASE WHEN g % 10 <> 9 THEN g * 1.5 END,
+        CASE WHEN g % 10 <> 0 THEN g END
+    FROM generate_series($1 + 1, $1 + $2) g"#;
 
 /// W5's table: `big` is stored out of line and uncompressed (`STORAGE EXTERNAL`), so every
 /// value is TOASTed and an update that leaves it alone logs it as unchanged.
@@ -237,25 +287,6 @@ CREATE TABLE w5 (id int8 PRIMARY KEY, a int4, big text);
 ALTER TABLE w5 ALTER COLUMN big SET STORAGE EXTERNAL;
 CREATE PUBLICATION pub_w5 FOR TABLE w5;
 CREATE PUBLICATION pub_w5u FOR TABLE w5;
-CREATE PROCEDURE gen_w5(n int, per int) LANGUAGE plpgsql AS $$
-DECLARE i int := 0;
-BEGIN
-    WHILE i < n LOOP
-        INSERT INTO w5 SELECT g, g, repeat(md5(g::text), 640)
-        FROM generate_series(i + 1, i + per) g;
-        COMMIT;
-        i := i + per;
-    END LOOP;
-END $$;
-CREATE PROCEDURE gen_w5u(n int, per int) LANGUAGE plpgsql AS $$
-DECLARE i int := 0;
-BEGIN
-    WHILE i < n LOOP
-        UPDATE w5 SET a = a + 1 WHERE id > i AND id <= i + per;
-        COMMIT;
-        i := i + per;
-    END LOOP;
-END $$;
 "#;
 
 /// W6's 1,000 tables, their publication, and the generator: each transaction inserts one row
@@ -295,22 +326,11 @@ CREATE PUBLICATION pub_w2 FOR TABLE w2;
 CREATE PUBLICATION pub_w3 FOR TABLE w1;
 CREATE PUBLICATION pub_w4 FOR TABLE w4;
 CREATE PUBLICATION pub_empty;
-CREATE PROCEDURE gen_w1(n int, per int, tbl text DEFAULT 'w1') LANGUAGE plpgsql AS $$
+CREATE PROCEDURE gen_batches(n int, per int, stmt text) LANGUAGE plpgsql AS $$
 DECLARE i int := 0;
 BEGIN
     WHILE i < n LOOP
-        EXECUTE format('INSERT INTO %I SELECT g, (g %% 100000)::int4, g * 0.5, substr(md5(g::text), 1, 20),
-            timestamptz ''2024-01-01 00:00:00+00'' + g * interval ''1 ms'', g %% 2 = 0
-        FROM generate_series($1 + 1, $1 + $2) g', tbl) USING i, per;
-        COMMIT;
-        i := i + per;
-    END LOOP;
-END $$;
-CREATE PROCEDURE gen_w3(n int, per int) LANGUAGE plpgsql AS $$
-DECLARE i int := 0;
-BEGIN
-    WHILE i < n LOOP
-        UPDATE w1 SET a = a + 1, b = b * 2 WHERE id > i AND id <= i + per;
+        EXECUTE stmt USING i, per;
         COMMIT;
         i := i + per;
     END LOOP;
@@ -321,36 +341,6 @@ BEGIN
         INSERT INTO w4 VALUES (g, g, g * 0.5, substr(md5(g::text), 1, 20),
             timestamptz '2024-01-01 00:00:00+00' + g * interval '1 ms', g % 2 = 0);
         COMMIT;
-    END LOOP;
-END $$;
-CREATE PROCEDURE gen_w2(n int, per int) LANGUAGE plpgsql AS $$
-DECLARE i int := 0;
-BEGIN
-    WHILE i < n LOOP
-        INSERT INTO w2 SELECT g,
-            CASE WHEN g % 10 <> 1 THEN (g % 32000)::int2 END,
-            CASE WHEN g % 10 <> 2 THEN g::int4 END,
-            CASE WHEN g % 10 <> 3 THEN g::int8 * 1000003 END,
-            CASE WHEN g % 10 <> 4 THEN (g * 0.25)::float4 END,
-            CASE WHEN g % 10 <> 5 THEN g * 0.125 END,
-            CASE WHEN g % 10 <> 6 THEN (g % 1000000) / 100.0 END,
-            CASE WHEN g % 10 <> 7 THEN repeat(md5(g::text), 3) || substr(md5(g::text), 1, 4) END,
-            CASE WHEN g % 10 <> 8 THEN 'varchar ' || g END,
-            CASE WHEN g % 10 <> 9 THEN g % 3 = 0 END,
-            CASE WHEN g % 10 <> 0 THEN date '2024-01-01' + (g % 1000) END,
-            CASE WHEN g % 10 <> 1 THEN timestamp '2024-01-01' + g * interval '1 s' END,
-            CASE WHEN g % 10 <> 2 THEN timestamptz '2024-01-01 00:00:00+00' + g * interval '1 ms' END,
-            CASE WHEN g % 10 <> 3 THEN md5(g::text)::uuid END,
-            CASE WHEN g % 10 <> 4 THEN jsonb_build_object('id', g, 'tag', 't' || (g % 7)) END,
-            CASE WHEN g % 10 <> 5 THEN decode(md5(g::text) || md5((g + 1)::text), 'hex') END,
-            CASE WHEN g % 10 <> 6 THEN ARRAY[g::int4, (g + 1)::int4, (g + 2)::int4] END,
-            CASE WHEN g % 10 <> 7 THEN (g % 1000)::int4 END,
-            CASE WHEN g % 10 <> 8 THEN 't' || g END,
-            CASE WHEN g % 10 <> 9 THEN g * 1.5 END,
-            CASE WHEN g % 10 <> 0 THEN g END
-        FROM generate_series(i + 1, i + per) g;
-        COMMIT;
-        i := i + per;
     END LOOP;
 END $$;
 CREATE TABLE lat (id bigserial PRIMARY KEY, v int4);
@@ -638,7 +628,7 @@ async fn sinks_bench(
         }
     }
     // 1,000-row transactions, as W1.
-    psql(db, &format!("CALL gen_w1({rows}, 1000, 'kw1')"));
+    psql(db, &gen_w1("kw1", rows, 1000));
     let target: Lsn = psql(db, "SELECT pg_current_wal_lsn()").trim().parse().unwrap();
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     for round in 0..repeat {
@@ -795,7 +785,7 @@ async fn python_bench(db: &TestDb<'_>, config: &Config, rows: u64, repeat: usize
             );
         }
     }
-    psql(db, &format!("CALL gen_w1({rows}, 1000, 'pw1')"));
+    psql(db, &gen_w1("pw1", rows, 1000));
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     for round in 0..repeat {
         for j in 0..names.len() {
