@@ -466,8 +466,19 @@ type CmdResult = Result<(), Failure>;
 /// Runs the `wal2arrow` command with the process's arguments.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log_level) {
+        Ok(filter) => filter,
+        Err(e) => {
+            // Bad usage (exit 2), like any other setting: a filter that does not parse would
+            // otherwise hide the very logs it asked for.
+            eprintln!(
+                "wal2arrow: --log-level (or WAL2ARROW_LOG) {:?}: {e}; give error, warn, info, \
+                 debug or trace, or a tracing filter such as `warn,wal2arrow_sinks=debug`",
+                cli.log_level
+            );
+            return ExitCode::from(2);
+        }
+    };
     // Colour only on a terminal, and never with NO_COLOR set (https://no-color.org).
     let colour = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());

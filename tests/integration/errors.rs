@@ -1,8 +1,8 @@
 //! Errors a person can act on (issue 11): bad logins show the server's words, SQLSTATE and
 //! what to check (exit 4); a silent server and a server without TLS end within
 //! `connect_timeout` (exit 4); a missing schema privilege, a plugin the allow-list refuses
-//! and a slot in use are preflight failures with the fix (exit 3); an unwritable `--out` is
-//! bad usage found before anything streams (exit 2); sink failures are labelled as such; logs
+//! and a slot in use are preflight failures with the fix (exit 3); an unwritable `--out` or a
+//! log filter that does not parse is bad usage found before anything streams (exit 2); sink failures are labelled as such; logs
 //! on a pipe carry no colour codes.
 
 use std::time::Duration;
@@ -158,6 +158,11 @@ async fn an_unwritable_out_is_bad_usage_found_before_connecting() {
         assert_eq!(code, 2, "{sink}: {stdout}{err}");
         assert!(err.contains("--out") && err.contains(out.to_str().unwrap()), "{sink}: {err}");
     }
+    // So is a log filter that does not parse (it used to fall back to `warn` silently).
+    let (code, stdout, err) =
+        run(cli(&["--log-level", "warn,wal2arrow_sinks=[bogus", "check", "--dsn", &dsn])).await;
+    assert_eq!(code, 2, "{stdout}{err}");
+    assert!(err.contains("--log-level") && err.contains("[bogus"), "{err}");
     // A file that is not this sink's output is never appended to (nor truncated).
     std::fs::write(&file, b"someone else's notes\n").unwrap();
     let db = Cluster::shared().database("foreign_out");
