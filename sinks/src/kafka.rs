@@ -124,7 +124,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Decimal128Type, DecimalType, IntervalMonthDayNanoType, UInt8Type};
+use arrow_array::types::{
+    Decimal128Type, DecimalType, Float16Type, Float32Type, Float64Type, IntervalMonthDayNanoType,
+    UInt8Type,
+};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use arrow_schema::{DataType, TimeUnit};
@@ -284,6 +287,8 @@ pub struct KafkaSink {
     since_flush: Option<Instant>,
     unflushed: usize,
     value: String,
+    /// The message key being written (reused).
+    key: String,
     /// The transaction's metadata so far (with `transaction_metadata`).
     meta: TxnMeta,
     /// With `schemas`: each table's key and envelope schemas, for the relation they were
@@ -345,6 +350,10 @@ impl KafkaSink {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
+            // Only failures need the delivery callback (a flush waits for every message
+            // either way): a report per delivered message costs the producer's polling thread
+            // about as much as rendering the message does.
+            .set("delivery.report.only.error", "true")
             .set("client.id", "wal2arrow");
         // Messages never expire; in a Kafka transaction they may not outlive it (librdkafka's
         // default there: transaction.timeout.ms, 60 s).
@@ -380,6 +389,7 @@ impl KafkaSink {
             since_flush: None,
             unflushed: 0,
             value: String::new(),
+            key: String::new(),
             meta: TxnMeta::default(),
             schemas: HashMap::new(),
             txn_open: false,
@@ -505,14 +515,15 @@ impl KafkaSink {
         self.send_about(topic, key, value, headers, None)
     }
 
-    /// As [`send`](Self::send); a message too large is reported as `what` (the row it holds).
+    /// As [`send`](Self::send); a message too large is reported as `what()` (the row it
+    /// holds; written only then).
     fn send_about(
         &mut self,
         topic: &str,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         headers: OwnedHeaders,
-        what: Option<&str>,
+        what: Option<&dyn Fn() -> String>,
     ) -> Result<()> {
         if self.options.transactional_id.is_some() && !self.txn_open {
             if !self.transactions_started {
@@ -557,7 +568,7 @@ impl KafkaSink {
                              message.max.bytes=…, or use --kafka-format arrow, which splits \
                              batches",
                             match what {
-                                Some(w) => format!("{w} (xid {xid}, commit LSN {commit_lsn})"),
+                                Some(w) => format!("{} (xid {xid}, commit LSN {commit_lsn})", w()),
                                 None => format!("a message of xid {xid} (commit LSN {commit_lsn})"),
                             },
                             value.map_or(0, <[u8]>::len),
@@ -629,21 +640,7 @@ impl KafkaSink {
     }
 
     fn headers(&self, ordinal: u32) -> OwnedHeaders {
-        let (xid, commit_lsn, time) = self.txn;
-        OwnedHeaders::new()
-            .insert(Header {
-                key: "wal2arrow.commit_lsn",
-                value: Some(commit_lsn.to_string().as_bytes()),
-            })
-            .insert(Header {
-                key: "wal2arrow.ordinal",
-                value: Some(ordinal.to_string().as_bytes()),
-            })
-            .insert(Header { key: "wal2arrow.xid", value: Some(xid.to_string().as_bytes()) })
-            .insert(Header {
-                key: "wal2arrow.commit_time_us",
-                value: Some(time.to_string().as_bytes()),
-            })
+        HeaderValues::new(self.txn, ordinal).headers(2)
     }
 
     fn write_arrow(&mut self, c: &ChangeBatch) -> Result<()> {
@@ -686,6 +683,16 @@ impl KafkaSink {
             .map_err(Error::Arrow)?;
         let names: Vec<&str> =
             batch.schema_ref().fields().iter().take(n).map(|f| f.name().as_str()).collect();
+        // The columns' names as JSON object keys (`"name":`), escaped once per batch.
+        let json_keys: Vec<String> = names
+            .iter()
+            .map(|name| {
+                let mut k = String::with_capacity(name.len() + 3);
+                json_string(name, &mut k);
+                k.push(':');
+                k
+            })
+            .collect();
         let key_names = if relation.primary_key.is_empty() {
             &relation.identity_key
         } else {
@@ -708,6 +715,12 @@ impl KafkaSink {
         };
         let missing_at = |r: usize| names_at(missing, r);
         let schemas = if self.options.schemas { Some(self.schemas_of(relation)) } else { None };
+        // What every message of the batch repeats, written once: its headers' values and the
+        // envelope's `source` block but for the row's position.
+        let header_values = HeaderValues::new(self.txn, c.ordinal);
+        let source = Source::new(self, relation);
+        // Debezium's `ts_ms`, when the connector processed the event: the batch's time.
+        let processed_ms = now_ms();
         let render = |r: usize, only: Option<&[usize]>, skip: &[String], out: &mut String| {
             out.push('{');
             let mut first = true;
@@ -719,11 +732,15 @@ impl KafkaSink {
                     out.push(',');
                 }
                 first = false;
-                json_string(names[i], out);
-                out.push(':');
+                out.push_str(&json_keys[i]);
                 renderers[i].write(r, out);
             }
             out.push('}');
+        };
+        let key_of = |row: usize| {
+            let mut k = String::new();
+            render(row, Some(&key_cols), &[], &mut k);
+            k
         };
         let mut r = 0;
         while r < batch.num_rows() {
@@ -735,11 +752,6 @@ impl KafkaSink {
             } else {
                 (None, r, op)
             };
-            let key_of = |row: usize| {
-                let mut k = String::new();
-                render(row, Some(&key_cols), &[], &mut k);
-                k
-            };
             let key_changed = before.is_some_and(|b| key_of(b) != key_of(row));
             let snapshot = op == "read";
             let emit = |sink: &mut KafkaSink,
@@ -750,10 +762,20 @@ impl KafkaSink {
                         bef_skip: Vec<String>,
                         aft_skip: Vec<String>|
              -> Result<()> {
-                let key = (!key_cols.is_empty()).then(|| match &schemas {
-                    Some(s) => format!("{{\"schema\":{},\"payload\":{}}}", s.key, key_of(key_row)),
-                    None => key_of(key_row),
-                });
+                let mut key = std::mem::take(&mut sink.key);
+                key.clear();
+                if !key_cols.is_empty() {
+                    if let Some(s) = &schemas {
+                        key.push_str("{\"schema\":");
+                        key.push_str(&s.key);
+                        key.push_str(",\"payload\":");
+                    }
+                    render(key_row, Some(&key_cols), &[], &mut key);
+                    if schemas.is_some() {
+                        key.push('}');
+                    }
+                }
+                let key_bytes = (!key_cols.is_empty()).then_some(key.as_bytes());
                 let mut v = std::mem::take(&mut sink.value);
                 v.clear();
                 if let Some(s) = &schemas {
@@ -771,8 +793,11 @@ impl KafkaSink {
                     Some(a) => render(a, None, &aft_skip, &mut v),
                     None => v.push_str("null"),
                 }
-                sink.source(&mut v, relation, lsn, snapshot);
-                let _ = write!(v, ",\"op\":\"{code}\",\"ts_ms\":{}", now_ms());
+                source.write(&mut v, lsn, snapshot);
+                v.push_str(",\"op\":\"");
+                v.push_str(code);
+                v.push_str("\",\"ts_ms\":");
+                push_int(processed_ms, &mut v);
                 if aft.is_some() {
                     name_list(",\"missing\":", &aft_skip, &mut v);
                 }
@@ -781,51 +806,47 @@ impl KafkaSink {
                 let lost = names_at(unrepresentable, aft.or(bef).unwrap_or(key_row));
                 name_list(",\"unrepresentable\":", &lost, &mut v);
                 v.push_str(",\"transaction\":");
-                let block = sink.transaction_block(&relation.qualified_name);
-                let block = match block {
-                    Ok(b) => b,
-                    Err(e) => {
-                        sink.value = v;
-                        return Err(e);
-                    }
-                };
-                v.push_str(&block);
-                v.push('}');
-                if schemas.is_some() {
-                    v.push('}');
-                }
-                let headers = sink.headers(c.ordinal).insert(Header {
-                    key: "wal2arrow.row",
-                    value: Some(key_row.to_string().as_bytes()),
-                });
-                let what = format!(
-                    "the {} of {} with key {}",
-                    match code {
-                        "c" => "insert",
-                        "u" => "update",
-                        "d" => "delete",
-                        _ => "row",
-                    },
-                    relation.qualified_name,
-                    key.as_deref().unwrap_or("(none: the table has no key)")
-                );
-                let result = sink.send_about(
-                    &topic,
-                    key.as_deref().map(str::as_bytes),
-                    Some(v.as_bytes()),
-                    headers,
-                    Some(&what),
-                );
-                sink.value = v;
-                result?;
-                if code == "d" && sink.options.tombstones && key.is_some() {
-                    let headers = sink.headers(c.ordinal).insert(Header {
-                        key: "wal2arrow.row",
-                        value: Some(key_row.to_string().as_bytes()),
+                let result =
+                    sink.transaction_block(&relation.qualified_name, &mut v).and_then(|()| {
+                        v.push('}');
+                        if schemas.is_some() {
+                            v.push('}');
+                        }
+                        let headers = header_values.headers(1).insert(Header {
+                            key: "wal2arrow.row",
+                            value: Some(itoa(key_row as u64).as_bytes()),
+                        });
+                        let what = || {
+                            format!(
+                                "the {} of {} with key {}",
+                                match code {
+                                    "c" => "insert",
+                                    "u" => "update",
+                                    "d" => "delete",
+                                    _ => "row",
+                                },
+                                relation.qualified_name,
+                                match key_bytes {
+                                    Some(_) => key.as_str(),
+                                    None => "(none: the table has no key)",
+                                }
+                            )
+                        };
+                        sink.send_about(&topic, key_bytes, Some(v.as_bytes()), headers, Some(&what))
                     });
-                    sink.send(&topic, key.as_deref().map(str::as_bytes), None, headers)?;
-                }
-                Ok(())
+                sink.value = v;
+                let result = result.and_then(|()| {
+                    if code == "d" && sink.options.tombstones && key_bytes.is_some() {
+                        let headers = header_values.headers(1).insert(Header {
+                            key: "wal2arrow.row",
+                            value: Some(itoa(key_row as u64).as_bytes()),
+                        });
+                        sink.send(&topic, key_bytes, None, headers)?;
+                    }
+                    Ok(())
+                });
+                sink.key = key;
+                result
             };
             match op {
                 "insert" => emit(self, "c", None, Some(row), row, vec![], missing_at(row))?,
@@ -857,9 +878,10 @@ impl KafkaSink {
     /// The envelope's `transaction` value for the next event of `table`: `null`, or with
     /// transaction metadata Debezium's `{"id", "total_order", "data_collection_order"}`
     /// (sending the transaction's BEGIN first, before its first event).
-    fn transaction_block(&mut self, table: &str) -> Result<String> {
+    fn transaction_block(&mut self, table: &str, out: &mut String) -> Result<()> {
         if !self.options.transaction_metadata {
-            return Ok("null".into());
+            out.push_str("null");
+            return Ok(());
         }
         let (xid, commit_lsn, time) = self.txn;
         if self.meta.id.is_none() {
@@ -885,14 +907,11 @@ impl KafkaSink {
                 1
             }
         };
-        let mut block = String::from("{\"id\":");
-        json_string(self.meta.id.as_deref().unwrap_or_default(), &mut block);
-        let _ = write!(
-            block,
-            ",\"total_order\":{},\"data_collection_order\":{order}}}",
-            self.meta.total
-        );
-        Ok(block)
+        out.push_str("{\"id\":");
+        json_string(self.meta.id.as_deref().unwrap_or_default(), out);
+        let _ =
+            write!(out, ",\"total_order\":{},\"data_collection_order\":{order}}}", self.meta.total);
+        Ok(())
     }
 
     /// The transaction's END, when its BEGIN was sent.
@@ -949,27 +968,75 @@ impl KafkaSink {
         self.schemas.insert(relation.qualified_name.clone(), built.clone());
         built
     }
+}
 
-    fn source(
-        &self,
-        v: &mut String,
-        relation: &wal2arrow_consumer::Relation,
-        lsn: u64,
-        snapshot: bool,
-    ) {
-        let (xid, _, time) = self.txn;
-        v.push_str(",\"source\":{\"version\":\"wal2arrow-");
-        v.push_str(env!("CARGO_PKG_VERSION"));
-        v.push_str("\",\"connector\":\"postgresql\",\"name\":");
-        json_string(&self.options.topic_prefix, v);
-        let _ =
-            write!(v, ",\"ts_ms\":{},\"snapshot\":\"{snapshot}\",\"db\":", time.div_euclid(1000));
-        json_string(&self.options.database, v);
-        let _ = write!(v, ",\"sequence\":\"[null,\\\"{}\\\"]\",\"schema\":", Lsn(lsn));
-        json_string(&relation.namespace, v);
-        v.push_str(",\"table\":");
-        json_string(&relation.name, v);
-        let _ = write!(v, ",\"txId\":{xid},\"lsn\":{lsn},\"xmin\":null}}");
+/// The envelope's `source` block of one table's events in one transaction, written once but
+/// for each event's position (`sequence`, `lsn`) and `snapshot`.
+struct Source {
+    /// Up to `"snapshot":"`.
+    head: String,
+    /// From the snapshot flag's closing quote up to the position in `sequence`.
+    middle: String,
+    /// From after the position in `sequence` up to `"lsn":`.
+    tail: String,
+}
+
+impl Source {
+    fn new(sink: &KafkaSink, relation: &wal2arrow_consumer::Relation) -> Source {
+        let (xid, _, time) = sink.txn;
+        let mut head = String::from(",\"source\":{\"version\":\"wal2arrow-");
+        head.push_str(env!("CARGO_PKG_VERSION"));
+        head.push_str("\",\"connector\":\"postgresql\",\"name\":");
+        json_string(&sink.options.topic_prefix, &mut head);
+        let _ = write!(head, ",\"ts_ms\":{},\"snapshot\":\"", time.div_euclid(1000));
+        let mut middle = String::from("\",\"db\":");
+        json_string(&sink.options.database, &mut middle);
+        middle.push_str(",\"sequence\":\"[null,\\\"");
+        let mut tail = String::from("\\\"]\",\"schema\":");
+        json_string(&relation.namespace, &mut tail);
+        tail.push_str(",\"table\":");
+        json_string(&relation.name, &mut tail);
+        let _ = write!(tail, ",\"txId\":{xid},\"lsn\":");
+        Source { head, middle, tail }
+    }
+
+    /// The block of an event at `lsn`.
+    fn write(&self, v: &mut String, lsn: u64, snapshot: bool) {
+        v.push_str(&self.head);
+        v.push_str(if snapshot { "true" } else { "false" });
+        v.push_str(&self.middle);
+        let _ = write!(v, "{}", Lsn(lsn));
+        v.push_str(&self.tail);
+        push_int(lsn as i64, v);
+        v.push_str(",\"xmin\":null}");
+    }
+}
+
+/// The values of the headers every message of a transaction's batch carries.
+struct HeaderValues {
+    commit_lsn: String,
+    ordinal: String,
+    xid: String,
+    time: String,
+}
+
+impl HeaderValues {
+    fn new((xid, commit_lsn, time): (u32, Lsn, i64), ordinal: u32) -> HeaderValues {
+        HeaderValues {
+            commit_lsn: commit_lsn.to_string(),
+            ordinal: ordinal.to_string(),
+            xid: xid.to_string(),
+            time: time.to_string(),
+        }
+    }
+
+    /// The headers, with room for `more`.
+    fn headers(&self, more: usize) -> OwnedHeaders {
+        OwnedHeaders::new_with_capacity(4 + more)
+            .insert(Header { key: "wal2arrow.commit_lsn", value: Some(self.commit_lsn.as_bytes()) })
+            .insert(Header { key: "wal2arrow.ordinal", value: Some(self.ordinal.as_bytes()) })
+            .insert(Header { key: "wal2arrow.xid", value: Some(self.xid.as_bytes()) })
+            .insert(Header { key: "wal2arrow.commit_time_us", value: Some(self.time.as_bytes()) })
     }
 }
 
@@ -1014,10 +1081,10 @@ impl Sink for KafkaSink {
                         v.push_str(",\"payload\":");
                     }
                     v.push_str("{\"before\":null,\"after\":null");
-                    self.source(&mut v, relation, t.commit_lsn.0, false);
-                    let block = self.transaction_block(&relation.qualified_name)?;
-                    let _ =
-                        write!(v, ",\"op\":\"t\",\"ts_ms\":{},\"transaction\":{block}}}", now_ms());
+                    Source::new(self, relation).write(&mut v, t.commit_lsn.0, false);
+                    let _ = write!(v, ",\"op\":\"t\",\"ts_ms\":{},\"transaction\":", now_ms());
+                    self.transaction_block(&relation.qualified_name, &mut v)?;
+                    v.push('}');
                     if self.options.schemas {
                         v.push('}');
                     }
@@ -1412,13 +1479,17 @@ fn ipc_stream(batch: &RecordBatch) -> Result<Vec<u8>> {
 
 /// Writes one column's values in Debezium's JSON encodings.
 enum Renderer<'a> {
-    /// Integers and booleans: their text is JSON.
+    /// `UInt64`: its text is JSON.
     Plain(&'a dyn Array, ArrayFormatter<'a>),
+    /// Booleans.
+    Bool(&'a arrow_array::BooleanArray),
+    /// Text as a JSON string.
+    Str(&'a arrow_array::StringArray),
     /// Floats: numbers, NaN and infinities as strings.
     Float(&'a dyn Array, ArrayFormatter<'a>),
     /// Shown as a JSON string.
     Text(&'a dyn Array, ArrayFormatter<'a>),
-    /// `Date32` (days) and microsecond times without a zone: the integer.
+    /// Integers, `Date32` (days) and microsecond times without a zone: the integer.
     Int64(&'a dyn Array, Vec<i64>),
     /// `timestamptz`: ISO 8601 UTC.
     Zoned(&'a arrow_array::TimestampMicrosecondArray),
@@ -1459,11 +1530,16 @@ impl<'a> Renderer<'a> {
             | DataType::Int64
             | DataType::UInt8
             | DataType::UInt16
-            | DataType::UInt32
-            | DataType::UInt64
-            | DataType::Boolean => {
+            | DataType::UInt32 => {
+                let values = arrow_cast::cast(array, &DataType::Int64)?;
+                let values = values.as_primitive::<arrow_array::types::Int64Type>();
+                Renderer::Int64(array.as_ref(), values.values().to_vec())
+            }
+            DataType::UInt64 => {
                 Renderer::Plain(array.as_ref(), ArrayFormatter::try_new(array.as_ref(), options)?)
             }
+            DataType::Boolean => Renderer::Bool(array.as_boolean()),
+            DataType::Utf8 => Renderer::Str(array.as_string::<i32>()),
             DataType::Float16 | DataType::Float32 | DataType::Float64 => {
                 Renderer::Float(array.as_ref(), ArrayFormatter::try_new(array.as_ref(), options)?)
             }
@@ -1500,6 +1576,8 @@ impl<'a> Renderer<'a> {
     fn array(&self) -> &dyn Array {
         match self {
             Renderer::Plain(a, _) | Renderer::Float(a, _) | Renderer::Text(a, _) => *a,
+            Renderer::Bool(a) => *a,
+            Renderer::Str(a) => *a,
             Renderer::Int64(a, _) | Renderer::Binary(a) => *a,
             Renderer::Zoned(a) => *a,
             Renderer::Decimal(a, ..) => *a,
@@ -1520,28 +1598,32 @@ impl<'a> Renderer<'a> {
             Renderer::Plain(_, f) => {
                 let _ = write!(out, "{}", f.value(r));
             }
-            Renderer::Float(_, f) => {
-                let s = f.value(r).to_string();
-                match s.as_str() {
-                    "NaN" | "inf" | "-inf" | "Infinity" | "-Infinity" => {
-                        let name = match s.as_str() {
-                            "NaN" => "NaN",
-                            "inf" | "Infinity" => "Infinity",
-                            _ => "-Infinity",
-                        };
-                        let _ = write!(out, "\"{name}\"");
-                    }
-                    _ => out.push_str(&s),
+            Renderer::Bool(a) => out.push_str(if a.value(r) { "true" } else { "false" }),
+            Renderer::Str(a) => json_string(a.value(r), out),
+            Renderer::Float(a, f) => {
+                let v = match a.data_type() {
+                    DataType::Float16 => a.as_primitive::<Float16Type>().value(r).to_f64(),
+                    DataType::Float32 => f64::from(a.as_primitive::<Float32Type>().value(r)),
+                    _ => a.as_primitive::<Float64Type>().value(r),
+                };
+                if v.is_nan() {
+                    out.push_str("\"NaN\"");
+                } else if v.is_infinite() {
+                    out.push_str(if v > 0.0 { "\"Infinity\"" } else { "\"-Infinity\"" });
+                } else {
+                    let _ = write!(out, "{}", f.value(r));
                 }
             }
             Renderer::Text(_, f) => json_string(&f.value(r).to_string(), out),
-            Renderer::Int64(_, v) => {
-                let _ = write!(out, "{}", v[r]);
-            }
+            Renderer::Int64(_, v) => push_int(v[r], out),
             Renderer::Zoned(a) => match a.value(r) {
                 i64::MAX => out.push_str("\"infinity\""),
                 i64::MIN => out.push_str("\"-infinity\""),
-                us => json_string(&iso_micros(us), out),
+                us => {
+                    out.push('"');
+                    push_iso_micros(us, out);
+                    out.push('"');
+                }
             },
             Renderer::Decimal(a, p, s) => {
                 json_string(&Decimal128Type::format_decimal(a.value(r), *p, *s), out)
@@ -1555,18 +1637,21 @@ impl<'a> Renderer<'a> {
                     DataType::BinaryView => a.as_binary_view().value(r),
                     _ => a.as_binary::<i32>().value(r),
                 };
-                json_string(&base64(bytes), out);
+                out.push('"');
+                push_base64(bytes, out);
+                out.push('"');
             }
             Renderer::Uuid(a) => {
-                let b = a.value(r);
-                let mut s = String::with_capacity(36);
-                for (i, byte) in b.iter().enumerate() {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push('"');
+                for (i, byte) in a.value(r).iter().enumerate() {
                     if matches!(i, 4 | 6 | 8 | 10) {
-                        s.push('-');
+                        out.push('-');
                     }
-                    let _ = write!(s, "{byte:02x}");
+                    out.push(HEX[usize::from(byte >> 4)] as char);
+                    out.push(HEX[usize::from(byte & 15)] as char);
                 }
-                json_string(&s, out);
+                out.push('"');
             }
             Renderer::Money(a) => {
                 json_string(&Decimal128Type::format_decimal(i128::from(a.value(r)), 20, 2), out)
@@ -1600,11 +1685,36 @@ impl<'a> Renderer<'a> {
     }
 }
 
-/// Microseconds since 1970 as ISO 8601 UTC with six decimals (`1970-01-01T00:00:00.000000Z`).
-fn iso_micros(us: i64) -> String {
-    let array = arrow_array::TimestampMicrosecondArray::from(vec![us]);
-    let options = FormatOptions::default().with_timestamp_format(Some("%Y-%m-%dT%H:%M:%S%.6fZ"));
-    ArrayFormatter::try_new(&array, &options).map(|f| f.value(0).to_string()).unwrap_or_default()
+/// Microseconds since 1970 as ISO 8601 UTC with six decimals (`1970-01-01T00:00:00.000000Z`),
+/// the year as chrono's `%Y` writes it: four digits from 0 to 9999, signed outside (`+10000`,
+/// `-0001`; ISO 8601's expanded years). Every `timestamptz` PostgreSQL holds (4713 BC to
+/// 294276 AD) has a form.
+fn push_iso_micros(us: i64, out: &mut String) {
+    const DAY_US: i64 = 86_400_000_000;
+    let (days, time) = (us.div_euclid(DAY_US), us.rem_euclid(DAY_US));
+    // Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's civil_from_days).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    if (0..10_000).contains(&year) {
+        let _ = write!(out, "{year:04}");
+    } else {
+        let _ = write!(out, "{year:+05}");
+    }
+    let (secs, frac) = (time / 1_000_000, time % 1_000_000);
+    let _ = write!(
+        out,
+        "-{month:02}-{day:02}T{:02}:{:02}:{:02}.{frac:06}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    );
 }
 
 /// `field` (`,"name":`) and `names` as a JSON array of strings; nothing when there are none.
@@ -1643,21 +1753,57 @@ fn utc_time(local_us: i64, offset: i32) -> String {
     format!("{:02}:{:02}:{:02}.{frac:06}Z", s / 3600, s / 60 % 60, s % 60)
 }
 
-fn base64(bytes: &[u8]) -> String {
+/// `bytes` in base64 (RFC 4648, padded).
+fn push_base64(bytes: &[u8], out: &mut String) {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    out.reserve(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
-                s.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
+                out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
             } else {
-                s.push('=');
+                out.push('=');
             }
         }
     }
-    s
+}
+
+/// `n` in decimal.
+fn push_int(n: i64, out: &mut String) {
+    if n < 0 {
+        out.push('-');
+    }
+    out.push_str(itoa(n.unsigned_abs()).as_str());
+}
+
+/// An unsigned integer's decimal digits, without allocating.
+struct Digits {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Digits {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[self.start..]).expect("ASCII digits")
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+fn itoa(mut n: u64) -> Digits {
+    let mut d = Digits { buf: [0; 20], start: 20 };
+    loop {
+        d.start -= 1;
+        d.buf[d.start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return d;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1666,6 +1812,16 @@ mod tests {
 
     #[test]
     fn base64_and_times_match_their_standards() {
+        let base64 = |b: &[u8]| {
+            let mut s = String::new();
+            push_base64(b, &mut s);
+            s
+        };
+        let iso_micros = |us| {
+            let mut s = String::new();
+            push_iso_micros(us, &mut s);
+            s
+        };
         assert_eq!(base64(b""), "");
         assert_eq!(base64(b"f"), "Zg==");
         assert_eq!(base64(b"fo"), "Zm8=");
@@ -1673,6 +1829,29 @@ mod tests {
         assert_eq!(base64(&[0xde, 0xad, 0xbe, 0xef]), "3q2+7w==");
         assert_eq!(iso_micros(0), "1970-01-01T00:00:00.000000Z");
         assert_eq!(iso_micros(1_700_000_000_123_456), "2023-11-14T22:13:20.123456Z");
+        // As chrono writes them, across eras, leap days and the ends of PostgreSQL's range.
+        for us in [
+            -1,
+            -86_400_000_000,
+            951_782_400_000_000,      // 2000-02-29
+            -62_135_596_800_000_001,  // just before 0001-01-01
+            -62_167_219_200_000_000,  // 0000-01-01
+            -210_866_803_200_000_000, // 4714-11-24 BC, PostgreSQL's first day
+            253_402_300_799_999_999,  // 9999-12-31 23:59:59.999999
+            253_402_300_800_000_000,  // 10000-01-01
+            4_102_444_800_000_000 + 1_234_567,
+        ] {
+            let chrono = chrono::DateTime::from_timestamp_micros(us).expect("in chrono's range");
+            assert_eq!(iso_micros(us), chrono.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(), "{us}");
+        }
+        // Beyond chrono's years (to 262143), which PostgreSQL's reach (to 294276).
+        assert_eq!(iso_micros(9_089_380_483_199_999_999), "+290000-12-31T23:59:59.999999Z");
+        let mut n = String::new();
+        for v in [0, 7, -7, 10, i64::MAX, i64::MIN] {
+            n.clear();
+            push_int(v, &mut n);
+            assert_eq!(n, v.to_string());
+        }
         // 13:45:59.5+05:30 and 00:00:00-15:59.
         assert_eq!(utc_time(49_559_500_000, 19_800), "08:15:59.500000Z");
         assert_eq!(utc_time(0, -57_540), "15:59:00.000000Z");
