@@ -336,7 +336,7 @@ struct StreamArgs {
     no_streaming: bool,
     /// Memory for transactions streamed before their commit, kept until it (all together);
     /// beyond it they spill to files in `--spill-dir`.
-    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    #[arg(long, value_name = "MIB", default_value_t = 48)]
     stream_memory_mb: usize,
     /// Where transactions streamed before their commit spill beyond `--stream-memory-mb`
     /// (default: the system's temporary directory).

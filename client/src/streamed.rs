@@ -27,8 +27,9 @@ use wal2arrow_schema::{DecodedBatch, Lsn, Relation, StreamAbort, StreamCommit};
 use crate::error::{Error, Result};
 use crate::event::{ChangeBatch, Event, LogicalMessage, TruncateEvent, TxnBegin, TxnCommit};
 
-/// Default memory for streamed transactions' buffered batches (all of them together).
-pub const DEFAULT_STREAM_MEMORY: usize = 64 << 20;
+/// Default memory for streamed transactions' buffered batches (all of them together): 48 MiB,
+/// so that a consumer holding one at the limit stays within 100 MB of resident memory.
+pub const DEFAULT_STREAM_MEMORY: usize = 48 << 20;
 
 /// What a stream does with transactions PostgreSQL sends before they commit.
 #[derive(Clone, Debug, PartialEq, Eq)]

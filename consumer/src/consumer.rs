@@ -222,7 +222,7 @@ impl ConsumerBuilder {
     }
 
     /// What happens to transactions the server streams before they commit (see
-    /// [`streaming`](Self::streaming)): by default ([`InProgress::Buffer`], 64 MiB in memory
+    /// [`streaming`](Self::streaming)): by default ([`InProgress::Buffer`], 48 MiB in memory
     /// for all of them, then spill files in the system's temporary directory) they are kept
     /// and delivered at their commit, whole and in commit order, and dropped if they abort;
     /// [`InProgress::Deliver`] hands their batches on as they arrive, for applications that
