@@ -58,9 +58,6 @@ pub struct Relation {
     table_columns: usize,
     has_lsn: bool,
     wire_schema: SchemaRef,
-    /// The wire schema's buffers in IPC order: the size of a fixed-width buffer's elements
-    /// (0 for the others), and the type the buffer belongs to.
-    buffer_layout: Vec<(usize, DataType)>,
 }
 
 impl Relation {
@@ -153,7 +150,7 @@ impl Relation {
     fn name_lists(&self, column: &ArrayRef, set: bool) -> Result<ArrayRef, WireError> {
         let rows = column.len();
         if !set {
-            return Ok(null_name_lists(rows));
+            return Ok(Arc::new(ListArray::new_null(missing_item(), rows)));
         }
         let bitmaps = column
             .as_fixed_size_binary_opt()
@@ -215,23 +212,8 @@ pub fn unrepresentable_field() -> Field {
 }
 
 fn missing_item() -> FieldRef {
-    static ITEM: std::sync::OnceLock<FieldRef> = std::sync::OnceLock::new();
-    Arc::clone(ITEM.get_or_init(|| Arc::new(Field::new("item", DataType::Utf8, false))))
+    Arc::new(Field::new("item", DataType::Utf8, false))
 }
-
-/// A `_missing` or `_unrepresentable` column of `rows` rows, every row NULL (a batch whose flag
-/// is clear: most of them). Up to [`NULL_LISTS`] rows it is a slice of one array made once,
-/// so that a batch of a few rows does not allocate and zero its buffers twice.
-fn null_name_lists(rows: usize) -> ArrayRef {
-    static NULLS: std::sync::OnceLock<ListArray> = std::sync::OnceLock::new();
-    if rows > NULL_LISTS {
-        return Arc::new(ListArray::new_null(missing_item(), rows));
-    }
-    Arc::new(NULLS.get_or_init(|| ListArray::new_null(missing_item(), NULL_LISTS)).slice(0, rows))
-}
-
-/// Rows of the all-NULL name lists kept for slicing (32 kB of offsets).
-const NULL_LISTS: usize = 8192;
 
 /// A batch of one table's row changes, decoded.
 #[derive(Debug, Clone)]
@@ -444,7 +426,7 @@ pub fn decode_batch_message(
         aligned = Buffer::from_slice_ref(payload.as_slice());
         &aligned
     };
-    let wire_batch = decode_batch(payload, relation)?;
+    let wire_batch = decode_batch(payload, &relation.wire_schema)?;
     let batch = relation.user_batch(base_lsn, &wire_batch, has_missing, has_unrepresentable)?;
     Ok(DecodedBatch { relation: Arc::clone(relation), base_lsn, batch })
 }
@@ -515,11 +497,6 @@ fn relation_from_schema(relid: u32, wire_schema: Schema) -> Result<Relation, Wir
         schema: Arc::new(Schema::new_with_metadata(user, md.clone())),
         table_columns: n,
         has_lsn,
-        buffer_layout: {
-            let mut layout = Vec::new();
-            wire_schema.fields().iter().for_each(|f| buffer_layout(f.data_type(), &mut layout));
-            layout
-        },
         wire_schema: Arc::new(wire_schema),
     })
 }
@@ -605,7 +582,7 @@ fn ipc_metadata(msg: &[u8], kind: MessageKind) -> Result<&[u8], WireError> {
 /// returning an error.
 fn check_descriptors(
     fb: &arrow_ipc::RecordBatch<'_>,
-    layout: &[(usize, DataType)],
+    schema: &Schema,
     body_len: usize,
 ) -> Result<(), WireError> {
     let bad = |what: String| Err(WireError::Ipc(what));
@@ -617,55 +594,67 @@ fn check_descriptors(
             return bad("malformed field node".into());
         }
     }
-    let mut count = 0;
-    for b in fb.buffers().into_iter().flatten() {
-        let (o, l) = (usize::try_from(b.offset()), usize::try_from(b.length()));
-        // wal2arrow writes every buffer 16-byte aligned.
-        let Some(l) = o.ok().zip(l.ok()).and_then(|(o, l)| {
-            (o.checked_add(l)? <= body_len && o % IPC_ALIGNMENT == 0).then_some(l)
-        }) else {
-            return bad("a buffer is misaligned or outside the message body".into());
-        };
-        let Some((width, dt)) = layout.get(count) else {
-            return bad("more buffers than the schema has".into());
-        };
-        if *width != 0 && l % width != 0 {
-            return bad(format!("{dt} buffer of {l} bytes"));
-        }
-        count += 1;
+    let buffers: Vec<(usize, usize)> = fb
+        .buffers()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            let (o, l) = (usize::try_from(b.offset()).ok()?, usize::try_from(b.length()).ok()?);
+            // wal2arrow writes every buffer 16-byte aligned.
+            (o.checked_add(l)? <= body_len && o % IPC_ALIGNMENT == 0).then_some((o, l))
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(|| {
+            WireError::Ipc("a buffer is misaligned or outside the message body".into())
+        })?;
+    let mut lengths = buffers.iter().map(|&(_, l)| l);
+    for f in schema.fields() {
+        check_layout(f.data_type(), &mut lengths)?;
     }
-    if count < layout.len() {
-        return bad("fewer buffers than the schema needs".into());
+    if lengths.next().is_some() {
+        return bad("more buffers than the schema has".into());
     }
     Ok(())
 }
 
-/// Appends `dt`'s buffers in IPC order (validity, the type's own buffers, then children's) to
-/// `layout`: the element size of fixed-width ones (0 for the others) and `dt`. Computed once
-/// per Schema message, whose types are wire types ([`wire_type`]: none has elements of size 0).
-fn buffer_layout(dt: &DataType, layout: &mut Vec<(usize, DataType)>) {
-    layout.push((0, dt.clone())); // validity bitmap
+/// Walks `dt`'s buffers in IPC order (validity, the type's own buffers, then children),
+/// checking that fixed-width buffers hold whole elements.
+fn check_layout(dt: &DataType, lengths: &mut impl Iterator<Item = usize>) -> Result<(), WireError> {
+    let missing = || WireError::Ipc("fewer buffers than the schema needs".into());
+    match dt {
+        DataType::Null
+        | DataType::Union(..)
+        | DataType::RunEndEncoded(..)
+        | DataType::Utf8View
+        | DataType::BinaryView
+        | DataType::ListView(_)
+        | DataType::LargeListView(_) => {
+            return Err(WireError::Ipc(format!("{dt} is not a wal2arrow wire type")));
+        }
+        _ => {}
+    }
+    lengths.next().ok_or_else(missing)?; // validity bitmap
     for spec in arrow_data::layout(dt).buffers {
-        let width = match spec {
-            arrow_data::BufferSpec::FixedWidth { byte_width, .. } => byte_width.max(1),
-            _ => 0,
-        };
-        layout.push((width, dt.clone()));
+        let len = lengths.next().ok_or_else(missing)?;
+        if let arrow_data::BufferSpec::FixedWidth { byte_width, .. } = spec
+            && (byte_width == 0 || len % byte_width != 0)
+        {
+            return Err(WireError::Ipc(format!("{dt} buffer of {len} bytes")));
+        }
     }
     match dt {
         DataType::List(f)
         | DataType::LargeList(f)
         | DataType::FixedSizeList(f, _)
-        | DataType::Map(f, _) => buffer_layout(f.data_type(), layout),
+        | DataType::Map(f, _) => check_layout(f.data_type(), lengths),
         DataType::Struct(fields) => {
-            fields.iter().for_each(|f| buffer_layout(f.data_type(), layout))
+            fields.iter().try_for_each(|f| check_layout(f.data_type(), lengths))
         }
-        _ => {}
+        _ => Ok(()),
     }
 }
 
-fn decode_batch(payload: &Buffer, relation: &Relation) -> Result<RecordBatch, WireError> {
-    let wire_schema = &relation.wire_schema;
+fn decode_batch(payload: &Buffer, wire_schema: &SchemaRef) -> Result<RecordBatch, WireError> {
     let meta = ipc_metadata(payload.as_slice(), MessageKind::Batch)?;
     let message = arrow_ipc::root_as_message(meta).map_err(|e| WireError::Ipc(e.to_string()))?;
     let fb_batch = message
@@ -681,7 +670,7 @@ fn decode_batch(payload: &Buffer, relation: &Relation) -> Result<RecordBatch, Wi
             got: payload.len(),
         });
     }
-    check_descriptors(&fb_batch, &relation.buffer_layout, body_len)?;
+    check_descriptors(&fb_batch, wire_schema, body_len)?;
     let body = payload.slice_with_length(body_start, body_len);
     let dictionaries = HashMap::new();
     let version = message.version();
