@@ -1007,7 +1007,7 @@ impl Source {
         v.push_str(&self.middle);
         let _ = write!(v, "{}", Lsn(lsn));
         v.push_str(&self.tail);
-        push_int(lsn as i64, v);
+        v.push_str(itoa(lsn).as_str());
         v.push_str(",\"xmin\":null}");
     }
 }
