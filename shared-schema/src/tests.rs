@@ -610,3 +610,22 @@ fn encode_and_wire_errors_keep_their_source() {
     let io = crate::EncodeError::Io(std::io::Error::other("disk full"));
     assert!(io.source().is_some_and(|s| s.to_string() == "disk full"));
 }
+
+#[test]
+fn civil_dates_and_day_numbers_are_inverses() {
+    use crate::types::{civil_from_days, days_from_civil};
+    assert_eq!(days_from_civil(1970, 1, 1), 0);
+    assert_eq!(civil_from_days(0), (1970, 1, 1));
+    assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    assert_eq!(civil_from_days(-719_528), (0, 1, 1), "1 BC, a leap year");
+    assert_eq!(civil_from_days(-2_440_588), (-4713, 11, 24), "PostgreSQL's first day");
+    // Every day of 4 centuries either side of year 0 and of the epoch, and far out.
+    for start in [-800 * 366, -200 * 366, 105_000_000] {
+        for days in start..start + 400 * 366 {
+            let (y, m, d) = civil_from_days(days);
+            assert!((1..=12).contains(&m) && (1..=31).contains(&d), "{days}: {y}-{m}-{d}");
+            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+        }
+    }
+}

@@ -391,6 +391,32 @@ pub const PG_EPOCH_DAYS: i32 = 10_957;
 /// Microseconds from 1970-01-01 (Arrow) to 2000-01-01 (PostgreSQL).
 pub const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
+/// Days since 1970-01-01 of a proleptic Gregorian date with astronomical `year` (1 BC is 0;
+/// Howard Hinnant's `days_from_civil`). |year| up to 10⁷ cannot overflow.
+pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (i64::from(month) + 9) % 12; // March is 0
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The proleptic Gregorian date (astronomical year, month, day) `days` after 1970-01-01: the
+/// inverse of [`days_from_civil`] (Howard Hinnant's `civil_from_days`).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
 /// Microseconds in a day: PostgreSQL's `time` goes up to `24:00:00` inclusive, Arrow's
 /// `Time64` stops just before it.
 pub const MICROS_PER_DAY: i64 = 86_400_000_000;

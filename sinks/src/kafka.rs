@@ -1692,16 +1692,7 @@ impl<'a> Renderer<'a> {
 fn push_iso_micros(us: i64, out: &mut String) {
     const DAY_US: i64 = 86_400_000_000;
     let (days, time) = (us.div_euclid(DAY_US), us.rem_euclid(DAY_US));
-    // Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's civil_from_days).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = wal2arrow_schema::types::civil_from_days(days);
     if (0..10_000).contains(&year) {
         let _ = write!(out, "{year:04}");
     } else {

@@ -40,7 +40,7 @@
 //! 5874897-12-31 for dates, to 294276-12-31 23:59:59.999999 for timestamps — is enforced: text
 //! outside it cannot have come from the server.
 
-use wal2arrow_schema::types::{PG_EPOCH_DAYS, PG_EPOCH_MICROS};
+use wal2arrow_schema::types::{PG_EPOCH_DAYS, PG_EPOCH_MICROS, days_from_civil};
 
 /// Microseconds in a day.
 const DAY_US: i64 = 86_400_000_000;
@@ -222,18 +222,6 @@ fn days_in_month(year: i64, month: u32) -> u32 {
         2 => 28,
         _ => 0,
     }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date with astronomical `year` (|year| is
-/// at most 10⁷, so nothing overflows).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (i64::from(month) + 9) % 12; // March is 0
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// Days since 1970-01-01 of a date as printed (year before any ` BC`), `None` if the date
